@@ -1,0 +1,251 @@
+import datetime
+
+from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Outcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OUTCOME_UNSPECIFIED: _ClassVar[Outcome]
+    ALLOW: _ClassVar[Outcome]
+    DENY: _ClassVar[Outcome]
+    REQUIRE_APPROVAL: _ClassVar[Outcome]
+
+class Effect(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EFFECT_UNSPECIFIED: _ClassVar[Effect]
+    EFFECT_ALLOW: _ClassVar[Effect]
+    EFFECT_DENY: _ClassVar[Effect]
+    EFFECT_REQUIRE_APPROVAL: _ClassVar[Effect]
+
+class ApprovalState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    APPROVAL_STATE_UNSPECIFIED: _ClassVar[ApprovalState]
+    APPROVAL_PENDING: _ClassVar[ApprovalState]
+    APPROVAL_APPROVED: _ClassVar[ApprovalState]
+    APPROVAL_REJECTED: _ClassVar[ApprovalState]
+    APPROVAL_EXPIRED: _ClassVar[ApprovalState]
+    APPROVAL_CONSUMED: _ClassVar[ApprovalState]
+OUTCOME_UNSPECIFIED: Outcome
+ALLOW: Outcome
+DENY: Outcome
+REQUIRE_APPROVAL: Outcome
+EFFECT_UNSPECIFIED: Effect
+EFFECT_ALLOW: Effect
+EFFECT_DENY: Effect
+EFFECT_REQUIRE_APPROVAL: Effect
+APPROVAL_STATE_UNSPECIFIED: ApprovalState
+APPROVAL_PENDING: ApprovalState
+APPROVAL_APPROVED: ApprovalState
+APPROVAL_REJECTED: ApprovalState
+APPROVAL_EXPIRED: ApprovalState
+APPROVAL_CONSUMED: ApprovalState
+
+class Agent(_message.Message):
+    __slots__ = ("id", "instance_id", "owner", "team", "workflow", "model", "session_id", "labels", "capabilities")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ID_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    TEAM_FIELD_NUMBER: _ClassVar[int]
+    WORKFLOW_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    instance_id: str
+    owner: str
+    team: str
+    workflow: str
+    model: str
+    session_id: str
+    labels: _containers.ScalarMap[str, str]
+    capabilities: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, id: _Optional[str] = ..., instance_id: _Optional[str] = ..., owner: _Optional[str] = ..., team: _Optional[str] = ..., workflow: _Optional[str] = ..., model: _Optional[str] = ..., session_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., capabilities: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ToolCall(_message.Message):
+    __slots__ = ("name", "server", "args", "call_id", "risk_tier")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SERVER_FIELD_NUMBER: _ClassVar[int]
+    ARGS_FIELD_NUMBER: _ClassVar[int]
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    RISK_TIER_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    server: str
+    args: _struct_pb2.Struct
+    call_id: str
+    risk_tier: int
+    def __init__(self, name: _Optional[str] = ..., server: _Optional[str] = ..., args: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., call_id: _Optional[str] = ..., risk_tier: _Optional[int] = ...) -> None: ...
+
+class Request(_message.Message):
+    __slots__ = ("id", "time", "estimated_cost", "environment", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATED_COST_FIELD_NUMBER: _ClassVar[int]
+    ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    time: _timestamp_pb2.Timestamp
+    estimated_cost: float
+    environment: str
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., estimated_cost: _Optional[float] = ..., environment: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class DecideRequest(_message.Message):
+    __slots__ = ("agent", "tool", "request", "context", "dry_run")
+    AGENT_FIELD_NUMBER: _ClassVar[int]
+    TOOL_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    agent: Agent
+    tool: ToolCall
+    request: Request
+    context: _struct_pb2.Struct
+    dry_run: bool
+    def __init__(self, agent: _Optional[_Union[Agent, _Mapping]] = ..., tool: _Optional[_Union[ToolCall, _Mapping]] = ..., request: _Optional[_Union[Request, _Mapping]] = ..., context: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+
+class Reason(_message.Message):
+    __slots__ = ("rule_id", "text", "policy", "effect")
+    RULE_ID_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    EFFECT_FIELD_NUMBER: _ClassVar[int]
+    rule_id: str
+    text: str
+    policy: str
+    effect: Effect
+    def __init__(self, rule_id: _Optional[str] = ..., text: _Optional[str] = ..., policy: _Optional[str] = ..., effect: _Optional[_Union[Effect, str]] = ...) -> None: ...
+
+class BundleRef(_message.Message):
+    __slots__ = ("name", "version", "revision")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: str
+    revision: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., revision: _Optional[str] = ...) -> None: ...
+
+class Approval(_message.Message):
+    __slots__ = ("approval_id", "approvers", "expires_at", "state", "resolved_by", "resolved_at", "comment")
+    APPROVAL_ID_FIELD_NUMBER: _ClassVar[int]
+    APPROVERS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    RESOLVED_BY_FIELD_NUMBER: _ClassVar[int]
+    RESOLVED_AT_FIELD_NUMBER: _ClassVar[int]
+    COMMENT_FIELD_NUMBER: _ClassVar[int]
+    approval_id: str
+    approvers: _containers.RepeatedScalarFieldContainer[str]
+    expires_at: _timestamp_pb2.Timestamp
+    state: ApprovalState
+    resolved_by: str
+    resolved_at: _timestamp_pb2.Timestamp
+    comment: str
+    def __init__(self, approval_id: _Optional[str] = ..., approvers: _Optional[_Iterable[str]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[_Union[ApprovalState, str]] = ..., resolved_by: _Optional[str] = ..., resolved_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., comment: _Optional[str] = ...) -> None: ...
+
+class DecideResponse(_message.Message):
+    __slots__ = ("decision_id", "outcome", "reasons", "bundle", "approval", "matched_rules", "deciding_rule", "eval_us", "dry_run")
+    DECISION_ID_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    REASONS_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_FIELD_NUMBER: _ClassVar[int]
+    APPROVAL_FIELD_NUMBER: _ClassVar[int]
+    MATCHED_RULES_FIELD_NUMBER: _ClassVar[int]
+    DECIDING_RULE_FIELD_NUMBER: _ClassVar[int]
+    EVAL_US_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    decision_id: str
+    outcome: Outcome
+    reasons: _containers.RepeatedCompositeFieldContainer[Reason]
+    bundle: BundleRef
+    approval: Approval
+    matched_rules: _containers.RepeatedScalarFieldContainer[str]
+    deciding_rule: str
+    eval_us: int
+    dry_run: bool
+    def __init__(self, decision_id: _Optional[str] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., bundle: _Optional[_Union[BundleRef, _Mapping]] = ..., approval: _Optional[_Union[Approval, _Mapping]] = ..., matched_rules: _Optional[_Iterable[str]] = ..., deciding_rule: _Optional[str] = ..., eval_us: _Optional[int] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+
+class GetDecisionRequest(_message.Message):
+    __slots__ = ("decision_id",)
+    DECISION_ID_FIELD_NUMBER: _ClassVar[int]
+    decision_id: str
+    def __init__(self, decision_id: _Optional[str] = ...) -> None: ...
+
+class DecisionRecord(_message.Message):
+    __slots__ = ("decision_id", "time", "agent", "tool_name", "tool_server", "call_id", "args", "args_hash", "risk_tier", "outcome", "reasons", "matched_rules", "deciding_rule", "bundle", "shadow_outcome", "shadow_rules", "shadow_bundle", "eval_us", "approval", "estimated_cost", "actual_cost", "outcome_status", "request_id", "environment", "context", "dry_run")
+    DECISION_ID_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    AGENT_FIELD_NUMBER: _ClassVar[int]
+    TOOL_NAME_FIELD_NUMBER: _ClassVar[int]
+    TOOL_SERVER_FIELD_NUMBER: _ClassVar[int]
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    ARGS_FIELD_NUMBER: _ClassVar[int]
+    ARGS_HASH_FIELD_NUMBER: _ClassVar[int]
+    RISK_TIER_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    REASONS_FIELD_NUMBER: _ClassVar[int]
+    MATCHED_RULES_FIELD_NUMBER: _ClassVar[int]
+    DECIDING_RULE_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_RULES_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_BUNDLE_FIELD_NUMBER: _ClassVar[int]
+    EVAL_US_FIELD_NUMBER: _ClassVar[int]
+    APPROVAL_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATED_COST_FIELD_NUMBER: _ClassVar[int]
+    ACTUAL_COST_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_STATUS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    decision_id: str
+    time: _timestamp_pb2.Timestamp
+    agent: Agent
+    tool_name: str
+    tool_server: str
+    call_id: str
+    args: _struct_pb2.Struct
+    args_hash: str
+    risk_tier: int
+    outcome: Outcome
+    reasons: _containers.RepeatedCompositeFieldContainer[Reason]
+    matched_rules: _containers.RepeatedScalarFieldContainer[str]
+    deciding_rule: str
+    bundle: BundleRef
+    shadow_outcome: Outcome
+    shadow_rules: _containers.RepeatedScalarFieldContainer[str]
+    shadow_bundle: BundleRef
+    eval_us: int
+    approval: Approval
+    estimated_cost: float
+    actual_cost: float
+    outcome_status: str
+    request_id: str
+    environment: str
+    context: _struct_pb2.Struct
+    dry_run: bool
+    def __init__(self, decision_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., agent: _Optional[_Union[Agent, _Mapping]] = ..., tool_name: _Optional[str] = ..., tool_server: _Optional[str] = ..., call_id: _Optional[str] = ..., args: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., args_hash: _Optional[str] = ..., risk_tier: _Optional[int] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., matched_rules: _Optional[_Iterable[str]] = ..., deciding_rule: _Optional[str] = ..., bundle: _Optional[_Union[BundleRef, _Mapping]] = ..., shadow_outcome: _Optional[_Union[Outcome, str]] = ..., shadow_rules: _Optional[_Iterable[str]] = ..., shadow_bundle: _Optional[_Union[BundleRef, _Mapping]] = ..., eval_us: _Optional[int] = ..., approval: _Optional[_Union[Approval, _Mapping]] = ..., estimated_cost: _Optional[float] = ..., actual_cost: _Optional[float] = ..., outcome_status: _Optional[str] = ..., request_id: _Optional[str] = ..., environment: _Optional[str] = ..., context: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., dry_run: _Optional[bool] = ...) -> None: ...
