@@ -33,6 +33,12 @@ class ApprovalState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     APPROVAL_REJECTED: _ClassVar[ApprovalState]
     APPROVAL_EXPIRED: _ClassVar[ApprovalState]
     APPROVAL_CONSUMED: _ClassVar[ApprovalState]
+
+class Resolution(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RESOLUTION_UNSPECIFIED: _ClassVar[Resolution]
+    APPROVE: _ClassVar[Resolution]
+    REJECT: _ClassVar[Resolution]
 OUTCOME_UNSPECIFIED: Outcome
 ALLOW: Outcome
 DENY: Outcome
@@ -47,6 +53,9 @@ APPROVAL_APPROVED: ApprovalState
 APPROVAL_REJECTED: ApprovalState
 APPROVAL_EXPIRED: ApprovalState
 APPROVAL_CONSUMED: ApprovalState
+RESOLUTION_UNSPECIFIED: Resolution
+APPROVE: Resolution
+REJECT: Resolution
 
 class Agent(_message.Message):
     __slots__ = ("id", "instance_id", "owner", "team", "workflow", "model", "session_id", "labels", "capabilities")
@@ -167,7 +176,7 @@ class Approval(_message.Message):
     def __init__(self, approval_id: _Optional[str] = ..., approvers: _Optional[_Iterable[str]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[_Union[ApprovalState, str]] = ..., resolved_by: _Optional[str] = ..., resolved_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., comment: _Optional[str] = ...) -> None: ...
 
 class DecideResponse(_message.Message):
-    __slots__ = ("decision_id", "outcome", "reasons", "bundle", "approval", "matched_rules", "deciding_rule", "eval_us", "dry_run")
+    __slots__ = ("decision_id", "outcome", "reasons", "bundle", "approval", "matched_rules", "deciding_rule", "eval_us", "dry_run", "request_id", "error")
     DECISION_ID_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     REASONS_FIELD_NUMBER: _ClassVar[int]
@@ -177,6 +186,8 @@ class DecideResponse(_message.Message):
     DECIDING_RULE_FIELD_NUMBER: _ClassVar[int]
     EVAL_US_FIELD_NUMBER: _ClassVar[int]
     DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
     decision_id: str
     outcome: Outcome
     reasons: _containers.RepeatedCompositeFieldContainer[Reason]
@@ -186,7 +197,17 @@ class DecideResponse(_message.Message):
     deciding_rule: str
     eval_us: int
     dry_run: bool
-    def __init__(self, decision_id: _Optional[str] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., bundle: _Optional[_Union[BundleRef, _Mapping]] = ..., approval: _Optional[_Union[Approval, _Mapping]] = ..., matched_rules: _Optional[_Iterable[str]] = ..., deciding_rule: _Optional[str] = ..., eval_us: _Optional[int] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+    request_id: str
+    error: StreamError
+    def __init__(self, decision_id: _Optional[str] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., bundle: _Optional[_Union[BundleRef, _Mapping]] = ..., approval: _Optional[_Union[Approval, _Mapping]] = ..., matched_rules: _Optional[_Iterable[str]] = ..., deciding_rule: _Optional[str] = ..., eval_us: _Optional[int] = ..., dry_run: _Optional[bool] = ..., request_id: _Optional[str] = ..., error: _Optional[_Union[StreamError, _Mapping]] = ...) -> None: ...
+
+class StreamError(_message.Message):
+    __slots__ = ("code", "message")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class GetDecisionRequest(_message.Message):
     __slots__ = ("decision_id",)
@@ -249,3 +270,170 @@ class DecisionRecord(_message.Message):
     context: _struct_pb2.Struct
     dry_run: bool
     def __init__(self, decision_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., agent: _Optional[_Union[Agent, _Mapping]] = ..., tool_name: _Optional[str] = ..., tool_server: _Optional[str] = ..., call_id: _Optional[str] = ..., args: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., args_hash: _Optional[str] = ..., risk_tier: _Optional[int] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., matched_rules: _Optional[_Iterable[str]] = ..., deciding_rule: _Optional[str] = ..., bundle: _Optional[_Union[BundleRef, _Mapping]] = ..., shadow_outcome: _Optional[_Union[Outcome, str]] = ..., shadow_rules: _Optional[_Iterable[str]] = ..., shadow_bundle: _Optional[_Union[BundleRef, _Mapping]] = ..., eval_us: _Optional[int] = ..., approval: _Optional[_Union[Approval, _Mapping]] = ..., estimated_cost: _Optional[float] = ..., actual_cost: _Optional[float] = ..., outcome_status: _Optional[str] = ..., request_id: _Optional[str] = ..., environment: _Optional[str] = ..., context: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+
+class ResolveApprovalRequest(_message.Message):
+    __slots__ = ("decision_id", "resolution", "approver", "comment")
+    DECISION_ID_FIELD_NUMBER: _ClassVar[int]
+    RESOLUTION_FIELD_NUMBER: _ClassVar[int]
+    APPROVER_FIELD_NUMBER: _ClassVar[int]
+    COMMENT_FIELD_NUMBER: _ClassVar[int]
+    decision_id: str
+    resolution: Resolution
+    approver: str
+    comment: str
+    def __init__(self, decision_id: _Optional[str] = ..., resolution: _Optional[_Union[Resolution, str]] = ..., approver: _Optional[str] = ..., comment: _Optional[str] = ...) -> None: ...
+
+class ReportOutcomeRequest(_message.Message):
+    __slots__ = ("decision_id", "actual_cost", "status")
+    DECISION_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTUAL_COST_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    decision_id: str
+    actual_cost: float
+    status: str
+    def __init__(self, decision_id: _Optional[str] = ..., actual_cost: _Optional[float] = ..., status: _Optional[str] = ...) -> None: ...
+
+class ListApprovalsRequest(_message.Message):
+    __slots__ = ("state", "limit")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    state: ApprovalState
+    limit: int
+    def __init__(self, state: _Optional[_Union[ApprovalState, str]] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ListApprovalsResponse(_message.Message):
+    __slots__ = ("approvals",)
+    APPROVALS_FIELD_NUMBER: _ClassVar[int]
+    approvals: _containers.RepeatedCompositeFieldContainer[DecisionRecord]
+    def __init__(self, approvals: _Optional[_Iterable[_Union[DecisionRecord, _Mapping]]] = ...) -> None: ...
+
+class KillSwitch(_message.Message):
+    __slots__ = ("id", "scope", "value", "reason", "created_by", "created_at", "cleared_at", "cleared_by")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BY_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    CLEARED_AT_FIELD_NUMBER: _ClassVar[int]
+    CLEARED_BY_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    scope: str
+    value: str
+    reason: str
+    created_by: str
+    created_at: _timestamp_pb2.Timestamp
+    cleared_at: _timestamp_pb2.Timestamp
+    cleared_by: str
+    def __init__(self, id: _Optional[str] = ..., scope: _Optional[str] = ..., value: _Optional[str] = ..., reason: _Optional[str] = ..., created_by: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cleared_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cleared_by: _Optional[str] = ...) -> None: ...
+
+class SetKillSwitchRequest(_message.Message):
+    __slots__ = ("scope", "value", "reason")
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    scope: str
+    value: str
+    reason: str
+    def __init__(self, scope: _Optional[str] = ..., value: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ClearKillSwitchRequest(_message.Message):
+    __slots__ = ("id", "scope", "value")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    scope: str
+    value: str
+    def __init__(self, id: _Optional[str] = ..., scope: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+
+class ListKillSwitchesRequest(_message.Message):
+    __slots__ = ("include_cleared",)
+    INCLUDE_CLEARED_FIELD_NUMBER: _ClassVar[int]
+    include_cleared: bool
+    def __init__(self, include_cleared: _Optional[bool] = ...) -> None: ...
+
+class ListKillSwitchesResponse(_message.Message):
+    __slots__ = ("kill_switches",)
+    KILL_SWITCHES_FIELD_NUMBER: _ClassVar[int]
+    kill_switches: _containers.RepeatedCompositeFieldContainer[KillSwitch]
+    def __init__(self, kill_switches: _Optional[_Iterable[_Union[KillSwitch, _Mapping]]] = ...) -> None: ...
+
+class BundleInfo(_message.Message):
+    __slots__ = ("name", "version", "revision", "loaded_at", "activated_at", "source", "signed", "active", "shadow")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    LOADED_AT_FIELD_NUMBER: _ClassVar[int]
+    ACTIVATED_AT_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    SIGNED_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: str
+    revision: str
+    loaded_at: _timestamp_pb2.Timestamp
+    activated_at: _timestamp_pb2.Timestamp
+    source: str
+    signed: bool
+    active: bool
+    shadow: bool
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., revision: _Optional[str] = ..., loaded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., activated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source: _Optional[str] = ..., signed: _Optional[bool] = ..., active: _Optional[bool] = ..., shadow: _Optional[bool] = ...) -> None: ...
+
+class ActivateBundleRequest(_message.Message):
+    __slots__ = ("revision",)
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    revision: str
+    def __init__(self, revision: _Optional[str] = ...) -> None: ...
+
+class RollbackBundleRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SetShadowBundleRequest(_message.Message):
+    __slots__ = ("revision",)
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    revision: str
+    def __init__(self, revision: _Optional[str] = ...) -> None: ...
+
+class ListBundlesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListBundlesResponse(_message.Message):
+    __slots__ = ("bundles",)
+    BUNDLES_FIELD_NUMBER: _ClassVar[int]
+    bundles: _containers.RepeatedCompositeFieldContainer[BundleInfo]
+    def __init__(self, bundles: _Optional[_Iterable[_Union[BundleInfo, _Mapping]]] = ...) -> None: ...
+
+class StatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class StatusResponse(_message.Message):
+    __slots__ = ("active", "shadow", "last_reload_error", "last_reload_at", "decisions_by_outcome", "started_at", "instance", "active_kill_switches")
+    class DecisionsByOutcomeEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_FIELD_NUMBER: _ClassVar[int]
+    LAST_RELOAD_ERROR_FIELD_NUMBER: _ClassVar[int]
+    LAST_RELOAD_AT_FIELD_NUMBER: _ClassVar[int]
+    DECISIONS_BY_OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_KILL_SWITCHES_FIELD_NUMBER: _ClassVar[int]
+    active: BundleInfo
+    shadow: BundleInfo
+    last_reload_error: str
+    last_reload_at: _timestamp_pb2.Timestamp
+    decisions_by_outcome: _containers.ScalarMap[str, int]
+    started_at: _timestamp_pb2.Timestamp
+    instance: str
+    active_kill_switches: int
+    def __init__(self, active: _Optional[_Union[BundleInfo, _Mapping]] = ..., shadow: _Optional[_Union[BundleInfo, _Mapping]] = ..., last_reload_error: _Optional[str] = ..., last_reload_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., decisions_by_outcome: _Optional[_Mapping[str, int]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., instance: _Optional[str] = ..., active_kill_switches: _Optional[int] = ...) -> None: ...

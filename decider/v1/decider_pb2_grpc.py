@@ -39,10 +39,35 @@ class DeciderStub:
                 request_serializer=decider_dot_v1_dot_decider__pb2.DecideRequest.SerializeToString,
                 response_deserializer=decider_dot_v1_dot_decider__pb2.DecideResponse.FromString,
                 _registered_method=True)
+        self.DecideStream = channel.stream_stream(
+                '/decider.v1.Decider/DecideStream',
+                request_serializer=decider_dot_v1_dot_decider__pb2.DecideRequest.SerializeToString,
+                response_deserializer=decider_dot_v1_dot_decider__pb2.DecideResponse.FromString,
+                _registered_method=True)
         self.GetDecision = channel.unary_unary(
                 '/decider.v1.Decider/GetDecision',
                 request_serializer=decider_dot_v1_dot_decider__pb2.GetDecisionRequest.SerializeToString,
                 response_deserializer=decider_dot_v1_dot_decider__pb2.DecisionRecord.FromString,
+                _registered_method=True)
+        self.WatchDecision = channel.unary_stream(
+                '/decider.v1.Decider/WatchDecision',
+                request_serializer=decider_dot_v1_dot_decider__pb2.GetDecisionRequest.SerializeToString,
+                response_deserializer=decider_dot_v1_dot_decider__pb2.DecisionRecord.FromString,
+                _registered_method=True)
+        self.ResolveApproval = channel.unary_unary(
+                '/decider.v1.Decider/ResolveApproval',
+                request_serializer=decider_dot_v1_dot_decider__pb2.ResolveApprovalRequest.SerializeToString,
+                response_deserializer=decider_dot_v1_dot_decider__pb2.DecisionRecord.FromString,
+                _registered_method=True)
+        self.ReportOutcome = channel.unary_unary(
+                '/decider.v1.Decider/ReportOutcome',
+                request_serializer=decider_dot_v1_dot_decider__pb2.ReportOutcomeRequest.SerializeToString,
+                response_deserializer=decider_dot_v1_dot_decider__pb2.DecisionRecord.FromString,
+                _registered_method=True)
+        self.ListApprovals = channel.unary_unary(
+                '/decider.v1.Decider/ListApprovals',
+                request_serializer=decider_dot_v1_dot_decider__pb2.ListApprovalsRequest.SerializeToString,
+                response_deserializer=decider_dot_v1_dot_decider__pb2.ListApprovalsResponse.FromString,
                 _registered_method=True)
 
 
@@ -56,8 +81,43 @@ class DeciderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DecideStream(self, request_iterator, context):
+        """The same, for gateways that check many calls: one reply per request, matched by request_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetDecision(self, request, context):
         """The stored record of a decision.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchDecision(self, request, context):
+        """The record now and whenever it changes (approved, rejected, expired, settled), until final.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResolveApproval(self, request, context):
+        """Approve or reject a pending call (approver role; never the agent that asked).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportOutcome(self, request, context):
+        """What happened: settles the budget reservation with the actual cost.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListApprovals(self, request, context):
+        """Approvals waiting for a human.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -71,10 +131,35 @@ def add_DeciderServicer_to_server(servicer, server):
                     request_deserializer=decider_dot_v1_dot_decider__pb2.DecideRequest.FromString,
                     response_serializer=decider_dot_v1_dot_decider__pb2.DecideResponse.SerializeToString,
             ),
+            'DecideStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.DecideStream,
+                    request_deserializer=decider_dot_v1_dot_decider__pb2.DecideRequest.FromString,
+                    response_serializer=decider_dot_v1_dot_decider__pb2.DecideResponse.SerializeToString,
+            ),
             'GetDecision': grpc.unary_unary_rpc_method_handler(
                     servicer.GetDecision,
                     request_deserializer=decider_dot_v1_dot_decider__pb2.GetDecisionRequest.FromString,
                     response_serializer=decider_dot_v1_dot_decider__pb2.DecisionRecord.SerializeToString,
+            ),
+            'WatchDecision': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchDecision,
+                    request_deserializer=decider_dot_v1_dot_decider__pb2.GetDecisionRequest.FromString,
+                    response_serializer=decider_dot_v1_dot_decider__pb2.DecisionRecord.SerializeToString,
+            ),
+            'ResolveApproval': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResolveApproval,
+                    request_deserializer=decider_dot_v1_dot_decider__pb2.ResolveApprovalRequest.FromString,
+                    response_serializer=decider_dot_v1_dot_decider__pb2.DecisionRecord.SerializeToString,
+            ),
+            'ReportOutcome': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportOutcome,
+                    request_deserializer=decider_dot_v1_dot_decider__pb2.ReportOutcomeRequest.FromString,
+                    response_serializer=decider_dot_v1_dot_decider__pb2.DecisionRecord.SerializeToString,
+            ),
+            'ListApprovals': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApprovals,
+                    request_deserializer=decider_dot_v1_dot_decider__pb2.ListApprovalsRequest.FromString,
+                    response_serializer=decider_dot_v1_dot_decider__pb2.ListApprovalsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -115,6 +200,33 @@ class Decider:
             _registered_method=True)
 
     @staticmethod
+    def DecideStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/decider.v1.Decider/DecideStream',
+            decider_dot_v1_dot_decider__pb2.DecideRequest.SerializeToString,
+            decider_dot_v1_dot_decider__pb2.DecideResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def GetDecision(request,
             target,
             options=(),
@@ -131,6 +243,487 @@ class Decider:
             '/decider.v1.Decider/GetDecision',
             decider_dot_v1_dot_decider__pb2.GetDecisionRequest.SerializeToString,
             decider_dot_v1_dot_decider__pb2.DecisionRecord.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchDecision(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/decider.v1.Decider/WatchDecision',
+            decider_dot_v1_dot_decider__pb2.GetDecisionRequest.SerializeToString,
+            decider_dot_v1_dot_decider__pb2.DecisionRecord.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResolveApproval(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/decider.v1.Decider/ResolveApproval',
+            decider_dot_v1_dot_decider__pb2.ResolveApprovalRequest.SerializeToString,
+            decider_dot_v1_dot_decider__pb2.DecisionRecord.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportOutcome(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/decider.v1.Decider/ReportOutcome',
+            decider_dot_v1_dot_decider__pb2.ReportOutcomeRequest.SerializeToString,
+            decider_dot_v1_dot_decider__pb2.DecisionRecord.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApprovals(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/decider.v1.Decider/ListApprovals',
+            decider_dot_v1_dot_decider__pb2.ListApprovalsRequest.SerializeToString,
+            decider_dot_v1_dot_decider__pb2.ListApprovalsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class ControlStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.SetKillSwitch = channel.unary_unary(
+                '/decider.v1.Control/SetKillSwitch',
+                request_serializer=decider_dot_v1_dot_decider__pb2.SetKillSwitchRequest.SerializeToString,
+                response_deserializer=decider_dot_v1_dot_decider__pb2.KillSwitch.FromString,
+                _registered_method=True)
+        self.ClearKillSwitch = channel.unary_unary(
+                '/decider.v1.Control/ClearKillSwitch',
+                request_serializer=decider_dot_v1_dot_decider__pb2.ClearKillSwitchRequest.SerializeToString,
+                response_deserializer=decider_dot_v1_dot_decider__pb2.KillSwitch.FromString,
+                _registered_method=True)
+        self.ListKillSwitches = channel.unary_unary(
+                '/decider.v1.Control/ListKillSwitches',
+                request_serializer=decider_dot_v1_dot_decider__pb2.ListKillSwitchesRequest.SerializeToString,
+                response_deserializer=decider_dot_v1_dot_decider__pb2.ListKillSwitchesResponse.FromString,
+                _registered_method=True)
+        self.ActivateBundle = channel.unary_unary(
+                '/decider.v1.Control/ActivateBundle',
+                request_serializer=decider_dot_v1_dot_decider__pb2.ActivateBundleRequest.SerializeToString,
+                response_deserializer=decider_dot_v1_dot_decider__pb2.BundleInfo.FromString,
+                _registered_method=True)
+        self.RollbackBundle = channel.unary_unary(
+                '/decider.v1.Control/RollbackBundle',
+                request_serializer=decider_dot_v1_dot_decider__pb2.RollbackBundleRequest.SerializeToString,
+                response_deserializer=decider_dot_v1_dot_decider__pb2.BundleInfo.FromString,
+                _registered_method=True)
+        self.SetShadowBundle = channel.unary_unary(
+                '/decider.v1.Control/SetShadowBundle',
+                request_serializer=decider_dot_v1_dot_decider__pb2.SetShadowBundleRequest.SerializeToString,
+                response_deserializer=decider_dot_v1_dot_decider__pb2.StatusResponse.FromString,
+                _registered_method=True)
+        self.ListBundles = channel.unary_unary(
+                '/decider.v1.Control/ListBundles',
+                request_serializer=decider_dot_v1_dot_decider__pb2.ListBundlesRequest.SerializeToString,
+                response_deserializer=decider_dot_v1_dot_decider__pb2.ListBundlesResponse.FromString,
+                _registered_method=True)
+        self.Status = channel.unary_unary(
+                '/decider.v1.Control/Status',
+                request_serializer=decider_dot_v1_dot_decider__pb2.StatusRequest.SerializeToString,
+                response_deserializer=decider_dot_v1_dot_decider__pb2.StatusResponse.FromString,
+                _registered_method=True)
+
+
+class ControlServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def SetKillSwitch(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClearKillSwitch(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListKillSwitches(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ActivateBundle(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RollbackBundle(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetShadowBundle(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListBundles(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Status(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ControlServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'SetKillSwitch': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetKillSwitch,
+                    request_deserializer=decider_dot_v1_dot_decider__pb2.SetKillSwitchRequest.FromString,
+                    response_serializer=decider_dot_v1_dot_decider__pb2.KillSwitch.SerializeToString,
+            ),
+            'ClearKillSwitch': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClearKillSwitch,
+                    request_deserializer=decider_dot_v1_dot_decider__pb2.ClearKillSwitchRequest.FromString,
+                    response_serializer=decider_dot_v1_dot_decider__pb2.KillSwitch.SerializeToString,
+            ),
+            'ListKillSwitches': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListKillSwitches,
+                    request_deserializer=decider_dot_v1_dot_decider__pb2.ListKillSwitchesRequest.FromString,
+                    response_serializer=decider_dot_v1_dot_decider__pb2.ListKillSwitchesResponse.SerializeToString,
+            ),
+            'ActivateBundle': grpc.unary_unary_rpc_method_handler(
+                    servicer.ActivateBundle,
+                    request_deserializer=decider_dot_v1_dot_decider__pb2.ActivateBundleRequest.FromString,
+                    response_serializer=decider_dot_v1_dot_decider__pb2.BundleInfo.SerializeToString,
+            ),
+            'RollbackBundle': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollbackBundle,
+                    request_deserializer=decider_dot_v1_dot_decider__pb2.RollbackBundleRequest.FromString,
+                    response_serializer=decider_dot_v1_dot_decider__pb2.BundleInfo.SerializeToString,
+            ),
+            'SetShadowBundle': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetShadowBundle,
+                    request_deserializer=decider_dot_v1_dot_decider__pb2.SetShadowBundleRequest.FromString,
+                    response_serializer=decider_dot_v1_dot_decider__pb2.StatusResponse.SerializeToString,
+            ),
+            'ListBundles': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBundles,
+                    request_deserializer=decider_dot_v1_dot_decider__pb2.ListBundlesRequest.FromString,
+                    response_serializer=decider_dot_v1_dot_decider__pb2.ListBundlesResponse.SerializeToString,
+            ),
+            'Status': grpc.unary_unary_rpc_method_handler(
+                    servicer.Status,
+                    request_deserializer=decider_dot_v1_dot_decider__pb2.StatusRequest.FromString,
+                    response_serializer=decider_dot_v1_dot_decider__pb2.StatusResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'decider.v1.Control', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('decider.v1.Control', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Control:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def SetKillSwitch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/decider.v1.Control/SetKillSwitch',
+            decider_dot_v1_dot_decider__pb2.SetKillSwitchRequest.SerializeToString,
+            decider_dot_v1_dot_decider__pb2.KillSwitch.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClearKillSwitch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/decider.v1.Control/ClearKillSwitch',
+            decider_dot_v1_dot_decider__pb2.ClearKillSwitchRequest.SerializeToString,
+            decider_dot_v1_dot_decider__pb2.KillSwitch.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListKillSwitches(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/decider.v1.Control/ListKillSwitches',
+            decider_dot_v1_dot_decider__pb2.ListKillSwitchesRequest.SerializeToString,
+            decider_dot_v1_dot_decider__pb2.ListKillSwitchesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ActivateBundle(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/decider.v1.Control/ActivateBundle',
+            decider_dot_v1_dot_decider__pb2.ActivateBundleRequest.SerializeToString,
+            decider_dot_v1_dot_decider__pb2.BundleInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RollbackBundle(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/decider.v1.Control/RollbackBundle',
+            decider_dot_v1_dot_decider__pb2.RollbackBundleRequest.SerializeToString,
+            decider_dot_v1_dot_decider__pb2.BundleInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetShadowBundle(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/decider.v1.Control/SetShadowBundle',
+            decider_dot_v1_dot_decider__pb2.SetShadowBundleRequest.SerializeToString,
+            decider_dot_v1_dot_decider__pb2.StatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListBundles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/decider.v1.Control/ListBundles',
+            decider_dot_v1_dot_decider__pb2.ListBundlesRequest.SerializeToString,
+            decider_dot_v1_dot_decider__pb2.ListBundlesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Status(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/decider.v1.Control/Status',
+            decider_dot_v1_dot_decider__pb2.StatusRequest.SerializeToString,
+            decider_dot_v1_dot_decider__pb2.StatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,47 @@
+# decider — set-up and everyday commands. Every target creates the virtualenv it needs.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+PROTOS := $(wildcard proto/decider/v1/*.proto)
+PORT ?= 50051
+DB ?= sqlite:///decider.db
+
+.PHONY: venv run test lint proto proto-check bench clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev,postgres]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## The service on the example bundle, with an embedded SQLite file.
+run: $(STAMP)
+	$(BIN)/decider serve --bundle policies --db $(DB) --listen 127.0.0.1:$(PORT)
+
+## Everything CI checks: lint, generated-code drift, the whole test suite.
+test: $(STAMP) lint proto-check
+	$(BIN)/python -m pytest -q -ra
+
+lint: $(STAMP)
+	$(BIN)/ruff check --output-format concise decider tests tools
+
+## Regenerate the gRPC/protobuf code from proto/ (commit the result).
+proto: $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
+
+## Fail when the committed generated code differs from what proto/ generates.
+proto-check: $(STAMP)
+	@tmp=$$(mktemp -d) && \
+	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=$$tmp --pyi_out=$$tmp --grpc_python_out=$$tmp $(PROTOS) && \
+	for f in $$(cd $$tmp && find . -name '*.py*' -type f); do \
+	  cmp -s $$tmp/$$f $$f || { echo "generated code drifted: $$f (run 'make proto')"; rm -rf $$tmp; exit 1; }; \
+	done; rm -rf $$tmp; echo "generated code is up to date"
+
+bench: $(STAMP)
+	$(BIN)/python tools/bench/compare.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,275 @@
+"""Compile a loaded bundle source into its immutable runtime form.
+
+The runtime `Bundle` holds compiled CEL programs and a rule index built once, so the request
+path never touches YAML or pydantic and evaluates only the rules whose `match` fits the tool.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from cel_expr_python import cel
+
+from .celenv import compile_condition
+from .errors import PolicyLoadError, SourceError
+from .loader import LoadedSource, Source, load_source, locate
+from .policy import BudgetSpec, Rule, parse_duration
+from .v1 import decider_pb2 as pb
+
+__all__ = ["Bundle", "CompiledPolicy", "CompiledRule", "compile_bundle", "load_bundle", "revision_of"]
+
+EFFECT_OUTCOME = {"allow": pb.ALLOW, "deny": pb.DENY, "require_approval": pb.REQUIRE_APPROVAL}
+EFFECT_PB = {"allow": pb.EFFECT_ALLOW, "deny": pb.EFFECT_DENY, "require_approval": pb.EFFECT_REQUIRE_APPROVAL}
+DEFAULT_APPROVAL_TTL_S = 3600
+# A tool neither the request nor the catalogue rates is treated as critical: fail closed.
+UNKNOWN_RISK_TIER = 4
+_INDEX_CACHE_MAX = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRule:
+    id: str
+    policy: str
+    effect: str                      # allow | deny | require_approval
+    outcome: int                     # pb.Outcome of the effect
+    program: cel.Expression
+    reason: str
+    approvers: tuple[str, ...]
+    approval_ttl_s: int
+    location: str                    # file:line of the rule, for reports
+    when: str
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledPolicy:
+    name: str
+    order: int
+    rules: tuple[CompiledRule, ...]
+    tools: tuple[str, ...]
+    # Matchers for the non-tool match fields; None means "any".
+    servers: Callable[[str], object] | None
+    teams: Callable[[str], object] | None
+    agents: Callable[[str], object] | None
+    workflows: Callable[[str], object] | None
+
+    def fits(self, agent: pb.Agent, tool: pb.ToolCall) -> bool:
+        return (
+            (self.servers is None or self.servers(tool.server) is not None)
+            and (self.teams is None or self.teams(agent.team) is not None)
+            and (self.agents is None or self.agents(agent.id) is not None)
+            and (self.workflows is None or self.workflows(agent.workflow) is not None)
+        )
+
+
+@dataclass(slots=True)
+class Bundle:
+    """A compiled bundle: immutable after construction (the index cache only memoises)."""
+
+    name: str
+    version: str
+    revision: str
+    default: str
+    on_error: str
+    policies: tuple[CompiledPolicy, ...]
+    budgets: tuple[BudgetSpec, ...]
+    mask: tuple[str, ...]
+    tool_tiers: dict[str, int]
+    tier_globs: tuple[tuple[re.Pattern[str], int], ...]
+    _exact: dict[str, tuple[int, ...]]
+    _globbed: tuple[tuple[re.Pattern[str], int], ...]
+    _always: tuple[int, ...]
+    _cache: dict[str, tuple[CompiledPolicy, ...]] = field(default_factory=dict)
+
+    @property
+    def rules(self) -> tuple[CompiledRule, ...]:
+        return tuple(r for p in self.policies for r in p.rules)
+
+    def candidates(self, tool_name: str) -> tuple[CompiledPolicy, ...]:
+        """The policies whose `match.tools` fit this tool name, in bundle order (memoised)."""
+        hit = self._cache.get(tool_name)
+        if hit is not None:
+            return hit
+        idx = set(self._exact.get(tool_name, ()))
+        idx.update(self._always)
+        idx.update(i for rx, i in self._globbed if rx.match(tool_name))
+        found = tuple(self.policies[i] for i in sorted(idx))
+        if len(self._cache) < _INDEX_CACHE_MAX:
+            self._cache[tool_name] = found
+        return found
+
+    def risk_tier(self, tool_name: str) -> int:
+        tier = self.tool_tiers.get(tool_name)
+        if tier is not None:
+            return tier
+        for rx, t in self.tier_globs:
+            if rx.match(tool_name):
+                return t
+        return UNKNOWN_RISK_TIER
+
+
+def _glob_rx(pattern: str) -> re.Pattern[str]:
+    return re.compile(fnmatch.translate(pattern))
+
+
+def _is_glob(pattern: str) -> bool:
+    return any(c in pattern for c in "*?[")
+
+
+def _matcher(patterns: list[str]) -> Callable[[str], object] | None:
+    if not patterns:
+        return None
+    return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns)).match
+
+
+def revision_of(files: dict[str, bytes]) -> str:
+    """sha256 over the sorted (path, content hash) pairs: same sources, same revision."""
+    h = hashlib.sha256()
+    for rel in sorted(files):
+        h.update(rel.encode("utf-8") + b"\0" + hashlib.sha256(files[rel]).digest())
+    return h.hexdigest()
+
+
+def load_bundle(root: str | Path) -> Bundle:
+    """Load, validate and compile a bundle source folder. Raises PolicyLoadError with every error."""
+    return compile_bundle(load_source(root))
+
+
+def compile_bundle(src: LoadedSource) -> Bundle:
+    """Compile every condition and build the index; raises PolicyLoadError with every error found
+    here and while loading, so one run reports them all."""
+    errors: list[SourceError] = list(src.errors)
+    lines_of: dict[str, list[str]] = {}
+    seen_ids: dict[str, str] = {}
+    policies: list[CompiledPolicy] = []
+    for order, lp in enumerate(src.policies):
+        doc = lp.doc
+        rules = _compile_rules(doc.metadata.name, lp.source, list(enumerate(doc.spec.rules)), seen_ids, lines_of,
+                               errors)
+        m = doc.spec.match
+        policies.append(
+            CompiledPolicy(
+                name=doc.metadata.name,
+                order=order,
+                rules=tuple(rules),
+                tools=tuple(m.tools),
+                servers=_matcher(m.servers),
+                teams=_matcher(m.teams),
+                agents=_matcher(m.agents),
+                workflows=_matcher(m.workflows),
+            )
+        )
+    for pp in src.partial:
+        _compile_rules(pp.name, pp.source, pp.rules, seen_ids, lines_of, errors)
+    if errors or src.bundle is None:
+        raise PolicyLoadError(errors)
+
+    exact: dict[str, list[int]] = {}
+    globbed: list[tuple[re.Pattern[str], int]] = []
+    always: list[int] = []
+    for i, p in enumerate(policies):
+        if not p.tools:
+            always.append(i)
+        for t in p.tools:
+            if _is_glob(t):
+                globbed.append((_glob_rx(t), i))
+            else:
+                exact.setdefault(t, []).append(i)
+    spec = src.bundle.spec
+    meta = src.bundle.metadata
+    tiers = {k: v.risk_tier for k, v in spec.tools.items() if not _is_glob(k)}
+    # Most specific glob first: the longest pattern that matches decides the tier.
+    tier_globs = tuple(
+        (_glob_rx(k), v.risk_tier) for k, v in sorted(spec.tools.items(), key=lambda kv: -len(kv[0])) if _is_glob(k)
+    )
+    return Bundle(
+        name=meta.name,
+        version=meta.version,
+        revision=revision_of(src.files),
+        default=spec.default,
+        on_error=spec.on_error,
+        policies=tuple(policies),
+        budgets=tuple(spec.budgets),
+        mask=tuple(spec.mask),
+        tool_tiers=tiers,
+        tier_globs=tier_globs,
+        _exact={k: tuple(v) for k, v in exact.items()},
+        _globbed=tuple(globbed),
+        _always=tuple(always),
+    )
+
+
+def _compile_rules(
+    policy: str,
+    source: Source,
+    indexed: list[tuple[int, Rule]],
+    seen_ids: dict[str, str],
+    lines_of: dict[str, list[str]],
+    errors: list[SourceError],
+) -> list[CompiledRule]:
+    file = source.file
+    if file not in lines_of:
+        lines_of[file] = Path(file).read_text(encoding="utf-8").splitlines()
+    rules: list[CompiledRule] = []
+    for i, rule in indexed:
+        id_node = locate(source.node, ("spec", "rules", i, "id"))
+        line, col = id_node.start_mark.line + 1, id_node.start_mark.column + 1
+        here = f"{file}:{line}:{col}"
+        if rule.id in seen_ids:
+            errors.append(SourceError(file, line, col, f"duplicate rule id {rule.id!r} (first at {seen_ids[rule.id]})"))
+        else:
+            seen_ids[rule.id] = here
+        compiled = compile_condition(rule.when)
+        if isinstance(compiled, list):
+            when_node = locate(source.node, ("spec", "rules", i, "when"))
+            if not isinstance(when_node, yaml.ScalarNode):  # no `when:` key: cannot fail
+                when_node = id_node
+            for ce in compiled:
+                eline, ecol = _expression_position(when_node, lines_of[file], ce.line, ce.column)
+                errors.append(SourceError(file, eline, ecol, ce.message))
+            continue
+        rules.append(
+            CompiledRule(
+                id=rule.id,
+                policy=policy,
+                effect=rule.effect,
+                outcome=EFFECT_OUTCOME[rule.effect],
+                program=compiled,
+                reason=rule.reason or rule.id,
+                approvers=tuple(rule.approvers),
+                approval_ttl_s=parse_duration(rule.approval_ttl) if rule.approval_ttl else DEFAULT_APPROVAL_TTL_S,
+                location=here,
+                when=rule.when,
+            )
+        )
+    return rules
+
+
+def _expression_position(node: yaml.ScalarNode, lines: list[str], line: int, column: int) -> tuple[int, int]:
+    """Map a line/column inside a `when:` expression to a 1-based position in the file."""
+    start_line, start_col = node.start_mark.line, node.start_mark.column
+    if node.style in ("|", ">"):
+        # Block scalar: the expression starts on the line after the indicator, and every line
+        # loses the block's indentation (that of its first line).
+        first = lines[start_line + 1] if start_line + 1 < len(lines) else ""
+        indent = len(first) - len(first.lstrip())
+        return start_line + line + 1, indent + column
+    # Plain or quoted scalar, possibly folded over several lines: CEL saw the lines joined by
+    # single spaces, so walk the source lines to find which one holds the column.
+    quoted = 1 if node.style in ("'", '"') else 0
+    offset = column - 1
+    idx, col0 = start_line, start_col + quoted
+    end_line = node.end_mark.line
+    while idx <= end_line and idx < len(lines):
+        segment = lines[idx][col0:] if idx == start_line else lines[idx].lstrip()
+        seg_start = col0 if idx == start_line else len(lines[idx]) - len(lines[idx].lstrip())
+        if offset <= len(segment) or idx == end_line:
+            return idx + 1, seg_start + offset + 1
+        offset -= len(segment) + 1
+        idx += 1
+    return start_line + 1, start_col + column

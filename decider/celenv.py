@@ -1,0 +1,63 @@
+"""The CEL environment policies are checked and evaluated in (SPEC §3).
+
+`agent`, `tool` and `request` are the API's own proto messages, so a typo such as `agent.teem`
+is a type error at load time. `tool.args` and `context` are `google.protobuf.Struct`, which CEL
+sees as JSON (`dyn`): `tool.args.amount > 1000.0` holds for a JSON 2500.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+from cel_expr_python import cel
+from google.protobuf import descriptor_pool
+
+from . import functions
+from .v1 import decider_pb2  # noqa: F401 - registers decider.v1 types in the default pool
+
+__all__ = ["environment", "compile_condition", "CelError", "CEL_VARIABLES"]
+
+CEL_VARIABLES = ("agent", "tool", "request", "context", "budget")
+
+# `ERROR: <input>:3:11: message` — one per problem; cel-expr-python joins them in one exception.
+_ERROR = re.compile(r"ERROR: <input>:(\d+):(\d+): (.*?)(?=\n \||\nERROR: |\s*\[INVALID_ARGUMENT\]|$)", re.S)
+
+
+@dataclass(frozen=True, slots=True)
+class CelError:
+    """A compile problem at a 1-based line/column inside the expression text."""
+
+    line: int
+    column: int
+    message: str
+
+
+@lru_cache(maxsize=1)
+def environment() -> cel.Env:
+    """The one typed environment (built once per process: it is immutable and thread-safe)."""
+    return cel.NewEnv(
+        descriptor_pool=descriptor_pool.Default(),
+        variables={
+            "agent": cel.Type("decider.v1.Agent"),
+            "tool": cel.Type("decider.v1.ToolCall"),
+            "request": cel.Type("decider.v1.Request"),
+            "context": cel.Type.Map(cel.Type.STRING, cel.Type.DYN),
+            "budget": cel.Type.Map(cel.Type.STRING, cel.Type.Map(cel.Type.STRING, cel.Type.DOUBLE)),
+        },
+        functions=functions.declarations(),
+    )
+
+
+def compile_condition(expression: str) -> cel.Expression | list[CelError]:
+    """Compile and type-check one condition; a list of errors if it is not a valid bool condition."""
+    try:
+        program = environment().compile(expression)
+    except RuntimeError as e:
+        found = [CelError(int(m[1]), int(m[2]), " ".join(m[3].split())) for m in _ERROR.finditer(str(e))]
+        return found or [CelError(1, 1, str(e))]
+    rtype = program.return_type()
+    if rtype != cel.Type.BOOL and rtype != cel.Type.DYN:
+        return [CelError(1, 1, f"a condition must be a bool, this one is {rtype.name()}")]
+    return program

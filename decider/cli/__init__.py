@@ -1,0 +1,5 @@
+"""The `decider` command line: a thin shell over the engine, the store and the server."""
+
+from .main import main
+
+__all__ = ["main"]

@@ -1,0 +1,234 @@
+"""`decider serve | check | decide | log` — exit codes are CI-friendly (0 ok, 1 failed, 2 bad input)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import json_format
+
+from ..errors import DeciderError, InvalidRequest, PolicyLoadError
+
+__all__ = ["main", "build_parser"]
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="decider", description="Policy decision point for AI agents.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("serve", help="serve the gRPC API on a bundle")
+    s.add_argument("--bundle", required=True, help="bundle source folder")
+    s.add_argument("--db", default="sqlite:///decider.db", help="database URL or SQLite file path")
+    s.add_argument("--listen", default="127.0.0.1:50051", help="host:port (port 0 = ephemeral)")
+    s.add_argument("--port-file", help="write the bound port to this file once serving")
+    s.add_argument("--grace", type=float, default=10.0, help="seconds to drain in-flight calls on shutdown")
+    s.add_argument("--log-level", default="info")
+
+    c = sub.add_parser("check", help="lint and type-check a policy folder")
+    c.add_argument("folder")
+    c.add_argument("--format", choices=["text", "json"], default="text")
+
+    d = sub.add_parser("decide", help="decide one request (locally on a bundle, or by asking a server)")
+    where = d.add_mutually_exclusive_group(required=True)
+    where.add_argument("--bundle", help="evaluate locally on this bundle folder (nothing is recorded)")
+    where.add_argument("--server", help="ask a running server at host:port (the decision is recorded)")
+    d.add_argument("--request", help="a DecideRequest as JSON (file path, or - for stdin)")
+    d.add_argument("--agent", dest="agent_id", help="agent.id")
+    d.add_argument("--team", default="")
+    d.add_argument("--owner", default="")
+    d.add_argument("--model", default="")
+    d.add_argument("--capability", action="append", default=[], help="agent capability (repeatable)")
+    d.add_argument("--tool", help="tool.name")
+    d.add_argument("--tool-server", default="", help="tool.server")
+    d.add_argument("--args", default="{}", help="tool arguments as a JSON object")
+    d.add_argument("--env", default="", help="request.environment")
+    d.add_argument("--cost", type=float, default=0.0, help="request.estimated_cost")
+    d.add_argument("--dry-run", action="store_true")
+
+    lg = sub.add_parser("log", help="list or export decision records")
+    lg.add_argument("--db", default="sqlite:///decider.db")
+    lg.add_argument("--agent", dest="agent_id")
+    lg.add_argument("--team")
+    lg.add_argument("--tool")
+    lg.add_argument("--outcome", choices=["allow", "deny", "require_approval", "ALLOW", "DENY", "REQUIRE_APPROVAL"])
+    lg.add_argument("--revision", help="bundle revision (prefix)")
+    lg.add_argument("--since", help="ISO time, inclusive")
+    lg.add_argument("--until", help="ISO time, exclusive")
+    lg.add_argument("--limit", type=int)
+    lg.add_argument("--format", choices=["table", "jsonl"], default="table")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except PolicyLoadError as e:
+        for err in e.errors:
+            print(err, file=sys.stderr)
+        print(f"{len(e.errors)} error(s)", file=sys.stderr)
+        return EXIT_FAIL
+    except DeciderError as e:
+        print(f"decider: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from ..logs import setup_logging
+    from ..server import ServerConfig, run
+
+    setup_logging(args.log_level)
+    run(ServerConfig(bundle=args.bundle, db=args.db, listen=args.listen, grace_s=args.grace,
+                     port_file=args.port_file))
+    return EXIT_OK
+
+
+def _check(args: argparse.Namespace) -> int:
+    from ..bundle import load_bundle
+
+    try:
+        b = load_bundle(args.folder)
+    except PolicyLoadError as e:
+        if args.format == "json":
+            print(json.dumps({"ok": False, "errors": [
+                {"file": x.file, "line": x.line, "column": x.column, "message": x.message} for x in e.errors]}))
+        else:
+            for err in e.errors:
+                print(err)
+            print(f"{len(e.errors)} error(s) in {args.folder}")
+        return EXIT_FAIL
+    n_rules = sum(len(p.rules) for p in b.policies)
+    if args.format == "json":
+        print(json.dumps({"ok": True, "name": b.name, "version": b.version, "revision": b.revision,
+                          "policies": len(b.policies), "rules": n_rules}))
+    else:
+        print(f"ok: {b.name} {b.version} revision {b.revision[:12]} "
+              f"({len(b.policies)} policies, {n_rules} rules)")
+    return EXIT_OK
+
+
+def _request_from_args(args: argparse.Namespace) -> Any:
+    from ..client import build_request
+    from ..v1 import decider_pb2 as pb
+
+    if args.request:
+        text = sys.stdin.read() if args.request == "-" else Path(args.request).read_text()
+        try:
+            return json_format.Parse(text, pb.DecideRequest())
+        except json_format.ParseError as e:
+            raise InvalidRequest("request", str(e)) from None
+    if not args.tool or not args.agent_id:
+        raise InvalidRequest("tool.name" if not args.tool else "agent.id", "is required (or pass --request FILE)")
+    try:
+        tool_args = json.loads(args.args)
+    except json.JSONDecodeError as e:
+        raise InvalidRequest("tool.args", f"not JSON: {e}") from None
+    if not isinstance(tool_args, dict):
+        raise InvalidRequest("tool.args", "must be a JSON object")
+    return build_request(
+        agent={"id": args.agent_id, "team": args.team, "owner": args.owner, "model": args.model,
+               "capabilities": args.capability},
+        tool=args.tool, server=args.tool_server, args=tool_args, environment=args.env,
+        estimated_cost=args.cost, dry_run=args.dry_run,
+    )
+
+
+def _decide(args: argparse.Namespace) -> int:
+    from ..validate import validate_request
+
+    req = _request_from_args(args)
+    validate_request(req)
+    if args.server:
+        from ..client import DeciderClient
+
+        with DeciderClient(args.server) as client:
+            resp = client.decide(req)
+        out = json_format.MessageToDict(resp)
+    else:
+        from ..bundle import load_bundle
+        from ..engine import decide
+
+        bundle = load_bundle(args.bundle)
+        if not req.request.HasField("time"):
+            req.request.time.FromDatetime(datetime.now(timezone.utc))
+        d = decide(bundle, req)
+        out = {
+            "outcome": d.outcome_name,
+            "decidingRule": d.deciding_rule,
+            "reasons": [{"ruleId": r.rule_id, "text": r.text, "policy": r.policy} for r in d.reasons],
+            "matchedRules": list(d.matched_rules),
+            "riskTier": d.risk_tier,
+            "bundle": {"name": bundle.name, "version": bundle.version, "revision": bundle.revision},
+        }
+        if d.errors:
+            out["errors"] = list(d.errors)
+        if d.approvers:
+            out["approvers"] = list(d.approvers)
+    print(json.dumps(out, indent=2))
+    return EXIT_OK
+
+
+def _log(args: argparse.Namespace) -> int:
+    from ..store import DecisionStore, connect
+    from ..store.decisions import LogFilter
+
+    store = DecisionStore(connect(args.db))
+    f = LogFilter(
+        agent_id=args.agent_id, team=args.team, tool_name=args.tool, outcome=args.outcome,
+        bundle_revision=args.revision, since=_parse_time(args.since), until=_parse_time(args.until),
+        limit=args.limit,
+    )
+    rows = store.query(f)
+    if args.format == "jsonl":
+        for row in rows:
+            print(json.dumps(_jsonable(row), separators=(",", ":")))
+        return EXIT_OK
+    print(f"{'decision_id':26}  {'time (UTC)':19}  {'agent':14}  {'tool':18}  {'outcome':16}  rule")
+    for row in rows:
+        t = row["time"].strftime("%Y-%m-%d %H:%M:%S")
+        print(f"{row['decision_id']:26}  {t:19}  {row['agent_id'][:14]:14}  {row['tool_name'][:18]:18}  "
+              f"{row['outcome']:16}  {row['deciding_rule']}")
+    return EXIT_OK
+
+
+_JSON_COLUMNS = ("agent_labels", "agent_capabilities", "args", "context", "reasons", "matched_rules", "errors",
+                 "shadow_rules", "approvers")
+
+
+def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
+    """A record as an export line: JSON columns decoded, times ISO-8601, agent fields grouped."""
+    out: dict[str, Any] = {}
+    for k, v in row.items():
+        if k in _JSON_COLUMNS and isinstance(v, str):
+            v = json.loads(v)
+        elif isinstance(v, datetime):
+            v = (v if v.tzinfo else v.replace(tzinfo=timezone.utc)).isoformat()
+        out[k] = v
+    out["agent"] = {k: row[c] for k, c in (("id", "agent_id"), ("instance_id", "instance_id"), ("owner", "owner"),
+                                           ("team", "team"), ("workflow", "workflow"), ("model", "model"),
+                                           ("session_id", "session_id"))}
+    out["agent"]["labels"] = out["agent_labels"]
+    return out
+
+
+def _parse_time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidRequest("--since/--until", f"not an ISO time: {text!r}") from None
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+
+
+_COMMANDS = {"serve": _serve, "check": _check, "decide": _decide, "log": _log}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""Evaluate a request against a compiled bundle: the pure core of every decision.
+
+`decide(bundle, request, state)` takes values and returns a value. The gRPC server, the CLI's
+`decide`/`test`/`replay`/`diff` and the benchmarks all call it; it never does I/O.
+
+Combining (SPEC §2): a matching kill switch wins (deny, `killed`); otherwise
+deny > require_approval > allow; no matching rule gives the bundle's `default`. A condition that
+errors counts as a deny when `on_error: deny` (fail closed), and is skipped when `on_error: skip`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from .bundle import EFFECT_OUTCOME, Bundle, CompiledRule
+from .celenv import environment
+from .state import EMPTY_STATE, BudgetUsage, State
+from .v1 import decider_pb2 as pb
+
+__all__ = ["Reason", "Decision", "decide", "OUTCOME_NAMES", "EFFECT_OF_OUTCOME"]
+
+OUTCOME_NAMES = {pb.ALLOW: "ALLOW", pb.DENY: "DENY", pb.REQUIRE_APPROVAL: "REQUIRE_APPROVAL"}
+EFFECT_OF_OUTCOME = {pb.ALLOW: "allow", pb.DENY: "deny", pb.REQUIRE_APPROVAL: "require_approval"}
+# Precedence: the larger wins.
+_RANK = {pb.ALLOW: 1, pb.REQUIRE_APPROVAL: 2, pb.DENY: 3}
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    rule_id: str
+    text: str
+    policy: str = ""
+    effect: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    outcome: int                          # pb.Outcome
+    reasons: tuple[Reason, ...]           # the rules (or built-in) that decided
+    matched_rules: tuple[str, ...]        # every rule whose condition held, in bundle order
+    deciding_rule: str
+    risk_tier: int
+    approvers: tuple[str, ...] = ()
+    approval_ttl_s: int = 0
+    errors: tuple[str, ...] = ()          # "rule-id: message" for conditions that errored
+    kill_switch_id: str = ""
+    eval_us: int = 0
+
+    @property
+    def outcome_name(self) -> str:
+        return OUTCOME_NAMES[self.outcome]
+
+
+def budget_views(bundle: Bundle, state: State) -> dict[str, dict[str, float]]:
+    """`budget.<scope>.{limit, spent, reserved, remaining}` for every budget the bundle declares."""
+    views: dict[str, dict[str, float]] = {}
+    for b in bundle.budgets:
+        use = state.budget_usage.get(b.scope) or BudgetUsage()
+        views[b.scope] = {
+            "limit": float(b.limit),
+            "spent": float(use.spent),
+            "reserved": float(use.reserved),
+            "remaining": float(b.limit - use.spent - use.reserved),
+        }
+    return views
+
+
+def effective_risk_tier(bundle: Bundle, tool: pb.ToolCall) -> int:
+    return tool.risk_tier if tool.HasField("risk_tier") else bundle.risk_tier(tool.name)
+
+
+def decide(bundle: Bundle, request: pb.DecideRequest, state: State = EMPTY_STATE) -> Decision:
+    """Decide one request. Fills `request.tool.risk_tier` from the catalogue when the caller left it
+    unset, so conditions and the record see the tier that was actually applied."""
+    started = time.perf_counter_ns()
+    agent, tool = request.agent, request.tool
+    if not tool.HasField("risk_tier"):
+        tool.risk_tier = bundle.risk_tier(tool.name)
+    tier = tool.risk_tier
+
+    for ks in state.kill_switches:
+        if ks.hits(agent, tool):
+            text = f"kill switch {ks.id} ({ks.scope}={ks.value})" + (f": {ks.reason}" if ks.reason else "")
+            return Decision(
+                outcome=pb.DENY,
+                reasons=(Reason("killed", text, "", "deny"),),
+                matched_rules=(),
+                deciding_rule="killed",
+                risk_tier=tier,
+                kill_switch_id=ks.id,
+                eval_us=(time.perf_counter_ns() - started) // 1000,
+            )
+
+    candidates = bundle.candidates(tool.name)
+    matched: list[CompiledRule] = []
+    errors: list[tuple[CompiledRule, str]] = []
+    if candidates:
+        activation = environment().Activation(
+            data={
+                "agent": agent,
+                "tool": tool,
+                "request": request.request,
+                "context": request.context,
+                "budget": budget_views(bundle, state),
+            }
+        )
+        for policy in candidates:
+            if not policy.fits(agent, tool):
+                continue
+            for rule in policy.rules:
+                value = rule.program.eval(activation).value()
+                if value is True:
+                    matched.append(rule)
+                elif value is not False:
+                    # An ERROR value carries its message as a str; anything else is a non-bool result.
+                    msg = value if isinstance(value, str) else f"condition returned {value!r}, not a bool"
+                    errors.append((rule, msg))
+
+    best = 0
+    for rule in matched:
+        if _RANK[rule.outcome] > best:
+            best = _RANK[rule.outcome]
+    winners = [r for r in matched if _RANK[r.outcome] == best] if matched else []
+    error_reasons: list[Reason] = []
+    if errors and bundle.on_error == "deny":
+        error_reasons = [Reason(r.id, f"condition error (fail closed): {msg}", r.policy, "deny") for r, msg in errors]
+
+    eval_us = (time.perf_counter_ns() - started) // 1000
+    matched_ids = tuple(r.id for r in matched)
+    error_texts = tuple(f"{r.id}: {msg}" for r, msg in errors)
+    if error_reasons and best < _RANK[pb.DENY]:
+        # An erroring rule might have denied: fail closed, with the error as the reason.
+        return Decision(pb.DENY, tuple(error_reasons), matched_ids, error_reasons[0].rule_id, tier,
+                        errors=error_texts, eval_us=eval_us)
+    if not winners:
+        outcome = EFFECT_OUTCOME[bundle.default]
+        return Decision(
+            outcome, (Reason("default", f"no rule matched; bundle default is {bundle.default}", "", bundle.default),),
+            matched_ids, "default", tier, errors=error_texts, eval_us=eval_us,
+            approval_ttl_s=3600 if outcome == pb.REQUIRE_APPROVAL else 0,
+        )
+    first = winners[0]
+    return Decision(
+        outcome=first.outcome,
+        reasons=tuple(Reason(r.id, r.reason, r.policy, r.effect) for r in winners),
+        matched_rules=matched_ids,
+        deciding_rule=first.id,
+        risk_tier=tier,
+        approvers=first.approvers,
+        approval_ttl_s=first.approval_ttl_s if first.outcome == pb.REQUIRE_APPROVAL else 0,
+        errors=error_texts,
+        eval_us=eval_us,
+    )

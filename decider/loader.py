@@ -1,0 +1,264 @@
+"""Load a bundle source folder: YAML → validated policy models, with every error located.
+
+The YAML is composed into nodes first (they carry line and column), then converted to plain
+values and validated by pydantic. A validation error's `loc` path is walked back through the
+nodes to find where in the file it points, so every problem is reported as `file:line:col`.
+Nothing stops at the first error: the caller gets all of them at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from .errors import PolicyLoadError, SourceError
+from .policy import API_VERSION, BundleDoc, PolicyDoc, Rule
+
+__all__ = ["Source", "LoadedPolicy", "PartialPolicy", "LoadedSource", "load_source", "source_files", "locate"]
+
+BUNDLE_FILE = "bundle.yaml"
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """One policy document and the YAML node it came from (for positions)."""
+
+    file: str
+    node: yaml.Node
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedPolicy:
+    doc: PolicyDoc
+    source: Source
+
+
+@dataclass(frozen=True, slots=True)
+class PartialPolicy:
+    """The rules that did validate in a policy document that did not: compiled only so their CEL
+    errors are reported in the same run as the document's other errors."""
+
+    name: str
+    source: Source
+    rules: list[tuple[int, Rule]]
+
+
+@dataclass(slots=True)
+class LoadedSource:
+    """A folder's validated documents, its raw files (for the revision hash) and the errors so far.
+
+    `bundle` is None only when `errors` is not empty.
+    """
+
+    root: Path
+    bundle: BundleDoc | None
+    bundle_source: Source | None
+    policies: list[LoadedPolicy]
+    files: dict[str, bytes] = field(default_factory=dict)
+    errors: list[SourceError] = field(default_factory=list)
+    partial: list[PartialPolicy] = field(default_factory=list)
+
+
+def source_files(root: Path) -> list[Path]:
+    """The files that make up a bundle: `*.yaml`/`*.yml`, nested, minus `*_test.yaml` suites."""
+    found = [
+        p
+        for p in root.rglob("*")
+        if p.is_file()
+        and p.suffix in (".yaml", ".yml")
+        and not p.stem.endswith("_test")
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    ]
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
+def load_source(root: str | Path) -> LoadedSource:
+    """Read and validate every document under `root`; problems are collected in `.errors`.
+
+    Raises PolicyLoadError only when `root` is not a folder.
+    """
+    root = Path(root)
+    errors: list[SourceError] = []
+    if not root.is_dir():
+        raise PolicyLoadError([SourceError(str(root), 1, 1, "bundle source is not a folder")])
+    files: dict[str, bytes] = {}
+    bundles: list[tuple[BundleDoc, Source]] = []
+    policies: list[LoadedPolicy] = []
+    partial: list[PartialPolicy] = []
+    for path in source_files(root):
+        rel = path.relative_to(root).as_posix()
+        display = str(path)
+        data = path.read_bytes()
+        files[rel] = data
+        for node in _compose_all(display, data, errors):
+            _load_document(display, node, errors, bundles, policies, partial)
+    if not bundles:
+        errors.append(SourceError(str(root / BUNDLE_FILE), 1, 1, "no document of kind Bundle found"))
+    elif len(bundles) > 1:
+        for _, src in bundles[1:]:
+            line, col = _mark(src.node)
+            errors.append(SourceError(src.file, line, col, "a bundle source has exactly one kind: Bundle"))
+    bundle_doc, bundle_src = bundles[0] if len(bundles) == 1 else (None, None)
+    return LoadedSource(root, bundle_doc, bundle_src, policies, files, errors, partial)
+
+
+def _compose_all(file: str, data: bytes, errors: list[SourceError]) -> list[yaml.Node]:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        errors.append(SourceError(file, 1, 1, f"not UTF-8 text: {e.reason} at byte {e.start}"))
+        return []
+    try:
+        return [n for n in yaml.compose_all(text, Loader=yaml.SafeLoader) if n is not None]
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        errors.append(SourceError(file, line, col, f"bad YAML: {e.problem or e.context}"))
+        return []
+
+
+def _load_document(
+    file: str,
+    node: yaml.Node,
+    errors: list[SourceError],
+    bundles: list[tuple[BundleDoc, Source]],
+    policies: list[LoadedPolicy],
+    partial: list[PartialPolicy],
+) -> None:
+    value = _to_python(file, node, errors)
+    if value is None:
+        return
+    src = Source(file, node)
+    if not isinstance(value, dict):
+        line, col = _mark(node)
+        errors.append(SourceError(file, line, col, "a document must be a mapping with apiVersion and kind"))
+        return
+    kind = value.get("kind")
+    if value.get("apiVersion") != API_VERSION:
+        n = _child(node, "apiVersion") or node
+        line, col = _mark(n)
+        errors.append(SourceError(file, line, col, f"apiVersion must be {API_VERSION!r}"))
+        return
+    model: type[BundleDoc] | type[PolicyDoc]
+    if kind == "Bundle":
+        model = BundleDoc
+    elif kind == "Policy":
+        model = PolicyDoc
+    else:
+        n = _child(node, "kind") or node
+        line, col = _mark(n)
+        errors.append(SourceError(file, line, col, f"unknown kind {kind!r}: use Bundle or Policy"))
+        return
+    try:
+        doc = model.model_validate(value)
+    except ValidationError as e:
+        for err in e.errors():
+            errors.append(_validation_error(file, node, err))
+        if model is PolicyDoc:
+            partial.append(_salvage_rules(value, src))
+        return
+    if isinstance(doc, BundleDoc):
+        bundles.append((doc, src))
+    else:
+        policies.append(LoadedPolicy(doc, src))
+
+
+def _salvage_rules(value: dict[str, Any], src: Source) -> PartialPolicy:
+    spec = value.get("spec")
+    raw = spec.get("rules") if isinstance(spec, dict) else None
+    meta = value.get("metadata")
+    name = str(meta.get("name", "?")) if isinstance(meta, dict) else "?"
+    good: list[tuple[int, Rule]] = []
+    for i, item in enumerate(raw if isinstance(raw, list) else []):
+        try:
+            good.append((i, Rule.model_validate(item)))
+        except ValidationError:
+            continue  # already reported through the document's own validation errors
+    return PartialPolicy(name, src, good)
+
+
+def _validation_error(file: str, node: yaml.Node, err: Any) -> SourceError:
+    loc = tuple(err["loc"])
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        target = locate(node, loc, key=True)
+        message = f"unknown key {loc[-1]!r}"
+    elif kind == "missing":
+        target = locate(node, loc[:-1])
+        message = f"missing required key {loc[-1]!r}"
+    else:
+        target = locate(node, loc)
+        where = ".".join(str(p) for p in loc)
+        message = f"{where}: {_clean(err['msg'])}" if where else _clean(err["msg"])
+    line, col = _mark(target)
+    return SourceError(file, line, col, message)
+
+
+def _clean(msg: str) -> str:
+    # pydantic prefixes messages from our validators with "Value error, ".
+    return msg.removeprefix("Value error, ")
+
+
+def locate(node: yaml.Node, loc: tuple[Any, ...], key: bool = False) -> yaml.Node:
+    """Walk a pydantic `loc` path down the YAML nodes; return the deepest node reached."""
+    current = node
+    for i, part in enumerate(loc):
+        last = i == len(loc) - 1
+        if isinstance(current, yaml.MappingNode):
+            for k, v in current.value:
+                if k.value == str(part):
+                    current = k if (last and key) else v
+                    break
+            else:
+                return current
+        elif isinstance(current, yaml.SequenceNode) and isinstance(part, int) and part < len(current.value):
+            current = current.value[part]
+        else:
+            return current
+    return current
+
+
+def _child(node: yaml.Node, key: str) -> yaml.Node | None:
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            if k.value == key:
+                return v
+    return None
+
+
+def _mark(node: yaml.Node) -> tuple[int, int]:
+    return node.start_mark.line + 1, node.start_mark.column + 1
+
+
+_constructor = yaml.SafeLoader.__new__(yaml.SafeLoader)
+yaml.constructor.SafeConstructor.__init__(_constructor)
+
+
+def _to_python(file: str, node: yaml.Node, errors: list[SourceError]) -> Any:
+    """Convert a node tree to plain values; duplicate mapping keys are errors, not last-wins."""
+    if isinstance(node, yaml.MappingNode):
+        out: dict[Any, Any] = {}
+        for k, v in node.value:
+            key = _to_python(file, k, errors)
+            if not isinstance(key, (str, int, float, bool)) and key is not None:
+                line, col = _mark(k)
+                errors.append(SourceError(file, line, col, "mapping keys must be scalars"))
+                continue
+            if key in out:
+                line, col = _mark(k)
+                errors.append(SourceError(file, line, col, f"duplicate key {key!r}"))
+                continue
+            out[key] = _to_python(file, v, errors)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_to_python(file, v, errors) for v in node.value]
+    try:
+        return _constructor.construct_object(node, deep=True)
+    except yaml.constructor.ConstructorError as e:
+        line, col = _mark(node)
+        errors.append(SourceError(file, line, col, f"bad YAML value: {e.problem}"))
+        return None

@@ -1,0 +1,158 @@
+"""Policy models: the YAML documents of a bundle source (SPEC §2), validated with pydantic.
+
+These are the *source* form. `bundle.compile_bundle` turns them into the runtime form the
+engine uses; nothing on the request path touches these models.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = [
+    "API_VERSION",
+    "Effect",
+    "ToolInfo",
+    "BudgetSpec",
+    "BundleSpec",
+    "BundleMetadata",
+    "BundleDoc",
+    "Match",
+    "Rule",
+    "PolicySpec",
+    "PolicyMetadata",
+    "PolicyDoc",
+    "parse_duration",
+]
+
+API_VERSION = "decider/v1"
+
+Effect = Literal["allow", "deny", "require_approval"]
+BudgetScope = Literal["agent", "team", "workflow", "session", "owner"]
+BudgetWindow = Literal["1h", "1d", "30d", "total"]
+
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]*$"
+_DURATION = re.compile(r"^(\d+)(s|m|h|d)$")
+_DURATION_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> int:
+    """`"4h"` → 14400 seconds. Raises ValueError for anything else."""
+    m = _DURATION.match(text)
+    if not m:
+        raise ValueError(f"invalid duration {text!r}: use a number and one of s, m, h, d (e.g. 4h)")
+    return int(m.group(1)) * _DURATION_SECONDS[m.group(2)]
+
+
+class _Strict(BaseModel):
+    # Unknown keys are errors: a typo like `whne:` must not silently disable a condition.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ToolInfo(_Strict):
+    risk_tier: int = Field(ge=0, le=4)
+
+
+class BudgetSpec(_Strict):
+    scope: BudgetScope
+    limit: float = Field(ge=0)
+    window: BudgetWindow = "total"
+
+
+class BundleSpec(_Strict):
+    default: Effect = "deny"
+    on_error: Literal["deny", "skip"] = "deny"
+    tools: dict[str, ToolInfo] = Field(default_factory=dict)
+    budgets: list[BudgetSpec] = Field(default_factory=list)
+    mask: list[str] = Field(default_factory=list)
+
+    @field_validator("mask")
+    @classmethod
+    def _mask_paths(cls, paths: list[str]) -> list[str]:
+        for p in paths:
+            root = p.split(".", 1)[0]
+            if root not in ("tool", "context") or (root == "tool" and not p.startswith("tool.args.")):
+                raise ValueError(f"mask path {p!r} must start with 'tool.args.' or 'context.'")
+        return paths
+
+    @model_validator(mode="after")
+    def _one_budget_per_scope(self) -> BundleSpec:
+        seen: set[str] = set()
+        for b in self.budgets:
+            if b.scope in seen:
+                raise ValueError(f"more than one budget for scope {b.scope!r}")
+            seen.add(b.scope)
+        return self
+
+
+class BundleMetadata(_Strict):
+    name: str = Field(pattern=_NAME)
+    version: str = Field(default="0.0.0", pattern=_NAME)
+    description: str = ""
+
+
+class BundleDoc(_Strict):
+    apiVersion: Literal["decider/v1"]  # noqa: N815 - the YAML key
+    kind: Literal["Bundle"]
+    metadata: BundleMetadata
+    spec: BundleSpec = Field(default_factory=BundleSpec)
+
+
+class Match(_Strict):
+    """Cheap pre-filter: every listed field must match one of its globs; empty means any."""
+
+    tools: list[str] = Field(default_factory=list)
+    servers: list[str] = Field(default_factory=list)
+    teams: list[str] = Field(default_factory=list)
+    agents: list[str] = Field(default_factory=list)
+    workflows: list[str] = Field(default_factory=list)
+
+
+class Rule(_Strict):
+    id: str = Field(pattern=_NAME)
+    effect: Effect
+    when: str = "true"
+    reason: str = ""
+    approvers: list[str] = Field(default_factory=list)
+    approval_ttl: str | None = None
+
+    @field_validator("approval_ttl")
+    @classmethod
+    def _ttl(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_duration(v)
+        return v
+
+    @field_validator("approvers")
+    @classmethod
+    def _approver_form(cls, v: list[str]) -> list[str]:
+        for a in v:
+            if not re.match(r"^(user|group):.+$", a):
+                raise ValueError(f"approver {a!r} must be 'user:NAME' or 'group:NAME'")
+        return v
+
+    @model_validator(mode="after")
+    def _approval_fields_only_for_approvals(self) -> Rule:
+        if self.effect != "require_approval" and (self.approvers or self.approval_ttl):
+            raise ValueError("approvers and approval_ttl are only for effect require_approval")
+        return self
+
+
+class PolicySpec(_Strict):
+    match: Match = Field(default_factory=Match)
+    rules: list[Rule] = Field(min_length=1)
+
+
+class PolicyMetadata(_Strict):
+    name: str = Field(pattern=_NAME)
+    owner: str = ""
+    description: str = ""
+
+
+class PolicyDoc(_Strict):
+    apiVersion: Literal["decider/v1"]  # noqa: N815 - the YAML key
+    kind: Literal["Policy"]
+    metadata: PolicyMetadata
+    spec: PolicySpec

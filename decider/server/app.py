@@ -1,0 +1,109 @@
+"""Start, serve and stop: the process around the service."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from ..bundle import load_bundle
+from ..store import DecisionStore, GroupCommitWriter, connect
+from ..store.decisions import decisions
+from ..v1 import decider_pb2 as pb
+from .service import SERVICE_NAME, BundleHolder, DeciderService, generic_handler
+
+__all__ = ["ServerConfig", "RunningServer", "start_server", "run"]
+
+log = logging.getLogger("decider.server")
+
+MAX_MESSAGE_BYTES = 16 << 20   # large enough that an oversized argument reaches validation
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    bundle: str
+    db: str = "sqlite:///decider.db"
+    listen: str = "127.0.0.1:50051"
+    grace_s: float = 10.0
+    port_file: str | None = None
+
+
+@dataclass(slots=True)
+class RunningServer:
+    server: grpc.aio.Server
+    port: int
+    service: DeciderService
+    writer: GroupCommitWriter
+    health: health.aio.HealthServicer
+
+    async def stop(self, grace_s: float) -> None:
+        """Stop taking calls, let in-flight ones finish, then flush the writer."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace_s)
+        await asyncio.to_thread(self.writer.close)
+
+
+async def start_server(cfg: ServerConfig) -> RunningServer:
+    bundle = load_bundle(cfg.bundle)
+    engine = connect(cfg.db)
+    store = DecisionStore(engine)
+    writer = GroupCommitWriter(engine, decisions)
+    svc = DeciderService(BundleHolder(bundle), store, writer)
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            # grpc enables SO_REUSEPORT by default, which would let two servers silently share a
+            # port; a second `serve` on a taken port must fail instead.
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    server.add_generic_rpc_handlers((generic_handler(svc),))
+    health_svc = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_svc, server)
+    names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
+    reflection.enable_server_reflection(names, server, pool=pb.DESCRIPTOR.pool)
+    port = server.add_insecure_port(cfg.listen)
+    if port == 0:
+        raise OSError(f"cannot listen on {cfg.listen}")
+    await server.start()
+    for name in ("", SERVICE_NAME):
+        await health_svc.set(name, health_pb2.HealthCheckResponse.SERVING)
+    host = cfg.listen.rsplit(":", 1)[0]
+    if cfg.port_file:
+        Path(cfg.port_file).write_text(str(port))
+    log.info(
+        "serving",
+        extra={"address": f"{host}:{port}", "bundle": bundle.name, "version": bundle.version,
+               "revision": bundle.revision, "db": _redact(cfg.db)},
+    )
+    return RunningServer(server, port, svc, writer, health_svc)
+
+
+def _redact(url: str) -> str:
+    # Never log a database password.
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+async def _serve(cfg: ServerConfig) -> None:
+    running = await start_server(cfg)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down", extra={"grace_s": cfg.grace_s})
+    await running.stop(cfg.grace_s)
+    log.info("stopped", extra={"records_written": running.writer.rows, "batches": running.writer.batches})
+
+
+def run(cfg: ServerConfig) -> None:
+    asyncio.run(_serve(cfg))

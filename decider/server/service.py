@@ -1,0 +1,91 @@
+"""The `decider.v1.Decider` service: decode → validate → decide → record (durably) → answer."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime, timezone
+
+import grpc
+
+from ..bundle import Bundle
+from ..engine import decide
+from ..errors import InvalidRequest
+from ..ids import new_id
+from ..record import build_record, decision_response, record_to_proto
+from ..state import EMPTY_STATE, State
+from ..store import DecisionStore, GroupCommitWriter
+from ..v1 import decider_pb2 as pb
+from ..validate import decode_request, validate_request
+
+__all__ = ["BundleHolder", "DeciderService", "generic_handler", "SERVICE_NAME"]
+
+log = logging.getLogger("decider.server")
+SERVICE_NAME = "decider.v1.Decider"
+
+
+class BundleHolder:
+    """The active bundle. Swapped as one reference, so each decision sees exactly one revision."""
+
+    def __init__(self, bundle: Bundle) -> None:
+        self.active = bundle
+
+
+class DeciderService:
+    def __init__(self, bundles: BundleHolder, store: DecisionStore, writer: GroupCommitWriter) -> None:
+        self.bundles = bundles
+        self.store = store
+        self.writer = writer
+
+    def state_for(self, req: pb.DecideRequest) -> State:
+        return EMPTY_STATE
+
+    async def decide(self, raw: bytes, context: grpc.aio.ServicerContext) -> pb.DecideResponse:
+        try:
+            req = decode_request(raw)
+            validate_request(req)
+        except InvalidRequest as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        now = datetime.now(timezone.utc)
+        if not req.request.HasField("time"):
+            req.request.time.FromDatetime(now)
+        bundle = self.bundles.active  # read once: the whole decision uses this revision
+        decision = decide(bundle, req, self.state_for(req))
+        decision_id = new_id()
+        row = build_record(decision_id, req, decision, bundle, now)
+        try:
+            await self.writer.write(row)
+        except Exception as exc:  # noqa: BLE001
+            # No durable record, no answer: the enforcement point must treat this as a deny.
+            log.error("decision not recorded", extra={"decision_id": decision_id, "error": str(exc)})
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"decision could not be recorded: {exc}")
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("decided", extra={"decision_id": decision_id, "outcome": decision.outcome_name,
+                                        "tool": req.tool.name, "agent": req.agent.id})
+        return decision_response(decision_id, req, decision, bundle, row)
+
+    async def get_decision(self, req: pb.GetDecisionRequest, context: grpc.aio.ServicerContext) -> pb.DecisionRecord:
+        if not req.decision_id:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "decision_id: is required")
+        row = await asyncio.to_thread(self.store.get, req.decision_id)
+        if row is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"decision_id: no decision {req.decision_id!r}")
+        return record_to_proto(row)
+
+
+def generic_handler(svc: DeciderService) -> grpc.GenericRpcHandler:
+    return grpc.method_handlers_generic_handler(
+        SERVICE_NAME,
+        {
+            # Raw bytes in: a request that does not even decode still gets INVALID_ARGUMENT naming
+            # the field, instead of grpc's generic INTERNAL deserialisation failure.
+            "Decide": grpc.unary_unary_rpc_method_handler(
+                svc.decide, request_deserializer=None, response_serializer=pb.DecideResponse.SerializeToString
+            ),
+            "GetDecision": grpc.unary_unary_rpc_method_handler(
+                svc.get_decision,
+                request_deserializer=pb.GetDecisionRequest.FromString,
+                response_serializer=pb.DecisionRecord.SerializeToString,
+            ),
+        },
+    )

@@ -1,0 +1,11 @@
+"""Persistence at the edge: SQLAlchemy over SQLite (default) or PostgreSQL.
+
+One module per table group (`decisions` now; approvals, budgets, kill switches and bundles join
+later). The engine never imports this package.
+"""
+
+from .db import connect
+from .decisions import DecisionStore
+from .writer import GroupCommitWriter
+
+__all__ = ["connect", "DecisionStore", "GroupCommitWriter"]

@@ -1,0 +1,133 @@
+"""The `decisions` table: one row per decision (SPEC §5), and the queries over it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    Engine,
+    Float,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    insert,
+    select,
+)
+
+from .db import metadata
+
+__all__ = ["decisions", "DecisionStore", "LogFilter"]
+
+decisions = Table(
+    "decisions",
+    metadata,
+    Column("decision_id", String(26), primary_key=True),
+    Column("time", DateTime(timezone=True), nullable=False),
+    Column("request_id", String(256), nullable=False, default=""),
+    Column("agent_id", String(256), nullable=False),
+    Column("instance_id", String(256), nullable=False, default=""),
+    Column("owner", String(256), nullable=False, default=""),
+    Column("team", String(256), nullable=False, default=""),
+    Column("workflow", String(256), nullable=False, default=""),
+    Column("model", String(256), nullable=False, default=""),
+    Column("session_id", String(256), nullable=False, default=""),
+    Column("agent_labels", Text, nullable=False, default="{}"),
+    Column("agent_capabilities", Text, nullable=False, default="[]"),
+    Column("tool_name", String(256), nullable=False),
+    Column("tool_server", String(256), nullable=False, default=""),
+    Column("call_id", String(256), nullable=False, default=""),
+    Column("args", Text, nullable=False, default="{}"),          # JSON, masked
+    Column("args_hash", String(64), nullable=False),
+    Column("context", Text, nullable=False, default="{}"),       # JSON, masked
+    Column("risk_tier", Integer, nullable=False),
+    Column("environment", String(256), nullable=False, default=""),
+    Column("estimated_cost", Float, nullable=False, default=0.0),
+    Column("outcome", String(20), nullable=False),               # ALLOW | DENY | REQUIRE_APPROVAL
+    Column("reasons", Text, nullable=False),                     # JSON list of {rule_id, text, policy, effect}
+    Column("matched_rules", Text, nullable=False),               # JSON list of rule ids
+    Column("deciding_rule", String(256), nullable=False),
+    Column("errors", Text, nullable=False, default="[]"),
+    Column("kill_switch_id", String(64)),
+    Column("bundle_name", String(256), nullable=False),
+    Column("bundle_version", String(256), nullable=False),
+    Column("bundle_revision", String(64), nullable=False),
+    Column("shadow_outcome", String(20)),
+    Column("shadow_rules", Text),
+    Column("shadow_revision", String(64)),
+    Column("eval_us", Integer, nullable=False),
+    Column("dry_run", Boolean, nullable=False, default=False),
+    Column("approval_state", String(16)),                        # pending | approved | rejected | expired | consumed
+    Column("approval_id", String(64)),
+    Column("approvers", Text),
+    Column("approval_expires_at", DateTime(timezone=True)),
+    Column("resolved_by", String(256)),
+    Column("resolved_at", DateTime(timezone=True)),
+    Column("resolution_comment", Text),
+    Column("actual_cost", Float),
+    Column("outcome_status", String(64)),
+    Index("ix_decisions_agent", "agent_id"),
+    Index("ix_decisions_tool", "tool_name"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class LogFilter:
+    agent_id: str | None = None
+    team: str | None = None
+    tool_name: str | None = None
+    outcome: str | None = None
+    bundle_revision: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    limit: int | None = None
+
+
+class DecisionStore:
+    """Reads and (unbatched) writes of decision records. Batched writes go through GroupCommitWriter."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def insert_many(self, rows: Sequence[dict[str, Any]]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(insert(decisions), list(rows))
+
+    def get(self, decision_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(decisions).where(decisions.c.decision_id == decision_id)).mappings().first()
+        return dict(row) if row else None
+
+    def ids(self) -> set[str]:
+        with self.engine.connect() as conn:
+            return set(conn.execute(select(decisions.c.decision_id)).scalars())
+
+    def query(self, f: LogFilter) -> Iterator[dict[str, Any]]:
+        q = select(decisions).order_by(decisions.c.decision_id)
+        c = decisions.c
+        if f.agent_id:
+            q = q.where(c.agent_id == f.agent_id)
+        if f.team:
+            q = q.where(c.team == f.team)
+        if f.tool_name:
+            q = q.where(c.tool_name == f.tool_name)
+        if f.outcome:
+            q = q.where(c.outcome == f.outcome.upper())
+        if f.bundle_revision:
+            q = q.where(c.bundle_revision.startswith(f.bundle_revision))
+        if f.since:
+            q = q.where(c.time >= f.since)
+        if f.until:
+            q = q.where(c.time < f.until)
+        if f.limit:
+            q = q.limit(f.limit)
+        with self.engine.connect() as conn:
+            for row in conn.execute(q).mappings():
+                yield dict(row)

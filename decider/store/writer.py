@@ -1,0 +1,117 @@
+"""Group commit: one writer thread commits every record that arrived meanwhile in one transaction.
+
+A decision's answer is sent only after its record is committed (durable before the response).
+Committing each request separately would cost one fsync per decision; batching costs one per
+batch, so throughput grows with concurrency while each caller still waits for its own commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import Engine, Table, insert
+
+__all__ = ["GroupCommitWriter", "WriterClosed"]
+
+log = logging.getLogger("decider.store.writer")
+
+Done = Callable[[BaseException | None], None]
+
+
+class WriterClosed(RuntimeError):
+    pass
+
+
+class GroupCommitWriter:
+    def __init__(self, engine: Engine, table: Table, max_batch: int = 1024) -> None:
+        self._engine = engine
+        self._insert = insert(table)
+        self._max_batch = max_batch
+        self._pending: list[tuple[dict[str, Any], Done]] = []
+        self._cv = threading.Condition()
+        self._closed = False
+        self.batches = 0
+        self.rows = 0
+        self._thread = threading.Thread(target=self._run, name="decider-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, row: dict[str, Any], done: Done) -> None:
+        """Queue a row; `done(None)` runs on the writer thread once it is committed, `done(exc)` if not."""
+        with self._cv:
+            if self._closed:
+                raise WriterClosed("the decision writer is shut down")
+            self._pending.append((row, done))
+            self._cv.notify()
+
+    async def write(self, row: dict[str, Any]) -> None:
+        """Await the commit of `row` from asyncio code."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+
+        def done(err: BaseException | None) -> None:
+            loop.call_soon_threadsafe(_settle, fut, err)
+
+        self.submit(row, done)
+        await fut
+
+    def write_sync(self, row: dict[str, Any]) -> None:
+        ev = threading.Event()
+        box: list[BaseException | None] = [None]
+
+        def done(err: BaseException | None) -> None:
+            box[0] = err
+            ev.set()
+
+        self.submit(row, done)
+        ev.wait()
+        if box[0] is not None:
+            raise box[0]
+
+    def close(self) -> None:
+        """Commit everything queued, then stop the thread."""
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._pending and not self._closed:
+                    self._cv.wait()
+                if not self._pending and self._closed:
+                    return
+                batch = self._pending[: self._max_batch]
+                del self._pending[: self._max_batch]
+            self._commit(batch)
+
+    def _commit(self, batch: list[tuple[dict[str, Any], Done]]) -> None:
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(self._insert, [row for row, _ in batch])
+        except Exception as exc:  # noqa: BLE001 - reported to every waiter, never swallowed
+            if len(batch) == 1:
+                log.error("decision record not written", extra={"error": str(exc)})
+                batch[0][1](exc)
+                return
+            # One bad row must not fail its neighbours: retry each on its own.
+            for item in batch:
+                self._commit([item])
+            return
+        self.batches += 1
+        self.rows += len(batch)
+        for _, done in batch:
+            done(None)
+
+
+def _settle(fut: asyncio.Future[None], err: BaseException | None) -> None:
+    if fut.done():
+        return
+    if err is None:
+        fut.set_result(None)
+    else:
+        fut.set_exception(err)

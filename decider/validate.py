@@ -1,0 +1,140 @@
+"""Check a DecideRequest before it reaches the engine; name the field that is wrong.
+
+Also locates the field that made a request undecodable (too deeply nested, truncated), by
+re-parsing the wire bytes field by field, so even that error names `tool.args`.
+"""
+
+from __future__ import annotations
+
+import math
+
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from google.protobuf import struct_pb2
+from google.protobuf import unknown_fields as _unknown
+from google.protobuf.internal import decoder as _decoder
+
+from .errors import InvalidRequest
+from .v1 import decider_pb2 as pb
+
+__all__ = ["MAX_ARGS_BYTES", "MAX_NAME_LEN", "validate_request", "decode_request"]
+
+MAX_ARGS_BYTES = 1 << 20     # per Struct (tool.args, context): 1 MiB
+MAX_NAME_LEN = 256
+MAX_RISK_TIER = 4
+
+
+def decode_request(raw: bytes) -> pb.DecideRequest:
+    """Parse wire bytes; InvalidRequest naming the field when they do not parse."""
+    try:
+        return pb.DecideRequest.FromString(raw)
+    except _message.DecodeError as e:
+        field = _find_bad_field(pb.DecideRequest.DESCRIPTOR, raw, "") or "request"
+        raise InvalidRequest(field, f"cannot be decoded ({e}); nesting is limited to about 30 levels") from None
+
+
+def _find_bad_field(desc: _descriptor.Descriptor, raw: bytes, prefix: str) -> str | None:
+    """Walk top-level fields of `raw`; return the dotted path of the deepest one that fails to parse."""
+    pos, end = 0, len(raw)
+    try:
+        while pos < end:
+            tag, pos = _decoder._DecodeVarint(raw, pos)
+            number, wire = tag >> 3, tag & 7
+            if wire == 0:
+                _, pos = _decoder._DecodeVarint(raw, pos)
+                continue
+            if wire == 1:
+                pos += 8
+                continue
+            if wire == 5:
+                pos += 4
+                continue
+            if wire != 2:
+                return prefix or None
+            size, pos = _decoder._DecodeVarint(raw, pos)
+            chunk = raw[pos:pos + size]
+            pos += size
+            fd = desc.fields_by_number.get(number)
+            if fd is None or fd.message_type is None:
+                continue
+            name = f"{prefix}.{fd.name}" if prefix else fd.name
+            cls = _message_class(fd.message_type)
+            if cls is None:
+                continue
+            try:
+                cls.FromString(chunk)
+            except _message.DecodeError:
+                # Struct internals (fields/value/struct_value) are not user-facing: stop at the Struct.
+                if fd.message_type.full_name.startswith("google.protobuf."):
+                    return name
+                return _find_bad_field(fd.message_type, chunk, name) or name
+    except Exception:  # noqa: BLE001 - a truncated varint: blame the enclosing field
+        return prefix or None
+    return None
+
+
+def _message_class(desc: _descriptor.Descriptor) -> type[_message.Message] | None:
+    if desc.full_name == "google.protobuf.Struct":
+        return struct_pb2.Struct
+    for cls in (pb.Agent, pb.ToolCall, pb.Request):
+        if cls.DESCRIPTOR.full_name == desc.full_name:
+            return cls
+    return None
+
+
+def _check_name(field: str, value: str, required: bool) -> None:
+    if required and not value:
+        raise InvalidRequest(field, "is required")
+    if len(value) > MAX_NAME_LEN:
+        raise InvalidRequest(field, f"is {len(value)} characters; the limit is {MAX_NAME_LEN}")
+    if value and not value.isprintable():
+        raise InvalidRequest(field, "contains control characters")
+
+
+def _check_struct(field: str, value: struct_pb2.Struct) -> None:
+    size = value.ByteSize()
+    if size <= MAX_ARGS_BYTES:
+        return
+    # Name the biggest entry so the caller knows what to shrink.
+    biggest = max(value.fields.items(), key=lambda kv: kv[1].ByteSize(), default=None)
+    where = f"{field}.{biggest[0]}" if biggest else field
+    raise InvalidRequest(where, f"{field} is {size} bytes; the limit is {MAX_ARGS_BYTES} bytes")
+
+
+_WIRE_NAMES = {0: "a varint", 1: "a 64-bit value", 2: "a length-delimited value", 5: "a 32-bit value"}
+
+
+def _check_wire_types(msg: _message.Message, prefix: str) -> None:
+    """A known field sent with the wrong wire type parses as an *unknown* field; name it.
+
+    Field numbers this server does not know are tolerated (a newer client), as protobuf intends.
+    """
+    for f in _unknown.UnknownFieldSet(msg):
+        fd = msg.DESCRIPTOR.fields_by_number.get(f.field_number)
+        if fd is not None:
+            got = _WIRE_NAMES.get(f.wire_type, f"wire type {f.wire_type}")
+            raise InvalidRequest(prefix + fd.name, f"has the wrong type: sent as {got}")
+
+
+def validate_request(req: pb.DecideRequest) -> None:
+    """Raise InvalidRequest for the first problem found; return None when the request is usable."""
+    _check_wire_types(req, "")
+    _check_wire_types(req.agent, "agent.")
+    _check_wire_types(req.tool, "tool.")
+    _check_wire_types(req.request, "request.")
+    if not req.HasField("tool"):
+        raise InvalidRequest("tool", "is required")
+    if not req.HasField("agent"):
+        raise InvalidRequest("agent", "is required")
+    _check_name("tool.name", req.tool.name, required=True)
+    _check_name("agent.id", req.agent.id, required=True)
+    _check_name("tool.server", req.tool.server, required=False)
+    _check_name("tool.call_id", req.tool.call_id, required=False)
+    _check_name("request.id", req.request.id, required=False)
+    if req.tool.HasField("risk_tier") and not 0 <= req.tool.risk_tier <= MAX_RISK_TIER:
+        raise InvalidRequest("tool.risk_tier", f"is {req.tool.risk_tier}; must be 0..{MAX_RISK_TIER}")
+    cost = req.request.estimated_cost
+    if not math.isfinite(cost) or cost < 0:
+        raise InvalidRequest("request.estimated_cost", f"is {cost}; must be a finite number >= 0")
+    _check_struct("tool.args", req.tool.args)
+    _check_struct("context", req.context)
