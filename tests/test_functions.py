@@ -605,3 +605,19 @@ def test_documented_example_holds(env: cel.Env, expression: str, result: str) ->
     value = env.compile(f"({expression}) == ({result})").eval(data={"args": {}})
     assert value.type() != cel.Type.ERROR, value.value()
     assert value.value() is True, f"{expression} is {env.compile(expression).eval().plain_value()!r}"
+
+
+def test_long_command_lines_are_not_parsed_but_every_word_is_reported() -> None:
+    command = "echo ok; " * (fn.SHELL_PARSE_LIMIT // 9) + "sudo /bin/rm -rf /"
+    assert len(command) > fn.SHELL_PARSE_LIMIT
+    assert shell_commands(command) == ["echo", "ok", "sudo", "rm", "-rf", "/"]
+    assert shell_argv(command)[-3:] == ["/bin/rm", "-rf", "/"]
+
+
+def test_long_arguments_are_computed_without_filling_the_cache() -> None:
+    fn._commands.cache_clear()
+    command = "ls; " * 2000 + "rm x"
+    assert shell_commands(command)[-1] == "rm"
+    assert fn._commands.cache_info().currsize == 0
+    assert shell_commands("ls; rm x") == ["ls", "rm"]
+    assert fn._commands.cache_info().currsize == 1
