@@ -63,13 +63,20 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("--until", help="ISO time, exclusive")
     lg.add_argument("--limit", type=int)
     lg.add_argument("--format", choices=["table", "jsonl"], default="table")
+
+    # Command groups that live in their own modules register themselves (set_defaults(func=...)).
+    from . import policytest, replay
+
+    policytest.register(sub)
+    replay.register(sub)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return _COMMANDS[args.command](args)
+        func = getattr(args, "func", None) or _COMMANDS[args.command]
+        return func(args)
     except PolicyLoadError as e:
         for err in e.errors:
             print(err, file=sys.stderr)
@@ -78,6 +85,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DeciderError as e:
         print(f"decider: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:
+        # `decider replay … | head`: the reader left; that is not an error.
+        sys.stderr.close()
+        return EXIT_OK
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -215,6 +226,7 @@ def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
                                            ("team", "team"), ("workflow", "workflow"), ("model", "model"),
                                            ("session_id", "session_id"))}
     out["agent"]["labels"] = out["agent_labels"]
+    out["agent"]["capabilities"] = out["agent_capabilities"]
     return out
 
 

@@ -1,0 +1,215 @@
+"""Replay recorded tool calls through a bundle, offline: the engine the server uses, no server.
+
+`decider replay` and `decider diff` are thin shells over this module. A trace call becomes the
+DecideRequest a gateway would have sent; identity the trace lacks comes from a `Mapping`. A call
+whose arguments are absent or unparseable is reported INDETERMINATE with the reader's reason and
+is never evaluated, so nothing is silently allowed.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from collections.abc import Mapping as MappingT
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from google.protobuf import struct_pb2
+
+from .bundle import Bundle
+from .engine import OUTCOME_NAMES, Decision, decide
+from .errors import DeciderError
+from .state import EMPTY_STATE
+from .traces import TraceCall
+from .v1 import decider_pb2 as pb
+
+__all__ = ["IdentityMapping", "Replayed", "ReplayReport", "call_to_request", "replay", "diff", "DiffReport"]
+
+INDETERMINATE = "INDETERMINATE"
+UNKNOWN_AGENT = "unknown-agent"
+_AGENT_FIELDS = ("id", "instance_id", "owner", "team", "workflow", "model", "session_id")
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityMapping:
+    """Identity and request facts to fill in where a trace has none (the trace wins where it has one)."""
+
+    agent: MappingT[str, Any] = field(default_factory=dict)       # id, team, owner, workflow, model, …
+    environment: str = ""
+    context: MappingT[str, Any] = field(default_factory=dict)
+
+    @staticmethod
+    def from_file(path: str | Path) -> IdentityMapping:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        unknown = set(data) - {"agent", "environment", "context"}
+        if unknown:
+            raise DeciderError(f"{path}: unknown mapping keys {sorted(unknown)}; use agent, environment, context")
+        agent = data.get("agent") or {}
+        bad = set(agent) - {*_AGENT_FIELDS, "labels", "capabilities"}
+        if bad:
+            raise DeciderError(f"{path}: unknown agent fields {sorted(bad)}")
+        return IdentityMapping(agent=agent, environment=str(data.get("environment", "")),
+                               context=data.get("context") or {})
+
+    def merged(self, **overrides: Any) -> IdentityMapping:
+        agent = dict(self.agent)
+        agent.update({k: v for k, v in overrides.items() if v})
+        return IdentityMapping(agent, self.environment, self.context)
+
+
+@dataclass(frozen=True, slots=True)
+class Replayed:
+    call: TraceCall
+    outcome: str                       # ALLOW | DENY | REQUIRE_APPROVAL | INDETERMINATE
+    rule: str                          # deciding rule ("" when indeterminate)
+    reason: str                        # the deciding reason, or why it is indeterminate
+    matched: tuple[str, ...] = ()
+
+
+def _set_value(v: struct_pb2.Value, x: Any) -> None:
+    if x is None:
+        v.null_value = struct_pb2.NULL_VALUE
+    elif isinstance(x, bool):
+        v.bool_value = x
+    elif isinstance(x, (int, float)):
+        v.number_value = x
+    elif isinstance(x, str):
+        v.string_value = x
+    elif isinstance(x, dict):
+        _fill_struct(v.struct_value, x)
+    elif isinstance(x, (list, tuple)):
+        lv = v.list_value
+        lv.SetInParent()
+        for item in x:
+            _set_value(lv.values.add(), item)
+    else:
+        v.string_value = str(x)
+
+
+def _fill_struct(s: struct_pb2.Struct, d: MappingT[str, Any]) -> None:
+    s.SetInParent()
+    fields = s.fields
+    for k, x in d.items():
+        _set_value(fields[str(k)], x)
+
+
+def call_to_request(call: TraceCall, mapping: IdentityMapping) -> pb.DecideRequest:
+    """The DecideRequest a gateway would have sent for this call (arguments must be present)."""
+    req = pb.DecideRequest()
+    a = req.agent
+    known = call.agent_fields
+    fallback = mapping.agent
+    if known:
+        for name in _AGENT_FIELDS:
+            value = known.get(name) or fallback.get(name)
+            if value:
+                setattr(a, name, str(value))
+    else:
+        # The common case: the trace names at most the agent, model and session.
+        a.id = call.agent or fallback.get("id") or UNKNOWN_AGENT
+        model = call.model or fallback.get("model")
+        if model:
+            a.model = model
+        session = call.session_id or fallback.get("session_id")
+        if session:
+            a.session_id = session
+        for name in ("instance_id", "owner", "team", "workflow"):
+            value = fallback.get(name)
+            if value:
+                setattr(a, name, str(value))
+    if not a.id:
+        a.id = UNKNOWN_AGENT
+    labels = (known or fallback).get("labels") or fallback.get("labels")
+    if labels:
+        a.labels.update({str(k): str(v) for k, v in labels.items()})
+    caps = (known or fallback).get("capabilities") or fallback.get("capabilities")
+    if caps:
+        a.capabilities.extend(str(c) for c in caps)
+    t = req.tool
+    t.name = call.tool_name
+    if call.server:
+        t.server = call.server
+    if call.call_id:
+        t.call_id = str(call.call_id)
+    if call.risk_tier is not None:
+        t.risk_tier = call.risk_tier
+    _fill_struct(t.args, call.arguments or {})
+    rf = call.request_fields
+    r = req.request
+    env = (rf.get("environment") if rf else None) or mapping.environment
+    if env:
+        r.environment = str(env)
+    if rf and rf.get("estimated_cost"):
+        r.estimated_cost = float(rf["estimated_cost"])
+    if call.started_at is not None:
+        r.time.FromDatetime(call.started_at)
+    if mapping.context or call.context:
+        _fill_struct(req.context, {**mapping.context, **(call.context or {})})
+    return req
+
+
+def _evaluate(bundle: Bundle, call: TraceCall, mapping: IdentityMapping) -> Replayed:
+    if call.indeterminate or call.arguments is None:
+        return Replayed(call, INDETERMINATE, "", call.indeterminate or "the call's arguments are absent")
+    if not call.tool_name:
+        return Replayed(call, INDETERMINATE, "", "the call has no tool name")
+    d: Decision = decide(bundle, call_to_request(call, mapping), EMPTY_STATE)
+    return Replayed(call, OUTCOME_NAMES[d.outcome], d.deciding_rule, d.reasons[0].text if d.reasons else "",
+                    d.matched_rules)
+
+
+def replay(bundle: Bundle, calls: Iterable[TraceCall], mapping: IdentityMapping | None = None) -> Iterator[Replayed]:
+    m = mapping or IdentityMapping()
+    for call in calls:
+        yield _evaluate(bundle, call, m)
+
+
+@dataclass(slots=True)
+class ReplayReport:
+    total: int = 0
+    by_outcome: Counter[str] = field(default_factory=Counter)
+    by_tool: dict[str, Counter[str]] = field(default_factory=dict)
+    by_rule: Counter[str] = field(default_factory=Counter)
+    flagged: list[Replayed] = field(default_factory=list)     # deny, approval and indeterminate calls
+
+    def add(self, r: Replayed) -> None:
+        self.total += 1
+        self.by_outcome[r.outcome] += 1
+        self.by_tool.setdefault(r.call.tool_name, Counter())[r.outcome] += 1
+        if r.rule:
+            self.by_rule[r.rule] += 1
+        if r.outcome != "ALLOW":
+            self.flagged.append(r)
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    call: TraceCall
+    old: Replayed
+    new: Replayed
+
+
+@dataclass(slots=True)
+class DiffReport:
+    total: int = 0
+    changes: list[Change] = field(default_factory=list)
+
+    def groups(self) -> dict[tuple[str, str], list[Change]]:
+        out: dict[tuple[str, str], list[Change]] = {}
+        for c in self.changes:
+            out.setdefault((c.old.outcome, c.new.outcome), []).append(c)
+        return dict(sorted(out.items(), key=lambda kv: -len(kv[1])))
+
+
+def diff(old: Bundle, new: Bundle, calls: Iterable[TraceCall], mapping: IdentityMapping | None = None) -> DiffReport:
+    """Every call whose outcome or deciding rule differs between two bundles."""
+    m = mapping or IdentityMapping()
+    report = DiffReport()
+    for call in calls:
+        report.total += 1
+        a, b = _evaluate(old, call, m), _evaluate(new, call, m)
+        if (a.outcome, a.rule) != (b.outcome, b.rule):
+            report.changes.append(Change(call, a, b))
+    return report

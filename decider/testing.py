@@ -1,0 +1,355 @@
+"""Policy unit tests (`decider test`): YAML cases with expected outcomes, run through the engine.
+
+A suite file (`*_test.yaml`, beside the policies or in its own folder):
+
+    apiVersion: decider/v1
+    kind: TestSuite
+    metadata: {name: payments}
+    fixtures:
+      agents:  {refund-bot: {id: refund-bot, team: finance, model: gpt-5}}
+      tools:   {refund: {name: payments.refund, server: "mcp://billing"}}
+    cases:
+      - name: big refunds need a finance approver
+        agent: refund-bot              # a fixture name, or an inline mapping
+        tool: refund                   # a fixture name, a tool name, or an inline mapping
+        args: {amount: 2500}
+        request: {environment: production, estimated_cost: 5.0, time: "2026-01-01T09:00:00Z"}
+        context: {ticket: FIN-1}
+        state:                         # server-side state the decision sees
+          budgets: {team: {spent: 480.0}}
+          kill_switches: [{scope: team, value: finance}]
+          approval: approved           # an approval for this exact call: approved | pending | rejected | expired
+        expect:
+          outcome: require_approval    # allow | deny | require_approval
+          rule: refund-needs-approval-above-1000    # optional: the deciding rule
+          reason: finance approver     # optional: a substring of the deciding reason
+
+The same `engine.decide` as the server evaluates every case. Coverage says which rules decided
+at least one case, which matched but were always overridden, and which never matched.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .bundle import Bundle, CompiledRule
+from .celenv import environment
+from .engine import OUTCOME_NAMES, Decision, Reason, budget_views, decide
+from .errors import PolicyLoadError, SourceError
+from .loader import _compose_all, _mark, _to_python, locate  # shared YAML-with-positions machinery
+from .state import BudgetUsage, KillSwitch, State
+from .v1 import decider_pb2 as pb
+
+__all__ = [
+    "TestSuite",
+    "CaseResult",
+    "SuiteResult",
+    "Coverage",
+    "find_suites",
+    "load_suites",
+    "run_suites",
+    "coverage",
+    "apply_approval",
+    "fields_read",
+]
+
+OutcomeName = Literal["allow", "deny", "require_approval"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ToolSpec(_Strict):
+    name: str
+    server: str = ""
+    risk_tier: int | None = Field(default=None, ge=0, le=4)
+
+
+class RequestSpec(_Strict):
+    id: str = ""
+    environment: str = ""
+    estimated_cost: float = Field(default=0.0, ge=0)
+    time: datetime | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class BudgetState(_Strict):
+    spent: float = 0.0
+    reserved: float = 0.0
+
+
+class KillSwitchSpec(_Strict):
+    scope: Literal["instance", "session", "workflow", "agent", "owner", "team", "tool", "model", "server", "platform"]
+    value: str = ""
+    reason: str = ""
+    id: str = "test-kill-switch"
+
+
+class StateSpec(_Strict):
+    budgets: dict[str, BudgetState] = Field(default_factory=dict)
+    kill_switches: list[KillSwitchSpec] = Field(default_factory=list)
+    approval: Literal["approved", "pending", "rejected", "expired"] | None = None
+
+
+class Expect(_Strict):
+    outcome: OutcomeName
+    rule: str | None = None
+    reason: str | None = None
+
+
+class Case(_Strict):
+    name: str
+    agent: str | dict[str, Any]
+    tool: str | ToolSpec
+    args: dict[str, Any] = Field(default_factory=dict)
+    request: RequestSpec = Field(default_factory=RequestSpec)
+    context: dict[str, Any] = Field(default_factory=dict)
+    state: StateSpec = Field(default_factory=StateSpec)
+    expect: Expect
+
+
+class Fixtures(_Strict):
+    agents: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    tools: dict[str, ToolSpec] = Field(default_factory=dict)
+
+
+class SuiteMetadata(_Strict):
+    name: str
+    description: str = ""
+
+
+class TestSuite(_Strict):
+    __test__ = False  # not a pytest class
+
+    apiVersion: Literal["decider/v1"]  # noqa: N815 - the YAML key
+    kind: Literal["TestSuite"]
+    metadata: SuiteMetadata
+    fixtures: Fixtures = Field(default_factory=Fixtures)
+    cases: list[Case] = Field(min_length=1)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedSuite:
+    suite: TestSuite
+    file: str
+    case_lines: tuple[int, ...]       # 1-based line of each case, for reports
+
+
+@dataclass(frozen=True, slots=True)
+class CaseResult:
+    suite: str
+    file: str
+    line: int
+    name: str
+    passed: bool
+    expected: Expect
+    actual_outcome: str               # allow | deny | require_approval
+    actual_rule: str
+    actual_reasons: tuple[Reason, ...]
+    matched_rules: tuple[str, ...]
+    errors: tuple[str, ...]
+    fields: dict[str, str] = field(default_factory=dict)   # field path → value, for failures
+    problem: str = ""                  # a case that could not be built (unknown fixture, bad agent field)
+
+
+@dataclass(frozen=True, slots=True)
+class SuiteResult:
+    name: str
+    file: str
+    cases: tuple[CaseResult, ...]
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for c in self.cases if not c.passed)
+
+
+@dataclass(frozen=True, slots=True)
+class Coverage:
+    total: int
+    decided: tuple[str, ...]             # decided at least one case
+    overridden: tuple[str, ...]          # matched some case, never decided one
+    never_matched: tuple[str, ...]
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * len(self.decided) / self.total if self.total else 100.0
+
+
+def find_suites(paths: Sequence[str | Path]) -> list[Path]:
+    """Every `*_test.yaml` / `*_test.yml` under the given files and folders, sorted."""
+    found: set[Path] = set()
+    for p in map(Path, paths):
+        if p.is_file():
+            found.add(p)
+        elif p.is_dir():
+            found.update(x for x in p.rglob("*_test.y*ml") if x.is_file())
+    return sorted(found)
+
+
+def load_suites(files: Sequence[Path]) -> list[LoadedSuite]:
+    """Parse and validate suites; PolicyLoadError with every problem as file:line:col."""
+    errors: list[SourceError] = []
+    out: list[LoadedSuite] = []
+    for path in files:
+        display = str(path)
+        for node in _compose_all(display, path.read_bytes(), errors):
+            value = _to_python(display, node, errors)
+            try:
+                suite = TestSuite.model_validate(value)
+            except ValidationError as e:
+                for err in e.errors():
+                    loc = tuple(err["loc"])
+                    target = locate(node, loc, key=err["type"] == "extra_forbidden")
+                    line, col = _mark(target)
+                    where = ".".join(str(x) for x in loc)
+                    errors.append(SourceError(display, line, col, f"{where}: {err['msg']}"))
+                continue
+            lines = tuple(_mark(locate(node, ("cases", i)))[0] for i in range(len(suite.cases)))
+            for i, case in enumerate(suite.cases):
+                for ref, table, what in ((case.agent, suite.fixtures.agents, "agent"),):
+                    if isinstance(ref, str) and ref not in table:
+                        line, col = _mark(locate(node, ("cases", i, what)))
+                        errors.append(SourceError(display, line, col, f"unknown {what} fixture {ref!r}"))
+            out.append(LoadedSuite(suite, display, lines))
+    if not files:
+        errors.append(SourceError(".", 1, 1, "no test suites (*_test.yaml) found"))
+    if errors:
+        raise PolicyLoadError(errors)
+    return out
+
+
+def apply_approval(decision: Decision, approval: str | None) -> Decision:
+    """How an approval for this exact call changes a REQUIRE_APPROVAL decision (as the server does):
+    approved → ALLOW (once), rejected/expired → DENY, pending → unchanged."""
+    if approval is None or approval == "pending" or decision.outcome != pb.REQUIRE_APPROVAL:
+        return decision
+    if approval == "approved":
+        reasons = (Reason("approved", f"approved call (rule {decision.deciding_rule})", "", "allow"),)
+        outcome = pb.ALLOW
+    else:
+        reasons = (Reason(approval, f"approval {approval} (rule {decision.deciding_rule})", "", "deny"),)
+        outcome = pb.DENY
+    return Decision(outcome, reasons, decision.matched_rules, decision.deciding_rule, decision.risk_tier,
+                    errors=decision.errors, eval_us=decision.eval_us)
+
+
+def _build(suite: TestSuite, case: Case) -> tuple[pb.DecideRequest, State]:
+    agent = suite.fixtures.agents[case.agent] if isinstance(case.agent, str) else case.agent
+    if isinstance(case.tool, str):
+        tool = suite.fixtures.tools.get(case.tool) or ToolSpec(name=case.tool)
+    else:
+        tool = case.tool
+    req = pb.DecideRequest(
+        agent=pb.Agent(**agent),
+        tool=pb.ToolCall(name=tool.name, server=tool.server),
+        request=pb.Request(id=case.request.id, environment=case.request.environment,
+                           estimated_cost=case.request.estimated_cost, labels=case.request.labels),
+    )
+    if tool.risk_tier is not None:
+        req.tool.risk_tier = tool.risk_tier
+    req.tool.args.update(case.args)
+    req.context.update(case.context)
+    if case.request.time is not None:
+        req.request.time.FromDatetime(case.request.time)
+    else:
+        req.request.time.FromSeconds(0)  # deterministic: a test never depends on the wall clock
+    state = State(
+        kill_switches=tuple(KillSwitch(k.id, k.scope, k.value, k.reason) for k in case.state.kill_switches),
+        budget_usage={k: BudgetUsage(v.spent, v.reserved) for k, v in case.state.budgets.items()},
+    )
+    return req, state
+
+
+_EFFECT = {"allow": pb.ALLOW, "deny": pb.DENY, "require_approval": pb.REQUIRE_APPROVAL}
+# A field path a condition reads: `tool.args.amount`, `agent.labels["env"]`, `budget.team.remaining`.
+_FIELD = re.compile(r"\b(?:agent|tool|request|context|budget)(?:\.[A-Za-z_]\w*|\[\s*(?:\"[^\"]*\"|'[^']*')\s*\])+")
+
+
+def fields_read(when: str) -> list[str]:
+    """The field paths a condition mentions, in order, without duplicates (a textual scan)."""
+    seen: dict[str, None] = {}
+    for m in _FIELD.finditer(when):
+        path = m.group(0)
+        # `shell.commands(tool.args.command)` style calls are not fields; a trailing `.method(` is.
+        rest = when[m.end():m.end() + 1]
+        if rest == "(" and "." in path:
+            path = path.rsplit(".", 1)[0]
+        seen.setdefault(path, None)
+    return list(seen)
+
+
+def _field_values(rules: Sequence[CompiledRule], bundle: Bundle, req: pb.DecideRequest,
+                  state: State) -> dict[str, str]:
+    env = environment()
+    act = env.Activation(data={"agent": req.agent, "tool": req.tool, "request": req.request,
+                               "context": req.context, "budget": budget_views(bundle, state)})
+    out: dict[str, str] = {}
+    for rule in rules:
+        for path in fields_read(rule.when):
+            if path in out:
+                continue
+            try:
+                v = env.compile(path).eval(act)
+                out[path] = repr(v.plain_value()) if str(v.type()) != "ERROR" else f"<{v.value()}>"
+            except RuntimeError as e:
+                out[path] = f"<{e}>"
+    return out
+
+
+def run_suites(bundle: Bundle, suites: Sequence[LoadedSuite]) -> list[SuiteResult]:
+    rules_by_id = {r.id: r for r in bundle.rules}
+    results: list[SuiteResult] = []
+    for ls in suites:
+        cases: list[CaseResult] = []
+        for case, line in zip(ls.suite.cases, ls.case_lines, strict=True):
+            try:
+                req, state = _build(ls.suite, case)
+            except (ValueError, TypeError, AttributeError) as e:
+                cases.append(CaseResult(ls.suite.metadata.name, ls.file, line, case.name, False, case.expect,
+                                        "", "", (), (), (), problem=f"cannot build the request: {e}"))
+                continue
+            d = apply_approval(decide(bundle, req, state), case.state.approval)
+            actual = OUTCOME_NAMES[d.outcome].lower()
+            exp = case.expect
+            ok = actual == exp.outcome and (exp.rule is None or exp.rule == d.deciding_rule)
+            if ok and exp.reason is not None:
+                ok = any(exp.reason in r.text for r in d.reasons)
+            fields: dict[str, str] = {}
+            if not ok:
+                shown = [rules_by_id[x] for x in (d.deciding_rule, exp.rule) if x and x in rules_by_id]
+                fields = _field_values(shown, bundle, req, state)
+            cases.append(CaseResult(ls.suite.metadata.name, ls.file, line, case.name, ok, exp, actual,
+                                    d.deciding_rule, d.reasons, d.matched_rules, d.errors, fields))
+        results.append(SuiteResult(ls.suite.metadata.name, ls.file, tuple(cases)))
+    return results
+
+
+def coverage(bundle: Bundle, results: Sequence[SuiteResult]) -> Coverage:
+    decided: set[str] = set()
+    matched: set[str] = set()
+    for s in results:
+        for c in s.cases:
+            decided.add(c.actual_rule)
+            matched.update(c.matched_rules)
+    ids = [r.id for r in bundle.rules]
+    return Coverage(
+        total=len(ids),
+        decided=tuple(i for i in ids if i in decided),
+        overridden=tuple(i for i in ids if i in matched and i not in decided),
+        never_matched=tuple(i for i in ids if i not in matched and i not in decided),
+    )
+
+
+def suite_files_for(bundle_dir: Path, extra: Sequence[str]) -> list[Path]:
+    return find_suites([bundle_dir, *extra]) if not extra else find_suites(extra)
+
+
+__all__ += ["suite_files_for", "LoadedSuite"]

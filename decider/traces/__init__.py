@@ -1,0 +1,128 @@
+"""Trace readers for `decider replay` and `decider diff`.
+
+`read_traces(paths)` turns recorded agent sessions into `TraceCall`s, whatever recorded them:
+
+>>> from decider.traces import read_traces
+>>> for call in read_traces(["traces/"]):                      # doctest: +SKIP
+...     print(call.tool_name, call.arguments, call.source)
+
+Files, folders (recursive, sorted), `-` for stdin and gzip are accepted; the format is detected
+from the content, or forced with `format=` (one of `FORMATS`). A file no reader recognises raises
+`TraceFormatError` naming it. A call whose arguments cannot be read is yielded with
+`indeterminate` set, never dropped.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from ._files import STDIN, iter_trace_files, open_text, sniff
+from ._parse import model_from_filename
+from .decider_log import looks_like_decider_log, read_decider_log
+from .errors import TraceError, TraceFormatError
+from .mcp import looks_like_mcp, read_mcp
+from .model import TraceCall
+from .openai import looks_like_openai, read_openai
+from .openhands import looks_like_openhands, read_openhands
+from .otel import looks_like_otel, read_otel
+
+__all__ = [
+    "FORMATS",
+    "TraceCall",
+    "TraceError",
+    "TraceFormatError",
+    "detect_format",
+    "read_traces",
+    "read_openai",
+    "read_otel",
+    "read_openhands",
+    "read_mcp",
+    "read_decider_log",
+]
+
+FORMATS: tuple[str, ...] = ("openai", "otel", "openhands", "mcp", "decider")
+
+_READERS: dict[str, Callable[..., Iterator[TraceCall]]] = {
+    "openai": read_openai,
+    "otel": read_otel,
+    "openhands": read_openhands,
+    "mcp": read_mcp,
+    "decider": read_decider_log,
+}
+
+# Most specific first: a decision record or an OTel document is unmistakable, while the OpenAI
+# reader accepts anything message-shaped, so it is tried last.
+_DETECTORS: tuple[tuple[str, Callable[[Any], bool]], ...] = (
+    ("decider", looks_like_decider_log),
+    ("otel", looks_like_otel),
+    ("openhands", looks_like_openhands),
+    ("mcp", looks_like_mcp),
+    ("openai", looks_like_openai),
+)
+
+
+def detect_format(sample: Any) -> str | None:
+    """The format of a parsed JSON document or of a JSONL file's first record, or None."""
+    if isinstance(sample, list):  # an array of runs, messages, events or JSON-RPC messages
+        if not sample:
+            return None
+        sample = sample[0]
+    for name, test in _DETECTORS:
+        if test(sample):
+            return name
+    return None
+
+
+def _describe(sample: Any) -> str:
+    if isinstance(sample, list):
+        return f"a JSON array of {type(sample[0]).__name__ if sample else 'nothing'}"
+    if isinstance(sample, dict):
+        keys = ", ".join(sorted(sample)[:8])
+        return f"an object with keys {keys}" if keys else "an empty object"
+    return f"a JSON {type(sample).__name__}"
+
+
+def _read_file(path: str, format: str | None) -> Iterator[TraceCall]:
+    source = "<stdin>" if path == STDIN else path
+    with open_text(path) as stream:
+        try:
+            payload, sample = sniff(stream, source)
+        except (UnicodeDecodeError, OSError, EOFError) as err:
+            raise TraceFormatError(source, f"cannot read: {err}") from err
+        fmt = format or detect_format(sample)
+        if fmt is None:
+            raise TraceFormatError(source, f"not a trace format decider reads ({', '.join(FORMATS)}): "
+                                           f"found {_describe(sample)}")
+        kwargs: dict[str, Any] = {}
+        if fmt == "openai" and path != STDIN:
+            kwargs["model"] = model_from_filename(path)
+        try:
+            yield from _READERS[fmt](payload, source, **kwargs)
+        except (UnicodeDecodeError, OSError, EOFError) as err:
+            raise TraceFormatError(source, f"cannot read: {err}") from err
+        except (AttributeError, TypeError, KeyError, IndexError) as err:
+            # A value of the wrong JSON type where the format has a fixed shape.
+            raise TraceFormatError(source, f"malformed {fmt} trace: {type(err).__name__}: {err}") from err
+
+
+def read_traces(paths: Sequence[str | os.PathLike[str]], format: str | None = None) -> Iterator[TraceCall]:
+    """Every tool call in the given files and folders, in file order then call order.
+
+    `format` forces a reader (one of `FORMATS`); without it each file's content decides.
+    Raises `TraceFormatError` (naming the file and, when known, the line) for a file that is not
+    a trace, and `FileNotFoundError` for a path that does not exist.
+    """
+    if format is not None and format not in FORMATS:
+        raise ValueError(f"unknown trace format {format!r}; expected one of {', '.join(FORMATS)}")
+    if isinstance(paths, str):
+        raise TypeError("read_traces takes a sequence of paths, not one path string")
+
+    files = list(iter_trace_files(paths))  # a missing path fails now, not at the first call
+
+    def generate() -> Iterator[TraceCall]:
+        for path in files:
+            yield from _read_file(path, format)
+
+    return generate()
