@@ -220,7 +220,9 @@ class LiveBundles(BundleHolder):
         log.info("shadow bundle", extra={"revision": loaded.bundle.revision if loaded else None})
 
     def _refused(self, what: str, e: BaseException) -> None:
-        msg = f"{what[:12] if len(what) == 64 else what}: {_load_errors(e)}"
+        err = _load_errors(e)
+        # Errors already name their file (x.bundle: …, x.bundle!/p.yaml:3:4: …); a revision does not.
+        msg = f"revision {what[:12]}: {err}" if len(what) == 64 and not err.startswith(what[:12]) else err
         self.last_reload_error = msg
         self.last_reload_at = _now()
         if self._failed.get(what) != msg:
