@@ -18,11 +18,12 @@ from cel_expr_python import cel
 
 from .celenv import compile_condition
 from .errors import PolicyLoadError, SourceError
-from .loader import LoadedSource, Source, load_source, locate
+from .loader import LoadedSource, Source, load_files, load_source, locate
 from .policy import BudgetSpec, Rule, parse_duration
 from .v1 import decider_pb2 as pb
 
-__all__ = ["Bundle", "CompiledPolicy", "CompiledRule", "compile_bundle", "load_bundle", "revision_of"]
+__all__ = ["Bundle", "CompiledPolicy", "CompiledRule", "compile_bundle", "load_bundle", "load_bundle_files",
+           "revision_of"]
 
 EFFECT_OUTCOME = {"allow": pb.ALLOW, "deny": pb.DENY, "require_approval": pb.REQUIRE_APPROVAL}
 EFFECT_PB = {"allow": pb.EFFECT_ALLOW, "deny": pb.EFFECT_DENY, "require_approval": pb.EFFECT_REQUIRE_APPROVAL}
@@ -135,9 +136,30 @@ def revision_of(files: dict[str, bytes]) -> str:
     return h.hexdigest()
 
 
-def load_bundle(root: str | Path) -> Bundle:
-    """Load, validate and compile a bundle source folder. Raises PolicyLoadError with every error."""
-    return compile_bundle(load_source(root))
+def load_bundle(root: str | Path, *, pubkey: object | None = None, require_signature: bool = False) -> Bundle:
+    """Load, validate and compile a bundle source folder or a `.bundle` file. Raises PolicyLoadError
+    with every error, or BundleVerifyError when a bundle file fails verification.
+
+    A bundle file is verified (manifest hashes; the signature when `pubkey`, an Ed25519 public key,
+    is given) and then compiled exactly like the folder it was built from: same revision, and
+    error positions name the file inside the bundle (`x.bundle!/payments.yaml:14:11`).
+    """
+    path = Path(root)
+    if path.is_file():
+        from .bundlefile import read_bundle_file
+
+        bf = read_bundle_file(path, pubkey, require_signature)  # type: ignore[arg-type]
+        return compile_bundle(load_bundle_files(bf.files, str(path)))
+    if require_signature:
+        from .bundlefile import BundleVerifyError
+
+        raise BundleVerifyError(str(path), ["a folder cannot carry a signature: serve a signed .bundle file"])
+    return compile_bundle(load_source(path))
+
+
+def load_bundle_files(files: dict[str, bytes], display: str) -> LoadedSource:
+    """The sources of a bundle file, validated; files are named `<display>!/<path>` in errors."""
+    return load_files(files, Path(display), lambda rel: f"{display}!/{rel}")
 
 
 def compile_bundle(src: LoadedSource) -> Bundle:
@@ -150,7 +172,7 @@ def compile_bundle(src: LoadedSource) -> Bundle:
     for order, lp in enumerate(src.policies):
         doc = lp.doc
         rules = _compile_rules(doc.metadata.name, lp.source, list(enumerate(doc.spec.rules)), seen_ids, lines_of,
-                               errors)
+                               errors, src.texts)
         m = doc.spec.match
         policies.append(
             CompiledPolicy(
@@ -165,7 +187,7 @@ def compile_bundle(src: LoadedSource) -> Bundle:
             )
         )
     for pp in src.partial:
-        _compile_rules(pp.name, pp.source, pp.rules, seen_ids, lines_of, errors)
+        _compile_rules(pp.name, pp.source, pp.rules, seen_ids, lines_of, errors, src.texts)
     if errors or src.bundle is None:
         raise PolicyLoadError(errors)
 
@@ -211,10 +233,14 @@ def _compile_rules(
     seen_ids: dict[str, str],
     lines_of: dict[str, list[str]],
     errors: list[SourceError],
+    texts: dict[str, bytes],
 ) -> list[CompiledRule]:
     file = source.file
     if file not in lines_of:
-        lines_of[file] = Path(file).read_text(encoding="utf-8").splitlines()
+        # From the bytes already read (a bundle file's sources exist only in memory).
+        data = texts.get(file)
+        text = data.decode("utf-8") if data is not None else Path(file).read_text(encoding="utf-8")
+        lines_of[file] = text.splitlines()
     rules: list[CompiledRule] = []
     for i, rule in indexed:
         id_node = locate(source.node, ("spec", "rules", i, "id"))

@@ -8,6 +8,7 @@ Nothing stops at the first error: the caller gets all of them at once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from pydantic import ValidationError
 from .errors import PolicyLoadError, SourceError
 from .policy import API_VERSION, BundleDoc, PolicyDoc, Rule
 
-__all__ = ["Source", "LoadedPolicy", "PartialPolicy", "LoadedSource", "load_source", "source_files", "locate"]
+__all__ = ["Source", "LoadedPolicy", "PartialPolicy", "LoadedSource", "load_source", "load_files", "source_files", "locate"]
 
 BUNDLE_FILE = "bundle.yaml"
 
@@ -61,6 +62,7 @@ class LoadedSource:
     files: dict[str, bytes] = field(default_factory=dict)
     errors: list[SourceError] = field(default_factory=list)
     partial: list[PartialPolicy] = field(default_factory=list)
+    texts: dict[str, bytes] = field(default_factory=dict)   # by display name, for error positions
 
 
 def source_files(root: Path) -> list[Path]:
@@ -82,28 +84,35 @@ def load_source(root: str | Path) -> LoadedSource:
     Raises PolicyLoadError only when `root` is not a folder.
     """
     root = Path(root)
-    errors: list[SourceError] = []
     if not root.is_dir():
         raise PolicyLoadError([SourceError(str(root), 1, 1, "bundle source is not a folder")])
-    files: dict[str, bytes] = {}
+    files = {path.relative_to(root).as_posix(): path.read_bytes() for path in source_files(root)}
+    return load_files(files, root, lambda rel: str(root / rel))
+
+
+def load_files(files: dict[str, bytes], root: Path, display: Callable[[str], str]) -> LoadedSource:
+    """Validate a bundle source given as {relative path: bytes} (a folder's files, or the sources
+    inside a bundle file). `display(rel)` names a file in error positions, so an error in a bundle
+    file can say `x.bundle!/payments.yaml:14:11`."""
+    errors: list[SourceError] = []
     bundles: list[tuple[BundleDoc, Source]] = []
     policies: list[LoadedPolicy] = []
     partial: list[PartialPolicy] = []
-    for path in source_files(root):
-        rel = path.relative_to(root).as_posix()
-        display = str(path)
-        data = path.read_bytes()
-        files[rel] = data
-        for node in _compose_all(display, data, errors):
-            _load_document(display, node, errors, bundles, policies, partial)
+    texts: dict[str, bytes] = {}
+    for rel in sorted(files):
+        name = display(rel)
+        data = files[rel]
+        texts[name] = data
+        for node in _compose_all(name, data, errors):
+            _load_document(name, node, errors, bundles, policies, partial)
     if not bundles:
-        errors.append(SourceError(str(root / BUNDLE_FILE), 1, 1, "no document of kind Bundle found"))
+        errors.append(SourceError(display(BUNDLE_FILE), 1, 1, "no document of kind Bundle found"))
     elif len(bundles) > 1:
         for _, src in bundles[1:]:
             line, col = _mark(src.node)
             errors.append(SourceError(src.file, line, col, "a bundle source has exactly one kind: Bundle"))
     bundle_doc, bundle_src = bundles[0] if len(bundles) == 1 else (None, None)
-    return LoadedSource(root, bundle_doc, bundle_src, policies, files, errors, partial)
+    return LoadedSource(root, bundle_doc, bundle_src, policies, dict(files), errors, partial, texts)
 
 
 def _compose_all(file: str, data: bytes, errors: list[SourceError]) -> list[yaml.Node]:

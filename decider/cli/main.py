@@ -13,6 +13,7 @@ from typing import Any
 from google.protobuf import json_format
 
 from ..errors import DeciderError, InvalidRequest, PolicyLoadError
+from . import bundles
 
 __all__ = ["main", "build_parser"]
 
@@ -24,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("serve", help="serve the gRPC API on a bundle")
-    s.add_argument("--bundle", required=True, help="bundle source folder")
+    s.add_argument("--bundle", required=True, help="bundle source folder or .bundle file")
     s.add_argument("--db", default="sqlite:///decider.db", help="database URL or SQLite file path")
     s.add_argument("--listen", default="127.0.0.1:50051", help="host:port (port 0 = ephemeral)")
     s.add_argument("--port-file", help="write the bound port to this file once serving")
@@ -69,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     policytest.register(sub)
     replay.register(sub)
+    bundles.register(sub)  # bundle lifecycle, status, serve/log bundle options
     return p
 
 
@@ -97,7 +99,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     setup_logging(args.log_level)
     run(ServerConfig(bundle=args.bundle, db=args.db, listen=args.listen, grace_s=args.grace,
-                     port_file=args.port_file))
+                     port_file=args.port_file, **bundles.serve_options(args)))
     return EXIT_OK
 
 
@@ -197,6 +199,8 @@ def _log(args: argparse.Namespace) -> int:
         limit=args.limit,
     )
     rows = store.query(f)
+    if args.shadow_diff:  # issue 4
+        return bundles.print_shadow_diff(bundles.shadow_diff(rows, args.examples), args.format)
     if args.format == "jsonl":
         for row in rows:
             print(json.dumps(_jsonable(row), separators=(",", ":")))

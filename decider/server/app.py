@@ -12,11 +12,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from ..bundle import load_bundle
 from ..store import DecisionStore, GroupCommitWriter, connect
+from ..store.bundles import BundleStore
 from ..store.decisions import decisions
 from ..v1 import decider_pb2 as pb
-from .service import SERVICE_NAME, BundleHolder, DeciderService, generic_handler
+from .bundles import CONTROL_SERVICE_NAME, BundleSettings, LiveBundles
+from .bundles import control_handlers as bundle_control_handlers
+from .service import SERVICE_NAME, DeciderService, generic_handler
 
 __all__ = ["ServerConfig", "RunningServer", "start_server", "run"]
 
@@ -32,6 +34,11 @@ class ServerConfig:
     listen: str = "127.0.0.1:50051"
     grace_s: float = 10.0
     port_file: str | None = None
+    # issue 4: bundle lifecycle (decider/server/bundles.py)
+    require_signature: bool = False
+    pubkey: str | None = None
+    shadow_bundle: str | None = None
+    poll_interval_s: float = 1.0
 
 
 @dataclass(slots=True)
@@ -41,20 +48,25 @@ class RunningServer:
     service: DeciderService
     writer: GroupCommitWriter
     health: health.aio.HealthServicer
+    bundles: LiveBundles
 
     async def stop(self, grace_s: float) -> None:
         """Stop taking calls, let in-flight ones finish, then flush the writer."""
+        await self.bundles.stop()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace_s)
         await asyncio.to_thread(self.writer.close)
 
 
 async def start_server(cfg: ServerConfig) -> RunningServer:
-    bundle = load_bundle(cfg.bundle)
     engine = connect(cfg.db)
+    live = LiveBundles(BundleSettings(cfg.bundle, cfg.require_signature, cfg.pubkey, cfg.shadow_bundle,
+                                      cfg.poll_interval_s), BundleStore(engine))
+    await asyncio.to_thread(live.open)  # a bundle that fails to load or verify never starts a server
+    bundle = live.active
     store = DecisionStore(engine)
     writer = GroupCommitWriter(engine, decisions)
-    svc = DeciderService(BundleHolder(bundle), store, writer)
+    svc = DeciderService(live, store, writer)
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -63,15 +75,19 @@ async def start_server(cfg: ServerConfig) -> RunningServer:
             ("grpc.so_reuseport", 0),
         ]
     )
-    server.add_generic_rpc_handlers((generic_handler(svc),))
+    control: dict[str, grpc.RpcMethodHandler] = {}
+    control.update(bundle_control_handlers(live))
+    server.add_generic_rpc_handlers((generic_handler(svc),
+                                     grpc.method_handlers_generic_handler(CONTROL_SERVICE_NAME, control)))
     health_svc = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_svc, server)
-    names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
+    names = (SERVICE_NAME, CONTROL_SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
     reflection.enable_server_reflection(names, server, pool=pb.DESCRIPTOR.pool)
     port = server.add_insecure_port(cfg.listen)
     if port == 0:
         raise OSError(f"cannot listen on {cfg.listen}")
     await server.start()
+    live.start()
     for name in ("", SERVICE_NAME):
         await health_svc.set(name, health_pb2.HealthCheckResponse.SERVING)
     host = cfg.listen.rsplit(":", 1)[0]
@@ -80,9 +96,10 @@ async def start_server(cfg: ServerConfig) -> RunningServer:
     log.info(
         "serving",
         extra={"address": f"{host}:{port}", "bundle": bundle.name, "version": bundle.version,
-               "revision": bundle.revision, "db": _redact(cfg.db)},
+               "revision": bundle.revision, "shadow_revision": live.shadow.revision if live.shadow else None,
+               "db": _redact(cfg.db)},
     )
-    return RunningServer(server, port, svc, writer, health_svc)
+    return RunningServer(server, port, svc, writer, health_svc, live)
 
 
 def _redact(url: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import datetime, timezone
+from typing import Any
 
 import grpc
 
@@ -27,8 +28,18 @@ SERVICE_NAME = "decider.v1.Decider"
 class BundleHolder:
     """The active bundle. Swapped as one reference, so each decision sees exactly one revision."""
 
+    shadow: Bundle | None = None
+
     def __init__(self, bundle: Bundle) -> None:
         self.active = bundle
+
+    # Hooks for the bundle lifecycle (issue 4): `server.bundles.LiveBundles` evaluates the shadow
+    # bundle into the record and counts outcomes for Status; a plain holder does neither.
+    def shadow_into(self, row: dict[str, Any], req: pb.DecideRequest, state: State, caller_tier: bool) -> None:
+        return None
+
+    def count(self, outcome: str) -> None:
+        return None
 
 
 class DeciderService:
@@ -50,15 +61,19 @@ class DeciderService:
         if not req.request.HasField("time"):
             req.request.time.FromDatetime(now)
         bundle = self.bundles.active  # read once: the whole decision uses this revision
-        decision = decide(bundle, req, self.state_for(req))
+        caller_tier = req.tool.HasField("risk_tier")  # issue 4: the shadow applies its own catalogue
+        state = self.state_for(req)
+        decision = decide(bundle, req, state)
         decision_id = new_id()
         row = build_record(decision_id, req, decision, bundle, now)
+        self.bundles.shadow_into(row, req, state, caller_tier)  # issue 4: record only, never the response
         try:
             await self.writer.write(row)
         except Exception as exc:  # noqa: BLE001
             # No durable record, no answer: the enforcement point must treat this as a deny.
             log.error("decision not recorded", extra={"decision_id": decision_id, "error": str(exc)})
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"decision could not be recorded: {exc}")
+        self.bundles.count(decision.outcome_name)  # issue 4: Status counts
         if log.isEnabledFor(logging.DEBUG):
             log.debug("decided", extra={"decision_id": decision_id, "outcome": decision.outcome_name,
                                         "tool": req.tool.name, "agent": req.agent.id})
