@@ -30,6 +30,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port-file", help="write the bound port to this file once serving")
     s.add_argument("--grace", type=float, default=10.0, help="seconds to drain in-flight calls on shutdown")
     s.add_argument("--log-level", default="info")
+    s.add_argument("--tokens", help="token file (YAML: token → principal, roles, groups); without it the "
+                   "server has no authentication and listens on loopback only")
+    s.add_argument("--poll-interval", type=float, default=1.0,
+                   help="seconds between reads of other replicas' changes (kill switches, approvals)")
+    s.add_argument("--reservation-ttl", type=float, default=3600.0,
+                   help="seconds before an unsettled budget reservation is released")
+    s.add_argument("--tls-cert", help="server certificate (PEM); enables TLS")
+    s.add_argument("--tls-key", help="server private key (PEM)")
+    s.add_argument("--tls-client-ca", help="CA (PEM) that client certificates must chain to (mTLS)")
 
     c = sub.add_parser("check", help="lint and type-check a policy folder")
     c.add_argument("folder")
@@ -63,13 +72,19 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("--until", help="ISO time, exclusive")
     lg.add_argument("--limit", type=int)
     lg.add_argument("--format", choices=["table", "jsonl"], default="table")
+
+    from . import approvals, kill
+
+    approvals.register(sub)
+    kill.register(sub)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return _COMMANDS[args.command](args)
+        func = getattr(args, "func", None)   # commands in their own modules set `func`
+        return func(args) if func is not None else _COMMANDS[args.command](args)
     except PolicyLoadError as e:
         for err in e.errors:
             print(err, file=sys.stderr)
@@ -86,7 +101,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     setup_logging(args.log_level)
     run(ServerConfig(bundle=args.bundle, db=args.db, listen=args.listen, grace_s=args.grace,
-                     port_file=args.port_file))
+                     port_file=args.port_file, tokens=args.tokens, poll_interval_s=args.poll_interval,
+                     reservation_ttl_s=args.reservation_ttl, tls_cert=args.tls_cert, tls_key=args.tls_key,
+                     tls_client_ca=args.tls_client_ca))
     return EXIT_OK
 
 
