@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import grpc
 from google.protobuf import json_format
 
 from ..errors import DeciderError, InvalidRequest, PolicyLoadError
@@ -60,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--env", default="", help="request.environment")
     d.add_argument("--cost", type=float, default=0.0, help="request.estimated_cost")
     d.add_argument("--dry-run", action="store_true")
+    d.add_argument("--token", default=os.environ.get("DECIDER_TOKEN"), help="bearer token for --server")
 
     lg = sub.add_parser("log", help="list or export decision records")
     lg.add_argument("--db", default="sqlite:///decider.db")
@@ -93,6 +96,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DeciderError as e:
         print(f"decider: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except grpc.RpcError as e:   # a server refused or failed: one line, not a traceback
+        print(f"decider: {e.code().name}: {e.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+        return EXIT_USAGE if e.code() == grpc.StatusCode.INVALID_ARGUMENT else EXIT_FAIL  # type: ignore[attr-defined]
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -165,7 +171,7 @@ def _decide(args: argparse.Namespace) -> int:
     if args.server:
         from ..client import DeciderClient
 
-        with DeciderClient(args.server) as client:
+        with DeciderClient(args.server, token=args.token) as client:
             resp = client.decide(req)
         out = json_format.MessageToDict(resp)
     else:

@@ -78,6 +78,7 @@ class Controls:
         self.reservation_ttl_s = reservation_ttl_s
         self.hub = WatchHub()
         self.kill_switches: tuple[KillSwitch, ...] = ()
+        self._plain_state = State()   # kill switches only: shared by every request that reads no budget
         self._call_locks: dict[tuple[str, ...], asyncio.Lock] = {}
         self._task: asyncio.Task[None] | None = None
 
@@ -114,7 +115,10 @@ class Controls:
     # ---- kill switches -------------------------------------------------------------------------
     async def refresh_kill_switches(self) -> None:
         rows = await asyncio.to_thread(self.kill_store.active)
-        self.kill_switches = tuple(kill_rpc.to_state(r) for r in rows)
+        kills = tuple(kill_rpc.to_state(r) for r in rows)
+        if kills != self.kill_switches:
+            self.kill_switches = kills
+            self._plain_state = State(kill_switches=kills)
 
     async def reject_pending_under(self, switch: dict[str, Any]) -> None:
         ids = await asyncio.to_thread(self.approvals.pending_in_scope, switch["scope"], switch["value"])
@@ -145,14 +149,14 @@ class Controls:
 
     # ---- the Decide hooks ----------------------------------------------------------------------
     async def state_for(self, req: pb.DecideRequest, bundle: Bundle, now: datetime) -> State:
-        kills = self.kill_switches
+        plain = self._plain_state
         if not bundle.budgets or not (req.request.estimated_cost > 0 or mentions_budget(bundle, req.tool.name)):
-            return State(kill_switches=kills)
+            return plain
         budgets = applicable_budgets(bundle, req.agent, now)
         if not budgets:
-            return State(kill_switches=kills)
+            return plain
         usage = await asyncio.to_thread(self.budgets.usage, [b.key for b in budgets])
-        return State(kill_switches=kills, budget_usage=usage_by_scope(budgets, usage))
+        return State(kill_switches=plain.kill_switches, budget_usage=usage_by_scope(budgets, usage))
 
     async def apply(self, req: pb.DecideRequest, decision: Decision, bundle: Bundle, decision_id: str,
                     now: datetime) -> Applied:
