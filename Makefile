@@ -23,6 +23,7 @@ run: $(STAMP)
 
 ## Everything CI checks: lint, generated-code drift, the whole test suite.
 test: $(STAMP) lint proto-check
+	@tools/scripts/ensure-postgres.sh
 	$(BIN)/python -m pytest -q -ra
 
 lint: $(STAMP)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import grpc
@@ -45,9 +45,16 @@ def build_request(
 
 
 class DeciderClient:
-    def __init__(self, target: str, *, timeout: float = 10.0, token: str | None = None) -> None:
-        self._channel = grpc.insecure_channel(target)
+    def __init__(self, target: str, *, timeout: float = 10.0, token: str | None = None,
+                 tls_ca: bytes | None = None, tls_cert: bytes | None = None, tls_key: bytes | None = None) -> None:
+        if tls_ca is not None or tls_cert is not None:
+            creds = grpc.ssl_channel_credentials(root_certificates=tls_ca, private_key=tls_key,
+                                                 certificate_chain=tls_cert)
+            self._channel = grpc.secure_channel(target, creds)
+        else:
+            self._channel = grpc.insecure_channel(target)
         self._stub = pb_grpc.DeciderStub(self._channel)
+        self._control = pb_grpc.ControlStub(self._channel)
         self._timeout = timeout
         self._metadata = (("authorization", f"Bearer {token}"),) if token else None
 
@@ -59,6 +66,41 @@ class DeciderClient:
     def get_decision(self, decision_id: str) -> pb.DecisionRecord:
         return self._stub.GetDecision(pb.GetDecisionRequest(decision_id=decision_id), timeout=self._timeout,
                                       metadata=self._metadata)
+
+    # ---- approvals, outcomes (approver / enforcer roles) ----
+    def resolve_approval(self, decision_id: str, approve: bool, *, approver: str = "",
+                         comment: str = "") -> pb.DecisionRecord:
+        req = pb.ResolveApprovalRequest(decision_id=decision_id, resolution=pb.APPROVE if approve else pb.REJECT,
+                                        approver=approver, comment=comment)
+        return self._stub.ResolveApproval(req, timeout=self._timeout, metadata=self._metadata)
+
+    def list_approvals(self, state: int = pb.APPROVAL_PENDING, limit: int = 0) -> list[pb.DecisionRecord]:
+        resp = self._stub.ListApprovals(pb.ListApprovalsRequest(state=state, limit=limit), timeout=self._timeout,
+                                        metadata=self._metadata)
+        return list(resp.approvals)
+
+    def watch_decision(self, decision_id: str, timeout: float | None = None) -> Iterator[pb.DecisionRecord]:
+        """The record now and at every change until it is final (approved, rejected, expired, settled)."""
+        return self._stub.WatchDecision(pb.GetDecisionRequest(decision_id=decision_id), timeout=timeout,
+                                        metadata=self._metadata)
+
+    def report_outcome(self, decision_id: str, actual_cost: float, status: str = "ok") -> pb.DecisionRecord:
+        req = pb.ReportOutcomeRequest(decision_id=decision_id, actual_cost=actual_cost, status=status)
+        return self._stub.ReportOutcome(req, timeout=self._timeout, metadata=self._metadata)
+
+    # ---- kill switches (admin role) ----
+    def set_kill_switch(self, scope: str, value: str = "", reason: str = "") -> pb.KillSwitch:
+        return self._control.SetKillSwitch(pb.SetKillSwitchRequest(scope=scope, value=value, reason=reason),
+                                           timeout=self._timeout, metadata=self._metadata)
+
+    def clear_kill_switch(self, switch_id: str = "", *, scope: str = "", value: str = "") -> pb.KillSwitch:
+        return self._control.ClearKillSwitch(pb.ClearKillSwitchRequest(id=switch_id, scope=scope, value=value),
+                                             timeout=self._timeout, metadata=self._metadata)
+
+    def list_kill_switches(self, include_cleared: bool = False) -> list[pb.KillSwitch]:
+        resp = self._control.ListKillSwitches(pb.ListKillSwitchesRequest(include_cleared=include_cleared),
+                                              timeout=self._timeout, metadata=self._metadata)
+        return list(resp.kill_switches)
 
     def close(self) -> None:
         self._channel.close()

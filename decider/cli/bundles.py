@@ -92,7 +92,8 @@ def _extend_serve_and_log(sub: argparse._SubParsersAction) -> None:  # type: ign
         serve.add_argument("--pubkey", help="Ed25519 public key (PEM) that signs bundles")
         serve.add_argument("--shadow-bundle", help="bundle file/folder or stored revision to evaluate in shadow")
         serve.add_argument("--poll-interval", type=float, default=1.0,
-                           help="seconds between checks of the bundle source and the store's active revision")
+                           help="seconds between reads of changes made elsewhere: the bundle source, the "
+                                "store's active revision, other replicas' kill switches and approvals")
     log = sub.choices.get("log")
     if log is not None:
         log.add_argument("--shadow-diff", action="store_true",

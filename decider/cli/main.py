@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import grpc
 from google.protobuf import json_format
 
 from ..errors import DeciderError, InvalidRequest, PolicyLoadError
@@ -31,6 +33,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port-file", help="write the bound port to this file once serving")
     s.add_argument("--grace", type=float, default=10.0, help="seconds to drain in-flight calls on shutdown")
     s.add_argument("--log-level", default="info")
+    s.add_argument("--tokens", help="token file (YAML: token → principal, roles, groups); without it the "
+                   "server has no authentication and listens on loopback only")
+    s.add_argument("--reservation-ttl", type=float, default=3600.0,
+                   help="seconds before an unsettled budget reservation is released")
+    s.add_argument("--tls-cert", help="server certificate (PEM); enables TLS")
+    s.add_argument("--tls-key", help="server private key (PEM)")
+    s.add_argument("--tls-client-ca", help="CA (PEM) that client certificates must chain to (mTLS)")
 
     c = sub.add_parser("check", help="lint and type-check a policy folder")
     c.add_argument("folder")
@@ -52,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--env", default="", help="request.environment")
     d.add_argument("--cost", type=float, default=0.0, help="request.estimated_cost")
     d.add_argument("--dry-run", action="store_true")
+    d.add_argument("--token", default=os.environ.get("DECIDER_TOKEN"), help="bearer token for --server")
 
     lg = sub.add_parser("log", help="list or export decision records")
     lg.add_argument("--db", default="sqlite:///decider.db")
@@ -66,18 +76,20 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("--format", choices=["table", "jsonl"], default="table")
 
     # Command groups that live in their own modules register themselves (set_defaults(func=...)).
-    from . import policytest, replay
+    from . import approvals, kill, policytest, replay
 
     policytest.register(sub)
     replay.register(sub)
     bundles.register(sub)  # bundle lifecycle, status, serve/log bundle options
+    approvals.register(sub)
+    kill.register(sub)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        func = getattr(args, "func", None) or _COMMANDS[args.command]
+        func = getattr(args, "func", None) or _COMMANDS[args.command]  # module commands set `func`
         return func(args)
     except PolicyLoadError as e:
         for err in e.errors:
@@ -87,6 +99,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DeciderError as e:
         print(f"decider: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except grpc.RpcError as e:   # a server refused or failed: one line, not a traceback
+        print(f"decider: {e.code().name}: {e.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+        return EXIT_USAGE if e.code() == grpc.StatusCode.INVALID_ARGUMENT else EXIT_FAIL  # type: ignore[attr-defined]
     except BrokenPipeError:
         # `decider replay … | head`: the reader left; that is not an error.
         sys.stderr.close()
@@ -99,7 +114,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     setup_logging(args.log_level)
     run(ServerConfig(bundle=args.bundle, db=args.db, listen=args.listen, grace_s=args.grace,
-                     port_file=args.port_file, **bundles.serve_options(args)))
+                     port_file=args.port_file, tokens=args.tokens, reservation_ttl_s=args.reservation_ttl,
+                     tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
+                     **bundles.serve_options(args)))
     return EXIT_OK
 
 
@@ -161,7 +178,7 @@ def _decide(args: argparse.Namespace) -> int:
     if args.server:
         from ..client import DeciderClient
 
-        with DeciderClient(args.server) as client:
+        with DeciderClient(args.server, token=args.token) as client:
             resp = client.decide(req)
         out = json_format.MessageToDict(resp)
     else:

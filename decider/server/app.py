@@ -12,15 +12,18 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from ..errors import DeciderError
 from ..store import DecisionStore, GroupCommitWriter, connect
 from ..store.bundles import BundleStore
 from ..store.decisions import decisions
 from ..v1 import decider_pb2 as pb
+from .auth import AuthInterceptor, is_loopback, load_token_file, record_to_thread
 from .bundles import CONTROL_SERVICE_NAME, BundleSettings, LiveBundles
 from .bundles import control_handlers as bundle_control_handlers
+from .controls import DEFAULT_POLL_INTERVAL_S, DEFAULT_RESERVATION_TTL_S, Controls
 from .service import SERVICE_NAME, DeciderService, generic_handler
 
-__all__ = ["ServerConfig", "RunningServer", "start_server", "run"]
+__all__ = ["ServerConfig", "RunningServer", "InsecureListen", "start_server", "run"]
 
 log = logging.getLogger("decider.server")
 
@@ -34,11 +37,22 @@ class ServerConfig:
     listen: str = "127.0.0.1:50051"
     grace_s: float = 10.0
     port_file: str | None = None
-    # issue 4: bundle lifecycle (decider/server/bundles.py)
+    # Bundle lifecycle (server/bundles.py).
     require_signature: bool = False
     pubkey: str | None = None
     shadow_bundle: str | None = None
-    poll_interval_s: float = 1.0
+    # How often a replica looks for changes made elsewhere: bundle source and pointers, kill switches.
+    poll_interval_s: float = DEFAULT_POLL_INTERVAL_S
+    # Stateful controls and access (approvals, budgets, kill switches, roles).
+    tokens: str | None = None            # token file; None = no auth, loopback only
+    reservation_ttl_s: float = DEFAULT_RESERVATION_TTL_S
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None     # set: clients must present a certificate it signed (mTLS)
+
+
+class InsecureListen(DeciderError):
+    pass
 
 
 @dataclass(slots=True)
@@ -49,16 +63,22 @@ class RunningServer:
     writer: GroupCommitWriter
     health: health.aio.HealthServicer
     bundles: LiveBundles
+    controls: Controls
 
     async def stop(self, grace_s: float) -> None:
         """Stop taking calls, let in-flight ones finish, then flush the writer."""
         await self.bundles.stop()
+        await self.controls.stop()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace_s)
         await asyncio.to_thread(self.writer.close)
 
 
 async def start_server(cfg: ServerConfig) -> RunningServer:
+    tokens = load_token_file(cfg.tokens) if cfg.tokens else None
+    if tokens is None and not is_loopback(cfg.listen):
+        raise InsecureListen(f"refusing to listen on {cfg.listen} without --tokens: every caller would be admin; "
+                             "give a token file, or listen on 127.0.0.1")
     engine = connect(cfg.db)
     live = LiveBundles(BundleSettings(cfg.bundle, cfg.require_signature, cfg.pubkey, cfg.shadow_bundle,
                                       cfg.poll_interval_s), BundleStore(engine))
@@ -66,8 +86,12 @@ async def start_server(cfg: ServerConfig) -> RunningServer:
     bundle = live.active
     store = DecisionStore(engine)
     writer = GroupCommitWriter(engine, decisions)
-    svc = DeciderService(live, store, writer)
+    controls = Controls(engine, tokens=tokens, poll_interval_s=cfg.poll_interval_s,
+                        reservation_ttl_s=cfg.reservation_ttl_s)
+    svc = DeciderService(live, store, writer, controls)
+    interceptors = [AuthInterceptor(tokens, record_to_thread(controls.auth_events.record))] if tokens else []
     server = grpc.aio.server(
+        interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             # grpc enables SO_REUSEPORT by default, which would let two servers silently share a
@@ -75,17 +99,20 @@ async def start_server(cfg: ServerConfig) -> RunningServer:
             ("grpc.so_reuseport", 0),
         ]
     )
-    control: dict[str, grpc.RpcMethodHandler] = {}
-    control.update(bundle_control_handlers(live))
-    server.add_generic_rpc_handlers((generic_handler(svc),
-                                     grpc.method_handlers_generic_handler(CONTROL_SERVICE_NAME, control)))
+    # Every module's Control RPCs, merged into the one decider.v1.Control service.
+    control: dict[str, grpc.RpcMethodHandler] = {**controls.control_handlers(), **bundle_control_handlers(live)}
+    server.add_generic_rpc_handlers((
+        generic_handler(svc),
+        grpc.method_handlers_generic_handler(SERVICE_NAME, controls.decider_handlers()),
+        grpc.method_handlers_generic_handler(CONTROL_SERVICE_NAME, control),
+    ))
     health_svc = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_svc, server)
-    names = (SERVICE_NAME, CONTROL_SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
+    names = (SERVICE_NAME, CONTROL_SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME)
     reflection.enable_server_reflection(names, server, pool=pb.DESCRIPTOR.pool)
-    port = server.add_insecure_port(cfg.listen)
-    if port == 0:
-        raise OSError(f"cannot listen on {cfg.listen}")
+    port = _add_port(server, cfg)
+    await controls.start()
     await server.start()
     live.start()
     for name in ("", SERVICE_NAME):
@@ -99,7 +126,27 @@ async def start_server(cfg: ServerConfig) -> RunningServer:
                "revision": bundle.revision, "shadow_revision": live.shadow.revision if live.shadow else None,
                "db": _redact(cfg.db)},
     )
-    return RunningServer(server, port, svc, writer, health_svc, live)
+    if tokens is None:
+        log.warning("NO AUTHENTICATION: started without --tokens, so every caller is admin, approver and "
+                    "enforcer. Listening on loopback only; give --tokens FILE before exposing this server.",
+                    extra={"address": f"{host}:{port}"})
+    return RunningServer(server, port, svc, writer, health_svc, live, controls)
+
+
+def _add_port(server: grpc.aio.Server, cfg: ServerConfig) -> int:
+    if cfg.tls_cert or cfg.tls_key:
+        if not (cfg.tls_cert and cfg.tls_key):
+            raise ValueError("--tls-cert and --tls-key go together")
+        ca = Path(cfg.tls_client_ca).read_bytes() if cfg.tls_client_ca else None
+        creds = grpc.ssl_server_credentials(
+            [(Path(cfg.tls_key).read_bytes(), Path(cfg.tls_cert).read_bytes())],
+            root_certificates=ca, require_client_auth=ca is not None)
+        port = server.add_secure_port(cfg.listen, creds)
+    else:
+        port = server.add_insecure_port(cfg.listen)
+    if port == 0:
+        raise OSError(f"cannot listen on {cfg.listen}")
+    return port
 
 
 def _redact(url: str) -> str:

@@ -14,10 +14,11 @@ from ..engine import decide
 from ..errors import InvalidRequest
 from ..ids import new_id
 from ..record import build_record, decision_response, record_to_proto
-from ..state import EMPTY_STATE, State
+from ..state import State
 from ..store import DecisionStore, GroupCommitWriter
 from ..v1 import decider_pb2 as pb
 from ..validate import decode_request, validate_request
+from .controls import Controls
 
 __all__ = ["BundleHolder", "DeciderService", "generic_handler", "SERVICE_NAME"]
 
@@ -43,13 +44,16 @@ class BundleHolder:
 
 
 class DeciderService:
-    def __init__(self, bundles: BundleHolder, store: DecisionStore, writer: GroupCommitWriter) -> None:
+    def __init__(self, bundles: BundleHolder, store: DecisionStore, writer: GroupCommitWriter,
+                 controls: Controls) -> None:
         self.bundles = bundles
         self.store = store
         self.writer = writer
+        self.controls = controls
 
-    def state_for(self, req: pb.DecideRequest) -> State:
-        return EMPTY_STATE
+    async def state_for(self, req: pb.DecideRequest, bundle: Bundle, now: datetime) -> State:
+        # Kill switches from the in-memory cache; budget usage read only when a budget can matter.
+        return await self.controls.state_for(req, bundle, now)
 
     async def decide(self, raw: bytes, context: grpc.aio.ServicerContext) -> pb.DecideResponse:
         try:
@@ -61,19 +65,31 @@ class DeciderService:
         if not req.request.HasField("time"):
             req.request.time.FromDatetime(now)
         bundle = self.bundles.active  # read once: the whole decision uses this revision
-        caller_tier = req.tool.HasField("risk_tier")  # issue 4: the shadow applies its own catalogue
-        state = self.state_for(req)
+        caller_tier = req.tool.HasField("risk_tier")  # the shadow applies its own catalogue otherwise
+        state = await self.state_for(req, bundle, now)
         decision = decide(bundle, req, state)
         decision_id = new_id()
+        # --- stateful controls (approvals, budgets): may replace the decision, or answer with the
+        # identical call's pending decision. `applied.done(written)` must run on every path.
+        applied = await self.controls.apply(req, decision, bundle, decision_id, now)
+        if applied.existing is not None:
+            return applied.existing
+        decision = applied.decision
         row = build_record(decision_id, req, decision, bundle, now)
-        self.bundles.shadow_into(row, req, state, caller_tier)  # issue 4: record only, never the response
+        row.update(applied.row)
+        self.bundles.shadow_into(row, req, state, caller_tier)  # into the record only, never the response
+        written = False
         try:
             await self.writer.write(row)
+            written = True
         except Exception as exc:  # noqa: BLE001
             # No durable record, no answer: the enforcement point must treat this as a deny.
             log.error("decision not recorded", extra={"decision_id": decision_id, "error": str(exc)})
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"decision could not be recorded: {exc}")
-        self.bundles.count(decision.outcome_name)  # issue 4: Status counts
+        finally:
+            applied.done(written)
+        # --- end stateful controls
+        self.bundles.count(decision.outcome_name)  # Status counts
         if log.isEnabledFor(logging.DEBUG):
             log.debug("decided", extra={"decision_id": decision_id, "outcome": decision.outcome_name,
                                         "tool": req.tool.name, "agent": req.agent.id})

@@ -1,0 +1,88 @@
+"""Approval queries over the `decisions` table (an approval *is* a decision awaiting a human).
+
+State machine of `approval_state`: pending → approved → consumed, or pending → rejected | expired.
+Every transition is a conditional UPDATE on the state it leaves, so two replicas (or an approver
+and the expiry sweep) racing on one approval cannot both win.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, Index, select, text, update
+
+from .decisions import decisions
+
+__all__ = ["ApprovalStore", "SCOPE_COLUMNS"]
+
+c = decisions.c
+
+# Finds the approval for an identical call (agent, tool, server, argument hash).
+Index("ix_decisions_approval_call", c.args_hash, c.agent_id, c.tool_name, c.tool_server)
+# At most one *pending* approval per call, even with several replicas deciding at once.
+Index("ux_decisions_pending_call", c.agent_id, c.tool_name, c.tool_server, c.args_hash, unique=True,
+      sqlite_where=text("approval_state = 'pending'"), postgresql_where=text("approval_state = 'pending'"))
+Index("ix_decisions_approval_state", c.approval_state, c.approval_expires_at)
+
+# Kill-switch scope → the decisions column holding the request's value for it.
+SCOPE_COLUMNS = {
+    "instance": c.instance_id, "session": c.session_id, "workflow": c.workflow, "agent": c.agent_id,
+    "owner": c.owner, "team": c.team, "tool": c.tool_name, "model": c.model, "server": c.tool_server,
+}
+
+
+class ApprovalStore:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def open_for_call(self, agent_id: str, tool_name: str, tool_server: str, args_hash: str) -> list[dict[str, Any]]:
+        """Pending or approved (not yet consumed) approvals for exactly this call, oldest first."""
+        q = (select(decisions)
+             .where(c.args_hash == args_hash, c.agent_id == agent_id, c.tool_name == tool_name,
+                    c.tool_server == tool_server, c.approval_state.in_(("pending", "approved")),
+                    c.approval_id == c.decision_id)
+             .order_by(c.decision_id))
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(q).mappings()]
+
+    def transition(self, decision_id: str, from_state: str, to_state: str, **values: Any) -> bool:
+        """Move one approval from `from_state` to `to_state`; False when it was no longer in `from_state`."""
+        with self.engine.begin() as conn:
+            res = conn.execute(update(decisions)
+                               .where(c.decision_id == decision_id, c.approval_state == from_state)
+                               .values(approval_state=to_state, **values))
+            return res.rowcount == 1
+
+    def due_for_expiry(self, now: datetime, limit: int = 500) -> list[str]:
+        q = (select(c.decision_id)
+             .where(c.approval_state == "pending", c.approval_expires_at < now).limit(limit))
+        with self.engine.connect() as conn:
+            return list(conn.execute(q).scalars())
+
+    def pending_in_scope(self, scope: str, value: str) -> list[str]:
+        q = select(c.decision_id).where(c.approval_state == "pending")
+        if scope != "platform":
+            q = q.where(SCOPE_COLUMNS[scope] == value)
+        with self.engine.connect() as conn:
+            return list(conn.execute(q).scalars())
+
+    def list(self, state: str, limit: int) -> list[dict[str, Any]]:
+        q = (select(decisions).where(c.approval_state == state, c.approval_id == c.decision_id)
+             .order_by(c.decision_id).limit(limit))
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(q).mappings()]
+
+    def versions(self, decision_ids: Sequence[str]) -> dict[str, tuple[Any, ...]]:
+        """A fingerprint of each record's mutable columns: a change means watchers get a new record."""
+        q = select(c.decision_id, c.approval_state, c.resolved_at, c.outcome_status, c.actual_cost).where(
+            c.decision_id.in_(list(decision_ids)))
+        with self.engine.connect() as conn:
+            return {r[0]: tuple(r[1:]) for r in conn.execute(q)}
+
+    def set_outcome(self, decision_id: str, actual_cost: float, status: str) -> bool:
+        with self.engine.begin() as conn:
+            res = conn.execute(update(decisions).where(c.decision_id == decision_id)
+                               .values(actual_cost=actual_cost, outcome_status=status))
+            return res.rowcount == 1
