@@ -107,6 +107,15 @@ def parse_arguments(raw: object, *, unwrap_input: bool = False) -> tuple[dict[st
     """The call's arguments as a JSON object, or (None, why not)."""
     if raw is None:
         return None, "arguments absent from the trace"
+    if type(raw) is str and raw[:1] == "{":
+        # The usual case, a JSON object in a string: parsed directly, the general path below
+        # handles everything else (and reports why this failed, if it did).
+        try:
+            value = json_loads(raw)
+        except ValueError:
+            value = None
+        if type(value) is dict:
+            return (_unwrap(value, unwrap_input) if len(value) == 1 else value), None
     value: Any = raw
     if isinstance(raw, str):
         value, reason = decode_json_text(raw)

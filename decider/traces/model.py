@@ -71,7 +71,5 @@ def new_call(values: dict[str, Any]) -> TraceCall:
     matters at replay's 20,000 calls/s. Keys must be field names (the readers' tests check).
     """
     call = object.__new__(TraceCall)
-    state = call.__dict__
-    state.update(_DEFAULTS)
-    state.update(values)
+    object.__setattr__(call, "__dict__", {**_DEFAULTS, **values})
     return call

@@ -1,6 +1,6 @@
 """Reader for OpenTelemetry GenAI traces (README format B): OTLP JSON, Jaeger JSON, Langfuse exports.
 
-All three are first turned into the same `_Span` (id, parent, attributes, times, status), so one
+All three are first turned into the same `Span` (id, parent, attributes, times, status), so one
 set of rules finds the calls:
 
 - A tool span is a call: `gen_ai.operation.name == "execute_tool"`, or a span named
@@ -25,23 +25,13 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 from ._messages import Found, calls_in_value
-from ._parse import (
-    decode_json_text,
-    from_unix_micros,
-    from_unix_nanos,
-    normalize_id,
-    parse_arguments,
-    parse_time,
-    split_mcp_name,
-    text_or_none,
-    to_float,
-    to_int,
-)
+from ._otel_spans import Span, TraceInfo, doc_kind, jaeger_spans, langfuse_spans, otlp_spans
+from ._parse import decode_json_text, parse_arguments, split_mcp_name, text_or_none, to_float, to_int
 from ._records import ObjOrLines, iter_records
 from .errors import TraceFormatError
 from .model import TraceCall, new_call
@@ -76,186 +66,8 @@ _EARLIEST = datetime.min.replace(tzinfo=timezone.utc)
 _UNSEEN: Any = object()
 
 
-@dataclass(slots=True)
-class _Span:
-    span_id: str | None
-    parent_id: str | None
-    trace_id: str | None
-    name: str
-    attrs: dict[str, Any]
-    start: datetime | None
-    end: datetime | None
-    error: bool
-    service: str | None
-    scope: str | None
-    where: str
-    server_side: bool = False
-    # Langfuse observations only: their type and the fields Langfuse lifted out of the attributes.
-    obs_type: str | None = None
-    io: dict[str, Any] = field(default_factory=dict)
-    model: str | None = None
-    tokens_in: int | None = None
-    tokens_out: int | None = None
-    cost: float | None = None
-
-
-@dataclass(slots=True)
-class _TraceInfo:
-    """Trace-level facts only a Langfuse export has."""
-
-    session_id: str | None = None
-    user_id: str | None = None
-    label: dict[str, Any] | None = None
-
-
-# --- file shapes -> _Span ---------------------------------------------------------------------
-
-_VALUE_KINDS = {"stringValue": "s", "string_value": "s", "intValue": "i", "int_value": "i",
-                "doubleValue": "d", "double_value": "d", "boolValue": "b", "bool_value": "b",
-                "arrayValue": "a", "array_value": "a", "kvlistValue": "k", "kvlist_value": "k",
-                "bytesValue": "s", "bytes_value": "s"}
-
-
-def _any_value(value: object) -> Any:
-    """An OTLP AnyValue as a Python value (`intValue` arrives as a string)."""
-    if not isinstance(value, dict):
-        return value
-    if "stringValue" in value:  # by far the most common
-        return value["stringValue"]
-    for key, x in value.items():
-        kind = _VALUE_KINDS.get(key)
-        if kind == "s":
-            return x
-        if kind == "i":
-            return to_int(x)
-        if kind == "d":
-            return to_float(x)
-        if kind == "b":
-            return bool(x)
-        if kind == "a":
-            return [_any_value(v) for v in (x or {}).get("values") or ()]
-        if kind == "k":
-            return _attributes((x or {}).get("values"))
-    return None
-
-
-def _attributes(kvs: object) -> dict[str, Any]:
-    if not isinstance(kvs, list):
-        return {}
-    return {kv["key"]: _any_value(kv.get("value")) for kv in kvs if isinstance(kv, dict) and "key" in kv}
-
-
-def _otlp_spans(doc: dict[str, Any], where: str, out: list[_Span]) -> None:
-    for rs in doc.get("resourceSpans") or doc.get("resource_spans") or ():
-        resource = rs.get("resource") or {}
-        service = text_or_none(_attributes(resource.get("attributes")).get("service.name"))
-        scope_spans = rs.get("scopeSpans") or rs.get("scope_spans") or rs.get("instrumentationLibrarySpans")
-        for ss in scope_spans or ():
-            scope = ss.get("scope") or ss.get("instrumentationLibrary") or {}
-            for s in ss.get("spans") or ():
-                span_id = normalize_id(s.get("spanId") or s.get("span_id"))
-                status = s.get("status") or {}
-                out.append(_Span(
-                    span_id=span_id,
-                    parent_id=normalize_id(s.get("parentSpanId") or s.get("parent_span_id")),
-                    trace_id=normalize_id(s.get("traceId") or s.get("trace_id")),
-                    name=s.get("name") or "",
-                    attrs=_attributes(s.get("attributes")),
-                    start=from_unix_nanos(s.get("startTimeUnixNano") or s.get("start_time_unix_nano")),
-                    end=from_unix_nanos(s.get("endTimeUnixNano") or s.get("end_time_unix_nano")),
-                    error=status.get("code") in (2, "2", "STATUS_CODE_ERROR"),
-                    service=service, scope=text_or_none(scope.get("name")),
-                    where=f"{where} span {span_id}",
-                    server_side=s.get("kind") in (2, "SPAN_KIND_SERVER"),
-                ))
-
-
-def _jaeger_spans(doc: dict[str, Any], where: str, out: list[_Span]) -> None:
-    traces = doc["data"] if isinstance(doc.get("data"), list) else [doc]
-    for t in traces:
-        processes = t.get("processes") or {}
-        for s in t.get("spans") or ():
-            attrs = {tag["key"]: tag.get("value") for tag in s.get("tags") or () if "key" in tag}
-            process = processes.get(s.get("processID")) or s.get("process") or {}
-            refs = s.get("references") or ()
-            parent = next((r.get("spanID") for r in refs if r.get("refType") == "CHILD_OF"), None)
-            start = from_unix_micros(s.get("startTime"))
-            duration = to_int(s.get("duration"))
-            span_id = normalize_id(s.get("spanID"))
-            out.append(_Span(
-                span_id=span_id, parent_id=normalize_id(parent),
-                trace_id=normalize_id(s.get("traceID") or t.get("traceID")),
-                name=s.get("operationName") or "", attrs=attrs, start=start,
-                end=start + timedelta(microseconds=duration) if start and duration is not None else None,
-                error=attrs.get("error") in (True, "true") or attrs.get("otel.status_code") == "ERROR",
-                service=text_or_none(process.get("serviceName")),
-                scope=text_or_none(attrs.get("otel.scope.name") or attrs.get("otel.library.name")),
-                where=f"{where} span {span_id}", server_side=attrs.get("span.kind") == "server",
-            ))
-
-
-def _as_object(value: object) -> dict[str, Any]:
-    """Langfuse writes `metadata` either as an object or as JSON text."""
-    if isinstance(value, str):
-        value, reason = decode_json_text(value)
-        if reason is not None:
-            return {}
-    return value if isinstance(value, dict) else {}
-
-
-def _langfuse_spans(doc: dict[str, Any], where: str, out: list[_Span]) -> _TraceInfo:
-    trace = doc.get("trace") if isinstance(doc.get("trace"), dict) else {}
-    observations = doc.get("observations")
-    if not isinstance(observations, list):
-        observations = trace.get("observations") if isinstance(trace.get("observations"), list) else []
-    trace_id = normalize_id(trace.get("id"))
-    for o in observations:
-        if not isinstance(o, dict):
-            continue
-        meta = _as_object(o.get("metadata"))
-        attrs = meta.get("attributes") if isinstance(meta.get("attributes"), dict) else {}
-        resource = meta.get("resourceAttributes") if isinstance(meta.get("resourceAttributes"), dict) else {}
-        scope = meta.get("scope") if isinstance(meta.get("scope"), dict) else {}
-        usage = o.get("usageDetails") if isinstance(o.get("usageDetails"), dict) else {}
-        cost = o.get("costDetails") if isinstance(o.get("costDetails"), dict) else {}
-        obs_id = text_or_none(o.get("id"))
-        out.append(_Span(
-            span_id=obs_id, parent_id=text_or_none(o.get("parentObservationId")),
-            trace_id=normalize_id(o.get("traceId")) or trace_id, name=o.get("name") or "", attrs=attrs,
-            start=parse_time(o.get("startTime")), end=parse_time(o.get("endTime")),
-            error=o.get("level") == "ERROR", service=text_or_none(resource.get("service.name")),
-            scope=text_or_none(scope.get("name")), where=f"{where} observation {obs_id}",
-            obs_type=text_or_none(o.get("type")),
-            io={k: o[k] for k in ("input", "output") if o.get(k) is not None},
-            model=text_or_none(o.get("model")), tokens_in=to_int(usage.get("input")),
-            tokens_out=to_int(usage.get("output")), cost=to_float(cost.get("total")),
-        ))
-    scores = trace.get("scores") if isinstance(trace.get("scores"), list) else []
-    label = {s["name"]: s.get("value") for s in scores if isinstance(s, dict) and s.get("name")}
-    return _TraceInfo(session_id=text_or_none(trace.get("sessionId")),
-                      user_id=text_or_none(trace.get("userId")), label=label or None)
-
-
-def _doc_kind(record: object) -> str | None:
-    if not isinstance(record, dict):
-        return None
-    if "resourceSpans" in record or "resource_spans" in record:
-        return "otlp"
-    if isinstance(record.get("observations"), list) or isinstance(record.get("trace"), dict):
-        return "langfuse"
-    data = record.get("data")
-    if isinstance(data, list) and (not data or isinstance(data[0], dict) and "spans" in data[0]):
-        return "jaeger"
-    if isinstance(record.get("spans"), list) and "traceID" in record:
-        return "jaeger"
-    return None
-
-
 def looks_like_otel(record: object) -> bool:
-    return _doc_kind(record) is not None
-
-
-# --- spans -> calls ---------------------------------------------------------------------------
+    return doc_kind(record) is not None
 
 
 def _first(attrs: dict[str, Any], keys: tuple[str, ...]) -> Any:
@@ -266,14 +78,14 @@ def _first(attrs: dict[str, Any], keys: tuple[str, ...]) -> Any:
     return None
 
 
-def _is_chat(s: _Span) -> bool:
+def _is_chat(s: Span) -> bool:
     a = s.attrs
     return (a.get("gen_ai.operation.name") in _CHAT_OPS or s.obs_type == "GENERATION"
             or a.get("openinference.span.kind") == "LLM" or a.get("traceloop.span.kind") == "llm"
             or "llm.request.type" in a or a.get("ai.operationId") in _VERCEL_CHAT_OPS)
 
 
-def _is_tool(s: _Span) -> bool:
+def _is_tool(s: Span) -> bool:
     a = s.attrs
     if (a.get("gen_ai.operation.name") == "execute_tool" or s.obs_type == "TOOL"
             or s.name.startswith("execute_tool ") or a.get("mcp.method.name") == "tools/call"
@@ -284,7 +96,7 @@ def _is_tool(s: _Span) -> bool:
     return ("gen_ai.tool.name" in a or koog_tool) and not _is_chat(s)
 
 
-def _agent_name(s: _Span) -> tuple[str | None, str | None]:
+def _agent_name(s: Span) -> tuple[str | None, str | None]:
     """(name, id) if the span is an agent invocation."""
     a = s.attrs
     agent_id = text_or_none(a.get("gen_ai.agent.id"))
@@ -304,7 +116,7 @@ def _agent_name(s: _Span) -> tuple[str | None, str | None]:
     return n or None, None
 
 
-def _model(s: _Span) -> str | None:
+def _model(s: Span) -> str | None:
     for k in _MODEL_KEYS:
         v = s.attrs.get(k)
         # Some emitters write "unknown" and put the real name in a vendor key further down.
@@ -313,7 +125,7 @@ def _model(s: _Span) -> str | None:
     return s.model if s.model and s.model != "unknown" else None
 
 
-def _tokens(s: _Span) -> tuple[int | None, int | None, float | None]:
+def _tokens(s: Span) -> tuple[int | None, int | None, float | None]:
     tin = s.tokens_in if s.tokens_in is not None else to_int(_first(s.attrs, _TOKENS_IN_KEYS))
     tout = s.tokens_out if s.tokens_out is not None else to_int(_first(s.attrs, _TOKENS_OUT_KEYS))
     cost = s.cost if s.cost is not None else to_float(_first(s.attrs, _COST_KEYS))
@@ -346,7 +158,7 @@ def _flattened_calls(attrs: dict[str, Any]) -> list[Found]:
     return found
 
 
-def _chat_calls(s: _Span) -> list[Found]:
+def _chat_calls(s: Span) -> list[Found]:
     """The tool calls a chat span's response asked for; the first source that has any wins."""
     a = s.attrs
     if a.get("gen_ai.output.messages") is not None:
@@ -384,13 +196,13 @@ class _TraceIndex:
     trace is then read in time linear in its spans, not in spans × depth.
     """
 
-    def __init__(self, spans: list[_Span]) -> None:
+    def __init__(self, spans: list[Span]) -> None:
         self.by_id = {s.span_id: s for s in spans if s.span_id}
         self.limit = len(spans)
-        self._agents: dict[str | None, tuple[str | None, str | None, _Span | None]] = {}
+        self._agents: dict[str | None, tuple[str | None, str | None, Span | None]] = {}
         self._inherited: dict[tuple[str | None, tuple[str, ...]], Any] = {}
 
-    def ancestors(self, s: _Span) -> Iterator[_Span]:
+    def ancestors(self, s: Span) -> Iterator[Span]:
         seen = 0
         p = self.by_id.get(s.parent_id) if s.parent_id else None
         while p is not None and seen <= self.limit:  # the bound guards against a cyclic file
@@ -398,7 +210,7 @@ class _TraceIndex:
             seen += 1
             p = self.by_id.get(p.parent_id) if p.parent_id else None
 
-    def agent(self, s: _Span) -> tuple[str | None, str | None, _Span | None]:
+    def agent(self, s: Span) -> tuple[str | None, str | None, Span | None]:
         found = self._agents.get(s.parent_id, _UNSEEN)
         if found is _UNSEEN:
             found = next(((*_agent_name(a), a) for a in self.ancestors(s) if _agent_name(a)[0]),
@@ -411,7 +223,7 @@ class _TraceIndex:
             return service, None, None
         return None, None, None
 
-    def inherited(self, s: _Span, keys: tuple[str, ...]) -> Any:
+    def inherited(self, s: Span, keys: tuple[str, ...]) -> Any:
         v = _first(s.attrs, keys)
         if v is not None:
             return v
@@ -425,13 +237,13 @@ class _TraceIndex:
 
 @dataclass(slots=True)
 class _Chat:
-    span: _Span
+    span: Span
     found: list[Found]
-    agent: _Span | None
+    agent: Span | None
     counted: bool = False
 
 
-def _tool_call(t: _Span, full_name: str, index: _TraceIndex, info: _TraceInfo | None) -> dict[str, Any]:
+def _tool_call(t: Span, full_name: str, index: _TraceIndex, info: TraceInfo | None) -> dict[str, Any]:
     a = t.attrs
     server, name = split_mcp_name(full_name)
     if server is None and a.get("mcp.method.name") == "tools/call":
@@ -488,8 +300,8 @@ class _ChatIndex:
         self.timed = [c for c in chats if c.span.start is not None]  # in start order
         self.starts = [c.span.start for c in self.timed]
 
-    def asking(self, t: _Span, call_id: str | None, full_name: str, args: dict[str, Any] | None,
-               agent: _Span | None) -> _Chat | None:
+    def asking(self, t: Span, call_id: str | None, full_name: str, args: dict[str, Any] | None,
+               agent: Span | None) -> _Chat | None:
         """By call id; else by name and equal arguments; else the latest chat span that started
         before the call under the same agent."""
         if call_id is not None and call_id in self.by_call_id:
@@ -507,7 +319,7 @@ class _ChatIndex:
         return None
 
 
-def _apply_chat(fields: dict[str, Any], chat: _Chat | None, t: _Span | None, index: _TraceIndex) -> None:
+def _apply_chat(fields: dict[str, Any], chat: _Chat | None, t: Span | None, index: _TraceIndex) -> None:
     model = _model(chat.span) if chat is not None else None
     if model is None and t is not None:
         model = _model(t) or next((m for m in map(_model, index.ancestors(t)) if m), None)
@@ -521,11 +333,11 @@ def _apply_chat(fields: dict[str, Any], chat: _Chat | None, t: _Span | None, ind
         chat.counted = True
 
 
-def _order(spans: list[_Span]) -> list[_Span]:
+def _order(spans: list[Span]) -> list[Span]:
     return sorted(spans, key=lambda s: s.start or _EARLIEST)  # stable: ties keep file order
 
 
-def _trace_calls(spans: list[_Span], info: _TraceInfo | None) -> Iterator[TraceCall]:
+def _trace_calls(spans: list[Span], info: TraceInfo | None) -> Iterator[TraceCall]:
     index = _TraceIndex(spans)
     chat_spans = [s for s in spans if _is_chat(s)]
     # A chat span with chat spans below it aggregates them (Vercel `ai.generateText` over
@@ -555,7 +367,7 @@ def _trace_calls(spans: list[_Span], info: _TraceInfo | None) -> Iterator[TraceC
             yield new_call(_requested_call(f, c, index, info))
 
 
-def _nested_repeat(t: _Span, full_name: str, index: _TraceIndex) -> bool:
+def _nested_repeat(t: Span, full_name: str, index: _TraceIndex) -> bool:
     """True for a tool span inside a tool span of the same name with no agent in between: the
     framework's span and the MCP client span below it describe one call."""
     for a in index.ancestors(t):
@@ -568,7 +380,7 @@ def _nested_repeat(t: _Span, full_name: str, index: _TraceIndex) -> bool:
     return False
 
 
-def _tool_call_name(s: _Span) -> str:
+def _tool_call_name(s: Span) -> str:
     name = text_or_none(_first(s.attrs, _TOOL_NAME_KEYS))
     if name is not None:
         return name
@@ -578,7 +390,7 @@ def _tool_call_name(s: _Span) -> str:
     return s.name
 
 
-def _requested_call(f: Found, chat: _Chat, index: _TraceIndex, info: _TraceInfo | None) -> dict[str, Any]:
+def _requested_call(f: Found, chat: _Chat, index: _TraceIndex, info: TraceInfo | None) -> dict[str, Any]:
     """A call seen only in a model response (the trace has no tool spans)."""
     c = chat.span
     server, name = (f.server, f.name or "") if f.server else split_mcp_name(f.name or "")
@@ -599,8 +411,8 @@ def _requested_call(f: Found, chat: _Chat, index: _TraceIndex, info: _TraceInfo 
     return fields
 
 
-def _calls(spans: list[_Span], info: _TraceInfo | None) -> Iterator[TraceCall]:
-    traces: dict[str | None, list[_Span]] = {}
+def _calls(spans: list[Span], info: TraceInfo | None) -> Iterator[TraceCall]:
+    traces: dict[str | None, list[Span]] = {}
     for s in spans:
         traces.setdefault(s.trace_id, []).append(s)
     for trace_spans in traces.values():
@@ -610,17 +422,17 @@ def _calls(spans: list[_Span], info: _TraceInfo | None) -> Iterator[TraceCall]:
 def read_otel(obj_or_lines: ObjOrLines, source: str) -> Iterator[TraceCall]:
     """Tool calls of OTLP JSON (a document or the collector's JSONL), Jaeger JSON and Langfuse
     trace exports."""
-    spans: list[_Span] = []
+    spans: list[Span] = []
     for record, where in iter_records(obj_or_lines, source):
-        kind = _doc_kind(record)
+        kind = doc_kind(record)
         if kind == "langfuse":
-            trace_spans: list[_Span] = []
-            info = _langfuse_spans(record, where, trace_spans)  # type: ignore[arg-type]
+            trace_spans: list[Span] = []
+            info = langfuse_spans(record, where, trace_spans)  # type: ignore[arg-type]
             yield from _calls(trace_spans, info)
         elif kind == "otlp":
-            _otlp_spans(record, where, spans)  # type: ignore[arg-type]
+            otlp_spans(record, where, spans)  # type: ignore[arg-type]
         elif kind == "jaeger":
-            _jaeger_spans(record, where, spans)  # type: ignore[arg-type]
+            jaeger_spans(record, where, spans)  # type: ignore[arg-type]
         else:
             raise TraceFormatError(where, "not OTLP JSON (resourceSpans), Jaeger JSON (data[].spans) "
                                           "or a Langfuse export (trace, observations)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import io
 import shutil
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from decider.traces import FORMATS, TraceFormatError, detect_format, read_traces
+from decider.traces import FORMATS, TraceCall, TraceFormatError, detect_format, read_traces
 
 from .conftest import FIXTURES
 
@@ -35,6 +36,7 @@ def test_formats_are_the_five_readers() -> None:
         ("openai/responses_items.jsonl", "openai"),
         ("openai/anthropic_messages.json", "openai"),
         ("openai/swe_agent.traj", "openai"),
+        ("openai/toolemu_gpt-4o-mini_cases.jsonl", "openai"),
         ("otel/otlp_agent.json", "otel"),
         ("otel/otlp_collector_base64.jsonl", "otel"),
         ("otel/jaeger_packetpanic.json", "otel"),
@@ -197,3 +199,14 @@ def test_blank_lines_and_a_byte_order_mark_are_ignored(tmp_path: Path) -> None:
     path.write_bytes(b"\xef\xbb\xbf\n" + "\n\n".join(lines).encode() + b"\n\n")
     calls = list(read_traces([str(path)]))
     assert len(calls) == 4 and calls[1].source == f"{path}:4"
+
+
+def test_every_reader_fills_exactly_the_trace_call_fields() -> None:
+    # Readers build calls from dicts (see `new_call`): a misspelt key would go unnoticed otherwise.
+    names = {f.name for f in dataclasses.fields(TraceCall)}
+    folders = [FIXTURES / d for d in ("openai", "otel", "openhands", "mcp", "decider")]
+    calls = list(read_traces([str(f) for f in folders]))
+    assert len(calls) == 23 + 20 + 7 + 7 + 4  # openai, otel, openhands, mcp, decider fixtures
+    for call in calls:
+        assert set(vars(call)) == names, call.source
+        assert isinstance(call.tool_name, str) and call.source and call.format in FORMATS
