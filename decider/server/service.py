@@ -18,10 +18,21 @@ from ..store import DecisionStore, GroupCommitWriter
 from ..v1 import decider_pb2 as pb
 from ..validate import decode_request, validate_request
 
-__all__ = ["BundleHolder", "DeciderService", "generic_handler", "SERVICE_NAME"]
+__all__ = ["BundleHolder", "DecisionFailed", "DeciderService", "generic_handler", "SERVICE_NAME"]
 
 log = logging.getLogger("decider.server")
 SERVICE_NAME = "decider.v1.Decider"
+
+
+class DecisionFailed(Exception):
+    """A request that gets no decision: the status a unary call aborts with, or a stream reports
+    in `DecideResponse.error` for that message alone."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, request_id: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
 
 
 class BundleHolder:
@@ -42,10 +53,22 @@ class DeciderService:
 
     async def decide(self, raw: bytes, context: grpc.aio.ServicerContext) -> pb.DecideResponse:
         try:
+            return await self.decide_bytes(raw)
+        except DecisionFailed as e:
+            await context.abort(e.code, e.message)
+            raise  # unreachable: abort raises
+
+    async def decide_bytes(self, raw: bytes) -> pb.DecideResponse:
+        """One decision from wire bytes, recorded durably before it returns. Shared by the unary
+        `Decide` and `DecideStream`; failures raise DecisionFailed with the status to report."""
+        try:
             req = decode_request(raw)
+        except InvalidRequest as e:
+            raise DecisionFailed(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
+        try:
             validate_request(req)
         except InvalidRequest as e:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            raise DecisionFailed(grpc.StatusCode.INVALID_ARGUMENT, str(e), req.request.id) from None
         now = datetime.now(timezone.utc)
         if not req.request.HasField("time"):
             req.request.time.FromDatetime(now)
@@ -58,11 +81,14 @@ class DeciderService:
         except Exception as exc:  # noqa: BLE001
             # No durable record, no answer: the enforcement point must treat this as a deny.
             log.error("decision not recorded", extra={"decision_id": decision_id, "error": str(exc)})
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"decision could not be recorded: {exc}")
+            raise DecisionFailed(grpc.StatusCode.UNAVAILABLE, f"decision could not be recorded: {exc}",
+                                 req.request.id) from None
         if log.isEnabledFor(logging.DEBUG):
             log.debug("decided", extra={"decision_id": decision_id, "outcome": decision.outcome_name,
                                         "tool": req.tool.name, "agent": req.agent.id})
-        return decision_response(decision_id, req, decision, bundle, row)
+        resp = decision_response(decision_id, req, decision, bundle, row)
+        resp.request_id = req.request.id
+        return resp
 
     async def get_decision(self, req: pb.GetDecisionRequest, context: grpc.aio.ServicerContext) -> pb.DecisionRecord:
         if not req.decision_id:
@@ -74,6 +100,8 @@ class DeciderService:
 
 
 def generic_handler(svc: DeciderService) -> grpc.GenericRpcHandler:
+    from .stream import decide_stream_handler  # stream.py builds on this module
+
     return grpc.method_handlers_generic_handler(
         SERVICE_NAME,
         {
@@ -82,6 +110,7 @@ def generic_handler(svc: DeciderService) -> grpc.GenericRpcHandler:
             "Decide": grpc.unary_unary_rpc_method_handler(
                 svc.decide, request_deserializer=None, response_serializer=pb.DecideResponse.SerializeToString
             ),
+            "DecideStream": decide_stream_handler(svc),
             "GetDecision": grpc.unary_unary_rpc_method_handler(
                 svc.get_decision,
                 request_deserializer=pb.GetDecisionRequest.FromString,
