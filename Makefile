@@ -41,8 +41,17 @@ proto-check: $(STAMP)
 	  cmp -s $$tmp/$$f $$f || { echo "generated code drifted: $$f (run 'make proto')"; rm -rf $$tmp; exit 1; }; \
 	done; rm -rf $$tmp; echo "generated code is up to date"
 
-bench: $(STAMP)
-	$(BIN)/python tools/bench/compare.py
+BENCH_STAMP := $(VENV)/.bench-stamp
+$(BENCH_STAMP): $(STAMP) tools/bench/requirements.txt
+	$(BIN)/python -m pip install -q -r tools/bench/requirements.txt
+	touch $(BENCH_STAMP)
+
+## decider vs Cerbos 0.55 (installed from npm), unary and DecideStream, then the micro-benchmarks.
+## Bounded: about 3 minutes. Tables on stdout, JSON in tools/bench/results/.
+bench: $(BENCH_STAMP)
+	$(BIN)/python tools/bench/compare.py --stream
+	$(BIN)/python tools/bench/eval_bench.py
+	$(BIN)/python tools/bench/writer_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -45,6 +45,9 @@ class CompiledRule:
     approval_ttl_s: int
     location: str                    # file:line of the rule, for reports
     when: str
+    # The condition is the literal `true` (a baseline allow): it holds without evaluating CEL,
+    # which saves a whole eval (~5 µs) per request for the most common rule shape.
+    always: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,6 +274,7 @@ def _compile_rules(
                 approval_ttl_s=parse_duration(rule.approval_ttl) if rule.approval_ttl else DEFAULT_APPROVAL_TTL_S,
                 location=here,
                 when=rule.when,
+                always=rule.when.strip() == "true",
             )
         )
     return rules

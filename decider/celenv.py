@@ -14,7 +14,7 @@ from functools import lru_cache
 from cel_expr_python import cel
 from google.protobuf import descriptor_pool
 
-from . import functions
+from . import functions, regex
 from .v1 import decider_pb2  # noqa: F401 - registers decider.v1 types in the default pool
 
 __all__ = ["environment", "compile_condition", "CelError", "CEL_VARIABLES"]
@@ -46,7 +46,7 @@ def environment() -> cel.Env:
             "context": cel.Type.Map(cel.Type.STRING, cel.Type.DYN),
             "budget": cel.Type.Map(cel.Type.STRING, cel.Type.Map(cel.Type.STRING, cel.Type.DOUBLE)),
         },
-        functions=functions.declarations(),
+        functions=[*functions.declarations(), regex.declaration()],
     )
 
 
@@ -60,4 +60,13 @@ def compile_condition(expression: str) -> cel.Expression | list[CelError]:
     rtype = program.return_type()
     if rtype != cel.Type.BOOL and rtype != cel.Type.DYN:
         return [CelError(1, 1, f"a condition must be a bool, this one is {rtype.name()}")]
+    # Checked as written; evaluated with literal regexes compiled once (see regex.py).
+    fast = regex.rewrite_literal_matches(expression)
+    if fast != expression:
+        try:
+            rewritten = environment().compile(fast)
+        except RuntimeError:
+            return program
+        if rewritten.return_type() == rtype:
+            return rewritten
     return program

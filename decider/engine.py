@@ -109,6 +109,9 @@ def decide(bundle: Bundle, request: pb.DecideRequest, state: State = EMPTY_STATE
             if not policy.fits(agent, tool):
                 continue
             for rule in policy.rules:
+                if rule.always:
+                    matched.append(rule)
+                    continue
                 value = rule.program.eval(activation).value()
                 if value is True:
                     matched.append(rule)

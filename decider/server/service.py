@@ -20,10 +20,21 @@ from ..v1 import decider_pb2 as pb
 from ..validate import decode_request, validate_request
 from .controls import Controls
 
-__all__ = ["BundleHolder", "DeciderService", "generic_handler", "SERVICE_NAME"]
+__all__ = ["BundleHolder", "DeciderService", "DecisionFailed", "generic_handler", "SERVICE_NAME"]
 
 log = logging.getLogger("decider.server")
 SERVICE_NAME = "decider.v1.Decider"
+
+
+class DecisionFailed(Exception):
+    """A request that gets no decision: the status a unary call aborts with, or a stream reports
+    in `DecideResponse.error` for that message alone."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, request_id: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
 
 
 class BundleHolder:
@@ -57,10 +68,22 @@ class DeciderService:
 
     async def decide(self, raw: bytes, context: grpc.aio.ServicerContext) -> pb.DecideResponse:
         try:
+            return await self.decide_bytes(raw)
+        except DecisionFailed as e:
+            await context.abort(e.code, e.message)
+            raise  # unreachable: abort raises
+
+    async def decide_bytes(self, raw: bytes) -> pb.DecideResponse:
+        """One decision from wire bytes, recorded durably before it returns. Shared by the unary
+        `Decide` and `DecideStream`; failures raise DecisionFailed with the status to report."""
+        try:
             req = decode_request(raw)
+        except InvalidRequest as e:
+            raise DecisionFailed(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
+        try:
             validate_request(req)
         except InvalidRequest as e:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            raise DecisionFailed(grpc.StatusCode.INVALID_ARGUMENT, str(e), req.request.id) from None
         now = datetime.now(timezone.utc)
         if not req.request.HasField("time"):
             req.request.time.FromDatetime(now)
@@ -71,8 +94,14 @@ class DeciderService:
         decision_id = new_id()
         # --- stateful controls (approvals, budgets): may replace the decision, or answer with the
         # identical call's pending decision. `applied.done(written)` must run on every path.
-        applied = await self.controls.apply(req, decision, bundle, decision_id, now)
+        try:
+            applied = await self.controls.apply(req, decision, bundle, decision_id, now)
+        except Exception as exc:  # noqa: BLE001 - e.g. a replica won the race for the same approval
+            log.error("stateful controls failed", extra={"decision_id": decision_id, "error": str(exc)})
+            raise DecisionFailed(grpc.StatusCode.UNAVAILABLE, f"decision could not be made: {exc}",
+                                 req.request.id) from None
         if applied.existing is not None:
+            applied.existing.request_id = req.request.id
             return applied.existing
         decision = applied.decision
         row = build_record(decision_id, req, decision, bundle, now)
@@ -85,7 +114,8 @@ class DeciderService:
         except Exception as exc:  # noqa: BLE001
             # No durable record, no answer: the enforcement point must treat this as a deny.
             log.error("decision not recorded", extra={"decision_id": decision_id, "error": str(exc)})
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"decision could not be recorded: {exc}")
+            raise DecisionFailed(grpc.StatusCode.UNAVAILABLE, f"decision could not be recorded: {exc}",
+                                 req.request.id) from None
         finally:
             applied.done(written)
         # --- end stateful controls
@@ -93,7 +123,9 @@ class DeciderService:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("decided", extra={"decision_id": decision_id, "outcome": decision.outcome_name,
                                         "tool": req.tool.name, "agent": req.agent.id})
-        return decision_response(decision_id, req, decision, bundle, row)
+        resp = decision_response(decision_id, req, decision, bundle, row)
+        resp.request_id = req.request.id
+        return resp
 
     async def get_decision(self, req: pb.GetDecisionRequest, context: grpc.aio.ServicerContext) -> pb.DecisionRecord:
         if not req.decision_id:
@@ -105,6 +137,8 @@ class DeciderService:
 
 
 def generic_handler(svc: DeciderService) -> grpc.GenericRpcHandler:
+    from .stream import decide_stream_handler  # stream.py builds on this module
+
     return grpc.method_handlers_generic_handler(
         SERVICE_NAME,
         {
@@ -113,6 +147,7 @@ def generic_handler(svc: DeciderService) -> grpc.GenericRpcHandler:
             "Decide": grpc.unary_unary_rpc_method_handler(
                 svc.decide, request_deserializer=None, response_serializer=pb.DecideResponse.SerializeToString
             ),
+            "DecideStream": decide_stream_handler(svc),
             "GetDecision": grpc.unary_unary_rpc_method_handler(
                 svc.get_decision,
                 request_deserializer=pb.GetDecisionRequest.FromString,

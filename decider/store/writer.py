@@ -31,9 +31,12 @@ class GroupCommitWriter:
         self._engine = engine
         self._insert = insert(table)
         self._max_batch = max_batch
-        self._pending: list[tuple[dict[str, Any], Done]] = []
+        self._pending: list[tuple[dict[str, Any], Any]] = []
         self._cv = threading.Condition()
         self._closed = False
+        # Rows awaited from an event loop are handed over once per loop iteration, not once per row:
+        # one lock round and one wake-up of the writer thread per batch instead of per decision.
+        self._staged: dict[asyncio.AbstractEventLoop, list[tuple[dict[str, Any], Any]]] = {}
         self.batches = 0
         self.rows = 0
         self._thread = threading.Thread(target=self._run, name="decider-writer", daemon=True)
@@ -41,22 +44,35 @@ class GroupCommitWriter:
 
     def submit(self, row: dict[str, Any], done: Done) -> None:
         """Queue a row; `done(None)` runs on the writer thread once it is committed, `done(exc)` if not."""
+        self._enqueue([(row, done)])
+
+    def _enqueue(self, items: list[tuple[dict[str, Any], Any]]) -> None:
         with self._cv:
             if self._closed:
                 raise WriterClosed("the decision writer is shut down")
-            self._pending.append((row, done))
+            self._pending.extend(items)
             self._cv.notify()
 
     async def write(self, row: dict[str, Any]) -> None:
         """Await the commit of `row` from asyncio code."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
-
-        def done(err: BaseException | None) -> None:
-            loop.call_soon_threadsafe(_settle, fut, err)
-
-        self.submit(row, done)
+        staged = self._staged.get(loop)
+        if staged is None:
+            staged = self._staged[loop] = []
+            loop.call_soon(self._hand_over, loop)
+        staged.append((row, fut))
         await fut
+
+    def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Runs on `loop` once per iteration that staged rows: pass them to the writer thread."""
+        items = self._staged.pop(loop, [])
+        if not items:
+            return
+        try:
+            self._enqueue(items)
+        except WriterClosed as exc:
+            _settle_many([w for _, w in items], exc)
 
     def write_sync(self, row: dict[str, Any]) -> None:
         ev = threading.Event()
@@ -89,14 +105,14 @@ class GroupCommitWriter:
                 del self._pending[: self._max_batch]
             self._commit(batch)
 
-    def _commit(self, batch: list[tuple[dict[str, Any], Done]]) -> None:
+    def _commit(self, batch: list[tuple[dict[str, Any], Any]]) -> None:
         try:
             with self._engine.begin() as conn:
                 conn.execute(self._insert, [row for row, _ in batch])
         except Exception as exc:  # noqa: BLE001 - reported to every waiter, never swallowed
             if len(batch) == 1:
                 log.error("decision record not written", extra={"error": str(exc)})
-                batch[0][1](exc)
+                _notify([batch[0][1]], exc)
                 return
             # One bad row must not fail its neighbours: retry each on its own.
             for item in batch:
@@ -104,14 +120,30 @@ class GroupCommitWriter:
             return
         self.batches += 1
         self.rows += len(batch)
-        for _, done in batch:
-            done(None)
+        _notify([w for _, w in batch], None)
 
 
-def _settle(fut: asyncio.Future[None], err: BaseException | None) -> None:
-    if fut.done():
-        return
-    if err is None:
-        fut.set_result(None)
-    else:
-        fut.set_exception(err)
+def _notify(waiters: list[Any], err: BaseException | None) -> None:
+    """From the writer thread: callbacks run here; futures are settled with ONE thread-safe call per
+    loop (each call writes to the loop's self-pipe, so one per row would cost a syscall per row)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+    for w in waiters:
+        if isinstance(w, asyncio.Future):
+            by_loop.setdefault(w.get_loop(), []).append(w)
+        else:
+            w(err)
+    for loop, futs in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_settle_many, futs, err)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass
+
+
+def _settle_many(futs: list[asyncio.Future[None]], err: BaseException | None) -> None:
+    for fut in futs:
+        if fut.done():
+            continue
+        if err is None:
+            fut.set_result(None)
+        else:
+            fut.set_exception(err)

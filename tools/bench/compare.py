@@ -205,15 +205,16 @@ async def wait_healthy(server: Server, timeout_s: float = READY_TIMEOUT_S) -> No
 # --- reporting ----------------------------------------------------------------------------------------
 
 
-def ratios(summaries: Sequence[load.Summary]) -> list[dict[str, Any]]:
+def ratios(summaries: Sequence[load.Summary], mine_name: str = "decider") -> list[dict[str, Any]]:
     by_key = {(s.target, s.concurrency): s for s in summaries}
     rows = []
     for concurrency in sorted({s.concurrency for s in summaries}):
-        mine, theirs = by_key.get(("decider", concurrency)), by_key.get(("cerbos", concurrency))
+        mine, theirs = by_key.get((mine_name, concurrency)), by_key.get(("cerbos", concurrency))
         if mine is None or theirs is None:
             continue
         rows.append(
             {
+                "target": mine_name,
                 "concurrency": concurrency,
                 # > 1 means decider is better on every one of these.
                 "decisions_per_s": mine.decisions_per_s / theirs.decisions_per_s,
@@ -226,9 +227,9 @@ def ratios(summaries: Sequence[load.Summary]) -> list[dict[str, Any]]:
     return rows
 
 
-def format_ratios(rows: Sequence[dict[str, Any]]) -> str:
+def format_ratios(rows: Sequence[dict[str, Any]], title: str = "decider (unary Decide) / Cerbos") -> str:
     header = f"{'C':>3} {'dec/s':>8} {'dec/srv-CPU-s':>14} {'p50 speedup':>12} {'p99 speedup':>12}"
-    lines = ["decider / Cerbos (> 1.00 = decider better)", header, "-" * len(header)]
+    lines = [f"{title} (> 1.00 = decider better)", header, "-" * len(header)]
     for r in rows:
         lines.append(
             f"{r['concurrency']:>3} {r['decisions_per_s']:>8.2f} {r['decisions_per_server_cpu_s']:>14.2f} "
@@ -264,6 +265,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=os.environ.get("DECIDER_BENCH_CMD", DEFAULT_DECIDER_CMD),
         help="command template; {bundle} {listen} {tmp} {python} {repo} are filled in "
         "(default: %(default)s; env DECIDER_BENCH_CMD)",
+    )
+    parser.add_argument(
+        "--stream",
+        action="store_true",
+        help="also drive decider over DecideStream (reported as its own row, 'decider-stream'; the "
+        "headline comparison stays unary Decide vs Cerbos CheckResources)",
     )
     parser.add_argument("--keep-logs", action="store_true", help="keep the temp dir with server logs")
     load.add_load_arguments(parser)
@@ -361,6 +368,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     else load.CerbosTarget(server.address)
                 )
                 targets.append((target, server.pid))
+                if server.name == "decider" and args.stream:
+                    targets.append((load.DeciderStreamTarget(server.address), server.pid))
             results = asyncio.run(
                 load.run_matrix(
                     targets,
@@ -380,7 +389,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if rows:
             print()
             print(format_ratios(rows))
+        stream_rows = ratios(summaries, "decider-stream")
+        if stream_rows:
+            print()
+            print(format_ratios(stream_rows, "decider-stream (DecideStream, one stream per caller) / Cerbos (unary)"))
         meta["ratios_decider_over_cerbos"] = rows
+        meta["ratios_decider_stream_over_cerbos"] = stream_rows
         print(f"\nwrote {load.write_results(name, meta, results)}")
         return 0
     except load.OutcomeMismatchError as err:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -44,6 +45,7 @@ from workload import ALLOW, DENY, REQUIRE_APPROVAL, Item, build_workload  # noqa
 __all__ = [
     "CellResult",
     "CerbosTarget",
+    "DeciderStreamTarget",
     "DeciderTarget",
     "OutcomeMismatchError",
     "Summary",
@@ -219,6 +221,51 @@ class DeciderTarget:
             await self._channel.close()
 
 
+class DeciderStreamTarget(DeciderTarget):
+    """decider over ``decider.v1.Decider/DecideStream``: the same requests on long-lived bidi streams.
+
+    One stream per concurrent caller (a pool: a worker takes an idle stream, sends one request, reads
+    its reply, puts the stream back), so C in flight means C streams with one message each in flight,
+    as a gateway multiplexing its agents' calls would hold them. Replies are checked against the
+    request's ``request.id`` echo.
+    """
+
+    def __init__(self, address: str, name: str = "decider-stream", repo_root: Path = REPO_ROOT) -> None:
+        super().__init__(address, name, repo_root)
+        self._idle: list[Any] = []
+        self._all: list[Any] = []
+
+    async def decide(self, item: Item) -> str:
+        request = self._requests.get(item.index)
+        if request is None:
+            request = self.build(item)
+        call = self._idle.pop() if self._idle else self._new_stream()
+        await call.write(request)
+        response = await asyncio.wait_for(call.read(), RPC_TIMEOUT_S)
+        self._idle.append(call)
+        if response is grpc.aio.EOF:
+            raise RuntimeError(f"{self.name}: stream ended before the reply to {item.call_id}")
+        if response.HasField("error"):
+            raise RuntimeError(f"{self.name}: error reply {response.error.code}: {response.error.message}")
+        if response.request_id != request.request.id:
+            raise RuntimeError(f"{self.name}: reply for {response.request_id!r}, expected {request.request.id!r}")
+        return self._pb.Outcome.Name(response.outcome)
+
+    def _new_stream(self) -> Any:
+        call = self._stub.DecideStream()
+        self._all.append(call)
+        return call
+
+    async def close(self) -> None:
+        for call in self._all:
+            with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
+                await call.done_writing()
+                await asyncio.wait_for(call.wait_for_connection(), RPC_TIMEOUT_S)
+        self._all.clear()
+        self._idle.clear()
+        await super().close()
+
+
 # --- server CPU from /proc ------------------------------------------------------------------------------
 
 
@@ -378,7 +425,7 @@ async def run_matrix(
                     results.append(cell)
                     if verbose:
                         print(
-                            f"  {cell.target:<8} C={concurrency:<3} round {round_no}: "
+                            f"  {cell.target:<14} C={concurrency:<3} round {round_no}: "
                             f"{cell.decisions_per_s:9.0f} decisions/s, server CPU {cell.server_cpu_s:6.2f} s",
                             file=sys.stderr,
                             flush=True,
@@ -447,13 +494,13 @@ def summarize(results: Sequence[CellResult]) -> list[Summary]:
 
 def format_table(summaries: Sequence[Summary]) -> str:
     header = (
-        f"{'target':<8} {'C':>3} {'decisions':>10} {'dec/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'target':<14} {'C':>3} {'decisions':>10} {'dec/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
         f"{'srv CPU-s':>10} {'dec/srv-CPU-s':>14} {'cli CPU-s':>10}"
     )
     lines = [header, "-" * len(header)]
     for s in summaries:
         lines.append(
-            f"{s.target:<8} {s.concurrency:>3} {s.decisions:>10} {s.decisions_per_s:>8.0f} "
+            f"{s.target:<14} {s.concurrency:>3} {s.decisions:>10} {s.decisions_per_s:>8.0f} "
             f"{s.p50_ms:>8.3f} {s.p99_ms:>8.3f} {s.server_cpu_s:>10.2f} "
             f"{s.decisions_per_server_cpu_s:>14.0f} {s.client_cpu_s:>10.2f}"
         )
@@ -526,11 +573,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cerbos-pid", type=int)
     parser.add_argument("--decider", metavar="HOST:PORT")
     parser.add_argument("--decider-pid", type=int)
+    parser.add_argument("--stream", action="store_true", help="also drive decider over DecideStream")
+    parser.add_argument("--stream-only", action="store_true", help="drive decider over DecideStream only")
     add_load_arguments(parser)
     args = parser.parse_args(argv)
     targets: list[tuple[Target, int]] = []
     if args.decider:
-        targets.append((DeciderTarget(args.decider), args.decider_pid))
+        if not args.stream_only:
+            targets.append((DeciderTarget(args.decider), args.decider_pid))
+        if args.stream or args.stream_only:
+            targets.append((DeciderStreamTarget(args.decider), args.decider_pid))
     if args.cerbos:
         targets.append((CerbosTarget(args.cerbos), args.cerbos_pid))
     if not targets or any(pid is None for _, pid in targets):
