@@ -16,13 +16,13 @@ from pathlib import Path
 import yaml
 from cel_expr_python import cel
 
-from .celenv import compile_condition
+from .celenv import compile_combined, compile_condition
 from .errors import PolicyLoadError, SourceError
 from .loader import LoadedSource, Source, load_files, load_source, locate
 from .policy import BudgetSpec, Rule, parse_duration
 from .v1 import decider_pb2 as pb
 
-__all__ = ["Bundle", "CompiledPolicy", "CompiledRule", "compile_bundle", "load_bundle", "load_bundle_files",
+__all__ = ["Reason", "Bundle", "CompiledPolicy", "CompiledRule", "compile_bundle", "load_bundle", "load_bundle_files",
            "revision_of"]
 
 EFFECT_OUTCOME = {"allow": pb.ALLOW, "deny": pb.DENY, "require_approval": pb.REQUIRE_APPROVAL}
@@ -31,6 +31,26 @@ DEFAULT_APPROVAL_TTL_S = 3600
 # A tool neither the request nor the catalogue rates is treated as critical: fail closed.
 UNKNOWN_RISK_TIER = 4
 _INDEX_CACHE_MAX = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """Why a decision came out as it did: a rule (or a built-in such as `default`, `killed`)."""
+
+    rule_id: str
+    text: str
+    policy: str = ""
+    effect: str = ""
+
+
+# The CEL variables a condition can name; a policy binds only those its conditions mention.
+_VARIABLE = re.compile(r"\b(agent|tool|request|context|budget)\b")
+
+
+def variables_named(expression: str) -> frozenset[str]:
+    """The activation variables an expression may read (a textual scan: over-inclusion only costs
+    a little time; CEL has no other way to reach a variable than by its name)."""
+    return frozenset(_VARIABLE.findall(expression))
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +68,8 @@ class CompiledRule:
     # The condition is the literal `true` (a baseline allow): it holds without evaluating CEL,
     # which saves a whole eval (~5 µs) per request for the most common rule shape.
     always: bool = False
+    # Built once: the reason a decision carries when this rule decides.
+    reason_of: Reason = Reason("", "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +83,13 @@ class CompiledPolicy:
     teams: Callable[[str], object] | None
     agents: Callable[[str], object] | None
     workflows: Callable[[str], object] | None
+    # Every non-`always` condition of the policy as one CEL list program: one evaluation per policy
+    # instead of one per rule (each eval has a fixed cost of a few µs). None when it cannot be built;
+    # on an error value the engine falls back to evaluating rule by rule for exact messages.
+    program: cel.Expression | None = None
+    # For each rule, its index in the program's list (-1 for an `always` rule).
+    slots: tuple[int, ...] = ()
+    needs: frozenset[str] = frozenset()     # activation variables the conditions mention
 
     def fits(self, agent: pb.Agent, tool: pb.ToolCall) -> bool:
         return (
@@ -89,6 +118,7 @@ class Bundle:
     _globbed: tuple[tuple[re.Pattern[str], int], ...]
     _always: tuple[int, ...]
     _cache: dict[str, tuple[CompiledPolicy, ...]] = field(default_factory=dict)
+    _needs: dict[str, frozenset[str]] = field(default_factory=dict)
 
     @property
     def rules(self) -> tuple[CompiledRule, ...]:
@@ -106,6 +136,15 @@ class Bundle:
         if len(self._cache) < _INDEX_CACHE_MAX:
             self._cache[tool_name] = found
         return found
+
+    def needs(self, tool_name: str) -> frozenset[str]:
+        """The activation variables the candidate policies of this tool read (memoised)."""
+        hit = self._needs.get(tool_name)
+        if hit is None:
+            hit = frozenset().union(*(p.needs for p in self.candidates(tool_name)))
+            if len(self._needs) < _INDEX_CACHE_MAX:
+                self._needs[tool_name] = hit
+        return hit
 
     def risk_tier(self, tool_name: str) -> int:
         tier = self.tool_tiers.get(tool_name)
@@ -177,6 +216,11 @@ def compile_bundle(src: LoadedSource) -> Bundle:
         rules = _compile_rules(doc.metadata.name, lp.source, list(enumerate(doc.spec.rules)), seen_ids, lines_of,
                                errors, src.texts)
         m = doc.spec.match
+        evaluated = [r for r in rules if not r.always]
+        slots, k = [], 0
+        for r in rules:
+            slots.append(-1 if r.always else k)
+            k += 0 if r.always else 1
         policies.append(
             CompiledPolicy(
                 name=doc.metadata.name,
@@ -187,6 +231,9 @@ def compile_bundle(src: LoadedSource) -> Bundle:
                 teams=_matcher(m.teams),
                 agents=_matcher(m.agents),
                 workflows=_matcher(m.workflows),
+                program=compile_combined([r.when for r in evaluated]) if len(evaluated) > 1 else None,
+                slots=tuple(slots),
+                needs=frozenset().union(*(variables_named(r.when) for r in evaluated)),
             )
         )
     for pp in src.partial:
@@ -275,6 +322,7 @@ def _compile_rules(
                 location=here,
                 when=rule.when,
                 always=rule.when.strip() == "true",
+                reason_of=Reason(rule.id, rule.reason or rule.id, policy, rule.effect),
             )
         )
     return rules

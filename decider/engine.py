@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from .bundle import EFFECT_OUTCOME, Bundle, CompiledRule
+from .bundle import EFFECT_OUTCOME, Bundle, CompiledPolicy, CompiledRule, Reason
 from .celenv import environment
 from .state import EMPTY_STATE, BudgetUsage, State
 from .v1 import decider_pb2 as pb
@@ -24,14 +24,6 @@ OUTCOME_NAMES = {pb.ALLOW: "ALLOW", pb.DENY: "DENY", pb.REQUIRE_APPROVAL: "REQUI
 EFFECT_OF_OUTCOME = {pb.ALLOW: "allow", pb.DENY: "deny", pb.REQUIRE_APPROVAL: "require_approval"}
 # Precedence: the larger wins.
 _RANK = {pb.ALLOW: 1, pb.REQUIRE_APPROVAL: 2, pb.DENY: 3}
-
-
-@dataclass(frozen=True, slots=True)
-class Reason:
-    rule_id: str
-    text: str
-    policy: str = ""
-    effect: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +58,45 @@ def budget_views(bundle: Bundle, state: State) -> dict[str, dict[str, float]]:
     return views
 
 
+def _activation(bundle: Bundle, request: pb.DecideRequest, state: State) -> object:
+    """Bind only what the tool's policies read: each bound proto costs a conversion into CEL."""
+    tool = request.tool
+    needs = bundle.needs(tool.name)
+    data: dict[str, object] = {"agent": request.agent, "tool": tool}
+    if "request" in needs:
+        data["request"] = request.request
+    if "context" in needs:
+        data["context"] = request.context
+    if "budget" in needs:
+        data["budget"] = budget_views(bundle, state)
+    return environment().Activation(data=data)
+
+
+def _evaluate(policy: CompiledPolicy, activation: object, matched: list[CompiledRule],
+              errors: list[tuple[CompiledRule, str]]) -> None:
+    """Append the policy's rules that hold (in order) to `matched`, and those that error to `errors`."""
+    if policy.program is not None:
+        values = policy.program.eval(activation).plain_value()
+        # A list of bools: the common case. An error anywhere makes the whole list an error
+        # value (a str): evaluate rule by rule below to know which rule failed, and why.
+        if isinstance(values, list) and all(v is True or v is False for v in values):
+            for rule, slot in zip(policy.rules, policy.slots, strict=True):
+                if slot < 0 or values[slot]:
+                    matched.append(rule)
+            return
+    for rule in policy.rules:
+        if rule.always:
+            matched.append(rule)
+            continue
+        value = rule.program.eval(activation).value()
+        if value is True:
+            matched.append(rule)
+        elif value is not False:
+            # An ERROR value carries its message as a str; anything else is a non-bool result.
+            msg = value if isinstance(value, str) else f"condition returned {value!r}, not a bool"
+            errors.append((rule, msg))
+
+
 def effective_risk_tier(bundle: Bundle, tool: pb.ToolCall) -> int:
     return tool.risk_tier if tool.HasField("risk_tier") else bundle.risk_tier(tool.name)
 
@@ -95,30 +126,17 @@ def decide(bundle: Bundle, request: pb.DecideRequest, state: State = EMPTY_STATE
     candidates = bundle.candidates(tool.name)
     matched: list[CompiledRule] = []
     errors: list[tuple[CompiledRule, str]] = []
-    if candidates:
-        activation = environment().Activation(
-            data={
-                "agent": agent,
-                "tool": tool,
-                "request": request.request,
-                "context": request.context,
-                "budget": budget_views(bundle, state),
-            }
-        )
-        for policy in candidates:
-            if not policy.fits(agent, tool):
+    activation = None
+    for policy in candidates:
+        if not policy.fits(agent, tool):
+            continue
+        if not policy.needs:  # only `always` rules (or conditions naming no variable)
+            if all(r.always for r in policy.rules):
+                matched.extend(policy.rules)
                 continue
-            for rule in policy.rules:
-                if rule.always:
-                    matched.append(rule)
-                    continue
-                value = rule.program.eval(activation).value()
-                if value is True:
-                    matched.append(rule)
-                elif value is not False:
-                    # An ERROR value carries its message as a str; anything else is a non-bool result.
-                    msg = value if isinstance(value, str) else f"condition returned {value!r}, not a bool"
-                    errors.append((rule, msg))
+        if activation is None:
+            activation = _activation(bundle, request, state)
+        _evaluate(policy, activation, matched, errors)
 
     best = 0
     for rule in matched:
@@ -146,7 +164,7 @@ def decide(bundle: Bundle, request: pb.DecideRequest, state: State = EMPTY_STATE
     first = winners[0]
     return Decision(
         outcome=first.outcome,
-        reasons=tuple(Reason(r.id, r.reason, r.policy, r.effect) for r in winners),
+        reasons=tuple(r.reason_of for r in winners),
         matched_rules=matched_ids,
         deciding_rule=first.id,
         risk_tier=tier,
