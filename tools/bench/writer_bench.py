@@ -61,7 +61,10 @@ async def _cell(writer: GroupCommitWriter, rows: list[dict[str, Any]], c: int, m
 
     async def worker() -> None:
         while (n := next(counter)) < max_n and time.perf_counter() < deadline:
-            row = dict(rows[n % len(rows)], decision_id=new_id())
+            # A fresh id, and an args hash of its own: one pending approval per exact call is a
+            # unique index, and the workload repeats calls.
+            did = new_id()
+            row = dict(rows[n % len(rows)], decision_id=did, args_hash=did)
             t = time.perf_counter()
             await writer.write(row)
             waits.append(time.perf_counter() - t)
