@@ -80,3 +80,25 @@ def test_log_filters(tmp_path: Path) -> None:
 def test_decision_ids_sort_by_time() -> None:
     a, b = new_id(1_000), new_id(2_000)
     assert a < b and id_time_ms(a) == 1_000 and len(a) == 26
+
+
+def test_a_batch_keeps_columns_that_only_later_rows_carry(tmp_path: Path) -> None:
+    # An executemany takes its columns from the first row: a plain decision first, then an approval
+    # row with approval_id and a shadow outcome, in one batch. Nothing of the second may be lost.
+    engine = connect(f"sqlite:///{tmp_path / 'd.db'}")
+    writer = GroupCommitWriter(engine, decisions)
+    plain = row()
+    approval = dict(row(agent="a2"), approval_id="A-1", approval_state="pending", shadow_outcome="DENY",
+                    shadow_rules='["r"]', shadow_revision="abc")
+    assert "approval_id" not in plain and "shadow_outcome" not in plain
+    done: list[BaseException | None] = []
+    with writer._cv:  # queue both before the writer thread can take the first alone
+        writer._pending.extend([(plain, done.append), (approval, done.append)])
+        writer._cv.notify()
+    writer.close()
+    assert done == [None, None] and writer.batches == 1
+    stored = DecisionStore(engine).get(approval["decision_id"])
+    assert stored is not None
+    assert (stored["approval_id"], stored["approval_state"], stored["shadow_outcome"], stored["shadow_revision"]) == (
+        "A-1", "pending", "DENY", "abc")
+    assert DecisionStore(engine).get(plain["decision_id"])["approval_id"] is None

@@ -97,8 +97,11 @@ class DecisionStore:
         self.engine = engine
 
     def insert_many(self, rows: Sequence[dict[str, Any]]) -> None:
+        from .writer import row_completer  # the same normalisation as the group-commit writer
+
+        complete = row_completer(decisions)
         with self.engine.begin() as conn:
-            conn.execute(insert(decisions), list(rows))
+            conn.execute(insert(decisions), [complete(r) for r in rows])
 
     def get(self, decision_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:

@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import Engine, Table, insert
 
-__all__ = ["GroupCommitWriter", "WriterClosed"]
+__all__ = ["GroupCommitWriter", "WriterClosed", "row_completer"]
 
 log = logging.getLogger("decider.store.writer")
 
@@ -30,6 +30,7 @@ class GroupCommitWriter:
     def __init__(self, engine: Engine, table: Table, max_batch: int = 1024) -> None:
         self._engine = engine
         self._insert = insert(table)
+        self._complete = row_completer(table)
         self._max_batch = max_batch
         self._pending: list[tuple[dict[str, Any], Any]] = []
         self._cv = threading.Condition()
@@ -108,7 +109,7 @@ class GroupCommitWriter:
     def _commit(self, batch: list[tuple[dict[str, Any], Any]]) -> None:
         try:
             with self._engine.begin() as conn:
-                conn.execute(self._insert, [row for row, _ in batch])
+                conn.execute(self._insert, [self._complete(row) for row, _ in batch])
         except Exception as exc:  # noqa: BLE001 - reported to every waiter, never swallowed
             if len(batch) == 1:
                 log.error("decision record not written", extra={"error": str(exc)})
@@ -121,6 +122,25 @@ class GroupCommitWriter:
         self.batches += 1
         self.rows += len(batch)
         _notify([w for _, w in batch], None)
+
+
+def row_completer(table: Table) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """A function giving a row every column of `table` (its default, else None, where missing).
+
+    An executemany takes its column list from the FIRST row of the batch; a key present only in a
+    later row (an approval's `approval_id`, a shadow outcome) would be silently dropped.
+    """
+    defaults = {c.name: (c.default.arg if c.default is not None and not callable(c.default.arg) else None)
+                for c in table.columns}
+
+    def complete(row: dict[str, Any]) -> dict[str, Any]:
+        if len(row) == len(defaults):
+            return row
+        full = dict(defaults)
+        full.update(row)
+        return full
+
+    return complete
 
 
 def _notify(waiters: list[Any], err: BaseException | None) -> None:
