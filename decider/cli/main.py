@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port-file", help="write the bound port to this file once serving")
     s.add_argument("--grace", type=float, default=10.0, help="seconds to drain in-flight calls on shutdown")
     s.add_argument("--log-level", default="info")
+    s.add_argument("--workers", type=int, default=1,
+                   help="server processes sharing the port (one per core uses every core; they behave as "
+                        "replicas of one database, so changes reach each other within --poll-interval)")
     s.add_argument("--tokens", help="token file (YAML: token → principal, roles, groups); without it the "
                    "server has no authentication and listens on loopback only")
     s.add_argument("--reservation-ttl", type=float, default=3600.0,
@@ -113,10 +116,17 @@ def _serve(args: argparse.Namespace) -> int:
     from ..server import ServerConfig, run
 
     setup_logging(args.log_level)
-    run(ServerConfig(bundle=args.bundle, db=args.db, listen=args.listen, grace_s=args.grace,
-                     port_file=args.port_file, tokens=args.tokens, reservation_ttl_s=args.reservation_ttl,
-                     tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
-                     **bundles.serve_options(args)))
+    cfg = ServerConfig(bundle=args.bundle, db=args.db, listen=args.listen, grace_s=args.grace,
+                       port_file=args.port_file, tokens=args.tokens, reservation_ttl_s=args.reservation_ttl,
+                       tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
+                       **bundles.serve_options(args))
+    if args.workers < 1:
+        raise InvalidRequest("--workers", "must be at least 1")
+    if args.workers > 1:
+        from ..server.workers import run_workers
+
+        return run_workers(cfg, args.workers, args.log_level)
+    run(cfg)
     return EXIT_OK
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +50,8 @@ class ServerConfig:
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_client_ca: str | None = None     # set: clients must present a certificate it signed (mTLS)
+    # Share the port with sibling worker processes (`--workers`); otherwise a taken port fails.
+    reuse_port: bool = False
 
 
 class InsecureListen(DeciderError):
@@ -96,7 +99,7 @@ async def start_server(cfg: ServerConfig) -> RunningServer:
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             # grpc enables SO_REUSEPORT by default, which would let two servers silently share a
             # port; a second `serve` on a taken port must fail instead.
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 1 if cfg.reuse_port else 0),
         ]
     )
     # Every module's Control RPCs, merged into the one decider.v1.Control service.
@@ -157,8 +160,10 @@ def _redact(url: str) -> str:
     return url
 
 
-async def _serve(cfg: ServerConfig) -> None:
+async def _serve(cfg: ServerConfig, on_ready: Callable[[], None] | None = None) -> None:
     running = await start_server(cfg)
+    if on_ready is not None:
+        on_ready()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -169,5 +174,5 @@ async def _serve(cfg: ServerConfig) -> None:
     log.info("stopped", extra={"records_written": running.writer.rows, "batches": running.writer.batches})
 
 
-def run(cfg: ServerConfig) -> None:
-    asyncio.run(_serve(cfg))
+def run(cfg: ServerConfig, on_ready: Callable[[], None] | None = None) -> None:
+    asyncio.run(_serve(cfg, on_ready))
