@@ -48,7 +48,9 @@ class ServerProcess:
 
 
 def start_server(tmp: Path, bundle: Path = POLICIES, db_url: str | None = None, *extra: str,
-                 name: str = "server") -> ServerProcess:
+                 name: str = "server", health: bool = True) -> ServerProcess:
+    """Start `decider serve` and wait until it serves. `health=False` (a TLS server, which a plaintext
+    health check cannot reach) waits only for the port file, written once the server is serving."""
     db_url = db_url or f"sqlite:///{tmp / 'decider.db'}"
     port_file = tmp / f"{name}.port"
     port_file.unlink(missing_ok=True)
@@ -65,7 +67,7 @@ def start_server(tmp: Path, bundle: Path = POLICIES, db_url: str | None = None, 
             raise RuntimeError(f"server exited with {proc.returncode}:\n{log_path.read_text()}")
         if port_file.exists() and port_file.read_text().strip():
             port = int(port_file.read_text())
-            if _healthy(port):
+            if not health or _healthy(port):
                 return ServerProcess(proc, port, db_url, log_path)
         time.sleep(0.05)
     proc.kill()
