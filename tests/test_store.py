@@ -102,3 +102,20 @@ def test_a_batch_keeps_columns_that_only_later_rows_carry(tmp_path: Path) -> Non
     assert (stored["approval_id"], stored["approval_state"], stored["shadow_outcome"], stored["shadow_revision"]) == (
         "A-1", "pending", "DENY", "abc")
     assert DecisionStore(engine).get(plain["decision_id"])["approval_id"] is None
+
+
+def test_open_approval_lookup_probes_the_partial_index_not_every_earlier_decision(tmp_path: Path) -> None:
+    # Identical calls repeat (the same `ls`, the same refund); the look-up for an open approval must
+    # not read every earlier decision of the call, which is what the full index on the call did.
+    from sqlalchemy import select
+
+    from decider.store.approvals import OPEN
+
+    engine = connect(f"sqlite:///{tmp_path / 'd.db'}")
+    c = decisions.c
+    q = select(decisions).where(c.args_hash == "h", c.agent_id == "a", c.tool_name == "t", c.tool_server == "s",
+                                OPEN, c.approval_id == c.decision_id)
+    with engine.connect() as conn:
+        plan = " ".join(str(r) for r in conn.connection.driver_connection.execute(
+            "EXPLAIN QUERY PLAN " + str(q.compile(engine)), ("h", "a", "t", "s")))
+    assert "USING INDEX ix_decisions_open_approval" in plan, plan

@@ -19,8 +19,12 @@ __all__ = ["ApprovalStore", "SCOPE_COLUMNS"]
 
 c = decisions.c
 
-# Finds the approval for an identical call (agent, tool, server, argument hash).
-Index("ix_decisions_approval_call", c.args_hash, c.agent_id, c.tool_name, c.tool_server)
+# Finds the open approval for an identical call (agent, tool, server, argument hash). Partial: only
+# pending and approved rows are in it, so the look-up stays one index probe however often the same
+# call was decided before (a full index on the call read every earlier decision of it).
+OPEN = text("approval_state IN ('pending', 'approved')")
+Index("ix_decisions_open_approval", c.agent_id, c.tool_name, c.tool_server, c.args_hash,
+      sqlite_where=OPEN, postgresql_where=OPEN)
 # At most one *pending* approval per call, even with several replicas deciding at once.
 Index("ux_decisions_pending_call", c.agent_id, c.tool_name, c.tool_server, c.args_hash, unique=True,
       sqlite_where=text("approval_state = 'pending'"), postgresql_where=text("approval_state = 'pending'"))
@@ -41,7 +45,7 @@ class ApprovalStore:
         """Pending or approved (not yet consumed) approvals for exactly this call, oldest first."""
         q = (select(decisions)
              .where(c.args_hash == args_hash, c.agent_id == agent_id, c.tool_name == tool_name,
-                    c.tool_server == tool_server, c.approval_state.in_(("pending", "approved")),
+                    c.tool_server == tool_server, OPEN,  # the partial index's own term, literally
                     c.approval_id == c.decision_id)
              .order_by(c.decision_id))
         with self.engine.connect() as conn:
