@@ -97,6 +97,9 @@ class DeciderClient:
         return self._control.ClearKillSwitch(pb.ClearKillSwitchRequest(id=switch_id, scope=scope, value=value),
                                              timeout=self._timeout, metadata=self._metadata)
 
+    def status(self) -> pb.StatusResponse:
+        return self._control.Status(pb.StatusRequest(), timeout=self._timeout, metadata=self._metadata)
+
     def list_kill_switches(self, include_cleared: bool = False) -> list[pb.KillSwitch]:
         resp = self._control.ListKillSwitches(pb.ListKillSwitchesRequest(include_cleared=include_cleared),
                                               timeout=self._timeout, metadata=self._metadata)

@@ -36,7 +36,9 @@ def test_kill_switch_denies_the_very_next_decide_in_the_same_process(srv: Server
         denied = gw.decide(agent=payments, tool="work.do")   # no wait, no retry
         other = gw.decide(agent={"id": "p2", "team": "search"}, tool="work.do")
         assert [k.id for k in admin.list_kill_switches()] == [ks.id]
+        assert admin.status().active_kill_switches == 1
         admin.clear_kill_switch(ks.id)
+        assert admin.status().active_kill_switches == 0
         back = gw.decide(agent=payments, tool="work.do")
         listed = admin.list_kill_switches(include_cleared=True)
     assert denied.outcome == pb.DENY and denied.deciding_rule == "killed"

@@ -381,12 +381,16 @@ class LiveBundles(BundleHolder):
             out.activated_at.FromDatetime(at)
         return out
 
+    # Set by the server to count the kill switches in force (they live with the stateful controls).
+    active_kill_switches: Callable[[], int] = staticmethod(lambda: 0)
+
     def status(self) -> pb.StatusResponse:
         out = pb.StatusResponse(
             active=self.info(self.active_info, self.activated_at, active=True),
             last_reload_error=self.last_reload_error,
             decisions_by_outcome=dict(self.counts),
             instance=self.instance,
+            active_kill_switches=self.active_kill_switches(),
         )
         if self.shadow_info is not None:
             out.shadow.CopyFrom(self.info(self.shadow_info, self.shadow_activated_at, shadow=True))
