@@ -97,10 +97,6 @@ def _evaluate(policy: CompiledPolicy, activation: object, matched: list[Compiled
             errors.append((rule, msg))
 
 
-def effective_risk_tier(bundle: Bundle, tool: pb.ToolCall) -> int:
-    return tool.risk_tier if tool.HasField("risk_tier") else bundle.risk_tier(tool.name)
-
-
 def decide(bundle: Bundle, request: pb.DecideRequest, state: State = EMPTY_STATE) -> Decision:
     """Decide one request. Fills `request.tool.risk_tier` from the catalogue when the caller left it
     unset, so conditions and the record see the tier that was actually applied."""

@@ -15,8 +15,8 @@ from typing import Any
 
 from google.protobuf import struct_pb2
 
-from .bundle import Bundle
-from .engine import EFFECT_OF_OUTCOME, OUTCOME_NAMES, Decision, Reason
+from .bundle import EFFECT_PB, Bundle
+from .engine import OUTCOME_NAMES, Decision, Reason
 from .masking import mask_json, split_mask_paths
 from .v1 import decider_pb2 as pb
 
@@ -30,7 +30,6 @@ __all__ = [
 ]
 
 OUTCOME_BY_NAME = {v: k for k, v in OUTCOME_NAMES.items()}
-_EFFECT_PB = {"allow": pb.EFFECT_ALLOW, "deny": pb.EFFECT_DENY, "require_approval": pb.EFFECT_REQUIRE_APPROVAL}
 _APPROVAL_PB = {
     "pending": pb.APPROVAL_PENDING,
     "approved": pb.APPROVAL_APPROVED,
@@ -168,7 +167,7 @@ def _expiry(now: datetime, ttl_s: int) -> datetime:
 def _reasons_pb(raw: list[dict[str, str]]) -> list[pb.Reason]:
     return [
         pb.Reason(rule_id=r["rule_id"], text=r["text"], policy=r.get("policy", ""),
-                  effect=_EFFECT_PB.get(r.get("effect", ""), pb.EFFECT_UNSPECIFIED))
+                  effect=EFFECT_PB.get(r.get("effect", ""), pb.EFFECT_UNSPECIFIED))
         for r in raw
     ]
 
@@ -184,7 +183,7 @@ def decision_response(decision_id: str, req: pb.DecideRequest, decision: Decisio
         decision_id=decision_id,
         outcome=decision.outcome,
         reasons=[pb.Reason(rule_id=r.rule_id, text=r.text, policy=r.policy,
-                           effect=_EFFECT_PB.get(r.effect, pb.EFFECT_UNSPECIFIED)) for r in decision.reasons],
+                           effect=EFFECT_PB.get(r.effect, pb.EFFECT_UNSPECIFIED)) for r in decision.reasons],
         bundle=pb.BundleRef(name=bundle.name, version=bundle.version, revision=bundle.revision),
         matched_rules=decision.matched_rules,
         deciding_rule=decision.deciding_rule,
@@ -248,5 +247,3 @@ def record_to_proto(row: Any) -> pb.DecisionRecord:
         ap.comment = r.get("resolution_comment") or ""
     return rec
 
-
-__all__ += ["EFFECT_OF_OUTCOME"]

@@ -58,6 +58,8 @@ __all__ = [
     "coverage",
     "apply_approval",
     "fields_read",
+    "suite_files_for",
+    "LoadedSuite",
 ]
 
 OutcomeName = Literal["allow", "deny", "require_approval"]
@@ -214,10 +216,9 @@ def load_suites(files: Sequence[Path]) -> list[LoadedSuite]:
                 continue
             lines = tuple(_mark(locate(node, ("cases", i)))[0] for i in range(len(suite.cases)))
             for i, case in enumerate(suite.cases):
-                for ref, table, what in ((case.agent, suite.fixtures.agents, "agent"),):
-                    if isinstance(ref, str) and ref not in table:
-                        line, col = _mark(locate(node, ("cases", i, what)))
-                        errors.append(SourceError(display, line, col, f"unknown {what} fixture {ref!r}"))
+                if isinstance(case.agent, str) and case.agent not in suite.fixtures.agents:
+                    line, col = _mark(locate(node, ("cases", i, "agent")))
+                    errors.append(SourceError(display, line, col, f"unknown agent fixture {case.agent!r}"))
             out.append(LoadedSuite(suite, display, lines))
     if not files:
         errors.append(SourceError(".", 1, 1, "no test suites (*_test.yaml) found"))
@@ -349,7 +350,5 @@ def coverage(bundle: Bundle, results: Sequence[SuiteResult]) -> Coverage:
 
 
 def suite_files_for(bundle_dir: Path, extra: Sequence[str]) -> list[Path]:
-    return find_suites([bundle_dir, *extra]) if not extra else find_suites(extra)
-
-
-__all__ += ["suite_files_for", "LoadedSuite"]
+    """The suites named on the command line, else those beside the bundle's policies."""
+    return find_suites(extra or [bundle_dir])

@@ -24,7 +24,7 @@ from decider.bundlefile import (
 )
 from decider.errors import PolicyLoadError
 
-from .helpers import POLICIES, ROOT
+from .helpers import POLICIES, ROOT, tar_gz
 
 EXAMPLE_BUNDLES = ROOT / "bundles"
 
@@ -53,13 +53,7 @@ def repack(data: bytes, change: dict[str, bytes | None]) -> bytes:
             files.pop(name, None)
         else:
             files[name] = content
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w") as tar:
-        for name, content in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(content)
-            tar.addfile(info, io.BytesIO(content))
-    return gzip.compress(raw.getvalue())
+    return tar_gz(files)
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from decider.client import DeciderClient
 from decider.v1 import decider_pb2 as pb
 from decider.v1 import decider_pb2_grpc as pb_grpc
 
-from .helpers import POLICIES, ROOT, ServerProcess, start_server
+from .helpers import POLICIES, ROOT, ServerProcess, start_server, tar_gz
 
 CODER = {"id": "coder-7", "team": "platform", "capabilities": ["shell"]}
 README = {"path": "/workspace/README.md"}
@@ -117,7 +117,7 @@ def test_tampered_bundle_is_refused_at_reload_and_the_old_one_keeps_serving(tmp_
         v1_members = _members(signed.read_bytes())
         v2_members = _members(v2_signed.read_bytes())
         v2_members["manifest.sig"] = v1_members["manifest.sig"]
-        write_atomically(served, _tar(v2_members))
+        write_atomically(served, tar_gz(v2_members))
         wait_for(lambda: "signature does not verify" in status(srv).last_reload_error)
         resp = read_readme(srv)
         assert (resp.bundle.revision, resp.deciding_rule, resp.outcome) == (V1, "fs-read-workspace", pb.ALLOW)
@@ -308,15 +308,3 @@ def _members(data: bytes) -> dict[str, bytes]:
         return {m.name: tar.extractfile(m).read() for m in tar if m.isreg()}  # type: ignore[union-attr]
 
 
-def _tar(files: dict[str, bytes]) -> bytes:
-    import gzip
-    import io
-    import tarfile
-
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w") as tar:
-        for name, content in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(content)
-            tar.addfile(info, io.BytesIO(content))
-    return gzip.compress(raw.getvalue())
