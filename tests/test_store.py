@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from sqlalchemy.exc import IntegrityError
 
 from decider.bundle import load_bundle
 from decider.client import build_request
@@ -47,7 +47,7 @@ def test_a_bad_row_fails_alone_and_its_neighbours_commit(tmp_path: Path) -> None
     writer = GroupCommitWriter(engine, decisions)
     good = row()
     writer.write_sync(good)
-    with pytest.raises(IntegrityError):
+    with pytest.raises(sqlite3.IntegrityError):  # an SQLite file: the writer uses the stdlib driver
         writer.write_sync(dict(good))  # same primary key
     other = row()
     writer.write_sync(other)
@@ -118,4 +118,64 @@ def test_open_approval_lookup_probes_the_partial_index_not_every_earlier_decisio
     with engine.connect() as conn:
         plan = " ".join(str(r) for r in conn.connection.driver_connection.execute(
             "EXPLAIN QUERY PLAN " + str(q.compile(engine)), ("h", "a", "t", "s")))
+    assert "USING INDEX ix_decisions_open_approval" in plan, plan
+
+
+def _approval_row(agent: str, state: str, now: datetime) -> dict:
+    return dict(row(agent=agent, tool="payments.refund"), approval_state=state, approvers='["group:finance"]',
+                approval_expires_at=now + timedelta(hours=1), resolved_by="user:ana", resolved_at=now,
+                resolution_comment="ok", dry_run=True, actual_cost=1.25, outcome_status="ok")
+
+
+def test_rows_written_on_the_sqlite_driver_read_back_as_if_sqlalchemy_wrote_them(tmp_path: Path) -> None:
+    # The group-commit writer bypasses SQLAlchemy on an SQLite file; DecisionStore.insert_many does
+    # not. The same record through both must read back identically through SQLAlchemy: datetimes
+    # (with microseconds), booleans, floats, NULLs, column defaults.
+    engine = connect(f"sqlite:///{tmp_path / 'd.db'}")
+    now = datetime(2026, 11, 22, 4, 5, 6, 789012, tzinfo=timezone.utc)
+    via_raw = _approval_row("a1", "approved", now)
+    via_sqlalchemy = dict(via_raw, decision_id=new_id())
+    writer = GroupCommitWriter(engine, decisions)
+    assert writer._raw is not None  # the stdlib path is the one under test
+    writer.write_sync(via_raw)
+    writer.close()
+    store = DecisionStore(engine)
+    store.insert_many([via_sqlalchemy])
+    a, b = store.get(via_raw["decision_id"]), store.get(via_sqlalchemy["decision_id"])
+    assert a is not None and b is not None
+    a.pop("decision_id"), b.pop("decision_id")
+    assert a == b
+    assert a["dry_run"] is True and a["approval_expires_at"] == (now + timedelta(hours=1)).replace(tzinfo=None)
+    assert a["kill_switch_id"] is None and a["shadow_outcome"] is None
+
+
+def test_open_approval_lookup_on_the_sqlite_driver_matches_sqlalchemy(tmp_path: Path) -> None:
+    from decider.store.approvals import ApprovalStore
+
+    engine = connect(f"sqlite:///{tmp_path / 'd.db'}")
+    now = datetime.now(timezone.utc)
+    rows = [_approval_row("a1", state, now) for state in ("pending", "approved", "consumed", "rejected")]
+    for r in rows:
+        r["approval_id"] = r["decision_id"]
+    rows.append(dict(_approval_row("a1", "approved", now), approval_id=rows[1]["decision_id"]))  # not an approval itself
+    DecisionStore(engine).insert_many(rows)
+    approvals = ApprovalStore(engine)
+    assert approvals.inline
+    key = (rows[0]["agent_id"], rows[0]["tool_name"], rows[0]["tool_server"], rows[0]["args_hash"])
+    got = approvals.open_for_call(*key)
+    # pending and approved only, oldest first, each exactly as SQLAlchemy reads it
+    assert [g["decision_id"] for g in got] == sorted(r["decision_id"] for r in rows[:2])
+    store = DecisionStore(engine)
+    assert got == [store.get(g["decision_id"]) for g in got]
+
+
+def test_the_sqlite_driver_lookup_probes_the_partial_index(tmp_path: Path) -> None:
+    from decider.store.approvals import ApprovalStore
+
+    engine = connect(f"sqlite:///{tmp_path / 'd.db'}")
+    raw = ApprovalStore(engine)._open_raw
+    assert raw is not None
+    conn = sqlite3.connect(tmp_path / "d.db")
+    plan = " ".join(str(r) for r in conn.execute("EXPLAIN QUERY PLAN " + raw.sql, ("h", "a", "t", "s")))
+    conn.close()
     assert "USING INDEX ix_decisions_open_approval" in plan, plan

@@ -205,7 +205,10 @@ class Controls:
         applied = Applied(decision)
         applied._on_done.append(lambda _w: self._unlock(key, lock))
         try:
-            rows = await asyncio.to_thread(self.approvals.open_for_call, *key)
+            if self.approvals.inline:
+                rows = self.approvals.open_for_call(*key)
+            else:
+                rows = await asyncio.to_thread(self.approvals.open_for_call, *key)
             for row in rows:
                 if row["approval_state"] == "pending":
                     if utc(row["approval_expires_at"]) > now:

@@ -7,6 +7,7 @@ and the expiry sweep) racing on one approval cannot both win.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 from sqlalchemy import Engine, Index, select, text, update
 
 from .decisions import decisions
+from .sqlite_raw import RawSelect, connect_raw, sqlite_file
 
 __all__ = ["ApprovalStore", "SCOPE_COLUMNS"]
 
@@ -37,12 +39,28 @@ SCOPE_COLUMNS = {
 }
 
 
+_OPEN_FOR_CALL_WHERE = ("args_hash = ? AND agent_id = ? AND tool_name = ? AND tool_server = ? "
+                        f"AND {OPEN.text} AND approval_id = decision_id ORDER BY decision_id")
+
+
 class ApprovalStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        # On an SQLite file the identical-call look-up (every require_approval decision) is one
+        # indexed read on the stdlib driver: cheap enough to run on the event loop (`inline`),
+        # with no SQLAlchemy and no thread hop. One connection per thread that asks.
+        self._file = sqlite_file(engine)
+        self.inline = self._file is not None
+        self._open_raw = RawSelect(engine, decisions, _OPEN_FOR_CALL_WHERE) if self._file else None
+        self._local = threading.local()
 
     def open_for_call(self, agent_id: str, tool_name: str, tool_server: str, args_hash: str) -> list[dict[str, Any]]:
         """Pending or approved (not yet consumed) approvals for exactly this call, oldest first."""
+        if self._open_raw is not None and self._file is not None:
+            conn = getattr(self._local, "conn", None)
+            if conn is None:
+                conn = self._local.conn = connect_raw(self._file)
+            return self._open_raw.run(conn, (args_hash, agent_id, tool_name, tool_server))
         q = (select(decisions)
              .where(c.args_hash == args_hash, c.agent_id == agent_id, c.tool_name == tool_name,
                     c.tool_server == tool_server, OPEN,  # the partial index's own term, literally

@@ -15,6 +15,8 @@ from typing import Any
 
 from sqlalchemy import Engine, Table, insert
 
+from .sqlite_raw import RawInsert, connect_raw, sqlite_file
+
 __all__ = ["GroupCommitWriter", "WriterClosed", "row_completer"]
 
 log = logging.getLogger("decider.store.writer")
@@ -31,6 +33,10 @@ class GroupCommitWriter:
         self._engine = engine
         self._insert = insert(table)
         self._complete = row_completer(table)
+        # An SQLite file: the batch goes straight to sqlite3 (see sqlite_raw for why).
+        path = sqlite_file(engine)
+        self._raw = RawInsert(engine, table) if path else None
+        self._conn = connect_raw(path) if path else None
         self._max_batch = max_batch
         self._pending: list[tuple[dict[str, Any], Any]] = []
         self._cv = threading.Condition()
@@ -101,6 +107,8 @@ class GroupCommitWriter:
                 while not self._pending and not self._closed:
                     self._cv.wait()
                 if not self._pending and self._closed:
+                    if self._conn is not None:
+                        self._conn.close()
                     return
                 batch = self._pending[: self._max_batch]
                 del self._pending[: self._max_batch]
@@ -108,8 +116,11 @@ class GroupCommitWriter:
 
     def _commit(self, batch: list[tuple[dict[str, Any], Any]]) -> None:
         try:
-            with self._engine.begin() as conn:
-                conn.execute(self._insert, [self._complete(row) for row, _ in batch])
+            if self._raw is not None and self._conn is not None:
+                self._raw.run(self._conn, [row for row, _ in batch])
+            else:
+                with self._engine.begin() as conn:
+                    conn.execute(self._insert, [self._complete(row) for row, _ in batch])
         except Exception as exc:  # noqa: BLE001 - reported to every waiter, never swallowed
             if len(batch) == 1:
                 log.error("decision record not written", extra={"error": str(exc)})

@@ -1,0 +1,109 @@
+"""The two statements on Decide's hot path, run on the stdlib `sqlite3` driver directly.
+
+SQLAlchemy costs ~0.5 ms of CPU to begin, insert one row and commit (tools/bench/writer_bench.py),
+and its Python runs while holding the GIL that the event loop needs. For an SQLite file the
+group-commit insert and the identical-call approval look-up go straight to `sqlite3` instead;
+every other statement, and every statement on PostgreSQL, stays on SQLAlchemy.
+
+Values cross with SQLAlchemy's own bind and result processors for each column type, so a row
+written here reads back through SQLAlchemy exactly as if SQLAlchemy had written it (and the
+other way round); tests/test_store.py checks both directions.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sqlalchemy import Engine, Table
+
+__all__ = ["sqlite_file", "connect_raw", "RawInsert", "RawSelect"]
+
+Convert = Callable[[Any], Any]
+
+
+def sqlite_file(engine: Engine) -> str | None:
+    """The database file behind `engine`, or None when it is not an SQLite file (PostgreSQL,
+    an in-memory database): those keep the SQLAlchemy path."""
+    if engine.dialect.name != "sqlite":
+        return None
+    path = engine.url.database
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return None
+    return path
+
+
+def connect_raw(path: str) -> sqlite3.Connection:
+    """A connection with the settings of `store.db.connect`: WAL, synchronous=FULL, busy timeout.
+
+    Autocommit mode (`isolation_level=None`): transactions are the explicit BEGIN/COMMIT below.
+    """
+    conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+class RawInsert:
+    """`INSERT INTO table (every column) VALUES (…)` for batches of row dicts.
+
+    A missing key takes the column's scalar default (else NULL), as `writer.row_completer` does.
+    """
+
+    def __init__(self, engine: Engine, table: Table) -> None:
+        dialect = engine.dialect
+        self._columns: list[tuple[str, Any, Convert | None]] = []
+        for col in table.columns:
+            default = col.default.arg if col.default is not None and not callable(col.default.arg) else None
+            conv = col.type.dialect_impl(dialect).bind_processor(dialect)
+            self._columns.append((col.name, default, conv))
+        names = ", ".join(f'"{name}"' for name, _, _ in self._columns)
+        marks = ", ".join("?" for _ in self._columns)
+        self.sql = f'INSERT INTO "{table.name}" ({names}) VALUES ({marks})'
+
+    def params(self, row: dict[str, Any]) -> tuple[Any, ...]:
+        get = row.get
+        out = []
+        for name, default, conv in self._columns:
+            v = get(name, default)
+            out.append(conv(v) if conv is not None and v is not None else v)
+        return tuple(out)
+
+    def run(self, conn: sqlite3.Connection, rows: Sequence[dict[str, Any]]) -> None:
+        """Insert `rows` in one transaction; on any error nothing of it is committed."""
+        params = [self.params(r) for r in rows]
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(self.sql, params)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+
+class RawSelect:
+    """`SELECT every column FROM table WHERE <where>`, rows as dicts typed as SQLAlchemy types them."""
+
+    def __init__(self, engine: Engine, table: Table, where: str) -> None:
+        dialect = engine.dialect
+        self._names = [c.name for c in table.columns]
+        self._convs: list[tuple[int, Convert]] = []
+        for i, col in enumerate(table.columns):
+            conv = col.type.dialect_impl(dialect).result_processor(dialect, None)
+            if conv is not None:
+                self._convs.append((i, conv))
+        names = ", ".join(f'"{n}"' for n in self._names)
+        self.sql = f'SELECT {names} FROM "{table.name}" WHERE {where}'
+
+    def run(self, conn: sqlite3.Connection, params: Sequence[Any]) -> list[dict[str, Any]]:
+        out = []
+        for raw in conn.execute(self.sql, params).fetchall():
+            values = list(raw)
+            for i, conv in self._convs:
+                if values[i] is not None:
+                    values[i] = conv(values[i])
+            out.append(dict(zip(self._names, values, strict=True)))
+        return out

@@ -1,0 +1,108 @@
+"""The decision pipeline without gRPC: `DeciderService.decide_bytes` driven by C concurrent tasks.
+
+Decode → validate → state → engine → controls (approvals, budgets) → record → group commit →
+response, exactly as the server runs it, against a fresh SQLite file (WAL, synchronous=FULL), with
+the bench bundle and request mix of `compare.py`. What is left out is grpcio itself, so the gap
+between this and the server's decisions per CPU-second is what gRPC costs.
+
+    .venv/bin/python tools/bench/pipeline_bench.py [--concurrency 32] [--requests 6000] [--profile out.prof]
+
+Prints a table and writes tools/bench/results/pipeline.json. Bounded by --requests and --seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from load import DeciderTarget  # noqa: E402
+from workload import build_workload  # noqa: E402
+
+from decider.server.app import ServerConfig, start_server  # noqa: E402
+from decider.v1 import decider_pb2 as pb  # noqa: E402
+
+BUNDLE = ROOT / "tools" / "bench" / "policies" / "decider"
+
+
+async def run(concurrency: int, requests: int, seconds: float, db: str, profile: str | None) -> dict[str, Any]:
+    # The real server start-up (bundle load, stores, controls), on an ephemeral loopback port that
+    # this bench never calls: decisions go straight to decide_bytes.
+    running = await start_server(ServerConfig(bundle=str(BUNDLE), db=db, listen="127.0.0.1:0"))
+    svc = running.service
+    items = build_workload(2000, 7)
+    target = DeciderTarget("unused")
+    raw = [target.build(it).SerializeToString() for it in items]
+    expected = [it.expected for it in items]
+    try:
+        # Warm-up: one pass over the mix, every answer checked.
+        for i, r in enumerate(raw[:400]):
+            resp = await svc.decide_bytes(r)
+            assert pb.Outcome.Name(resp.outcome) == expected[i], (i, resp)
+        counter = iter(range(requests))
+        deadline = time.perf_counter() + seconds
+        done = 0
+
+        async def worker() -> None:
+            nonlocal done
+            for n in counter:
+                if time.perf_counter() > deadline:
+                    return
+                i = n % len(raw)
+                resp = await svc.decide_bytes(raw[i])
+                if pb.Outcome.Name(resp.outcome) != expected[i]:
+                    raise AssertionError(f"call {i}: {pb.Outcome.Name(resp.outcome)}, expected {expected[i]}")
+                done += 1
+
+        prof = cProfile.Profile() if profile else None
+        t0, c0 = time.perf_counter(), time.process_time()
+        if prof:
+            prof.enable()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        if prof:
+            prof.disable()
+            prof.dump_stats(profile)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    finally:
+        await running.stop(1.0)
+    return {"concurrency": concurrency, "decisions": done, "wall_s": wall, "cpu_s": cpu,
+            "decisions_per_s": done / wall, "decisions_per_cpu_s": done / cpu,
+            "batches": running.writer.batches, "rows": running.writer.rows}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--concurrency", default="1,32", help="comma-separated levels")
+    ap.add_argument("--requests", type=int, default=6000, help="decisions per level (upper bound)")
+    ap.add_argument("--seconds", type=float, default=20.0, help="time bound per level")
+    ap.add_argument("--profile", help="write a cProfile of the last level here (event-loop thread only)")
+    ap.add_argument("--out", default=str(ROOT / "tools" / "bench" / "results" / "pipeline.json"))
+    args = ap.parse_args()
+    levels = [int(x) for x in args.concurrency.split(",")]
+    rows = []
+    for c in levels:
+        with tempfile.TemporaryDirectory() as tmp:
+            rows.append(asyncio.run(run(c, args.requests, args.seconds, f"sqlite:///{tmp}/pipeline.db",
+                                        args.profile if c == levels[-1] else None)))
+    print("decide_bytes in-process (no gRPC), SQLite WAL synchronous=FULL, bench bundle and mix")
+    print(f"{'C':>4} {'decisions':>10} {'wall s':>8} {'CPU s':>8} {'dec/s':>9} {'dec/CPU-s':>10} {'rows/batch':>11}")
+    for r in rows:
+        print(f"{r['concurrency']:4} {r['decisions']:10,} {r['wall_s']:8.2f} {r['cpu_s']:8.2f} "
+              f"{r['decisions_per_s']:9,.0f} {r['decisions_per_cpu_s']:10,.0f} {r['rows'] / max(r['batches'], 1):11.1f}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
