@@ -179,3 +179,21 @@ def test_the_sqlite_driver_lookup_probes_the_partial_index(tmp_path: Path) -> No
     plan = " ".join(str(r) for r in conn.execute("EXPLAIN QUERY PLAN " + raw.sql, ("h", "a", "t", "s")))
     conn.close()
     assert "USING INDEX ix_decisions_open_approval" in plan, plan
+
+
+def test_the_answer_from_a_stored_row_carries_the_records_response_fields(tmp_path: Path) -> None:
+    # The identical-call answer is built from the row directly (not via a full DecisionRecord):
+    # every field it shares with the record must be the record's.
+    from decider.record import record_to_proto, response_from_row
+
+    engine = connect(f"sqlite:///{tmp_path / 'd.db'}")
+    r = _approval_row("a1", "pending", datetime.now(timezone.utc))
+    r["approval_id"] = r["decision_id"]
+    DecisionStore(engine).insert_many([r])
+    stored = DecisionStore(engine).get(r["decision_id"])
+    req = build_request(agent={"id": "a1"}, tool="payments.refund", args={}, request_id="req-7")
+    resp, rec = response_from_row(stored, req), record_to_proto(stored)
+    assert resp.request_id == "req-7" and resp.approval.state != 0 and resp.reasons
+    for name in ("decision_id", "outcome", "reasons", "bundle", "matched_rules", "deciding_rule", "eval_us",
+                 "approval"):
+        assert getattr(resp, name) == getattr(rec, name), name

@@ -26,7 +26,7 @@ from sqlalchemy import Engine
 
 from ..bundle import Bundle
 from ..engine import Decision, Reason
-from ..record import canonical_args_hash, record_to_proto, struct_to_dict
+from ..record import canonical_args_hash, record_to_proto, response_from_row, struct_to_dict
 from ..state import KillSwitch, State
 from ..store.approvals import ApprovalStore
 from ..store.auth_events import AuthEventStore
@@ -212,7 +212,7 @@ class Controls:
             for row in rows:
                 if row["approval_state"] == "pending":
                     if utc(row["approval_expires_at"]) > now:
-                        applied.existing = _response_from_row(row, req)
+                        applied.existing = response_from_row(row, req)
                         applied.done(True)
                         return applied
                     await self.expire(row["decision_id"], now)
@@ -292,15 +292,3 @@ class Controls:
 def _deny(decision: Decision, rule_id: str, text: str) -> Decision:
     return replace(decision, outcome=pb.DENY, reasons=(Reason(rule_id, text, "", "deny"),), deciding_rule=rule_id,
                    approvers=(), approval_ttl_s=0)
-
-
-def _response_from_row(row: dict[str, Any], req: pb.DecideRequest) -> pb.DecideResponse:
-    """The answer for an identical call while its approval is pending: the same decision."""
-    rec = record_to_proto(row)
-    return pb.DecideResponse(
-        decision_id=rec.decision_id, outcome=rec.outcome, reasons=rec.reasons, bundle=rec.bundle,
-        approval=rec.approval, matched_rules=rec.matched_rules, deciding_rule=rec.deciding_rule,
-        eval_us=rec.eval_us, dry_run=req.dry_run, request_id=req.request.id)
-
-
-

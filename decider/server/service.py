@@ -13,7 +13,7 @@ from ..bundle import Bundle
 from ..engine import decide
 from ..errors import InvalidRequest
 from ..ids import new_id
-from ..record import build_record, decision_response, record_to_proto
+from ..record import build_record, decision_response, record_to_proto, set_timestamp
 from ..state import State
 from ..store import DecisionStore, GroupCommitWriter
 from ..v1 import decider_pb2 as pb
@@ -86,7 +86,7 @@ class DeciderService:
             raise DecisionFailed(grpc.StatusCode.INVALID_ARGUMENT, str(e), req.request.id) from None
         now = datetime.now(timezone.utc)
         if not req.request.HasField("time"):
-            req.request.time.FromDatetime(now)
+            set_timestamp(req.request.time, now)
         bundle = self.bundles.active  # read once: the whole decision uses this revision
         caller_tier = req.tool.HasField("risk_tier")  # the shadow applies its own catalogue otherwise
         state = await self.state_for(req, bundle, now)

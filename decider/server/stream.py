@@ -14,6 +14,7 @@ open stream costs a fraction of that. The contract per message is the unary one:
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 
 import grpc
@@ -24,62 +25,58 @@ from .service import DeciderService, DecisionFailed
 __all__ = ["STREAM_WINDOW", "decide_stream", "decide_stream_handler"]
 
 # Requests of one stream decided at once. Enough to keep group commit batches full; bounded so a
-# client that never reads replies cannot make the server hold an unbounded backlog.
+# client that never reads replies cannot make the server hold an unbounded backlog (a slot is
+# freed only once its reply has been handed to the transport).
 STREAM_WINDOW = 64
+
+log = logging.getLogger("decider.server")
 
 
 def _error_reply(e: DecisionFailed) -> pb.DecideResponse:
     return pb.DecideResponse(request_id=e.request_id, error=pb.StreamError(code=e.code.value[0], message=e.message))
 
 
-async def decide_stream(
-    svc: DeciderService, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
-) -> AsyncIterator[pb.DecideResponse]:
-    replies: asyncio.Queue[pb.DecideResponse | None] = asyncio.Queue()
+async def decide_stream(svc: DeciderService, context: grpc.aio.ServicerContext) -> None:
+    """Serve one DecideStream with grpc's read/write calls (cheaper per message than an async
+    generator handler: measured ~120 vs ~140 µs of server CPU per message on an echo stream)."""
     window = asyncio.Semaphore(STREAM_WINDOW)
+    write_lock = asyncio.Lock()   # one write at a time on a stream
     in_flight: set[asyncio.Task[None]] = set()
 
     async def one(raw: bytes) -> None:
         try:
-            reply = await svc.decide_bytes(raw)
-        except DecisionFailed as e:
-            reply = _error_reply(e)
-        except Exception as e:  # noqa: BLE001 - one bad message must not end everyone's stream
-            reply = _error_reply(DecisionFailed(grpc.StatusCode.INTERNAL, f"decision failed: {e}"))
+            try:
+                reply = await svc.decide_bytes(raw)
+            except DecisionFailed as e:
+                reply = _error_reply(e)
+            except Exception as e:  # noqa: BLE001 - one bad message must not end everyone's stream
+                reply = _error_reply(DecisionFailed(grpc.StatusCode.INTERNAL, f"decision failed: {e}"))
+            async with write_lock:
+                await context.write(reply)
+        except Exception as e:  # noqa: BLE001 - the caller went away; its decision is recorded regardless
+            log.debug("stream reply not delivered", extra={"error": str(e)})
         finally:
             window.release()
-        replies.put_nowait(reply)
 
-    async def read_all() -> None:
-        try:
-            async for raw in requests:
-                await window.acquire()
-                task = asyncio.create_task(one(raw))
-                in_flight.add(task)
-                task.add_done_callback(in_flight.discard)
-            # Half-close from the client: answer what is in flight, then end the stream.
-            while in_flight:
-                await asyncio.wait(set(in_flight))
-        finally:
-            replies.put_nowait(None)
-
-    reader = asyncio.create_task(read_all())
     try:
-        while (reply := await replies.get()) is not None:
-            yield reply
-        await reader  # surfaces a read error (e.g. the client cancelled) as the stream's status
+        while (raw := await context.read()) is not grpc.aio.EOF:
+            await window.acquire()
+            task = asyncio.create_task(one(raw))
+            in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
+        # Half-close from the client: answer what is in flight, then end the stream.
+        while in_flight:
+            await asyncio.wait(set(in_flight))
     finally:
-        reader.cancel()
-        # Decisions already handed to the writer are still committed; their replies have nowhere to go.
+        # Cancelled (the client went away): decisions already handed to the writer are still
+        # committed; their replies have nowhere to go.
         for task in list(in_flight):
             task.cancel()
 
 
 def decide_stream_handler(svc: DeciderService) -> grpc.RpcMethodHandler:
-    async def handler(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[
-            pb.DecideResponse]:
-        async for reply in decide_stream(svc, requests, context):
-            yield reply
+    async def handler(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
+        await decide_stream(svc, context)
 
     # Raw bytes in, as for the unary Decide: an undecodable message gets an error reply naming the
     # field instead of failing the whole stream in grpc's deserialiser.

@@ -54,22 +54,25 @@ class RawInsert:
 
     def __init__(self, engine: Engine, table: Table) -> None:
         dialect = engine.dialect
-        self._columns: list[tuple[str, Any, Convert | None]] = []
-        for col in table.columns:
+        self._defaults: list[tuple[str, Any]] = []
+        self._convs: list[tuple[int, Convert]] = []   # only the columns whose type converts (datetimes, bools)
+        for i, col in enumerate(table.columns):
             default = col.default.arg if col.default is not None and not callable(col.default.arg) else None
+            self._defaults.append((col.name, default))
             conv = col.type.dialect_impl(dialect).bind_processor(dialect)
-            self._columns.append((col.name, default, conv))
-        names = ", ".join(f'"{name}"' for name, _, _ in self._columns)
-        marks = ", ".join("?" for _ in self._columns)
+            if conv is not None:
+                self._convs.append((i, conv))
+        names = ", ".join(f'"{name}"' for name, _ in self._defaults)
+        marks = ", ".join("?" for _ in self._defaults)
         self.sql = f'INSERT INTO "{table.name}" ({names}) VALUES ({marks})'
 
-    def params(self, row: dict[str, Any]) -> tuple[Any, ...]:
+    def params(self, row: dict[str, Any]) -> list[Any]:
         get = row.get
-        out = []
-        for name, default, conv in self._columns:
-            v = get(name, default)
-            out.append(conv(v) if conv is not None and v is not None else v)
-        return tuple(out)
+        values = [get(name, default) for name, default in self._defaults]
+        for i, conv in self._convs:
+            if values[i] is not None:
+                values[i] = conv(values[i])
+        return values
 
     def run(self, conn: sqlite3.Connection, rows: Sequence[dict[str, Any]]) -> None:
         """Insert `rows` in one transaction; on any error nothing of it is committed."""

@@ -1,0 +1,102 @@
+"""Two decider builds side by side: same mix, same client, cells alternating A B / B A.
+
+For judging one change on a noisy machine: both servers run at once from two checkouts (e.g. a
+`git worktree` of the base commit and the working tree), each on an ephemeral loopback port with
+its own fresh SQLite file, and load.run_matrix alternates them within each concurrency level.
+
+    git worktree add /tmp/base HEAD~1
+    .venv/bin/python tools/bench/ab.py --a /tmp/base --b . [--stream] [--concurrency 1,32]
+
+Prints the load table and the ratio B/A of decisions per server CPU-second and of p50.
+Bounded like compare.py (count and time per cell); both servers are stopped on every exit path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from load import (  # noqa: E402
+    DeciderStreamTarget,
+    DeciderTarget,
+    add_load_arguments,
+    format_table,
+    run_matrix,
+    summarize,
+)
+from workload import build_workload  # noqa: E402
+
+BUNDLE = HERE / "policies" / "decider"
+
+
+def start(repo: Path, tmp: Path, name: str) -> tuple[subprocess.Popen[bytes], int]:
+    port_file = tmp / f"{name}.port"
+    env = dict(os.environ, PYTHONPATH=str(repo))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "decider.cli.main", "serve", "--bundle", str(BUNDLE), "--db",
+         f"sqlite:///{tmp / name}.db", "--listen", "127.0.0.1:0", "--port-file", str(port_file)],
+        cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / f"{name}.log", "wb"),
+        start_new_session=True)
+    deadline = time.monotonic() + 30
+    while not (port_file.exists() and port_file.read_text()):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{name} did not start: {(tmp / f'{name}.log').read_text()[-2000:]}")
+        time.sleep(0.1)
+    return proc, int(port_file.read_text())
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--a", required=True, type=Path, help="checkout of build A (the base)")
+    ap.add_argument("--b", required=True, type=Path, help="checkout of build B (the change)")
+    ap.add_argument("--stream", action="store_true", help="drive DecideStream instead of unary Decide")
+    add_load_arguments(ap)
+    args = ap.parse_args()
+    kind = DeciderStreamTarget if args.stream else DeciderTarget
+    procs: list[subprocess.Popen[bytes]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            targets = []
+            for name, repo in (("A", args.a.resolve()), ("B", args.b.resolve())):
+                proc, port = start(repo, Path(tmp), name)
+                procs.append(proc)
+                targets.append((kind(f"127.0.0.1:{port}", name=name), proc.pid))
+            items = build_workload(args.size, args.seed)
+            results = asyncio.run(run_matrix(targets, items, args.concurrency, args.rounds, args.max_requests,
+                                             args.seconds, args.warmup))
+        finally:
+            for proc in procs:
+                stop(proc)
+    summaries = summarize(results)
+    print(format_table(summaries))
+    by = {(s.target, s.concurrency): s for s in summaries}
+    print(f"\nB/A ({'DecideStream' if args.stream else 'Decide'}):  C   dec/srv-CPU-s   p50 (A/B, >1 = B faster)")
+    for c in args.concurrency:
+        a, b = by[("A", c)], by[("B", c)]
+        print(f"{'':18}{c:3} {b.decisions_per_server_cpu_s / a.decisions_per_server_cpu_s:12.2f} "
+              f"{a.p50_ms / b.p50_ms:12.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
