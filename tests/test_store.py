@@ -197,3 +197,37 @@ def test_the_answer_from_a_stored_row_carries_the_records_response_fields(tmp_pa
     for name in ("decision_id", "outcome", "reasons", "bundle", "matched_rules", "deciding_rule", "eval_us",
                  "approval"):
         assert getattr(resp, name) == getattr(rec, name), name
+
+
+def test_a_decision_alone_is_committed_on_the_event_loop_and_others_go_to_the_writer_thread(tmp_path: Path) -> None:
+    import asyncio
+
+    engine = connect(f"sqlite:///{tmp_path / 'd.db'}")
+    writer = GroupCommitWriter(engine, decisions)
+    store = DecisionStore(engine)
+
+    async def scenario() -> None:
+        alone = row(agent="alone")
+        await writer.write(alone, alone=True)
+        # Committed by the time write returns, on the loop: no batch went through the thread.
+        assert writer.inline_commits == 1 and store.get(alone["decision_id"]) is not None
+        await writer.write(row(agent="crowd"))
+        assert writer.inline_commits == 1
+        # While the thread has work queued, even a decision alone joins the queue (keeps order
+        # with the batch and never waits on the thread's write lock from the loop).
+        gate = threading.Event()
+        writer.submit(row(agent="first"), lambda _e: gate.wait(5))  # holds the thread after its commit
+        with writer._cv:
+            queued = row(agent="queued")
+            writer._pending.append((queued, lambda _e: None))
+        late = row(agent="late")
+        task = asyncio.ensure_future(writer.write(late, alone=True))
+        await asyncio.sleep(0.05)
+        assert writer.inline_commits == 1
+        gate.set()
+        await asyncio.wait_for(task, 10)
+        assert store.get(late["decision_id"]) is not None
+
+    asyncio.run(scenario())
+    writer.close()
+    assert writer.inline_commits == 1

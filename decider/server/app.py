@@ -172,7 +172,8 @@ async def _serve(cfg: ServerConfig, on_ready: Callable[[], None] | None = None) 
     await stop.wait()
     log.info("shutting down", extra={"grace_s": cfg.grace_s})
     await running.stop(cfg.grace_s)
-    log.info("stopped", extra={"records_written": running.writer.rows, "batches": running.writer.batches})
+    log.info("stopped", extra={"records_written": running.writer.rows, "batches": running.writer.batches,
+                              "inline_commits": running.writer.inline_commits})
 
 
 def run(cfg: ServerConfig, on_ready: Callable[[], None] | None = None) -> None:

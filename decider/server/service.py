@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from datetime import datetime, timezone
 from typing import Any
 
@@ -24,6 +25,8 @@ __all__ = ["BundleHolder", "DeciderService", "DecisionFailed", "generic_handler"
 
 log = logging.getLogger("decider.server")
 SERVICE_NAME = "decider.v1.Decider"
+# After two decisions overlapped, keep group commit on the writer thread this long.
+CONCURRENCY_MEMORY_S = 0.25
 
 
 class DecisionFailed(Exception):
@@ -61,6 +64,10 @@ class DeciderService:
         self.store = store
         self.writer = writer
         self.controls = controls
+        # Is this decision alone? (see `_alone`.) Counted on the event loop, so no locks.
+        self.in_flight = 0          # decisions between decode and answer
+        self.open_streams = 0       # DecideStream calls open
+        self._concurrent_until = 0.0
 
     async def state_for(self, req: pb.DecideRequest, bundle: Bundle, now: datetime) -> State:
         # Kill switches from the in-memory cache; budget usage read only when a budget can matter.
@@ -76,6 +83,15 @@ class DeciderService:
     async def decide_bytes(self, raw: bytes) -> pb.DecideResponse:
         """One decision from wire bytes, recorded durably before it returns. Shared by the unary
         `Decide` and `DecideStream`; failures raise DecisionFailed with the status to report."""
+        self.in_flight += 1
+        if self.in_flight > 1:
+            self._concurrent_until = time.monotonic() + CONCURRENCY_MEMORY_S
+        try:
+            return await self._decide_bytes(raw)
+        finally:
+            self.in_flight -= 1
+
+    async def _decide_bytes(self, raw: bytes) -> pb.DecideResponse:
         try:
             req = decode_request(raw)
         except InvalidRequest as e:
@@ -109,7 +125,13 @@ class DeciderService:
         self.bundles.shadow_into(row, req, state, caller_tier)  # into the record only, never the response
         written = False
         try:
-            await self.writer.write(row)
+            alone = self._alone()
+            if alone:
+                # Let every other ready task run first: a decision still alone after that may be
+                # committed on the loop (see GroupCommitWriter.write).
+                await asyncio.sleep(0)
+                alone = self._alone()
+            await self.writer.write(row, alone=alone)
             written = True
         except Exception as exc:  # noqa: BLE001
             # No durable record, no answer: the enforcement point must treat this as a deny.
@@ -126,6 +148,13 @@ class DeciderService:
         resp = decision_response(decision_id, req, decision, bundle, row)
         resp.request_id = req.request.id
         return resp
+
+    def _alone(self) -> bool:
+        """Nothing else in flight now, no other stream open, and no concurrency seen lately: then
+        there is no batch to wait for. Under load the answer stays False, so a burst that
+        arrives one message at a time still forms group-commit batches."""
+        return (self.in_flight == 1 and self.open_streams <= 1
+                and time.monotonic() > self._concurrent_until)
 
     async def get_decision(self, req: pb.GetDecisionRequest, context: grpc.aio.ServicerContext) -> pb.DecisionRecord:
         if not req.decision_id:

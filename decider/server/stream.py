@@ -58,6 +58,7 @@ async def decide_stream(svc: DeciderService, context: grpc.aio.ServicerContext) 
         finally:
             window.release()
 
+    svc.open_streams += 1
     try:
         while (raw := await context.read()) is not grpc.aio.EOF:
             await window.acquire()
@@ -68,6 +69,7 @@ async def decide_stream(svc: DeciderService, context: grpc.aio.ServicerContext) 
         while in_flight:
             await asyncio.wait(set(in_flight))
     finally:
+        svc.open_streams -= 1
         # Cancelled (the client went away): decisions already handed to the writer are still
         # committed; their replies have nowhere to go.
         for task in list(in_flight):
