@@ -231,3 +231,15 @@ def test_a_decision_alone_is_committed_on_the_event_loop_and_others_go_to_the_wr
     asyncio.run(scenario())
     writer.close()
     assert writer.inline_commits == 1
+
+
+def test_decision_ids_are_crockford_base32_of_time_and_randomness(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from decider import ids
+
+    for ms, rnd in ((0, bytes(10)), (1_763_784_000_123, bytes(range(1, 11))), (2**48 - 1, b"\xff" * 10)):
+        monkeypatch.setattr(os, "urandom", lambda _n, rnd=rnd: rnd)
+        n = (ms << 80) | int.from_bytes(rnd, "big")
+        expected = "".join("0123456789ABCDEFGHJKMNPQRSTVWXYZ"[(n >> (5 * i)) & 31] for i in reversed(range(26)))
+        assert ids.new_id(ms) == expected and id_time_ms(expected) == ms
