@@ -126,11 +126,16 @@ def validate_request(req: pb.DecideRequest) -> None:
         raise InvalidRequest("tool", "is required")
     if not req.HasField("agent"):
         raise InvalidRequest("agent", "is required")
-    _check_name("tool.name", req.tool.name, required=True)
-    _check_name("agent.id", req.agent.id, required=True)
-    _check_name("tool.server", req.tool.server, required=False)
-    _check_name("tool.call_id", req.tool.call_id, required=False)
-    _check_name("request.id", req.request.id, required=False)
+    tool, agent, request = req.tool, req.agent, req.request
+    names = (tool.name, agent.id, tool.server, tool.call_id, request.id)
+    # One test for the common case (all present, short, printable); the field-by-field checks run
+    # only to name the field that fails it.
+    if not (names[0] and names[1] and max(map(len, names)) <= MAX_NAME_LEN and "".join(names).isprintable()):
+        _check_name("tool.name", names[0], required=True)
+        _check_name("agent.id", names[1], required=True)
+        _check_name("tool.server", names[2], required=False)
+        _check_name("tool.call_id", names[3], required=False)
+        _check_name("request.id", names[4], required=False)
     if req.tool.HasField("risk_tier") and not 0 <= req.tool.risk_tier <= MAX_RISK_TIER:
         raise InvalidRequest("tool.risk_tier", f"is {req.tool.risk_tier}; must be 0..{MAX_RISK_TIER}")
     cost = req.request.estimated_cost

@@ -39,9 +39,9 @@ from workload import build_workload  # noqa: E402
 BUNDLE = HERE / "policies" / "decider"
 
 
-def start(repo: Path, tmp: Path, name: str) -> tuple[subprocess.Popen[bytes], int]:
+def start(repo: Path, tmp: Path, name: str, extra_env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
     port_file = tmp / f"{name}.port"
-    env = dict(os.environ, PYTHONPATH=str(repo))
+    env = dict(os.environ, PYTHONPATH=str(repo), **extra_env)
     proc = subprocess.Popen(
         [sys.executable, "-m", "decider.cli.main", "serve", "--bundle", str(BUNDLE), "--db",
          f"sqlite:///{tmp / name}.db", "--listen", "127.0.0.1:0", "--port-file", str(port_file)],
@@ -70,6 +70,8 @@ def main() -> int:
     ap.add_argument("--a", required=True, type=Path, help="checkout of build A (the base)")
     ap.add_argument("--b", required=True, type=Path, help="checkout of build B (the change)")
     ap.add_argument("--stream", action="store_true", help="drive DecideStream instead of unary Decide")
+    ap.add_argument("--b-env", action="append", default=[], metavar="NAME=VALUE",
+                    help="environment for build B only (A/B of a setting on one checkout)")
     add_load_arguments(ap)
     args = ap.parse_args()
     kind = DeciderStreamTarget if args.stream else DeciderTarget
@@ -77,8 +79,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         try:
             targets = []
-            for name, repo in (("A", args.a.resolve()), ("B", args.b.resolve())):
-                proc, port = start(repo, Path(tmp), name)
+            b_env = dict(kv.split("=", 1) for kv in args.b_env)
+            for name, repo, env in (("A", args.a.resolve(), {}), ("B", args.b.resolve(), b_env)):
+                proc, port = start(repo, Path(tmp), name, env)
                 procs.append(proc)
                 targets.append((kind(f"127.0.0.1:{port}", name=name), proc.pid))
             items = build_workload(args.size, args.seed)
