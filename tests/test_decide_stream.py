@@ -79,3 +79,29 @@ def test_a_bad_message_gets_an_error_reply_and_the_stream_goes_on(server: Server
     (garbled,) = [r for r in replies if not r.request_id]
     assert garbled.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0] and not garbled.decision_id
     assert _stored(server, bad.decision_id) is None
+
+
+def test_a_caller_that_cancels_mid_stream_leaves_the_server_serving(server: ServerProcess) -> None:
+    import threading
+
+    release = threading.Event()
+
+    def messages():  # ten requests, then hold the stream open until the test lets go
+        for i in range(10):
+            yield build_request(agent=CODER, tool="fs.write", args={"path": f"/workspace/c{i}"},
+                                request_id=f"c-{i}").SerializeToString()
+        release.wait(30)
+
+    with grpc.insecure_channel(server.target) as ch:
+        call = ch.stream_stream(STREAM, request_serializer=None, response_deserializer=pb.DecideResponse.FromString)
+        stream = call(messages(), timeout=30)
+        got = [next(stream) for _ in range(3)]
+        stream.cancel()
+        release.set()
+    assert all(_stored(server, r.decision_id) == ("ALLOW", r.request_id) for r in got)
+    # The server is unharmed: a new stream and a unary call are answered.
+    again = _stream(server, [build_request(agent=CODER, tool="fs.write", args={"path": "/workspace/z"},
+                                           request_id="after").SerializeToString()])
+    assert [r.request_id for r in again] == ["after"] and again[0].outcome == pb.ALLOW
+    with server.client() as c:
+        assert c.decide(agent=CODER, tool="fs.write", args={"path": "/workspace/y"}).outcome == pb.ALLOW
