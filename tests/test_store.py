@@ -243,3 +243,42 @@ def test_decision_ids_are_crockford_base32_of_time_and_randomness(monkeypatch: p
         n = (ms << 80) | int.from_bytes(rnd, "big")
         expected = "".join("0123456789ABCDEFGHJKMNPQRSTVWXYZ"[(n >> (5 * i)) & 31] for i in reversed(range(26)))
         assert ids.new_id(ms) == expected and id_time_ms(expected) == ms
+
+
+def test_the_wal_is_checkpointed_by_the_writer_thread_not_inside_commits(tmp_path: Path) -> None:
+    # Commits never checkpoint (a checkpoint inside an inline commit would stall the event loop);
+    # the writer thread checkpoints every CHECKPOINT_EVERY commits, inline ones included, so the
+    # WAL stays bounded.
+    import asyncio
+    import time as _time
+
+    from decider.store.writer import CHECKPOINT_EVERY
+
+    db = tmp_path / "d.db"
+    engine = connect(f"sqlite:///{db}")
+    writer = GroupCommitWriter(engine, decisions)
+    assert writer._inline_conn is not None and writer._conn is not None
+    assert writer._inline_conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    assert writer._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    wal = Path(f"{db}-wal")
+    commits = CHECKPOINT_EVERY * 6
+
+    async def scenario() -> int:
+        per_commit = 0
+        for i in range(commits):
+            await writer.write(row(agent=f"w{i}"), alone=True)
+            if i == CHECKPOINT_EVERY // 2:
+                per_commit = wal.stat().st_size // i
+            if writer.inline_commits % CHECKPOINT_EVERY == 0:
+                await asyncio.sleep(0.02)  # let the woken thread run its checkpoint
+        return per_commit
+
+    per_commit = asyncio.run(scenario())
+    deadline = _time.monotonic() + 5
+    while writer.checkpoints < 5 and _time.monotonic() < deadline:
+        _time.sleep(0.01)
+    writer.close()
+    assert writer.inline_commits == commits and writer.checkpoints >= 5
+    # Without checkpoints the WAL would hold every commit; with them it is reused from its start.
+    assert wal.stat().st_size < per_commit * CHECKPOINT_EVERY * 3, (wal.stat().st_size, per_commit)
+    assert len(DecisionStore(engine).ids()) == commits

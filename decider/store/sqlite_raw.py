@@ -34,15 +34,19 @@ def sqlite_file(engine: Engine) -> str | None:
     return path
 
 
-def connect_raw(path: str) -> sqlite3.Connection:
+def connect_raw(path: str, *, autocheckpoint: bool = True) -> sqlite3.Connection:
     """A connection with the settings of `store.db.connect`: WAL, synchronous=FULL, busy timeout.
 
     Autocommit mode (`isolation_level=None`): transactions are the explicit BEGIN/COMMIT below.
+    `autocheckpoint=False`: this connection's commits never run a WAL checkpoint themselves (the
+    group-commit writer runs them on its thread instead, off the event loop).
     """
     conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA busy_timeout=30000")
+    if not autocheckpoint:
+        conn.execute("PRAGMA wal_autocheckpoint=0")
     return conn
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -17,11 +18,14 @@ from sqlalchemy import Engine, Table, insert
 
 from .sqlite_raw import RawInsert, connect_raw, sqlite_file
 
-__all__ = ["GroupCommitWriter", "WriterClosed", "row_completer"]
+__all__ = ["GroupCommitWriter", "WriterClosed", "row_completer", "CHECKPOINT_EVERY"]
 
 log = logging.getLogger("decider.store.writer")
 
 Done = Callable[[BaseException | None], None]
+# WAL checkpoint cadence for an SQLite file, in commits (a commit adds ~5-15 pages to the WAL;
+# SQLite's own default checkpoints at 1,000 pages).
+CHECKPOINT_EVERY = 128
 
 
 class WriterClosed(RuntimeError):
@@ -36,11 +40,17 @@ class GroupCommitWriter:
         # An SQLite file: the batch goes straight to sqlite3 (see sqlite_raw for why).
         path = sqlite_file(engine)
         self._raw = RawInsert(engine, table) if path else None
-        self._conn = connect_raw(path) if path else None
+        # Neither connection checkpoints on commit: SQLite would run the checkpoint (copying the
+        # WAL into the database file, a few ms) inside whichever commit crosses the threshold,
+        # and for an inline commit that is the event loop. The writer thread runs a PASSIVE
+        # checkpoint every CHECKPOINT_EVERY commits instead; it never blocks writers.
+        self._conn = connect_raw(path, autocheckpoint=False) if path else None
         # The event loop's own connection, for a decision that is alone (see `write`).
-        self._inline_conn = connect_raw(path) if path else None
+        self._inline_conn = connect_raw(path, autocheckpoint=False) if path else None
         self._busy = False   # the writer thread is committing a batch
+        self._commits_since_checkpoint = 0
         self.inline_commits = 0
+        self.checkpoints = 0
         self._max_batch = max_batch
         self._pending: list[tuple[dict[str, Any], Any]] = []
         self._cv = threading.Condition()
@@ -80,6 +90,7 @@ class GroupCommitWriter:
             self.inline_commits += 1
             self.rows += 1
             self.batches += 1
+            self._count_commit()
             return
         fut: asyncio.Future[None] = loop.create_future()
         staged = self._staged.get(loop)
@@ -119,10 +130,21 @@ class GroupCommitWriter:
             self._cv.notify()
         self._thread.join()
 
+    def _count_commit(self) -> None:
+        # Counted from the loop and the thread without a lock: an increment lost to a race only
+        # shifts the next checkpoint by one commit.
+        self._commits_since_checkpoint += 1
+        if self._commits_since_checkpoint >= CHECKPOINT_EVERY:
+            with self._cv:
+                self._cv.notify()   # the thread may be idle: wake it to checkpoint
+
+    def _checkpoint_due(self) -> bool:
+        return self._conn is not None and self._commits_since_checkpoint >= CHECKPOINT_EVERY
+
     def _run(self) -> None:
         while True:
             with self._cv:
-                while not self._pending and not self._closed:
+                while not self._pending and not self._closed and not self._checkpoint_due():
                     self._cv.wait()
                 if not self._pending and self._closed:
                     for conn in (self._conn, self._inline_conn):
@@ -131,11 +153,25 @@ class GroupCommitWriter:
                     return
                 batch = self._pending[: self._max_batch]
                 del self._pending[: self._max_batch]
-                self._busy = True
-            try:
-                self._commit(batch)
-            finally:
-                self._busy = False
+                self._busy = bool(batch)
+            if batch:
+                try:
+                    self._commit(batch)
+                finally:
+                    self._busy = False
+                if self._raw is not None:
+                    self._commits_since_checkpoint += 1
+            if self._checkpoint_due():
+                self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        self._commits_since_checkpoint = 0
+        try:
+            assert self._conn is not None
+            self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            self.checkpoints += 1
+        except sqlite3.Error as exc:  # the next one will try again; nothing is lost
+            log.warning("WAL checkpoint failed", extra={"error": str(exc)})
 
     def _commit(self, batch: list[tuple[dict[str, Any], Any]]) -> None:
         try:
