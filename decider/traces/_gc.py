@@ -9,7 +9,7 @@ merely pausing the collector moves the same walks into whatever runs next.
 The readers build nothing cyclic, so reference counting frees everything they drop. A bulk step
 (which never yields to the caller) therefore runs with the collector paused, and what it built
 is then frozen (`gc.freeze`): kept out of later collections, still freed by reference counting.
-`read_traces` unfreezes when it is done, so the process ends up as it was.
+`read_traces` unfreezes when it is done, so the collector ends up as it was.
 """
 
 from __future__ import annotations
@@ -37,11 +37,13 @@ def gc_paused() -> Iterator[None]:
 
 @contextmanager
 def unfreezing() -> Iterator[None]:
-    """Around a whole read: unfreeze at the end what `gc_paused` froze, unless something else had
-    frozen objects before (then leave the permanent generation alone, as its owner expects)."""
-    owned = gc.get_freeze_count() == 0
+    """Around a whole read: unfreeze at the end what `gc_paused` froze.
+
+    Freezing only decides which objects a collection walks, never what is freed, so unfreezing
+    too much (another read still going, or objects someone froze before a fork) costs at most
+    one more walk over them, and is always safe.
+    """
     try:
         yield
     finally:
-        if owned:
-            gc.unfreeze()
+        gc.unfreeze()
