@@ -196,7 +196,10 @@ class ReplayReport:
     def add(self, r: Replayed) -> None:
         self.total += 1
         self.by_outcome[r.outcome] += 1
-        self.by_tool.setdefault(r.call.tool_name, Counter())[r.outcome] += 1
+        per_tool = self.by_tool.get(r.call.tool_name)
+        if per_tool is None:  # not setdefault: that builds a Counter for every call
+            per_tool = self.by_tool[r.call.tool_name] = Counter()
+        per_tool[r.outcome] += 1
         if r.rule:
             self.by_rule[r.rule] += 1
         if r.outcome != "ALLOW":
