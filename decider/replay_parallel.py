@@ -86,7 +86,7 @@ def _child(fn: Callable[[T], R], window: Sequence[T], first: int, step: int, out
         for c in range(first, (len(window) + CHUNK - 1) // CHUNK, step):
             results = [fn(item) for item in window[c * CHUNK:(c + 1) * CHUNK]]
             _send(out, _OK, pickle.dumps(results, pickle.HIGHEST_PROTOCOL))
-        out.flush()
+            out.flush()  # now, not when the buffer fills: the parent yields (and merges) as chunks come
         return 0
     except BrokenPipeError:
         return 1  # the parent stopped reading: nobody to tell

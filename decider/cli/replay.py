@@ -76,7 +76,7 @@ def _progress(items: Iterator[T], enabled: bool, verb: str = "replay") -> Iterat
     n = 0
     for n, item in enumerate(items, 1):
         now = time.monotonic()
-        if now - last > 0.25 and now - start > 1.0:
+        if now - last > 0.25 and now - start > 1.0 and n > 1:
             last = now
             print(f"\r  {verb}ing… {n:,} calls ({n / (now - start):,.0f}/s)", end="", file=sys.stderr, flush=True)
         yield item
