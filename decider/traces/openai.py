@@ -29,7 +29,7 @@ from ._messages import calls_in_message, results_in_message
 from ._parse import parse_arguments, split_mcp_name, text_or_none, to_int
 from ._records import ObjOrLines, iter_records
 from .errors import TraceFormatError
-from .model import TraceCall, new_call
+from .model import TraceCall, blank_fields, call_from_fields
 
 __all__ = ["read_openai", "looks_like_openai"]
 
@@ -169,11 +169,11 @@ def _call_fields(name: str, raw: object, call_id: str | None, server: str | None
             server, name = split_mcp_name(name)
     if not name:
         why = "tool name missing" + (f"; {why}" if why else "")
-    return {
-        "tool_name": name, "arguments": args, "raw_arguments": raw, "indeterminate": why,
-        "call_id": call_id, "server": server, "model": run.model, "session_id": run.session_id,
-        "label": run.label, "context": run.context, "source": source, "format": FORMAT,
-    }
+    kw = blank_fields()  # complete, so the call is built without merging in the defaults
+    kw["tool_name"], kw["arguments"], kw["raw_arguments"], kw["indeterminate"] = name, args, raw, why
+    kw["call_id"], kw["server"], kw["model"], kw["session_id"] = call_id, server, run.model, run.session_id
+    kw["label"], kw["context"], kw["source"], kw["format"] = run.label, run.context, source, FORMAT
+    return kw
 
 
 def _answer(kw: dict[str, Any], content: object, is_error: bool | None, run: _Run) -> None:
@@ -251,7 +251,7 @@ def _build_conversation(messages: list[Any], base: str | list[str], run: _Run) -
         for kw in built:
             kw["tokens_in"], kw["tokens_out"] = 0, 0
         built[0]["tokens_in"], built[0]["tokens_out"] = run.tokens_in, run.tokens_out
-    return [new_call(kw) for kw in built]
+    return [call_from_fields(kw) for kw in built]
 
 
 def _swe_agent_actions(record: dict[str, Any], where: str, run: _Run) -> Iterator[TraceCall]:
@@ -282,7 +282,7 @@ def _intermediate_steps(record: dict[str, Any], where: str, model: str | None) -
         if isinstance(observation, list) and observation:
             observation = observation[0]
         kw["result"] = observation
-        yield new_call(kw)
+        yield call_from_fields(kw)
 
 
 def read_openai(obj_or_lines: ObjOrLines, source: str, *, model: str | None = None) -> Iterator[TraceCall]:
