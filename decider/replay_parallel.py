@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import islice
 from typing import IO, Any, TypeVar
 
-__all__ = ["available_cpus", "can_fork", "map_forked"]
+__all__ = ["available_cpus", "can_fork", "default_workers", "map_forked"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -55,6 +55,15 @@ def available_cpus() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         return os.cpu_count() or 1
+
+
+def default_workers() -> int:
+    """`decider replay`'s default: one worker per CPU beyond the one the reading parent needs, and
+    none (in-process) on fewer than 3 CPUs. Measured on the 2-vCPU development VM, 2 workers gave
+    the best single runs (20.6k vs 18k calls/s) but no better median, at ~40 % more CPU per call:
+    two busy processes there each run up to 2x slower than one alone (docs/performance.md)."""
+    n = available_cpus()
+    return n - 1 if n >= 3 and can_fork() else 1
 
 
 def map_forked(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[tuple[T, R]]:

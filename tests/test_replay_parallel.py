@@ -103,3 +103,10 @@ def test_cli_workers_report_matches_one_process(tmp_path: Path) -> None:
     one, two = run("1"), run("2")
     assert one == two
     assert len(one.splitlines()) == 3000
+
+
+@pytest.mark.parametrize(("cpus", "expected"), [(1, 1), (2, 1), (3, 2), (8, 7)])
+def test_default_workers_leave_a_cpu_to_the_reader_and_never_fork_on_two(
+        monkeypatch: pytest.MonkeyPatch, cpus: int, expected: int) -> None:
+    monkeypatch.setattr(replay_parallel, "available_cpus", lambda: cpus)
+    assert replay_parallel.default_workers() == expected

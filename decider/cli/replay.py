@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from ..bundle import load_bundle
 from ..errors import DeciderError, PolicyLoadError
 from ..replay import DiffReport, IdentityMapping, Replayed, ReplayReport, diff, replay
-from ..replay_parallel import available_cpus
+from ..replay_parallel import default_workers
 from ..traces import FORMATS, TraceFormatError, read_traces
 
 __all__ = ["register"]
@@ -46,7 +46,7 @@ def register(sub: Any) -> None:
     r.add_argument("--fail-on", default="", help="comma list of outcomes that fail the run, e.g. deny,require_approval")
     r.add_argument("--examples", type=int, default=20, help="flagged calls to list in the table (default 20)")
     r.add_argument("--workers", type=int, default=0,
-                   help="processes evaluating calls (default: one per available CPU; 1 = no fork)")
+                   help="forked processes evaluating calls (default: CPUs - 1 from 3 CPUs up, else 1 = in-process)")
     r.set_defaults(func=run_replay)
 
     d = sub.add_parser("diff", help="which recorded calls change outcome between two bundles")
@@ -102,7 +102,7 @@ def run_replay(args: argparse.Namespace) -> int:
     try:
         bundle = load_bundle(args.bundle)
         mapping = _mapping(args)
-        workers = args.workers if args.workers > 0 else available_cpus()
+        workers = args.workers if args.workers > 0 else default_workers()
         # Progress counts evaluated calls: with workers, calls are read a window ahead of them.
         results = _progress(replay(bundle, read_traces(args.traces, args.trace_format), mapping, workers=workers),
                             not args.no_progress)

@@ -1,9 +1,9 @@
 """Replay throughput: recorded tool calls per second through a 20-rule bundle, end to end.
 
 Generates a deterministic trace (OpenAI chat messages, one JSON file) and a 20-rule bundle in a
-temporary folder, then times `read_traces` + `replay` exactly as `decider replay` runs them: by
-default with its default of one evaluating worker per available CPU (`--workers 1`: in-process,
-one core). Reading is always one process. Prints a table and writes JSON to
+temporary folder, then times `read_traces` + `replay` exactly as `decider replay` runs them, with
+its default worker count (in-process on fewer than 3 CPUs); `--workers N` forces N evaluating
+workers. Reading is always one process. Prints a table and writes JSON to
 tools/bench/results/replay.json. Bounded: N calls, R rounds.
 
     .venv/bin/python tools/bench/replay_bench.py [--calls 50000] [--rounds 3] [--workers N]
@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from decider.bundle import load_bundle  # noqa: E402
 from decider.replay import ReplayReport, replay  # noqa: E402
-from decider.replay_parallel import available_cpus  # noqa: E402
+from decider.replay_parallel import default_workers  # noqa: E402
 from decider.traces import read_traces  # noqa: E402
 
 TOOLS = ["fs.read", "fs.write", "db.query", "http.fetch", "payments.refund"]
@@ -85,10 +85,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--calls", type=int, default=50_000)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--workers", type=int, default=0, help="as decider replay --workers (0: one per available CPU)")
+    ap.add_argument("--workers", type=int, default=0, help="as decider replay --workers (0: its default)")
     ap.add_argument("--out", default=str(ROOT / "tools" / "bench" / "results" / "replay.json"))
     args = ap.parse_args()
-    workers = args.workers if args.workers > 0 else available_cpus()
+    workers = args.workers if args.workers > 0 else default_workers()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "bundle"
         folder.mkdir()
