@@ -74,14 +74,22 @@ def map_forked(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterat
     """
     it = iter(items)
     while True:
-        window = list(islice(it, WINDOW))
-        if not window:
-            return
+        window: list[T] = []
+        failure: BaseException | None = None
+        try:
+            for item in islice(it, WINDOW):
+                window.append(item)
+        except Exception as err:  # noqa: BLE001 - re-raised below, after the items read before it
+            # As in a serial replay, every item before a failing read (a malformed trace file)
+            # still gets its result before the error surfaces.
+            failure = err
         if workers < 2 or len(window) < MIN_FORKED or not can_fork():
             for item in window:
                 yield item, fn(item)
-        else:
+        elif window:
             yield from _window(fn, window, workers)
+        if failure is not None:
+            raise failure
         if len(window) < WINDOW:
             return
 

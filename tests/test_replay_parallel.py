@@ -110,3 +110,17 @@ def test_default_workers_leave_a_cpu_to_the_reader_and_never_fork_on_two(
         monkeypatch: pytest.MonkeyPatch, cpus: int, expected: int) -> None:
     monkeypatch.setattr(replay_parallel, "available_cpus", lambda: cpus)
     assert replay_parallel.default_workers() == expected
+
+
+def test_a_failing_input_still_yields_every_item_read_before_it(small_windows: None) -> None:
+    """Like a serial replay over a folder whose third file is malformed: the calls of the files
+    before it are reported, then the error."""
+    def items() -> Iterator[int]:
+        yield from range(700)  # more than one window (500) and, in the second, a partial one
+        raise ValueError("malformed trace")
+
+    got: list[int] = []
+    with pytest.raises(ValueError, match="malformed trace"):
+        for _, y in map_forked(lambda x: -x, items(), 2):
+            got.append(y)
+    assert got == [-x for x in range(700)]
