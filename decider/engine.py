@@ -24,6 +24,10 @@ OUTCOME_NAMES = {pb.ALLOW: "ALLOW", pb.DENY: "DENY", pb.REQUIRE_APPROVAL: "REQUI
 EFFECT_OF_OUTCOME = {pb.ALLOW: "allow", pb.DENY: "deny", pb.REQUIRE_APPROVAL: "require_approval"}
 # Precedence: the larger wins.
 _RANK = {pb.ALLOW: 1, pb.REQUIRE_APPROVAL: 2, pb.DENY: 3}
+# The reason of a default decision, one per default effect: Reason is immutable, so one value
+# serves every decision instead of a new one (and its text) per request.
+_DEFAULT_REASONS = {e: Reason("default", f"no rule matched; bundle default is {e}", "", e) for e in EFFECT_OUTCOME}
+_BOOL = frozenset({bool})
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +83,7 @@ def _evaluate(policy: CompiledPolicy, activation: object, matched: list[Compiled
         values = policy.program.eval(activation).plain_value()
         # A list of bools: the common case. An error anywhere makes the whole list an error
         # value (a str): evaluate rule by rule below to know which rule failed, and why.
-        if isinstance(values, list) and all(v is True or v is False for v in values):
+        if type(values) is list and _BOOL.issuperset(map(type, values)):
             for rule, slot in zip(policy.rules, policy.slots, strict=True):
                 if slot < 0 or values[slot]:
                     matched.append(rule)
@@ -144,8 +148,8 @@ def decide(bundle: Bundle, request: pb.DecideRequest, state: State = EMPTY_STATE
         error_reasons = [Reason(r.id, f"condition error (fail closed): {msg}", r.policy, "deny") for r, msg in errors]
 
     eval_us = (time.perf_counter_ns() - started) // 1000
-    matched_ids = tuple(r.id for r in matched)
-    error_texts = tuple(f"{r.id}: {msg}" for r, msg in errors)
+    matched_ids = tuple([r.id for r in matched])
+    error_texts = tuple([f"{r.id}: {msg}" for r, msg in errors]) if errors else ()
     if error_reasons and best < _RANK[pb.DENY]:
         # An erroring rule might have denied: fail closed, with the error as the reason.
         return Decision(pb.DENY, tuple(error_reasons), matched_ids, error_reasons[0].rule_id, tier,
@@ -153,7 +157,7 @@ def decide(bundle: Bundle, request: pb.DecideRequest, state: State = EMPTY_STATE
     if not winners:
         outcome = EFFECT_OUTCOME[bundle.default]
         return Decision(
-            outcome, (Reason("default", f"no rule matched; bundle default is {bundle.default}", "", bundle.default),),
+            outcome, (_DEFAULT_REASONS[bundle.default],),
             matched_ids, "default", tier, errors=error_texts, eval_us=eval_us,
             approval_ttl_s=3600 if outcome == pb.REQUIRE_APPROVAL else 0,
         )

@@ -12,16 +12,18 @@ import sys
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 from ..bundle import load_bundle
 from ..errors import DeciderError, PolicyLoadError
 from ..replay import DiffReport, IdentityMapping, Replayed, ReplayReport, diff, replay
-from ..traces import FORMATS, TraceCall, TraceFormatError, read_traces
+from ..replay_parallel import default_workers
+from ..traces import FORMATS, TraceFormatError, read_traces
 
 __all__ = ["register"]
 
 EXIT_OK, EXIT_FAIL, EXIT_LOAD = 0, 1, 2
+T = TypeVar("T")
 _OUTCOMES = ("allow", "deny", "require_approval", "indeterminate")
 
 
@@ -43,6 +45,8 @@ def register(sub: Any) -> None:
     r.add_argument("--format", choices=["table", "json", "jsonl", "junit"], default="table", help="report format")
     r.add_argument("--fail-on", default="", help="comma list of outcomes that fail the run, e.g. deny,require_approval")
     r.add_argument("--examples", type=int, default=20, help="flagged calls to list in the table (default 20)")
+    r.add_argument("--workers", type=int, default=0,
+                   help="forked processes evaluating calls (default: CPUs - 1 from 3 CPUs up, else 1 = in-process)")
     r.set_defaults(func=run_replay)
 
     d = sub.add_parser("diff", help="which recorded calls change outcome between two bundles")
@@ -63,21 +67,21 @@ def _mapping(args: argparse.Namespace) -> IdentityMapping:
     return m
 
 
-def _progress(calls: Iterator[TraceCall], enabled: bool) -> Iterator[TraceCall]:
+def _progress(items: Iterator[T], enabled: bool, verb: str = "replay") -> Iterator[T]:
     """A progress line on stderr for long inputs (only on a terminal, after the first second)."""
     if not enabled or not sys.stderr.isatty():
-        yield from calls
+        yield from items
         return
     start = last = time.monotonic()
     n = 0
-    for n, call in enumerate(calls, 1):
+    for n, item in enumerate(items, 1):
         now = time.monotonic()
-        if now - last > 0.25 and now - start > 1.0:
+        if now - last > 0.25 and now - start > 1.0 and n > 1:
             last = now
-            print(f"\r  replaying… {n:,} calls ({n / (now - start):,.0f}/s)", end="", file=sys.stderr, flush=True)
-        yield call
+            print(f"\r  {verb}ing… {n:,} calls ({n / (now - start):,.0f}/s)", end="", file=sys.stderr, flush=True)
+        yield item
     if last != start:
-        print(f"\r  replayed {n:,} calls in {time.monotonic() - start:.1f}s" + " " * 10, file=sys.stderr)
+        print(f"\r  {verb}ed {n:,} calls in {time.monotonic() - start:.1f}s" + " " * 10, file=sys.stderr)
 
 
 def _load_errors(e: Exception) -> int:
@@ -98,9 +102,12 @@ def run_replay(args: argparse.Namespace) -> int:
     try:
         bundle = load_bundle(args.bundle)
         mapping = _mapping(args)
-        calls = _progress(read_traces(args.traces, args.trace_format), not args.no_progress)
+        workers = args.workers if args.workers > 0 else default_workers()
+        # Progress counts evaluated calls: with workers, calls are read a window ahead of them.
+        results = _progress(replay(bundle, read_traces(args.traces, args.trace_format), mapping, workers=workers),
+                            not args.no_progress)
         report = ReplayReport()
-        for r in replay(bundle, calls, mapping):
+        for r in results:
             report.add(r)
             if args.format == "jsonl":
                 print(json.dumps(_call_json(r), default=str))

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from ._files import STDIN, iter_trace_files, open_text, sniff
+from ._gc import unfreezing
 from ._parse import model_from_filename
 from .decider_log import looks_like_decider_log, read_decider_log
 from .errors import TraceError, TraceFormatError
@@ -122,7 +123,8 @@ def read_traces(paths: Sequence[str | os.PathLike[str]], format: str | None = No
     files = list(iter_trace_files(paths))  # a missing path fails now, not at the first call
 
     def generate() -> Iterator[TraceCall]:
-        for path in files:
-            yield from _read_file(path, format)
+        with unfreezing():
+            for path in files:
+                yield from _read_file(path, format)
 
     return generate()

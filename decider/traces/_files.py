@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from ._gc import gc_paused
 from .errors import TraceFormatError
 
 __all__ = ["iter_trace_files", "open_text", "sniff", "STDIN"]
@@ -92,11 +93,15 @@ def sniff(stream: IO[str], source: str) -> tuple[Any, Any]:
     if not head or head[-1].isspace():
         raise TraceFormatError(source, "the file is empty")
     try:
-        first = json.loads(head[-1])
+        # A one-line JSON document (the usual export) is parsed here whole: no collection
+        # passes over its many containers while they are built (see _gc.py).
+        with gc_paused():
+            first = json.loads(head[-1])
     except ValueError:
         text = "".join(head) + stream.read()
         try:
-            doc = json.loads(text)
+            with gc_paused():
+                doc = json.loads(text)
         except ValueError as err:
             raise TraceFormatError(source, f"neither JSON nor JSONL: {err}") from None
         return doc, doc

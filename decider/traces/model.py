@@ -12,7 +12,7 @@ from dataclasses import KW_ONLY, dataclass, fields
 from datetime import datetime
 from typing import Any
 
-__all__ = ["TraceCall", "new_call"]
+__all__ = ["TraceCall", "new_call", "blank_fields", "call_from_fields"]
 
 
 @dataclass(frozen=True)
@@ -72,4 +72,17 @@ def new_call(values: dict[str, Any]) -> TraceCall:
     """
     call = object.__new__(TraceCall)
     object.__setattr__(call, "__dict__", {**_DEFAULTS, **values})
+    return call
+
+
+def blank_fields() -> dict[str, Any]:
+    """Every TraceCall field at its default, for a reader to fill in and pass to `call_from_fields`."""
+    return _DEFAULTS.copy()
+
+
+def call_from_fields(values: dict[str, Any]) -> TraceCall:
+    """`new_call` for a dict that already holds every field (from `blank_fields`): the dict becomes
+    the call's own, without the merge with the defaults (a third of `new_call`'s cost)."""
+    call = object.__new__(TraceCall)
+    object.__setattr__(call, "__dict__", values)
     return call

@@ -24,11 +24,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from ._gc import gc_paused
 from ._messages import calls_in_message, results_in_message
 from ._parse import parse_arguments, split_mcp_name, text_or_none, to_int
 from ._records import ObjOrLines, iter_records
 from .errors import TraceFormatError
-from .model import TraceCall, new_call
+from .model import TraceCall, blank_fields, call_from_fields
 
 __all__ = ["read_openai", "looks_like_openai"]
 
@@ -168,11 +169,11 @@ def _call_fields(name: str, raw: object, call_id: str | None, server: str | None
             server, name = split_mcp_name(name)
     if not name:
         why = "tool name missing" + (f"; {why}" if why else "")
-    return {
-        "tool_name": name, "arguments": args, "raw_arguments": raw, "indeterminate": why,
-        "call_id": call_id, "server": server, "model": run.model, "session_id": run.session_id,
-        "label": run.label, "context": run.context, "source": source, "format": FORMAT,
-    }
+    kw = blank_fields()  # complete, so the call is built without merging in the defaults
+    kw["tool_name"], kw["arguments"], kw["raw_arguments"], kw["indeterminate"] = name, args, raw, why
+    kw["call_id"], kw["server"], kw["model"], kw["session_id"] = call_id, server, run.model, run.session_id
+    kw["label"], kw["context"], kw["source"], kw["format"] = run.label, run.context, source, FORMAT
+    return kw
 
 
 def _answer(kw: dict[str, Any], content: object, is_error: bool | None, run: _Run) -> None:
@@ -184,7 +185,13 @@ def _answer(kw: dict[str, Any], content: object, is_error: bool | None, run: _Ru
     kw["is_error"] = is_error
 
 
-def _conversation(messages: list[Any], base: str | list[str], run: _Run) -> Iterator[TraceCall]:
+def _conversation(messages: list[Any], base: str | list[str], run: _Run) -> list[TraceCall]:
+    """The calls of one conversation, built in one step with the cyclic collector paused (_gc.py)."""
+    with gc_paused():
+        return _build_conversation(messages, base, run)
+
+
+def _build_conversation(messages: list[Any], base: str | list[str], run: _Run) -> list[TraceCall]:
     built: list[dict[str, Any]] = []
     by_id: dict[str, deque[dict[str, Any]]] = {}
     by_name: dict[str, deque[dict[str, Any]]] = {}  # legacy `function` results carry only a name
@@ -244,8 +251,7 @@ def _conversation(messages: list[Any], base: str | list[str], run: _Run) -> Iter
         for kw in built:
             kw["tokens_in"], kw["tokens_out"] = 0, 0
         built[0]["tokens_in"], built[0]["tokens_out"] = run.tokens_in, run.tokens_out
-    for kw in built:
-        yield new_call(kw)
+    return [call_from_fields(kw) for kw in built]
 
 
 def _swe_agent_actions(record: dict[str, Any], where: str, run: _Run) -> Iterator[TraceCall]:
@@ -276,7 +282,7 @@ def _intermediate_steps(record: dict[str, Any], where: str, model: str | None) -
         if isinstance(observation, list) and observation:
             observation = observation[0]
         kw["result"] = observation
-        yield new_call(kw)
+        yield call_from_fields(kw)
 
 
 def read_openai(obj_or_lines: ObjOrLines, source: str, *, model: str | None = None) -> Iterator[TraceCall]:
@@ -303,7 +309,7 @@ def read_openai(obj_or_lines: ObjOrLines, source: str, *, model: str | None = No
             loose_where.append(where)
             continue
         messages, key, run = conv
-        calls = list(_conversation(messages, f"{where}.{key}", run))
+        calls = _conversation(messages, f"{where}.{key}", run)
         if not calls and key == "history":
             calls = list(_swe_agent_actions(record, where, run))
         yield from calls

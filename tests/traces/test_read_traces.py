@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import io
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -210,3 +211,20 @@ def test_every_reader_fills_exactly_the_trace_call_fields() -> None:
     for call in calls:
         assert set(vars(call)) == names, call.source
         assert isinstance(call.tool_name, str) and call.source and call.format in FORMATS
+
+
+def test_reading_leaves_the_garbage_collector_as_it_was(tmp_path: Path) -> None:
+    """The readers pause and freeze the collector over bulk steps (traces/_gc.py); a whole read
+    must leave it enabled and the permanent generation empty, even when a read is abandoned."""
+    import gc
+
+    doc = {"messages": [{"role": "assistant", "tool_calls": [
+        {"id": f"c{i}", "type": "function", "function": {"name": "t", "arguments": "{}"}}]} for i in range(50)]}
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(doc))
+    assert len(list(read_traces([str(path)]))) == 50
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+    it = read_traces([str(path)])
+    next(it)
+    it.close()
+    assert gc.isenabled() and gc.get_freeze_count() == 0
