@@ -104,6 +104,14 @@ def path_within(path: str, root: str) -> bool:
     string an agent sent, not a sandbox. Empty ``path`` or ``root`` gives false, and so does a
     relative ``root`` that starts with ``..`` (there is nothing to anchor it to).
     """
+    # Pure, and the same paths and roots recur across rules and requests (~8 µs uncached).
+    if len(path) + len(root) <= _CACHEABLE:
+        return _path_within(path, root)
+    return _path_within.__wrapped__(path, root)
+
+
+@functools.lru_cache(maxsize=4096)
+def _path_within(path: str, root: str) -> bool:
     if not path or not root:
         return False
     base = _normalize_path(root)
@@ -147,6 +155,12 @@ def url_host(url: str) -> str:
     spaces, percent-encoded hosts, a non-numeric or out-of-range port). One trailing dot is
     dropped (``a.com.`` is the same DNS name as ``a.com``). IDN hosts are left as given.
     """
+    # Pure, and the same URLs recur across rules and requests (~8 µs uncached).
+    return _url_host(url) if len(url) <= _CACHEABLE else _url_host.__wrapped__(url)
+
+
+@functools.lru_cache(maxsize=4096)
+def _url_host(url: str) -> str:
     parts = _split_url(url)
     if parts is None or not parts.netloc or _BAD_NETLOC.search(parts.netloc):
         return ""
@@ -167,6 +181,11 @@ def url_host(url: str) -> str:
 
 def url_scheme(url: str) -> str:
     """Lower-cased scheme of ``url`` (``https``, ``mailto``, …); ``""`` when there is none."""
+    return _url_scheme(url) if len(url) <= _CACHEABLE else _url_scheme.__wrapped__(url)
+
+
+@functools.lru_cache(maxsize=4096)
+def _url_scheme(url: str) -> str:
     parts = _split_url(url)
     return "" if parts is None else parts.scheme
 

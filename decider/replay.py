@@ -8,6 +8,7 @@ is never evaluated, so nothing is silently allowed.
 
 from __future__ import annotations
 
+import gc
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from collections.abc import Mapping as MappingT
@@ -181,8 +182,15 @@ def replay(bundle: Bundle, calls: Iterable[TraceCall], mapping: IdentityMapping 
         for call, out in map_forked(partial(_outcome, bundle, mapping=m), calls, workers):
             yield Replayed(call, *out)
         return
-    for call in calls:
-        yield _evaluate(bundle, call, m)
+    # What is alive now (the calls already read, the bundle) outlives the loop: freeze it so the
+    # collector's walks, triggered by the loop's own allocations, skip it (~5-8 % a call measured;
+    # see traces/_gc.py). Freezing never changes what is freed; unfrozen when the loop ends.
+    gc.freeze()
+    try:
+        for call in calls:
+            yield _evaluate(bundle, call, m)
+    finally:
+        gc.unfreeze()
 
 
 @dataclass(slots=True)

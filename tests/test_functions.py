@@ -621,3 +621,19 @@ def test_long_arguments_are_computed_without_filling_the_cache() -> None:
     assert fn._commands.cache_info().currsize == 0
     assert shell_commands("ls; rm x") == ["ls", "rm"]
     assert fn._commands.cache_info().currsize == 1
+
+
+def test_memoised_path_and_url_functions_answer_as_the_uncached_ones() -> None:
+    from decider import functions as f
+
+    paths = [("/workspace/a", "/workspace"), ("/workspace/../etc", "/workspace"), ("//workspace/x", "/workspace"),
+             ("a/b", "."), ("../x", "."), ("", "/"), ("/x" * 3000, "/x")]  # the last is too long to cache
+    for path, root in paths * 2:  # twice: the second round answers from the cache
+        assert f.path_within(path, root) == f._path_within.__wrapped__(path, root)
+    urls = ["https://API.github.com:443/x", "https://evil.com\\@good.com", "mailto:a@b.com", "http://[::1]:80/",
+            "https://a.com./", "https://" + "a" * 5000 + ".com/"]
+    for url in urls * 2:
+        assert f.url_host(url) == f._url_host.__wrapped__(url)
+        assert f.url_scheme(url) == f._url_scheme.__wrapped__(url)
+    assert f.url_host("https://API.github.com:443/x") == "api.github.com"
+    assert f.path_within("/workspace/../etc", "/workspace") is False

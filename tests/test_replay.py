@@ -186,3 +186,18 @@ def test_decisions_exported_by_log_replay_to_the_same_outcomes(server, tmp_path:
     got = [json.loads(x) for x in replayed.stdout.splitlines()]
     assert [(g["outcome"], g["rule"], g["matched_rules"]) for g in got] == [
         (m["outcome"], m["deciding_rule"], m["matched_rules"]) for m in mine]
+
+
+@needs_traces
+def test_replay_leaves_the_collector_unfrozen_even_when_stopped_early() -> None:
+    import gc
+
+    bundle = load_bundle(POLICIES)
+    calls = list(read_traces([str(TRACES)]))
+    full = list(replay(bundle, calls))
+    assert len(full) == len(calls) and gc.get_freeze_count() == 0
+    it = replay(bundle, calls)
+    next(it)
+    assert gc.get_freeze_count() > 0  # frozen while the loop runs
+    it.close()
+    assert gc.get_freeze_count() == 0 and gc.isenabled()
