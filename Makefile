@@ -52,6 +52,7 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python tools/bench/compare.py --stream
 	$(BIN)/python tools/bench/eval_bench.py
 	$(BIN)/python tools/bench/writer_bench.py
+	$(BIN)/python tools/bench/pipeline_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
