@@ -162,9 +162,11 @@ def test_open_approval_lookup_on_the_sqlite_driver_matches_sqlalchemy(tmp_path: 
     approvals = ApprovalStore(engine)
     assert approvals.inline
     key = (rows[0]["agent_id"], rows[0]["tool_name"], rows[0]["tool_server"], rows[0]["args_hash"])
-    got = approvals.open_for_call(*key)
+    got = approvals.open_for_call_inline(*key)
     # pending and approved only, oldest first, each exactly as SQLAlchemy reads it
+    assert got is not None
     assert [g["decision_id"] for g in got] == sorted(r["decision_id"] for r in rows[:2])
+    assert got == approvals.open_for_call(*key)
     store = DecisionStore(engine)
     assert got == [store.get(g["decision_id"]) for g in got]
 
@@ -282,3 +284,53 @@ def test_the_wal_is_checkpointed_by_the_writer_thread_not_inside_commits(tmp_pat
     # Without checkpoints the WAL would hold every commit; with them it is reused from its start.
     assert wal.stat().st_size < per_commit * CHECKPOINT_EVERY * 3, (wal.stat().st_size, per_commit)
     assert len(DecisionStore(engine).ids()) == commits
+
+
+def test_an_inline_commit_that_finds_the_database_locked_goes_to_the_writer_thread(tmp_path: Path) -> None:
+    # Another connection (a replica's commit, a control RPC) holds the write lock: the event loop
+    # must not wait on it for long; the row is committed by the thread once the lock is released.
+    import asyncio
+
+    from decider.store.sqlite_raw import LOOP_BUSY_TIMEOUT_MS
+
+    db = tmp_path / "d.db"
+    engine = connect(f"sqlite:///{db}")
+    writer = GroupCommitWriter(engine, decisions)
+    other = sqlite3.connect(db, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    r = row(agent="locked-out")
+
+    async def scenario() -> None:
+        task = asyncio.ensure_future(writer.write(r, alone=True))
+        await asyncio.sleep(0)           # the inline attempt runs and gives up after its short wait
+        await asyncio.sleep(0.3)
+        assert not task.done() and writer.inline_busy == 1 and writer.inline_commits == 0
+        other.execute("COMMIT")
+        await asyncio.wait_for(task, 30)
+
+    # The loop's connection waits LOOP_BUSY_TIMEOUT_MS for a lock; the thread's waits 30 s.
+    assert writer._inline_conn is not None and writer._conn is not None
+    assert writer._inline_conn.execute("PRAGMA busy_timeout").fetchone()[0] == LOOP_BUSY_TIMEOUT_MS < 1000
+    assert writer._conn.execute("PRAGMA busy_timeout").fetchone()[0] == 30_000
+    asyncio.run(scenario())
+    writer.close()
+    other.close()
+    assert DecisionStore(engine).get(r["decision_id"]) is not None
+
+
+def test_the_loops_approval_lookup_gives_way_when_the_database_is_locked(tmp_path: Path) -> None:
+    from decider.store.approvals import ApprovalStore
+
+    db = tmp_path / "d.db"
+    engine = connect(f"sqlite:///{db}")
+    engine.dispose()  # no pooled connection keeps the file open: `other` below can lock it whole
+    other = sqlite3.connect(db, isolation_level=None)
+    other.execute("PRAGMA locking_mode=EXCLUSIVE")
+    other.execute("BEGIN EXCLUSIVE")
+    approvals = ApprovalStore(engine)
+    try:
+        assert approvals.open_for_call_inline("a", "t", "s", "h") is None   # gave way: ask a thread
+    finally:
+        other.execute("COMMIT")
+        other.close()
+    assert approvals.open_for_call_inline("a", "t", "s", "h") == []

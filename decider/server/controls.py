@@ -205,9 +205,10 @@ class Controls:
         applied = Applied(decision)
         applied._on_done.append(lambda _w: self._unlock(key, lock))
         try:
-            if self.approvals.inline:
-                rows = self.approvals.open_for_call(*key)
-            else:
+            # One indexed read on the loop (SQLite file); from a thread on PostgreSQL, or when
+            # another connection holds the database locked for longer than the loop may wait.
+            rows = self.approvals.open_for_call_inline(*key) if self.approvals.inline else None
+            if rows is None:
                 rows = await asyncio.to_thread(self.approvals.open_for_call, *key)
             for row in rows:
                 if row["approval_state"] == "pending":

@@ -7,6 +7,7 @@ and the expiry sweep) racing on one approval cannot both win.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Sequence
 from datetime import datetime
@@ -15,7 +16,7 @@ from typing import Any
 from sqlalchemy import Engine, Index, select, text, update
 
 from .decisions import decisions
-from .sqlite_raw import RawSelect, connect_raw, sqlite_file
+from .sqlite_raw import LOOP_BUSY_TIMEOUT_MS, RawSelect, connect_raw, is_busy, sqlite_file
 
 __all__ = ["ApprovalStore", "SCOPE_COLUMNS"]
 
@@ -54,13 +55,24 @@ class ApprovalStore:
         self._open_raw = RawSelect(engine, decisions, _OPEN_FOR_CALL_WHERE) if self._file else None
         self._local = threading.local()
 
-    def open_for_call(self, agent_id: str, tool_name: str, tool_server: str, args_hash: str) -> list[dict[str, Any]]:
-        """Pending or approved (not yet consumed) approvals for exactly this call, oldest first."""
-        if self._open_raw is not None and self._file is not None:
+    def open_for_call_inline(self, agent_id: str, tool_name: str, tool_server: str,
+                             args_hash: str) -> list[dict[str, Any]] | None:
+        """`open_for_call` on the stdlib driver, for the event loop; None when the database is
+        locked beyond LOOP_BUSY_TIMEOUT_MS (then ask `open_for_call` from a thread)."""
+        if self._open_raw is None or self._file is None:
+            return None
+        try:
             conn = getattr(self._local, "conn", None)
             if conn is None:
-                conn = self._local.conn = connect_raw(self._file)
+                conn = self._local.conn = connect_raw(self._file, busy_timeout_ms=LOOP_BUSY_TIMEOUT_MS)
             return self._open_raw.run(conn, (args_hash, agent_id, tool_name, tool_server))
+        except sqlite3.OperationalError as exc:
+            if is_busy(exc):
+                return None
+            raise
+
+    def open_for_call(self, agent_id: str, tool_name: str, tool_server: str, args_hash: str) -> list[dict[str, Any]]:
+        """Pending or approved (not yet consumed) approvals for exactly this call, oldest first."""
         q = (select(decisions)
              .where(c.args_hash == args_hash, c.agent_id == agent_id, c.tool_name == tool_name,
                     c.tool_server == tool_server, OPEN,  # the partial index's own term, literally

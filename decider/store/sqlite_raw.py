@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy import Engine, Table
 
-__all__ = ["sqlite_file", "connect_raw", "RawInsert", "RawSelect"]
+__all__ = ["sqlite_file", "connect_raw", "is_busy", "LOOP_BUSY_TIMEOUT_MS", "RawInsert", "RawSelect"]
 
 Convert = Callable[[Any], Any]
 
@@ -34,20 +34,34 @@ def sqlite_file(engine: Engine) -> str | None:
     return path
 
 
-def connect_raw(path: str, *, autocheckpoint: bool = True) -> sqlite3.Connection:
+def connect_raw(path: str, *, autocheckpoint: bool = True, busy_timeout_ms: int = 30_000) -> sqlite3.Connection:
     """A connection with the settings of `store.db.connect`: WAL, synchronous=FULL, busy timeout.
 
     Autocommit mode (`isolation_level=None`): transactions are the explicit BEGIN/COMMIT below.
     `autocheckpoint=False`: this connection's commits never run a WAL checkpoint themselves (the
     group-commit writer runs them on its thread instead, off the event loop).
+    `busy_timeout_ms`: how long a statement waits for a lock another connection holds. Connections
+    used on the event loop wait briefly and hand the work to a thread instead (`is_busy`).
     """
-    conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+    conn = sqlite3.connect(path, timeout=busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("PRAGMA busy_timeout=30000")
+    conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
     if not autocheckpoint:
         conn.execute("PRAGMA wal_autocheckpoint=0")
     return conn
+
+
+# How long a statement on the event loop waits for another connection's lock before giving up
+# (and going to a thread): long enough for a neighbour's commit, short enough not to stall the loop.
+LOOP_BUSY_TIMEOUT_MS = 50
+
+
+def is_busy(exc: BaseException) -> bool:
+    """SQLITE_BUSY / SQLITE_LOCKED: another connection holds the lock; nothing was done."""
+    return isinstance(exc, sqlite3.OperationalError) and (
+        getattr(exc, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+        or "locked" in str(exc) or "busy" in str(exc))
 
 
 class RawInsert:

@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import Engine, Table, insert
 
-from .sqlite_raw import RawInsert, connect_raw, sqlite_file
+from .sqlite_raw import LOOP_BUSY_TIMEOUT_MS, RawInsert, connect_raw, is_busy, sqlite_file
 
 __all__ = ["GroupCommitWriter", "WriterClosed", "row_completer", "CHECKPOINT_EVERY"]
 
@@ -46,10 +46,12 @@ class GroupCommitWriter:
         # checkpoint every CHECKPOINT_EVERY commits instead; it never blocks writers.
         self._conn = connect_raw(path, autocheckpoint=False) if path else None
         # The event loop's own connection, for a decision that is alone (see `write`).
-        self._inline_conn = connect_raw(path, autocheckpoint=False) if path else None
+        self._inline_conn = (connect_raw(path, autocheckpoint=False, busy_timeout_ms=LOOP_BUSY_TIMEOUT_MS)
+                             if path else None)
         self._busy = False   # the writer thread is committing a batch
         self._commits_since_checkpoint = 0
         self.inline_commits = 0
+        self.inline_busy = 0      # inline commits that found the database locked and went to the thread
         self.checkpoints = 0
         self._max_batch = max_batch
         self._pending: list[tuple[dict[str, Any], Any]] = []
@@ -81,17 +83,26 @@ class GroupCommitWriter:
         thread idle, the row is committed right here on the event loop: there is no batch to
         form, and handing one row to the thread and back costs more (two thread wake-ups and a
         self-pipe round trip, ~0.1 ms of CPU) than the commit's own work. The loop is blocked
-        for the fsync, which at one decision in flight delays nobody.
+        for the fsync, which at one decision in flight delays nobody. If another connection holds
+        the write lock (a replica's commit, a control RPC), the loop waits at most
+        LOOP_BUSY_TIMEOUT_MS and then leaves the row to the writer thread, which waits as long as
+        it takes.
         """
         loop = asyncio.get_running_loop()
         if (alone and self._inline_conn is not None and self._raw is not None and not self._busy
                 and not self._pending and loop not in self._staged and not self._closed):
-            self._raw.run(self._inline_conn, [row])
-            self.inline_commits += 1
-            self.rows += 1
-            self.batches += 1
-            self._count_commit()
-            return
+            try:
+                self._raw.run(self._inline_conn, [row])
+            except sqlite3.OperationalError as exc:
+                if not is_busy(exc):
+                    raise
+                self.inline_busy += 1   # rolled back: the writer thread commits it below
+            else:
+                self.inline_commits += 1
+                self.rows += 1
+                self.batches += 1
+                self._count_commit()
+                return
         fut: asyncio.Future[None] = loop.create_future()
         staged = self._staged.get(loop)
         if staged is None:
