@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy import Engine, MetaData, create_engine, event
 
-__all__ = ["metadata", "connect", "sqlite_url"]
+__all__ = ["metadata", "connect", "sqlite_url", "apply_sqlite_settings"]
 
 metadata = MetaData()
 
@@ -34,11 +34,17 @@ def connect(url: str, *, create: bool = True) -> Engine:
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    apply_sqlite_settings(dbapi_conn)
+
+
+def apply_sqlite_settings(dbapi_conn: Any, busy_timeout_ms: int = 30_000) -> None:
+    """The settings every decider connection to an SQLite file runs with (SQLAlchemy's and the
+    stdlib-driver ones of sqlite_raw alike)."""
     cur = dbapi_conn.cursor()
     # WAL: readers never block the writer; several server processes can share one file.
     cur.execute("PRAGMA journal_mode=WAL")
     # FULL: a committed decision survives power loss, not only a process crash. Group commit
     # amortises the fsync over every decision in the batch.
     cur.execute("PRAGMA synchronous=FULL")
-    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
     cur.close()

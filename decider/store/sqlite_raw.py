@@ -18,6 +18,8 @@ from typing import Any
 
 from sqlalchemy import Engine, Table
 
+from .db import apply_sqlite_settings
+
 __all__ = ["sqlite_file", "connect_raw", "is_busy", "LOOP_BUSY_TIMEOUT_MS", "RawInsert", "RawSelect"]
 
 Convert = Callable[[Any], Any]
@@ -44,9 +46,7 @@ def connect_raw(path: str, *, autocheckpoint: bool = True, busy_timeout_ms: int 
     used on the event loop wait briefly and hand the work to a thread instead (`is_busy`).
     """
     conn = sqlite3.connect(path, timeout=busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
-    conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+    apply_sqlite_settings(conn, busy_timeout_ms)
     if not autocheckpoint:
         conn.execute("PRAGMA wal_autocheckpoint=0")
     return conn
