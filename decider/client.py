@@ -7,8 +7,8 @@ from typing import Any
 
 import grpc
 
-from .v1 import decider_pb2 as pb
-from .v1 import decider_pb2_grpc as pb_grpc
+from decider.v1 import decider_pb2 as pb
+from decider.v1 import decider_pb2_grpc as pb_grpc
 
 __all__ = ["DeciderClient", "build_request"]
 

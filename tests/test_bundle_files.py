@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from decider.bundle import load_bundle
-from decider.bundlefile import (
+from decider.bundle.archive import (
     BundleVerifyError,
     build_archive,
     generate_keypair,
@@ -22,6 +21,7 @@ from decider.bundlefile import (
     read_bundle_file,
     sign_archive,
 )
+from decider.bundle.compile import load_bundle
 from decider.errors import PolicyLoadError
 
 from .helpers import POLICIES, ROOT, tar_gz
@@ -120,8 +120,8 @@ def test_build_refuses_a_folder_that_does_not_check(tmp_path: Path) -> None:
 def test_errors_inside_a_bundle_file_name_the_file_inside_it(tmp_path: Path) -> None:
     files = dict(read_bundle_file(build(POLICIES, tmp_path)).files)
     files["files.yaml"] = files["files.yaml"].replace(b"tool.name ==", b"tool.nmae ==")
-    from decider.bundle import revision_of
-    from decider.bundlefile import build_manifest
+    from decider.bundle.archive import build_manifest
+    from decider.bundle.compile import revision_of
 
     path = tmp_path / "broken.bundle"
     path.write_bytes(build_archive(build_manifest("acme-agents", "1.0.0", revision_of(files), files, None), files))
@@ -172,8 +172,8 @@ def test_signing_is_deterministic_and_build_can_sign(tmp_path: Path, built: Path
 
 
 def test_a_signed_bundle_with_a_rewritten_manifest_fails(tmp_path: Path, built: Path, keys: dict[str, Path]) -> None:
-    from decider.bundle import revision_of
-    from decider.bundlefile import build_manifest, load_private_key, load_public_key
+    from decider.bundle.archive import build_manifest, load_private_key, load_public_key
+    from decider.bundle.compile import revision_of
 
     signed = sign_archive(built.read_bytes(), load_private_key(keys["good"]))
     # An attacker changes a file AND rewrites the manifest to match: only the signature catches it.
@@ -204,8 +204,8 @@ def test_example_bundle_in_bundles_is_up_to_date_and_verifies() -> None:
     assert committed.name == f"{bundle.name}-{bundle.version}-{bundle.revision[:12]}.bundle", \
         "policies/ changed: rebuild with `decider bundle build policies -o bundles` (and delete the old file)"
     assert bf.revision == bundle.revision and load_bundle(committed).revision == bundle.revision
-    from decider.bundlefile import build_manifest
-    from decider.loader import load_source
+    from decider.bundle.archive import build_manifest
+    from decider.policy.loader import load_source
 
     src = load_source(POLICIES)
     fresh = build_archive(build_manifest(bundle.name, bundle.version, bundle.revision, src.files,

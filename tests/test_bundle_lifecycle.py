@@ -16,8 +16,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from decider.bundle import load_bundle
-from decider.bundlefile import generate_keypair
+from decider.bundle.archive import generate_keypair
+from decider.bundle.compile import load_bundle
 from decider.client import DeciderClient
 from decider.v1 import decider_pb2 as pb
 from decider.v1 import decider_pb2_grpc as pb_grpc

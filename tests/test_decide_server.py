@@ -9,7 +9,7 @@ import pytest
 from google.protobuf import struct_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from decider.bundle import load_bundle
+from decider.bundle.compile import load_bundle
 from decider.client import build_request
 from decider.v1 import decider_pb2 as pb
 from decider.v1 import decider_pb2_grpc as pb_grpc

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from decider.bundle import Bundle, load_bundle
+from decider.bundle.compile import Bundle, load_bundle
 from decider.client import build_request
-from decider.engine import decide
-from decider.state import BudgetUsage, KillSwitch, State
+from decider.engine.decide import decide
+from decider.engine.state import BudgetUsage, KillSwitch, State
 from decider.v1 import decider_pb2 as pb
 
 

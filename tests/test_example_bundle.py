@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from decider.bundle import load_bundle
+from decider.bundle.compile import load_bundle
 from decider.client import build_request
-from decider.engine import OUTCOME_NAMES, decide
+from decider.engine.decide import OUTCOME_NAMES, decide
 
 from .helpers import POLICIES
 

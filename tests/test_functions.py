@@ -10,8 +10,8 @@ import pytest
 from cel_expr_python import cel
 from google.protobuf import descriptor_pool, struct_pb2
 
-from decider import functions as fn
-from decider.functions import (
+from decider.cel import functions as fn
+from decider.cel.functions import (
     SECRET_KINDS,
     SECRETS_SCAN_LIMIT,
     declarations,
@@ -615,16 +615,18 @@ def test_long_command_lines_are_not_parsed_but_every_word_is_reported() -> None:
 
 
 def test_long_arguments_are_computed_without_filling_the_cache() -> None:
-    fn._commands.cache_clear()
+    from decider.cel import shell
+
+    shell._commands.cache_clear()
     command = "ls; " * 2000 + "rm x"
     assert shell_commands(command)[-1] == "rm"
-    assert fn._commands.cache_info().currsize == 0
+    assert shell._commands.cache_info().currsize == 0
     assert shell_commands("ls; rm x") == ["ls", "rm"]
-    assert fn._commands.cache_info().currsize == 1
+    assert shell._commands.cache_info().currsize == 1
 
 
 def test_memoised_path_and_url_functions_answer_as_the_uncached_ones() -> None:
-    from decider import functions as f
+    from decider.cel import functions as f
 
     paths = [("/workspace/a", "/workspace"), ("/workspace/../etc", "/workspace"), ("//workspace/x", "/workspace"),
              ("a/b", "."), ("../x", "."), ("", "/"), ("/x" * 3000, "/x")]  # the last is too long to cache

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from decider.bundle import load_bundle
+from decider.bundle.compile import load_bundle
 from decider.errors import PolicyLoadError
 
 from .helpers import POLICIES, ROOT

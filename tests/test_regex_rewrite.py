@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from google.protobuf import struct_pb2
 
-from decider.celenv import compile_condition, environment
-from decider.regex import MATCHES_FUNCTION, rewrite_literal_matches
+from decider.cel.env import compile_condition, environment
+from decider.cel.regex import MATCHES_FUNCTION, rewrite_literal_matches
 from decider.v1 import decider_pb2 as pb
 
 PATTERNS = [r"rm\s+-rf|mkfs|dd\s+if=", r"(?i)^\s*(drop|alter)\b", r"^/workspace/[^.]+$", r"\bprod(uction)?\b", "ü+"]

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from decider.bundle import load_bundle
-from decider.replay import IdentityMapping, ReplayReport, diff, replay
-from decider.traces import read_traces
+from decider.bundle.compile import load_bundle
+from decider.replay.replay import IdentityMapping, ReplayReport, diff, replay
+from decider.replay.traces import read_traces
 
 from .helpers import POLICIES, ROOT
 

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from decider import replay_parallel
-from decider.bundle import load_bundle
-from decider.replay import IdentityMapping, replay
-from decider.replay_parallel import map_forked
-from decider.traces import read_traces
+from decider.bundle.compile import load_bundle
+from decider.replay import parallel as replay_parallel
+from decider.replay.parallel import map_forked
+from decider.replay.replay import IdentityMapping, replay
+from decider.replay.traces import read_traces
 
 from .helpers import POLICIES, ROOT
 from .test_replay import TRACES, needs_traces

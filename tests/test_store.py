@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from decider.bundle import load_bundle
+from decider.bundle.compile import load_bundle
 from decider.client import build_request
-from decider.engine import decide
-from decider.ids import id_time_ms, new_id
-from decider.record import build_record
+from decider.engine.decide import decide
+from decider.record.ids import id_time_ms, new_id
+from decider.record.record import build_record
 from decider.store import DecisionStore, GroupCommitWriter, connect
 from decider.store.decisions import LogFilter, decisions
 
@@ -186,7 +186,7 @@ def test_the_sqlite_driver_lookup_probes_the_partial_index(tmp_path: Path) -> No
 def test_the_answer_from_a_stored_row_carries_the_records_response_fields(tmp_path: Path) -> None:
     # The identical-call answer is built from the row directly (not via a full DecisionRecord):
     # every field it shares with the record must be the record's.
-    from decider.record import record_to_proto, response_from_row
+    from decider.record.record import record_to_proto, response_from_row
 
     engine = connect(f"sqlite:///{tmp_path / 'd.db'}")
     r = _approval_row("a1", "pending", datetime.now(timezone.utc))
@@ -238,7 +238,7 @@ def test_a_decision_alone_is_committed_on_the_event_loop_and_others_go_to_the_wr
 def test_decision_ids_are_crockford_base32_of_time_and_randomness(monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 
-    from decider import ids
+    from decider.record import ids
 
     for ms, rnd in ((0, bytes(10)), (1_763_784_000_123, bytes(range(1, 11))), (2**48 - 1, b"\xff" * 10)):
         monkeypatch.setattr(os, "urandom", lambda _n, rnd=rnd: rnd)

@@ -1,5 +1,5 @@
 """The `decider` command line: a thin shell over the engine, the store and the server."""
 
-from .main import main
+from decider.cli.main import main
 
 __all__ = ["main"]

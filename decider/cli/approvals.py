@@ -7,7 +7,7 @@ import json
 
 from google.protobuf import json_format
 
-from .remote import add_remote_args, client_for, fmt_time, remote
+from decider.cli.remote import add_remote_args, client_for, fmt_time, remote
 
 __all__ = ["register"]
 
@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _list(args: argparse.Namespace) -> int:
-    from ..v1 import decider_pb2 as pb
+    from decider.v1 import decider_pb2 as pb
 
     state = {"pending": pb.APPROVAL_PENDING, "approved": pb.APPROVAL_APPROVED, "rejected": pb.APPROVAL_REJECTED,
              "expired": pb.APPROVAL_EXPIRED, "consumed": pb.APPROVAL_CONSUMED}[args.state]
@@ -56,7 +56,7 @@ def _resolve(args: argparse.Namespace, approve: bool) -> int:
     if args.format == "json":
         print(json.dumps(json_format.MessageToDict(rec), indent=2))
     else:
-        from ..v1 import decider_pb2 as pb
+        from decider.v1 import decider_pb2 as pb
 
         state = pb.ApprovalState.Name(rec.approval.state).removeprefix("APPROVAL_").lower()
         print(f"{rec.decision_id} {state} by {rec.approval.resolved_by} at {fmt_time(rec.approval.resolved_at)}"

@@ -19,7 +19,7 @@ from typing import Any
 
 from google.protobuf import json_format
 
-from ..errors import DeciderError
+from decider.errors import DeciderError
 
 __all__ = ["register", "serve_options", "shadow_diff"]
 
@@ -116,7 +116,7 @@ def _server_args(p: argparse.ArgumentParser) -> None:
 # ---- offline: build, verify, sign, keygen ----
 
 def _build_time(text: str | None) -> str | None:
-    from ..bundlefile import build_time_default
+    from decider.bundle.archive import build_time_default
 
     if not text:
         return build_time_default()
@@ -129,9 +129,9 @@ def _build_time(text: str | None) -> str | None:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from ..bundle import compile_bundle
-    from ..bundlefile import build_archive, build_manifest, bundle_file_name, load_private_key, sign_archive
-    from ..loader import load_source
+    from decider.bundle.archive import build_archive, build_manifest, bundle_file_name, load_private_key, sign_archive
+    from decider.bundle.compile import compile_bundle
+    from decider.policy.loader import load_source
 
     src = load_source(args.folder)
     bundle = compile_bundle(src)              # the same check as `decider check`: raises with every error
@@ -157,8 +157,8 @@ def _write_atomically(path: Path, data: bytes) -> None:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from ..bundle import compile_bundle, load_bundle_files
-    from ..bundlefile import BundleVerifyError, load_public_key, read_bundle_file
+    from decider.bundle.archive import BundleVerifyError, load_public_key, read_bundle_file
+    from decider.bundle.compile import compile_bundle, load_bundle_files
 
     pub = load_public_key(args.pubkey) if args.pubkey else None
     try:
@@ -186,7 +186,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_sign(args: argparse.Namespace) -> int:
-    from ..bundlefile import key_id, load_private_key, read_bundle_bytes, sign_archive
+    from decider.bundle.archive import key_id, load_private_key, read_bundle_bytes, sign_archive
 
     key = load_private_key(args.key)
     data = Path(args.file).read_bytes()
@@ -199,7 +199,7 @@ def cmd_sign(args: argparse.Namespace) -> int:
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
-    from ..bundlefile import generate_keypair, key_id, load_public_key
+    from decider.bundle.archive import generate_keypair, key_id, load_public_key
 
     priv_path, pub_path = Path(f"{args.output}.pem"), Path(f"{args.output}.pub.pem")
     for p in (priv_path, pub_path):
@@ -221,7 +221,7 @@ class _Control:
     def __init__(self, args: argparse.Namespace) -> None:
         import grpc
 
-        from ..v1 import decider_pb2_grpc as pb_grpc
+        from decider.v1 import decider_pb2_grpc as pb_grpc
 
         token = args.token or os.environ.get("DECIDER_TOKEN")
         self.metadata = (("authorization", f"Bearer {token}"),) if token else None
@@ -274,7 +274,7 @@ def _run_remote(fn: Any) -> Any:
 
 @_run_remote
 def cmd_list(args: argparse.Namespace) -> int:
-    from ..v1 import decider_pb2 as pb
+    from decider.v1 import decider_pb2 as pb
 
     resp = _rpc(args, "ListBundles", pb.ListBundlesRequest())
     if args.format == "json":
@@ -292,7 +292,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 @_run_remote
 def cmd_activate(args: argparse.Namespace) -> int:
-    from ..v1 import decider_pb2 as pb
+    from decider.v1 import decider_pb2 as pb
 
     i = _rpc(args, "ActivateBundle", pb.ActivateBundleRequest(revision=args.revision))
     print(f"active: {_info_line(i)}")
@@ -301,7 +301,7 @@ def cmd_activate(args: argparse.Namespace) -> int:
 
 @_run_remote
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from ..v1 import decider_pb2 as pb
+    from decider.v1 import decider_pb2 as pb
 
     i = _rpc(args, "RollbackBundle", pb.RollbackBundleRequest())
     print(f"rolled back; active: {_info_line(i)}")
@@ -310,7 +310,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 @_run_remote
 def cmd_shadow(args: argparse.Namespace) -> int:
-    from ..v1 import decider_pb2 as pb
+    from decider.v1 import decider_pb2 as pb
 
     if bool(args.revision) == bool(args.clear):
         raise DeciderError("bundle shadow: give a REVISION or --clear")
@@ -321,7 +321,7 @@ def cmd_shadow(args: argparse.Namespace) -> int:
 
 @_run_remote
 def cmd_status(args: argparse.Namespace) -> int:
-    from ..v1 import decider_pb2 as pb
+    from decider.v1 import decider_pb2 as pb
 
     s = _rpc(args, "Status", pb.StatusRequest())
     if args.format == "json":

@@ -7,8 +7,8 @@ import json
 
 from google.protobuf import json_format
 
-from ..state import KILL_SCOPES
-from .remote import add_remote_args, client_for, fmt_time, remote
+from decider.cli.remote import add_remote_args, client_for, fmt_time, remote
+from decider.engine.state import KILL_SCOPES
 
 __all__ = ["register"]
 

@@ -14,8 +14,8 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
-from ..errors import DeciderError, InvalidRequest, PolicyLoadError
-from . import bundles
+from decider.cli import bundles
+from decider.errors import DeciderError, InvalidRequest, PolicyLoadError
 
 __all__ = ["main", "build_parser"]
 
@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("--format", choices=["table", "jsonl"], default="table")
 
     # Command groups that live in their own modules register themselves (set_defaults(func=...)).
-    from . import approvals, kill, policytest, replay
+    from decider.cli import approvals, kill, policytest, replay
 
     policytest.register(sub)
     replay.register(sub)
@@ -112,8 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from ..logs import setup_logging
-    from ..server import ServerConfig, run
+    from decider.logs import setup_logging
+    from decider.server import ServerConfig, run
 
     setup_logging(args.log_level)
     cfg = ServerConfig(bundle=args.bundle, db=args.db, listen=args.listen, grace_s=args.grace,
@@ -123,7 +123,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise InvalidRequest("--workers", "must be at least 1")
     if args.workers > 1:
-        from ..server.workers import run_workers
+        from decider.server.workers import run_workers
 
         return run_workers(cfg, args.workers, args.log_level)
     run(cfg)
@@ -131,7 +131,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from ..bundle import load_bundle
+    from decider.bundle.compile import load_bundle
 
     try:
         b = load_bundle(args.folder)
@@ -155,8 +155,8 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _request_from_args(args: argparse.Namespace) -> Any:
-    from ..client import build_request
-    from ..v1 import decider_pb2 as pb
+    from decider.client import build_request
+    from decider.v1 import decider_pb2 as pb
 
     if args.request:
         text = sys.stdin.read() if args.request == "-" else Path(args.request).read_text()
@@ -181,19 +181,19 @@ def _request_from_args(args: argparse.Namespace) -> Any:
 
 
 def _decide(args: argparse.Namespace) -> int:
-    from ..validate import validate_request
+    from decider.api.validate import validate_request
 
     req = _request_from_args(args)
     validate_request(req)
     if args.server:
-        from ..client import DeciderClient
+        from decider.client import DeciderClient
 
         with DeciderClient(args.server, token=args.token) as client:
             resp = client.decide(req)
         out = json_format.MessageToDict(resp)
     else:
-        from ..bundle import load_bundle
-        from ..engine import decide
+        from decider.bundle.compile import load_bundle
+        from decider.engine.decide import decide
 
         bundle = load_bundle(args.bundle)
         if not req.request.HasField("time"):
@@ -216,8 +216,8 @@ def _decide(args: argparse.Namespace) -> int:
 
 
 def _log(args: argparse.Namespace) -> int:
-    from ..store import DecisionStore, connect
-    from ..store.decisions import LogFilter
+    from decider.store import DecisionStore, connect
+    from decider.store.decisions import LogFilter
 
     store = DecisionStore(connect(args.db))
     f = LogFilter(

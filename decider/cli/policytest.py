@@ -9,9 +9,9 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-from ..bundle import load_bundle
-from ..errors import PolicyLoadError
-from ..testing import Coverage, SuiteResult, coverage, load_suites, run_suites, suite_files_for
+from decider.bundle.compile import load_bundle
+from decider.errors import PolicyLoadError
+from decider.verify.suites import Coverage, SuiteResult, coverage, load_suites, run_suites, suite_files_for
 
 __all__ = ["register", "run"]
 

@@ -22,7 +22,7 @@ def add_remote_args(p: argparse.ArgumentParser) -> None:
 
 
 def client_for(args: argparse.Namespace):  # noqa: ANN201 - DeciderClient, imported lazily
-    from ..client import DeciderClient
+    from decider.client import DeciderClient
 
     return DeciderClient(args.server, token=args.token)
 

@@ -14,11 +14,11 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from typing import Any, TypeVar
 
-from ..bundle import load_bundle
-from ..errors import DeciderError, PolicyLoadError
-from ..replay import DiffReport, IdentityMapping, Replayed, ReplayReport, diff, replay
-from ..replay_parallel import default_workers
-from ..traces import FORMATS, TraceFormatError, read_traces
+from decider.bundle.compile import load_bundle
+from decider.errors import DeciderError, PolicyLoadError
+from decider.replay.parallel import default_workers
+from decider.replay.replay import DiffReport, IdentityMapping, Replayed, ReplayReport, diff, replay
+from decider.replay.traces import FORMATS, TraceFormatError, read_traces
 
 __all__ = ["register"]
 

@@ -1,5 +1,5 @@
 """The gRPC shell around the engine and the store."""
 
-from .app import ServerConfig, run, start_server
+from decider.server.app import ServerConfig, run, start_server
 
 __all__ = ["ServerConfig", "run", "start_server"]

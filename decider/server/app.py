@@ -13,16 +13,16 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from ..errors import DeciderError
-from ..store import DecisionStore, GroupCommitWriter, connect
-from ..store.bundles import BundleStore
-from ..store.decisions import decisions
-from ..v1 import decider_pb2 as pb
-from .auth import AuthInterceptor, is_loopback, load_token_file, record_to_thread
-from .bundles import CONTROL_SERVICE_NAME, BundleSettings, LiveBundles
-from .bundles import control_handlers as bundle_control_handlers
-from .controls import DEFAULT_POLL_INTERVAL_S, DEFAULT_RESERVATION_TTL_S, Controls
-from .service import SERVICE_NAME, DeciderService, generic_handler
+from decider.errors import DeciderError
+from decider.server.auth import AuthInterceptor, is_loopback, load_token_file, record_to_thread
+from decider.server.bundles import CONTROL_SERVICE_NAME, BundleSettings, LiveBundles
+from decider.server.bundles import control_handlers as bundle_control_handlers
+from decider.server.controls import DEFAULT_POLL_INTERVAL_S, DEFAULT_RESERVATION_TTL_S, Controls
+from decider.server.service import SERVICE_NAME, DeciderService, generic_handler
+from decider.store import DecisionStore, GroupCommitWriter, connect
+from decider.store.bundles import BundleStore
+from decider.store.decisions import decisions
+from decider.v1 import decider_pb2 as pb
 
 __all__ = ["ServerConfig", "RunningServer", "InsecureListen", "start_server", "run"]
 

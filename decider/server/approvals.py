@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from ..record import record_to_proto
-from ..v1 import decider_pb2 as pb
-from .auth import ANONYMOUS, current_principal
+from decider.record.record import record_to_proto
+from decider.server.auth import ANONYMOUS, current_principal
+from decider.v1 import decider_pb2 as pb
 
 if TYPE_CHECKING:
-    from .controls import Controls
+    from decider.server.controls import Controls
 
 __all__ = ["WatchHub", "fingerprint", "is_final", "self_approval", "approver_matches", "handlers",
            "utc", "APPROVAL_STATE_NAMES"]

@@ -37,8 +37,8 @@ from typing import Any
 import grpc
 import yaml
 
-from ..errors import DeciderError
-from ..v1 import decider_pb2 as pb
+from decider.errors import DeciderError
+from decider.v1 import decider_pb2 as pb
 
 __all__ = [
     "ROLES",

@@ -10,10 +10,10 @@ from __future__ import annotations
 import math
 from datetime import datetime
 
-from ..bundle import Bundle
-from ..state import BudgetUsage, kill_scope_value
-from ..store.budgets import BudgetKey, Exceeded
-from ..v1 import decider_pb2 as pb
+from decider.bundle.compile import Bundle
+from decider.engine.state import BudgetUsage, kill_scope_value
+from decider.store.budgets import BudgetKey, Exceeded
+from decider.v1 import decider_pb2 as pb
 
 __all__ = ["WINDOW_SECONDS", "window_start", "applicable_budgets", "usage_by_scope", "exceeded_text",
            "mentions_budget"]

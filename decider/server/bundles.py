@@ -31,21 +31,21 @@ from typing import Any
 
 import grpc
 
-from ..bundle import Bundle, compile_bundle, load_bundle_files
-from ..bundlefile import (
+from decider.bundle.archive import (
     BundleVerifyError,
     build_archive,
     build_manifest,
     load_public_key,
     read_bundle_bytes,
 )
-from ..engine import decide
-from ..errors import DeciderError, PolicyLoadError
-from ..loader import load_source, source_files
-from ..state import State
-from ..store.bundles import ACTIVE, SHADOW, AmbiguousRevision, BundleStore
-from ..v1 import decider_pb2 as pb
-from .service import BundleHolder
+from decider.bundle.compile import Bundle, compile_bundle, load_bundle_files
+from decider.engine.decide import decide
+from decider.engine.state import State
+from decider.errors import DeciderError, PolicyLoadError
+from decider.policy.loader import load_source, source_files
+from decider.server.service import BundleHolder
+from decider.store.bundles import ACTIVE, SHADOW, AmbiguousRevision, BundleStore
+from decider.v1 import decider_pb2 as pb
 
 __all__ = ["Loaded", "LiveBundles", "BundleSettings", "control_handlers", "CONTROL_SERVICE_NAME"]
 

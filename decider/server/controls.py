@@ -24,21 +24,21 @@ from typing import Any
 import grpc
 from sqlalchemy import Engine
 
-from ..bundle import Bundle
-from ..engine import Decision, Reason
-from ..record import canonical_args_hash, record_to_proto, response_from_row, struct_to_dict
-from ..state import KillSwitch, State
-from ..store.approvals import ApprovalStore
-from ..store.auth_events import AuthEventStore
-from ..store.budgets import AlreadySettled, BudgetStore
-from ..store.decisions import DecisionStore
-from ..store.kill_switches import KillSwitchStore
-from ..v1 import decider_pb2 as pb
-from . import approvals as approvals_rpc
-from . import kill_switches as kill_rpc
-from .approvals import WatchHub, utc
-from .auth import TokenConfig
-from .budgets import applicable_budgets, exceeded_text, mentions_budget, usage_by_scope
+from decider.bundle.compile import Bundle
+from decider.engine.decide import Decision, Reason
+from decider.engine.state import KillSwitch, State
+from decider.record.record import canonical_args_hash, record_to_proto, response_from_row, struct_to_dict
+from decider.server import approvals as approvals_rpc
+from decider.server import kill_switches as kill_rpc
+from decider.server.approvals import WatchHub, utc
+from decider.server.auth import TokenConfig
+from decider.server.budgets import applicable_budgets, exceeded_text, mentions_budget, usage_by_scope
+from decider.store.approvals import ApprovalStore
+from decider.store.auth_events import AuthEventStore
+from decider.store.budgets import AlreadySettled, BudgetStore
+from decider.store.decisions import DecisionStore
+from decider.store.kill_switches import KillSwitchStore
+from decider.v1 import decider_pb2 as pb
 
 __all__ = ["Controls", "Applied", "DEFAULT_POLL_INTERVAL_S", "DEFAULT_RESERVATION_TTL_S"]
 

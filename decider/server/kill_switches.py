@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from ..ids import new_id
-from ..state import KILL_SCOPES, KillSwitch
-from ..v1 import decider_pb2 as pb
-from .auth import current_principal
+from decider.engine.state import KILL_SCOPES, KillSwitch
+from decider.record.ids import new_id
+from decider.server.auth import current_principal
+from decider.v1 import decider_pb2 as pb
 
 if TYPE_CHECKING:
-    from .controls import Controls
+    from decider.server.controls import Controls
 
 __all__ = ["to_state", "to_proto", "handlers"]
 

@@ -10,16 +10,16 @@ from typing import Any
 
 import grpc
 
-from ..bundle import Bundle
-from ..engine import decide
-from ..errors import InvalidRequest
-from ..ids import new_id
-from ..record import build_record, decision_response, record_to_proto, set_timestamp
-from ..state import State
-from ..store import DecisionStore, GroupCommitWriter
-from ..v1 import decider_pb2 as pb
-from ..validate import decode_request, validate_request
-from .controls import Controls
+from decider.api.validate import decode_request, validate_request
+from decider.bundle.compile import Bundle
+from decider.engine.decide import decide
+from decider.engine.state import State
+from decider.errors import InvalidRequest
+from decider.record.ids import new_id
+from decider.record.record import build_record, decision_response, record_to_proto, set_timestamp
+from decider.server.controls import Controls
+from decider.store import DecisionStore, GroupCommitWriter
+from decider.v1 import decider_pb2 as pb
 
 __all__ = ["BundleHolder", "DeciderService", "DecisionFailed", "generic_handler", "SERVICE_NAME"]
 
@@ -166,7 +166,7 @@ class DeciderService:
 
 
 def generic_handler(svc: DeciderService) -> grpc.GenericRpcHandler:
-    from .stream import decide_stream_handler  # stream.py builds on this module
+    from decider.server.stream import decide_stream_handler  # stream.py builds on this module
 
     return grpc.method_handlers_generic_handler(
         SERVICE_NAME,

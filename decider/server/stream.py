@@ -19,8 +19,8 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from ..v1 import decider_pb2 as pb
-from .service import DeciderService, DecisionFailed
+from decider.server.service import DeciderService, DecisionFailed
+from decider.v1 import decider_pb2 as pb
 
 __all__ = ["STREAM_WINDOW", "decide_stream", "decide_stream_handler"]
 

@@ -20,7 +20,7 @@ import time
 from multiprocessing.synchronize import Event
 from pathlib import Path
 
-from .app import ServerConfig, run
+from decider.server.app import ServerConfig, run
 
 __all__ = ["run_workers"]
 
@@ -40,7 +40,7 @@ def _reserve(listen: str) -> tuple[socket.socket, str, int]:
 
 
 def _worker(cfg: ServerConfig, ready: Event, log_level: str) -> None:
-    from ..logs import setup_logging
+    from decider.logs import setup_logging
 
     setup_logging(log_level)
     run(cfg, on_ready=ready.set)

@@ -4,8 +4,8 @@ One module per table group (`decisions` now; approvals, budgets, kill switches a
 later). The engine never imports this package.
 """
 
-from .db import connect
-from .decisions import DecisionStore
-from .writer import GroupCommitWriter
+from decider.store.db import connect
+from decider.store.decisions import DecisionStore
+from decider.store.writer import GroupCommitWriter
 
 __all__ = ["connect", "DecisionStore", "GroupCommitWriter"]

@@ -15,8 +15,8 @@ from typing import Any
 
 from sqlalchemy import Engine, Index, select, text, update
 
-from .decisions import decisions
-from .sqlite_raw import LOOP_BUSY_TIMEOUT_MS, RawSelect, connect_raw, is_busy, sqlite_file
+from decider.store.decisions import decisions
+from decider.store.sqlite_raw import LOOP_BUSY_TIMEOUT_MS, RawSelect, connect_raw, is_busy, sqlite_file
 
 __all__ = ["ApprovalStore", "SCOPE_COLUMNS"]
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy import Column, DateTime, Engine, Integer, String, Table, Text, insert, select
 
-from .db import metadata
+from decider.store.db import metadata
 
 __all__ = ["auth_events", "AuthEventStore"]
 

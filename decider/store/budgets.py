@@ -34,7 +34,7 @@ from sqlalchemy import insert as sa_insert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from .db import metadata
+from decider.store.db import metadata
 
 __all__ = ["budget_usage", "budget_reservations", "BudgetStore", "BudgetKey", "Exceeded", "AlreadySettled"]
 

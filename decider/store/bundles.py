@@ -31,7 +31,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
-from .db import metadata
+from decider.store.db import metadata
 
 __all__ = ["bundles", "bundle_activations", "BundleStore", "StoredBundle", "Activation", "AmbiguousRevision",
            "ACTIVE", "SHADOW"]

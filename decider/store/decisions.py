@@ -22,7 +22,7 @@ from sqlalchemy import (
     select,
 )
 
-from .db import metadata
+from decider.store.db import metadata
 
 __all__ = ["decisions", "DecisionStore", "LogFilter"]
 
@@ -97,7 +97,7 @@ class DecisionStore:
         self.engine = engine
 
     def insert_many(self, rows: Sequence[dict[str, Any]]) -> None:
-        from .writer import row_completer  # the same normalisation as the group-commit writer
+        from decider.store.writer import row_completer  # the same normalisation as the group-commit writer
 
         complete = row_completer(decisions)
         with self.engine.begin() as conn:

@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy import Column, DateTime, Engine, Index, String, Table, Text, insert, select, update
 
-from .db import metadata
+from decider.store.db import metadata
 
 __all__ = ["kill_switches", "KillSwitchStore"]
 

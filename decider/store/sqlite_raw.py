@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy import Engine, Table
 
-from .db import apply_sqlite_settings
+from decider.store.db import apply_sqlite_settings
 
 __all__ = ["sqlite_file", "connect_raw", "is_busy", "LOOP_BUSY_TIMEOUT_MS", "RawInsert", "RawSelect"]
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import Engine, Table, insert
 
-from .sqlite_raw import LOOP_BUSY_TIMEOUT_MS, RawInsert, connect_raw, is_busy, sqlite_file
+from decider.store.sqlite_raw import LOOP_BUSY_TIMEOUT_MS, RawInsert, connect_raw, is_busy, sqlite_file
 
 __all__ = ["GroupCommitWriter", "WriterClosed", "row_completer", "CHECKPOINT_EVERY"]
 

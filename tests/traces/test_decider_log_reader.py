@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from decider.traces import TraceCall, TraceFormatError, read_decider_log, read_traces
+from decider.replay.traces import TraceCall, TraceFormatError, read_decider_log, read_traces
 
 from .conftest import FIXTURES
 

@@ -7,8 +7,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from decider.traces import TraceCall, read_mcp, read_traces
-from decider.traces import mcp as mcp_reader
+from decider.replay.traces import TraceCall, read_mcp, read_traces
+from decider.replay.traces import mcp as mcp_reader
 
 from .conftest import FIXTURES
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from decider.traces import TraceCall, read_openai, read_traces
+from decider.replay.traces import TraceCall, read_openai, read_traces
 
 from .conftest import FIXTURES
 

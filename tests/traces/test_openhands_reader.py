@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from decider.traces import TraceCall, read_traces
+from decider.replay.traces import TraceCall, read_traces
 
 from .conftest import FIXTURES
 

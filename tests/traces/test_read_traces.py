@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from decider.traces import FORMATS, TraceCall, TraceFormatError, detect_format, read_traces
+from decider.replay.traces import FORMATS, TraceCall, TraceFormatError, detect_format, read_traces
 
 from .conftest import FIXTURES
 

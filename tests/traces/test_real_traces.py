@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from decider.traces import TraceCall, read_traces
+from decider.replay.traces import TraceCall, read_traces
 
 TAU = "tau-bench_airline_gpt-4o_trajectories.json"
 OPENHANDS = "openhands_codeact_multi-swe-bench_output.jsonl"

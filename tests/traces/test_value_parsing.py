@@ -8,8 +8,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from decider.traces import TraceCall
-from decider.traces._parse import (
+from decider.replay.traces import TraceCall
+from decider.replay.traces._parse import (
     model_from_filename,
     normalize_id,
     parse_arguments,
@@ -17,7 +17,7 @@ from decider.traces._parse import (
     split_mcp_name,
     to_int,
 )
-from decider.traces.model import new_call
+from decider.replay.traces.model import new_call
 
 
 def test_json_string_arguments_are_parsed() -> None:

@@ -35,8 +35,8 @@ if str(REPO_ROOT) not in sys.path:
 
 from google.protobuf import struct_pb2  # noqa: E402
 
-from decider.bundle import Bundle, load_bundle  # noqa: E402
-from decider.engine import decide  # noqa: E402
+from decider.bundle.compile import Bundle, load_bundle  # noqa: E402
+from decider.engine.decide import decide  # noqa: E402
 from decider.v1 import decider_pb2 as pb  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"

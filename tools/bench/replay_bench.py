@@ -24,10 +24,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from decider.bundle import load_bundle  # noqa: E402
-from decider.replay import ReplayReport, replay  # noqa: E402
-from decider.replay_parallel import default_workers  # noqa: E402
-from decider.traces import read_traces  # noqa: E402
+from decider.bundle.compile import load_bundle  # noqa: E402
+from decider.replay.parallel import default_workers  # noqa: E402
+from decider.replay.replay import ReplayReport, replay  # noqa: E402
+from decider.replay.traces import read_traces  # noqa: E402
 
 TOOLS = ["fs.read", "fs.write", "db.query", "http.fetch", "payments.refund"]
 

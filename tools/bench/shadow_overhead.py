@@ -42,8 +42,8 @@ def start(tmp: Path, name: str, *extra: str) -> tuple[subprocess.Popen[bytes], s
 
 
 def in_process_us(items: list[load.Item]) -> float:
-    from decider.bundle import load_bundle
-    from decider.engine import decide
+    from decider.bundle.compile import load_bundle
+    from decider.engine.decide import decide
 
     bundle = load_bundle(BUNDLE)
     target = load.DeciderTarget("unused")

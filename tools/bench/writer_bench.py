@@ -33,10 +33,10 @@ for p in (str(REPO_ROOT), str(HERE)):
 import load  # noqa: E402
 from workload import build_workload  # noqa: E402
 
-from decider.bundle import load_bundle  # noqa: E402
-from decider.engine import decide  # noqa: E402
-from decider.ids import new_id  # noqa: E402
-from decider.record import build_record  # noqa: E402
+from decider.bundle.compile import load_bundle  # noqa: E402
+from decider.engine.decide import decide  # noqa: E402
+from decider.record.ids import new_id  # noqa: E402
+from decider.record.record import build_record  # noqa: E402
 from decider.store import GroupCommitWriter, connect  # noqa: E402
 from decider.store.decisions import decisions  # noqa: E402
 

@@ -16,8 +16,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from .errors import PolicyLoadError, SourceError
-from .policy import API_VERSION, BundleDoc, PolicyDoc, Rule
+from decider.errors import PolicyLoadError, SourceError
+from decider.policy.models import API_VERSION, BundleDoc, PolicyDoc, Rule
 
 __all__ = ["Source", "LoadedPolicy", "PartialPolicy", "LoadedSource", "load_source", "load_files", "source_files", "locate"]
 

@@ -39,13 +39,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .bundle import Bundle, CompiledRule
-from .celenv import environment
-from .engine import OUTCOME_NAMES, Decision, Reason, budget_views, decide
-from .errors import PolicyLoadError, SourceError
-from .loader import _compose_all, _mark, _to_python, locate  # shared YAML-with-positions machinery
-from .state import BudgetUsage, KillSwitch, State
-from .v1 import decider_pb2 as pb
+from decider.bundle.compile import Bundle, CompiledRule
+from decider.cel.env import environment
+from decider.engine.decide import OUTCOME_NAMES, Decision, Reason, budget_views, decide
+from decider.engine.state import BudgetUsage, KillSwitch, State
+from decider.errors import PolicyLoadError, SourceError
+from decider.policy.loader import _compose_all, _mark, _to_python, locate  # shared YAML-with-positions machinery
+from decider.v1 import decider_pb2 as pb
 
 __all__ = [
     "TestSuite",

@@ -2,7 +2,7 @@
 
 `read_traces(paths)` turns recorded agent sessions into `TraceCall`s, whatever recorded them:
 
->>> from decider.traces import read_traces
+>>> from decider.replay.traces import read_traces
 >>> for call in read_traces(["traces/"]):                      # doctest: +SKIP
 ...     print(call.tool_name, call.arguments, call.source)
 
@@ -18,16 +18,16 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from ._files import STDIN, iter_trace_files, open_text, sniff
-from ._gc import unfreezing
-from ._parse import model_from_filename
-from .decider_log import looks_like_decider_log, read_decider_log
-from .errors import TraceError, TraceFormatError
-from .mcp import looks_like_mcp, read_mcp
-from .model import TraceCall
-from .openai import looks_like_openai, read_openai
-from .openhands import looks_like_openhands, read_openhands
-from .otel import looks_like_otel, read_otel
+from decider.replay.traces._files import STDIN, iter_trace_files, open_text, sniff
+from decider.replay.traces._gc import unfreezing
+from decider.replay.traces._parse import model_from_filename
+from decider.replay.traces.decider_log import looks_like_decider_log, read_decider_log
+from decider.replay.traces.errors import TraceError, TraceFormatError
+from decider.replay.traces.mcp import looks_like_mcp, read_mcp
+from decider.replay.traces.model import TraceCall
+from decider.replay.traces.openai import looks_like_openai, read_openai
+from decider.replay.traces.openhands import looks_like_openhands, read_openhands
+from decider.replay.traces.otel import looks_like_otel, read_otel
 
 __all__ = [
     "FORMATS",

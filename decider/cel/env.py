@@ -14,8 +14,8 @@ from functools import lru_cache
 from cel_expr_python import cel
 from google.protobuf import descriptor_pool
 
-from . import functions, regex
-from .v1 import decider_pb2  # noqa: F401 - registers decider.v1 types in the default pool
+from decider.cel import functions, regex
+from decider.v1 import decider_pb2  # noqa: F401 - registers decider.v1 types in the default pool
 
 __all__ = ["environment", "compile_condition", "compile_combined", "CelError", "CEL_VARIABLES"]
 

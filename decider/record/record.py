@@ -15,10 +15,10 @@ from typing import Any
 
 from google.protobuf import struct_pb2
 
-from .bundle import EFFECT_PB, Bundle
-from .engine import OUTCOME_NAMES, Decision, Reason
-from .masking import mask_json, split_mask_paths
-from .v1 import decider_pb2 as pb
+from decider.bundle.compile import EFFECT_PB, Bundle
+from decider.engine.decide import OUTCOME_NAMES, Decision, Reason
+from decider.record.masking import mask_json, split_mask_paths
+from decider.v1 import decider_pb2 as pb
 
 __all__ = [
     "build_record",

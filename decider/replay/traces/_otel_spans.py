@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from ._parse import (
+from decider.replay.traces._parse import (
     decode_json_text,
     from_unix_micros,
     from_unix_nanos,

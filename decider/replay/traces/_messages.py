@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from ._parse import decode_json_text, text_or_none
+from decider.replay.traces._parse import decode_json_text, text_or_none
 
 __all__ = ["Found", "FoundResult", "calls_in_message", "calls_in_value", "results_in_message"]
 

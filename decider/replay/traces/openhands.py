@@ -15,10 +15,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from ._parse import parse_arguments, parse_time, split_mcp_name, text_or_none, to_float, to_int
-from ._records import ObjOrLines, iter_records
-from .errors import TraceFormatError
-from .model import TraceCall, new_call
+from decider.replay.traces._parse import parse_arguments, parse_time, split_mcp_name, text_or_none, to_float, to_int
+from decider.replay.traces._records import ObjOrLines, iter_records
+from decider.replay.traces.errors import TraceFormatError
+from decider.replay.traces.model import TraceCall, new_call
 
 __all__ = ["read_openhands", "looks_like_openhands"]
 

@@ -14,8 +14,8 @@ from google.protobuf import struct_pb2
 from google.protobuf import unknown_fields as _unknown
 from google.protobuf.internal import decoder as _decoder
 
-from .errors import InvalidRequest
-from .v1 import decider_pb2 as pb
+from decider.errors import InvalidRequest
+from decider.v1 import decider_pb2 as pb
 
 __all__ = ["MAX_ARGS_BYTES", "MAX_NAME_LEN", "validate_request", "decode_request"]
 

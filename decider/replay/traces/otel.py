@@ -29,12 +29,19 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from ._messages import Found, calls_in_value
-from ._otel_spans import Span, TraceInfo, doc_kind, jaeger_spans, langfuse_spans, otlp_spans
-from ._parse import decode_json_text, parse_arguments, split_mcp_name, text_or_none, to_float, to_int
-from ._records import ObjOrLines, iter_records
-from .errors import TraceFormatError
-from .model import TraceCall, new_call
+from decider.replay.traces._messages import Found, calls_in_value
+from decider.replay.traces._otel_spans import Span, TraceInfo, doc_kind, jaeger_spans, langfuse_spans, otlp_spans
+from decider.replay.traces._parse import (
+    decode_json_text,
+    parse_arguments,
+    split_mcp_name,
+    text_or_none,
+    to_float,
+    to_int,
+)
+from decider.replay.traces._records import ObjOrLines, iter_records
+from decider.replay.traces.errors import TraceFormatError
+from decider.replay.traces.model import TraceCall, new_call
 
 __all__ = ["read_otel", "looks_like_otel"]
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from ._parse import json_loads
-from .errors import TraceFormatError
+from decider.replay.traces._parse import json_loads
+from decider.replay.traces.errors import TraceFormatError
 
 __all__ = ["iter_records", "ObjOrLines"]
 

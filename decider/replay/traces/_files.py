@@ -18,8 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from ._gc import gc_paused
-from .errors import TraceFormatError
+from decider.replay.traces._gc import gc_paused
+from decider.replay.traces.errors import TraceFormatError
 
 __all__ = ["iter_trace_files", "open_text", "sniff", "STDIN"]
 

@@ -20,13 +20,13 @@ from typing import Any
 import yaml
 from google.protobuf import struct_pb2
 
-from .bundle import Bundle
-from .engine import OUTCOME_NAMES, Decision, decide
-from .errors import DeciderError
-from .replay_parallel import map_forked
-from .state import EMPTY_STATE
-from .traces import TraceCall
-from .v1 import decider_pb2 as pb
+from decider.bundle.compile import Bundle
+from decider.engine.decide import OUTCOME_NAMES, Decision, decide
+from decider.engine.state import EMPTY_STATE
+from decider.errors import DeciderError
+from decider.replay.parallel import map_forked
+from decider.replay.traces import TraceCall
+from decider.v1 import decider_pb2 as pb
 
 __all__ = ["IdentityMapping", "Replayed", "ReplayReport", "call_to_request", "replay", "diff", "DiffReport"]
 

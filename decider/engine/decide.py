@@ -13,10 +13,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from .bundle import EFFECT_OUTCOME, Bundle, CompiledPolicy, CompiledRule, Reason
-from .celenv import environment
-from .state import EMPTY_STATE, BudgetUsage, State
-from .v1 import decider_pb2 as pb
+from decider.bundle.compile import EFFECT_OUTCOME, Bundle, CompiledPolicy, CompiledRule, Reason
+from decider.cel.env import environment
+from decider.engine.state import EMPTY_STATE, BudgetUsage, State
+from decider.v1 import decider_pb2 as pb
 
 __all__ = ["Reason", "Decision", "decide", "OUTCOME_NAMES", "EFFECT_OF_OUTCOME"]
 

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from .v1 import decider_pb2 as pb
+from decider.v1 import decider_pb2 as pb
 
 __all__ = ["KILL_SCOPES", "KillSwitch", "BudgetUsage", "State", "EMPTY_STATE", "kill_scope_value"]
 

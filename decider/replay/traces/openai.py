@@ -24,12 +24,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ._gc import gc_paused
-from ._messages import calls_in_message, results_in_message
-from ._parse import parse_arguments, split_mcp_name, text_or_none, to_int
-from ._records import ObjOrLines, iter_records
-from .errors import TraceFormatError
-from .model import TraceCall, blank_fields, call_from_fields
+from decider.replay.traces._gc import gc_paused
+from decider.replay.traces._messages import calls_in_message, results_in_message
+from decider.replay.traces._parse import parse_arguments, split_mcp_name, text_or_none, to_int
+from decider.replay.traces._records import ObjOrLines, iter_records
+from decider.replay.traces.errors import TraceFormatError
+from decider.replay.traces.model import TraceCall, blank_fields, call_from_fields
 
 __all__ = ["read_openai", "looks_like_openai"]
 

@@ -35,7 +35,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from .errors import DeciderError
+from decider.errors import DeciderError
 
 __all__ = [
     "BundleFile",
@@ -282,7 +282,7 @@ def read_bundle_bytes(data: bytes, source: str, pubkey: Ed25519PublicKey | None 
         elif hashlib.sha256(files[rel]).hexdigest() != expected[rel]:
             problems.append(f"{rel}: sha256 does not match the manifest (changed)")
     if not problems:
-        from .bundle import revision_of  # the one definition of a revision
+        from decider.bundle.compile import revision_of  # the one definition of a revision
 
         actual = revision_of(files)
         if actual != manifest["revision"]:

@@ -13,10 +13,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from ._parse import decode_json_text, parse_arguments, parse_time, text_or_none, to_float, to_int
-from ._records import ObjOrLines, iter_records
-from .errors import TraceFormatError
-from .model import TraceCall, new_call
+from decider.replay.traces._parse import decode_json_text, parse_arguments, parse_time, text_or_none, to_float, to_int
+from decider.replay.traces._records import ObjOrLines, iter_records
+from decider.replay.traces.errors import TraceFormatError
+from decider.replay.traces.model import TraceCall, new_call
 
 __all__ = ["read_decider_log", "looks_like_decider_log"]
 

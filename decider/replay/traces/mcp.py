@@ -21,10 +21,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._parse import decode_json_text, parse_arguments, parse_time, split_mcp_name, text_or_none
-from ._records import ObjOrLines, iter_records
-from .errors import TraceFormatError
-from .model import TraceCall, new_call
+from decider.replay.traces._parse import decode_json_text, parse_arguments, parse_time, split_mcp_name, text_or_none
+from decider.replay.traces._records import ObjOrLines, iter_records
+from decider.replay.traces.errors import TraceFormatError
+from decider.replay.traces.model import TraceCall, new_call
 
 __all__ = ["read_mcp", "looks_like_mcp"]
 

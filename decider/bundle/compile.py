@@ -16,11 +16,11 @@ from pathlib import Path
 import yaml
 from cel_expr_python import cel
 
-from .celenv import compile_combined, compile_condition
-from .errors import PolicyLoadError, SourceError
-from .loader import LoadedSource, Source, load_files, load_source, locate
-from .policy import BudgetSpec, Rule, parse_duration
-from .v1 import decider_pb2 as pb
+from decider.cel.env import compile_combined, compile_condition
+from decider.errors import PolicyLoadError, SourceError
+from decider.policy.loader import LoadedSource, Source, load_files, load_source, locate
+from decider.policy.models import BudgetSpec, Rule, parse_duration
+from decider.v1 import decider_pb2 as pb
 
 __all__ = ["Reason", "Bundle", "CompiledPolicy", "CompiledRule", "compile_bundle", "load_bundle", "load_bundle_files",
            "revision_of"]
@@ -188,12 +188,12 @@ def load_bundle(root: str | Path, *, pubkey: object | None = None, require_signa
     """
     path = Path(root)
     if path.is_file():
-        from .bundlefile import read_bundle_file
+        from decider.bundle.archive import read_bundle_file
 
         bf = read_bundle_file(path, pubkey, require_signature)  # type: ignore[arg-type]
         return compile_bundle(load_bundle_files(bf.files, str(path)))
     if require_signature:
-        from .bundlefile import BundleVerifyError
+        from decider.bundle.archive import BundleVerifyError
 
         raise BundleVerifyError(str(path), ["a folder cannot carry a signature: serve a signed .bundle file"])
     return compile_bundle(load_source(path))

@@ -1,0 +1,1 @@
+"""The CEL environment and decider's functions beyond standard CEL."""

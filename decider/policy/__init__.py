@@ -1,0 +1,1 @@
+"""Policy files: YAML documents to validated models, every error located as file:line:col."""

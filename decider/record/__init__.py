@@ -1,0 +1,1 @@
+"""Decision records: the typed record, argument masking, time-sortable ids."""

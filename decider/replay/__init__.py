@@ -1,0 +1,1 @@
+"""Recorded agent traces through a bundle (replay, diff) and the readers of trace formats."""

@@ -1,0 +1,1 @@
+"""Policy unit tests (`decider test`): suites, cases, coverage."""
