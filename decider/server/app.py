@@ -18,10 +18,13 @@ from decider.server.auth import AuthInterceptor, is_loopback, load_token_file, r
 from decider.server.bundles import CONTROL_SERVICE_NAME, BundleSettings, LiveBundles
 from decider.server.bundles import control_handlers as bundle_control_handlers
 from decider.server.controls import DEFAULT_POLL_INTERVAL_S, DEFAULT_RESERVATION_TTL_S, Controls
+from decider.server.queries import QUERIES_SERVICE_NAME, DecisionFeed
+from decider.server.queries import handlers as query_handlers
 from decider.server.service import SERVICE_NAME, DeciderService, generic_handler
 from decider.store import DecisionStore, GroupCommitWriter, connect
 from decider.store.bundles import BundleStore
 from decider.store.decisions import decisions
+from decider.store.queries import QueryStore
 from decider.v1 import decider_pb2 as pb
 
 __all__ = ["ServerConfig", "RunningServer", "InsecureListen", "start_server", "run"]
@@ -67,11 +70,13 @@ class RunningServer:
     health: health.aio.HealthServicer
     bundles: LiveBundles
     controls: Controls
+    feed: DecisionFeed
 
     async def stop(self, grace_s: float) -> None:
         """Stop taking calls, let in-flight ones finish, then flush the writer."""
         await self.bundles.stop()
         await self.controls.stop()
+        await self.feed.stop()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace_s)
         await asyncio.to_thread(self.writer.close)
@@ -105,14 +110,18 @@ async def start_server(cfg: ServerConfig) -> RunningServer:
     )
     # Every module's Control RPCs, merged into the one decider.v1.Control service.
     control: dict[str, grpc.RpcMethodHandler] = {**controls.control_handlers(), **bundle_control_handlers(live)}
+    queries = QueryStore(engine)
+    feed = DecisionFeed(queries)
     server.add_generic_rpc_handlers((
         generic_handler(svc),
         grpc.method_handlers_generic_handler(SERVICE_NAME, controls.decider_handlers()),
         grpc.method_handlers_generic_handler(CONTROL_SERVICE_NAME, control),
+        grpc.method_handlers_generic_handler(
+            QUERIES_SERVICE_NAME, query_handlers(queries, feed, lambda: live.active, lambda: live.shadow)),
     ))
     health_svc = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_svc, server)
-    names = (SERVICE_NAME, CONTROL_SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+    names = (SERVICE_NAME, CONTROL_SERVICE_NAME, QUERIES_SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME)
     reflection.enable_server_reflection(names, server, pool=pb.DESCRIPTOR.pool)
     port = _add_port(server, cfg)
@@ -134,7 +143,7 @@ async def start_server(cfg: ServerConfig) -> RunningServer:
         log.warning("NO AUTHENTICATION: started without --tokens, so every caller is admin, approver and "
                     "enforcer. Listening on loopback only; give --tokens FILE before exposing this server.",
                     extra={"address": f"{host}:{port}"})
-    return RunningServer(server, port, svc, writer, health_svc, live, controls)
+    return RunningServer(server, port, svc, writer, health_svc, live, controls, feed)
 
 
 def _add_port(server: grpc.aio.Server, cfg: ServerConfig) -> int:

@@ -15,8 +15,8 @@ approvers written as `group:NAME` in rules) come from the token entry and from a
       finance-oncall: [user:bo]
 
 Roles: `enforcer` (Decide, DecideStream, GetDecision, WatchDecision, ReportOutcome), `approver`
-(ResolveApproval, ListApprovals, GetDecision, WatchDecision), `admin` (every Control RPC, and the
-reads). A method not listed here needs `admin` (fail closed). Health and reflection are open.
+(ResolveApproval, ListApprovals, GetDecision, WatchDecision, and the Queries service), `admin` (every
+Control RPC, and the reads). A method not listed here needs `admin` (fail closed). Health and reflection are open.
 Refusals (UNAUTHENTICATED, PERMISSION_DENIED) are recorded in `auth_events`.
 """
 
@@ -69,6 +69,9 @@ _ADMIN = frozenset({"admin"})
 # Every Control method (kill switches and bundles) is admin-only; read from the proto so a method
 # added later is covered without touching this file.
 _CONTROL_ROLES = {m.name: _ADMIN for m in pb.DESCRIPTOR.services_by_name["Control"].methods}
+# The console's reads (decision feed, timelines, budgets, shadow diff): what an approver needs to
+# judge a call, and what an admin reads. An enforcer sees only the decisions it asks about.
+_QUERY_ROLES = {m.name: frozenset({"approver", "admin"}) for m in pb.DESCRIPTOR.services_by_name["Queries"].methods}
 
 
 def required_roles(full_method: str) -> frozenset[str] | None:
@@ -81,6 +84,8 @@ def required_roles(full_method: str) -> frozenset[str] | None:
         return _DECIDER_ROLES.get(method, _ADMIN)
     if service == "decider.v1.Control":
         return _CONTROL_ROLES.get(method, _ADMIN)
+    if service == "decider.v1.Queries":
+        return _QUERY_ROLES.get(method, _ADMIN)
     if service.startswith("decider."):
         return _ADMIN
     return None  # grpc.health.v1, reflection

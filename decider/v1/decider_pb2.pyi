@@ -437,3 +437,115 @@ class StatusResponse(_message.Message):
     instance: str
     active_kill_switches: int
     def __init__(self, active: _Optional[_Union[BundleInfo, _Mapping]] = ..., shadow: _Optional[_Union[BundleInfo, _Mapping]] = ..., last_reload_error: _Optional[str] = ..., last_reload_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., decisions_by_outcome: _Optional[_Mapping[str, int]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., instance: _Optional[str] = ..., active_kill_switches: _Optional[int] = ...) -> None: ...
+
+class DecisionFilter(_message.Message):
+    __slots__ = ("agent_id", "team", "tool_name", "outcome", "rule_id", "session_id")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    TEAM_FIELD_NUMBER: _ClassVar[int]
+    TOOL_NAME_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    RULE_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    team: str
+    tool_name: str
+    outcome: Outcome
+    rule_id: str
+    session_id: str
+    def __init__(self, agent_id: _Optional[str] = ..., team: _Optional[str] = ..., tool_name: _Optional[str] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., rule_id: _Optional[str] = ..., session_id: _Optional[str] = ...) -> None: ...
+
+class ListDecisionsRequest(_message.Message):
+    __slots__ = ("filter", "after_id", "before_id", "limit", "newest_first")
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    AFTER_ID_FIELD_NUMBER: _ClassVar[int]
+    BEFORE_ID_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    NEWEST_FIRST_FIELD_NUMBER: _ClassVar[int]
+    filter: DecisionFilter
+    after_id: str
+    before_id: str
+    limit: int
+    newest_first: bool
+    def __init__(self, filter: _Optional[_Union[DecisionFilter, _Mapping]] = ..., after_id: _Optional[str] = ..., before_id: _Optional[str] = ..., limit: _Optional[int] = ..., newest_first: _Optional[bool] = ...) -> None: ...
+
+class ListDecisionsResponse(_message.Message):
+    __slots__ = ("decisions", "next_after_id")
+    DECISIONS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_AFTER_ID_FIELD_NUMBER: _ClassVar[int]
+    decisions: _containers.RepeatedCompositeFieldContainer[DecisionRecord]
+    next_after_id: str
+    def __init__(self, decisions: _Optional[_Iterable[_Union[DecisionRecord, _Mapping]]] = ..., next_after_id: _Optional[str] = ...) -> None: ...
+
+class WatchDecisionsRequest(_message.Message):
+    __slots__ = ("after_id", "filter")
+    AFTER_ID_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    after_id: str
+    filter: DecisionFilter
+    def __init__(self, after_id: _Optional[str] = ..., filter: _Optional[_Union[DecisionFilter, _Mapping]] = ...) -> None: ...
+
+class BudgetUsage(_message.Message):
+    __slots__ = ("scope", "scope_key", "window", "window_start", "limit", "spent", "reserved", "remaining")
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_KEY_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_START_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    SPENT_FIELD_NUMBER: _ClassVar[int]
+    RESERVED_FIELD_NUMBER: _ClassVar[int]
+    REMAINING_FIELD_NUMBER: _ClassVar[int]
+    scope: str
+    scope_key: str
+    window: str
+    window_start: _timestamp_pb2.Timestamp
+    limit: float
+    spent: float
+    reserved: float
+    remaining: float
+    def __init__(self, scope: _Optional[str] = ..., scope_key: _Optional[str] = ..., window: _Optional[str] = ..., window_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., limit: _Optional[float] = ..., spent: _Optional[float] = ..., reserved: _Optional[float] = ..., remaining: _Optional[float] = ...) -> None: ...
+
+class ListBudgetsRequest(_message.Message):
+    __slots__ = ("scope",)
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    scope: str
+    def __init__(self, scope: _Optional[str] = ...) -> None: ...
+
+class ListBudgetsResponse(_message.Message):
+    __slots__ = ("budgets",)
+    BUDGETS_FIELD_NUMBER: _ClassVar[int]
+    budgets: _containers.RepeatedCompositeFieldContainer[BudgetUsage]
+    def __init__(self, budgets: _Optional[_Iterable[_Union[BudgetUsage, _Mapping]]] = ...) -> None: ...
+
+class ShadowDiffRequest(_message.Message):
+    __slots__ = ("limit", "examples")
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    examples: int
+    def __init__(self, limit: _Optional[int] = ..., examples: _Optional[int] = ...) -> None: ...
+
+class ShadowDiffCount(_message.Message):
+    __slots__ = ("outcome", "shadow_outcome", "count")
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    outcome: Outcome
+    shadow_outcome: Outcome
+    count: int
+    def __init__(self, outcome: _Optional[_Union[Outcome, str]] = ..., shadow_outcome: _Optional[_Union[Outcome, str]] = ..., count: _Optional[int] = ...) -> None: ...
+
+class ShadowDiffResponse(_message.Message):
+    __slots__ = ("active", "shadow", "compared", "changed", "counts", "examples")
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_FIELD_NUMBER: _ClassVar[int]
+    COMPARED_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    active: BundleRef
+    shadow: BundleRef
+    compared: int
+    changed: int
+    counts: _containers.RepeatedCompositeFieldContainer[ShadowDiffCount]
+    examples: _containers.RepeatedCompositeFieldContainer[DecisionRecord]
+    def __init__(self, active: _Optional[_Union[BundleRef, _Mapping]] = ..., shadow: _Optional[_Union[BundleRef, _Mapping]] = ..., compared: _Optional[int] = ..., changed: _Optional[int] = ..., counts: _Optional[_Iterable[_Union[ShadowDiffCount, _Mapping]]] = ..., examples: _Optional[_Iterable[_Union[DecisionRecord, _Mapping]]] = ...) -> None: ...

@@ -733,3 +733,208 @@ class Control:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class QueriesStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ListDecisions = channel.unary_unary(
+                '/decider.v1.Queries/ListDecisions',
+                request_serializer=decider_dot_v1_dot_decider__pb2.ListDecisionsRequest.SerializeToString,
+                response_deserializer=decider_dot_v1_dot_decider__pb2.ListDecisionsResponse.FromString,
+                _registered_method=True)
+        self.WatchDecisions = channel.unary_stream(
+                '/decider.v1.Queries/WatchDecisions',
+                request_serializer=decider_dot_v1_dot_decider__pb2.WatchDecisionsRequest.SerializeToString,
+                response_deserializer=decider_dot_v1_dot_decider__pb2.DecisionRecord.FromString,
+                _registered_method=True)
+        self.ListBudgets = channel.unary_unary(
+                '/decider.v1.Queries/ListBudgets',
+                request_serializer=decider_dot_v1_dot_decider__pb2.ListBudgetsRequest.SerializeToString,
+                response_deserializer=decider_dot_v1_dot_decider__pb2.ListBudgetsResponse.FromString,
+                _registered_method=True)
+        self.ShadowDiff = channel.unary_unary(
+                '/decider.v1.Queries/ShadowDiff',
+                request_serializer=decider_dot_v1_dot_decider__pb2.ShadowDiffRequest.SerializeToString,
+                response_deserializer=decider_dot_v1_dot_decider__pb2.ShadowDiffResponse.FromString,
+                _registered_method=True)
+
+
+class QueriesServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def ListDecisions(self, request, context):
+        """Decision records, filtered and paged by id (ids are time-sortable).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchDecisions(self, request, context):
+        """Every decision committed after `after_id` that matches, then each new one as it is committed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListBudgets(self, request, context):
+        """Budget usage against limit per scope, in the current windows.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ShadowDiff(self, request, context):
+        """Active vs shadow outcomes over recent decisions.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_QueriesServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ListDecisions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDecisions,
+                    request_deserializer=decider_dot_v1_dot_decider__pb2.ListDecisionsRequest.FromString,
+                    response_serializer=decider_dot_v1_dot_decider__pb2.ListDecisionsResponse.SerializeToString,
+            ),
+            'WatchDecisions': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchDecisions,
+                    request_deserializer=decider_dot_v1_dot_decider__pb2.WatchDecisionsRequest.FromString,
+                    response_serializer=decider_dot_v1_dot_decider__pb2.DecisionRecord.SerializeToString,
+            ),
+            'ListBudgets': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBudgets,
+                    request_deserializer=decider_dot_v1_dot_decider__pb2.ListBudgetsRequest.FromString,
+                    response_serializer=decider_dot_v1_dot_decider__pb2.ListBudgetsResponse.SerializeToString,
+            ),
+            'ShadowDiff': grpc.unary_unary_rpc_method_handler(
+                    servicer.ShadowDiff,
+                    request_deserializer=decider_dot_v1_dot_decider__pb2.ShadowDiffRequest.FromString,
+                    response_serializer=decider_dot_v1_dot_decider__pb2.ShadowDiffResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'decider.v1.Queries', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('decider.v1.Queries', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Queries:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def ListDecisions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/decider.v1.Queries/ListDecisions',
+            decider_dot_v1_dot_decider__pb2.ListDecisionsRequest.SerializeToString,
+            decider_dot_v1_dot_decider__pb2.ListDecisionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchDecisions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/decider.v1.Queries/WatchDecisions',
+            decider_dot_v1_dot_decider__pb2.WatchDecisionsRequest.SerializeToString,
+            decider_dot_v1_dot_decider__pb2.DecisionRecord.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListBudgets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/decider.v1.Queries/ListBudgets',
+            decider_dot_v1_dot_decider__pb2.ListBudgetsRequest.SerializeToString,
+            decider_dot_v1_dot_decider__pb2.ListBudgetsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ShadowDiff(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/decider.v1.Queries/ShadowDiff',
+            decider_dot_v1_dot_decider__pb2.ShadowDiffRequest.SerializeToString,
+            decider_dot_v1_dot_decider__pb2.ShadowDiffResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
