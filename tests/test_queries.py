@@ -159,3 +159,19 @@ def test_shadow_diff_without_a_shadow_bundle_compares_nothing(srv: ServerProcess
         resp = stub.ShadowDiff(pb.ShadowDiffRequest(), metadata=md, timeout=10)
     assert resp.active.name == "controls-test" and not resp.shadow.revision
     assert (resp.compared, resp.changed, list(resp.examples)) == (0, 0, [])
+
+
+def test_whoami_names_the_caller_its_roles_and_groups(srv: ServerProcess) -> None:
+    ch = grpc.insecure_channel(srv.target)
+    with ch:
+        stub = pb_grpc.QueriesStub(ch)
+        ana = stub.WhoAmI(pb.WhoAmIRequest(), metadata=(("authorization", "Bearer ana-token"),), timeout=10)
+        gw = stub.WhoAmI(pb.WhoAmIRequest(), metadata=(("authorization", "Bearer gw-token"),), timeout=10)
+        olga = stub.WhoAmI(pb.WhoAmIRequest(), metadata=(("authorization", "Bearer olga-token"),), timeout=10)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.WhoAmI(pb.WhoAmIRequest(), metadata=(("authorization", "Bearer nope"),), timeout=10)
+    assert (ana.principal, list(ana.roles), list(ana.groups), ana.authenticated) == (
+        "user:ana", ["approver"], ["finance-oncall"], True)
+    assert (gw.principal, list(gw.roles)) == ("service:gateway", ["enforcer"])
+    assert list(olga.groups) == ["finance-oncall"]      # from the token file's `groups` map
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED

@@ -117,7 +117,7 @@ async def start_server(cfg: ServerConfig) -> RunningServer:
         grpc.method_handlers_generic_handler(SERVICE_NAME, controls.decider_handlers()),
         grpc.method_handlers_generic_handler(CONTROL_SERVICE_NAME, control),
         grpc.method_handlers_generic_handler(
-            QUERIES_SERVICE_NAME, query_handlers(queries, feed, lambda: live.active, lambda: live.shadow)),
+            QUERIES_SERVICE_NAME, query_handlers(queries, feed, lambda: live.active, lambda: live.shadow, controls.groups_of)),
     ))
     health_svc = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_svc, server)

@@ -72,6 +72,7 @@ _CONTROL_ROLES = {m.name: _ADMIN for m in pb.DESCRIPTOR.services_by_name["Contro
 # The console's reads (decision feed, timelines, budgets, shadow diff): what an approver needs to
 # judge a call, and what an admin reads. An enforcer sees only the decisions it asks about.
 _QUERY_ROLES = {m.name: frozenset({"approver", "admin"}) for m in pb.DESCRIPTOR.services_by_name["Queries"].methods}
+_QUERY_ROLES["WhoAmI"] = _READ
 
 
 def required_roles(full_method: str) -> frozenset[str] | None:

@@ -1,5 +1,5 @@
 """The `decider.v1.Queries` service: the reads the operations console is built on (ListDecisions,
-WatchDecisions, ListBudgets, ShadowDiff). Approver or admin role (see auth.py).
+WatchDecisions, ListBudgets, ShadowDiff: approver or admin role; WhoAmI: any role; see auth.py).
 
 WatchDecisions is fed by one poller per server process (`DecisionFeed`), however many streams are
 open, and only while one is. It reads the ids committed after its cursor. Ids are made before the
@@ -25,6 +25,7 @@ from decider.bundle.compile import Bundle
 from decider.engine.decide import OUTCOME_NAMES
 from decider.record.ids import new_id
 from decider.record.record import record_to_proto
+from decider.server.auth import ANONYMOUS, current_principal
 from decider.server.budgets import window_start
 from decider.store.queries import DecisionQuery, QueryStore
 from decider.v1 import decider_pb2 as pb
@@ -246,7 +247,8 @@ def shadow_diff(store: QueryStore, active: Bundle, shadow: Bundle | None, limit:
 
 
 def handlers(store: QueryStore, feed: DecisionFeed, active: Callable[[], Bundle],
-             shadow: Callable[[], Bundle | None]) -> dict[str, grpc.RpcMethodHandler]:
+             shadow: Callable[[], Bundle | None],
+             groups_of: Callable[[str], frozenset[str]]) -> dict[str, grpc.RpcMethodHandler]:
     async def listing(req: pb.ListDecisionsRequest, ctx: grpc.aio.ServicerContext) -> pb.ListDecisionsResponse:
         return await list_decisions(store, req, ctx)
 
@@ -266,7 +268,16 @@ def handlers(store: QueryStore, feed: DecisionFeed, active: Callable[[], Bundle]
         return await asyncio.to_thread(shadow_diff, store, active(), shadow(), min(req.limit or 1000, 100_000),
                                        min(req.examples or 20, 200))
 
+    async def whoami(req: pb.WhoAmIRequest, ctx: grpc.aio.ServicerContext) -> pb.WhoAmIResponse:
+        p = current_principal()
+        groups = p.groups | (groups_of(p.name) if p is not ANONYMOUS else frozenset())
+        return pb.WhoAmIResponse(principal=p.name, roles=sorted(p.roles), groups=sorted(groups),
+                                 authenticated=p is not ANONYMOUS)
+
     return {
+        "WhoAmI": grpc.unary_unary_rpc_method_handler(
+            whoami, request_deserializer=pb.WhoAmIRequest.FromString,
+            response_serializer=pb.WhoAmIResponse.SerializeToString),
         "ListDecisions": grpc.unary_unary_rpc_method_handler(
             listing, request_deserializer=pb.ListDecisionsRequest.FromString,
             response_serializer=pb.ListDecisionsResponse.SerializeToString),

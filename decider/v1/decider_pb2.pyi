@@ -549,3 +549,19 @@ class ShadowDiffResponse(_message.Message):
     counts: _containers.RepeatedCompositeFieldContainer[ShadowDiffCount]
     examples: _containers.RepeatedCompositeFieldContainer[DecisionRecord]
     def __init__(self, active: _Optional[_Union[BundleRef, _Mapping]] = ..., shadow: _Optional[_Union[BundleRef, _Mapping]] = ..., compared: _Optional[int] = ..., changed: _Optional[int] = ..., counts: _Optional[_Iterable[_Union[ShadowDiffCount, _Mapping]]] = ..., examples: _Optional[_Iterable[_Union[DecisionRecord, _Mapping]]] = ...) -> None: ...
+
+class WhoAmIRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class WhoAmIResponse(_message.Message):
+    __slots__ = ("principal", "roles", "groups", "authenticated")
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    ROLES_FIELD_NUMBER: _ClassVar[int]
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
+    AUTHENTICATED_FIELD_NUMBER: _ClassVar[int]
+    principal: str
+    roles: _containers.RepeatedScalarFieldContainer[str]
+    groups: _containers.RepeatedScalarFieldContainer[str]
+    authenticated: bool
+    def __init__(self, principal: _Optional[str] = ..., roles: _Optional[_Iterable[str]] = ..., groups: _Optional[_Iterable[str]] = ..., authenticated: _Optional[bool] = ...) -> None: ...

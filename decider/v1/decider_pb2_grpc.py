@@ -764,6 +764,11 @@ class QueriesStub:
                 request_serializer=decider_dot_v1_dot_decider__pb2.ShadowDiffRequest.SerializeToString,
                 response_deserializer=decider_dot_v1_dot_decider__pb2.ShadowDiffResponse.FromString,
                 _registered_method=True)
+        self.WhoAmI = channel.unary_unary(
+                '/decider.v1.Queries/WhoAmI',
+                request_serializer=decider_dot_v1_dot_decider__pb2.WhoAmIRequest.SerializeToString,
+                response_deserializer=decider_dot_v1_dot_decider__pb2.WhoAmIResponse.FromString,
+                _registered_method=True)
 
 
 class QueriesServicer:
@@ -797,6 +802,13 @@ class QueriesServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WhoAmI(self, request, context):
+        """Who the token belongs to (any role).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_QueriesServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -819,6 +831,11 @@ def add_QueriesServicer_to_server(servicer, server):
                     servicer.ShadowDiff,
                     request_deserializer=decider_dot_v1_dot_decider__pb2.ShadowDiffRequest.FromString,
                     response_serializer=decider_dot_v1_dot_decider__pb2.ShadowDiffResponse.SerializeToString,
+            ),
+            'WhoAmI': grpc.unary_unary_rpc_method_handler(
+                    servicer.WhoAmI,
+                    request_deserializer=decider_dot_v1_dot_decider__pb2.WhoAmIRequest.FromString,
+                    response_serializer=decider_dot_v1_dot_decider__pb2.WhoAmIResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -929,6 +946,33 @@ class Queries:
             '/decider.v1.Queries/ShadowDiff',
             decider_dot_v1_dot_decider__pb2.ShadowDiffRequest.SerializeToString,
             decider_dot_v1_dot_decider__pb2.ShadowDiffResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WhoAmI(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/decider.v1.Queries/WhoAmI',
+            decider_dot_v1_dot_decider__pb2.WhoAmIRequest.SerializeToString,
+            decider_dot_v1_dot_decider__pb2.WhoAmIResponse.FromString,
             options,
             channel_credentials,
             insecure,
