@@ -79,13 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("--format", choices=["table", "jsonl"], default="table")
 
     # Command groups that live in their own modules register themselves (set_defaults(func=...)).
-    from decider.cli import approvals, kill, policytest, replay
+    from decider.cli import approvals, console, kill, policytest, replay
 
     policytest.register(sub)
     replay.register(sub)
     bundles.register(sub)  # bundle lifecycle, status, serve/log bundle options
     approvals.register(sub)
     kill.register(sub)
+    console.register(sub)  # `console`, and `serve --approval-webhook/--console-url`
     return p
 
 
@@ -112,6 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from decider.cli import console
     from decider.logs import setup_logging
     from decider.server import ServerConfig, run
 
@@ -119,7 +121,7 @@ def _serve(args: argparse.Namespace) -> int:
     cfg = ServerConfig(bundle=args.bundle, db=args.db, listen=args.listen, grace_s=args.grace,
                        port_file=args.port_file, tokens=args.tokens, reservation_ttl_s=args.reservation_ttl,
                        tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
-                       **bundles.serve_options(args))
+                       **bundles.serve_options(args), **console.serve_options(args))
     if args.workers < 1:
         raise InvalidRequest("--workers", "must be at least 1")
     if args.workers > 1:

@@ -18,6 +18,7 @@ from decider.server.auth import AuthInterceptor, is_loopback, load_token_file, r
 from decider.server.bundles import CONTROL_SERVICE_NAME, BundleSettings, LiveBundles
 from decider.server.bundles import control_handlers as bundle_control_handlers
 from decider.server.controls import DEFAULT_POLL_INTERVAL_S, DEFAULT_RESERVATION_TTL_S, Controls
+from decider.server.notify import ApprovalNotifier, WebhookSettings
 from decider.server.queries import QUERIES_SERVICE_NAME, DecisionFeed
 from decider.server.queries import handlers as query_handlers
 from decider.server.service import SERVICE_NAME, DeciderService, generic_handler
@@ -55,6 +56,10 @@ class ServerConfig:
     tls_client_ca: str | None = None     # set: clients must present a certificate it signed (mTLS)
     # Share the port with sibling worker processes (`--workers`); otherwise a taken port fails.
     reuse_port: bool = False
+    # Approval notifications (server/notify.py): webhook URL, the console link, retry back-off cap.
+    approval_webhook: str | None = None
+    console_url: str = ""
+    webhook_max_backoff_s: float = 60.0
 
 
 class InsecureListen(DeciderError):
@@ -71,12 +76,15 @@ class RunningServer:
     bundles: LiveBundles
     controls: Controls
     feed: DecisionFeed
+    notifier: ApprovalNotifier | None = None
 
     async def stop(self, grace_s: float) -> None:
         """Stop taking calls, let in-flight ones finish, then flush the writer."""
         await self.bundles.stop()
         await self.controls.stop()
         await self.feed.stop()
+        if self.notifier is not None:
+            await self.notifier.stop()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace_s)
         await asyncio.to_thread(self.writer.close)
@@ -87,6 +95,8 @@ async def start_server(cfg: ServerConfig) -> RunningServer:
     if tokens is None and not is_loopback(cfg.listen):
         raise InsecureListen(f"refusing to listen on {cfg.listen} without --tokens: every caller would be admin; "
                              "give a token file, or listen on 127.0.0.1")
+    if cfg.approval_webhook and not cfg.approval_webhook.startswith(("http://", "https://")):
+        raise DeciderError("--approval-webhook: must be an http:// or https:// URL")
     engine = connect(cfg.db)
     live = LiveBundles(BundleSettings(cfg.bundle, cfg.require_signature, cfg.pubkey, cfg.shadow_bundle,
                                       cfg.poll_interval_s), BundleStore(engine))
@@ -143,7 +153,12 @@ async def start_server(cfg: ServerConfig) -> RunningServer:
         log.warning("NO AUTHENTICATION: started without --tokens, so every caller is admin, approver and "
                     "enforcer. Listening on loopback only; give --tokens FILE before exposing this server.",
                     extra={"address": f"{host}:{port}"})
-    return RunningServer(server, port, svc, writer, health_svc, live, controls, feed)
+    notifier = None
+    if cfg.approval_webhook:
+        notifier = ApprovalNotifier(engine, WebhookSettings(cfg.approval_webhook, cfg.console_url,
+                                                            backoff_max_s=cfg.webhook_max_backoff_s))
+        await notifier.start()
+    return RunningServer(server, port, svc, writer, health_svc, live, controls, feed, notifier)
 
 
 def _add_port(server: grpc.aio.Server, cfg: ServerConfig) -> int:

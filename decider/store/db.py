@@ -27,7 +27,9 @@ def connect(url: str, *, create: bool = True) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
     if create:
         # Import for the side effect of registering every table group on `metadata`.
-        from decider.store import approvals, auth_events, budgets, bundles, decisions, kill_switches, queries  # noqa: F401
+        from decider.store import approvals, auth_events, budgets, bundles, decisions, kill_switches  # noqa: F401
+        from decider.store import notifications as _notifications  # noqa: F401 - the console's outbox
+        from decider.store import queries as _queries  # noqa: F401 - its session index
 
         metadata.create_all(engine)
     return engine

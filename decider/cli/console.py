@@ -1,0 +1,54 @@
+"""`decider console` (the web UI over the API) and the `serve` options for approval notifications."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+__all__ = ["register", "serve_options"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("console", help="the operations console: a web UI over a decider server's API")
+    p.add_argument("--decider", default="127.0.0.1:50051", help="decider's gRPC address, host:port")
+    p.add_argument("--listen", default="127.0.0.1:8080", help="host:port for the web UI (port 0 = ephemeral)")
+    p.add_argument("--tokens", help="decider's token file: log-in with a bearer token from it is required "
+                   "(without it there is no log-in, decider must run without tokens, and the console "
+                   "listens on loopback only)")
+    p.add_argument("--tls-cert", help="certificate (PEM) to serve the console over HTTPS (cookies become Secure)")
+    p.add_argument("--tls-key", help="its private key (PEM)")
+    p.add_argument("--decider-ca", help="CA (PEM) that signed decider's certificate: talk to decider over TLS")
+    p.add_argument("--decider-cert", help="client certificate (PEM) for decider's mTLS")
+    p.add_argument("--decider-key", help="its private key (PEM)")
+    p.add_argument("--secret-file", help="32 bytes (64 hex characters) that encrypt session cookies; default: "
+                   "random per process (a restart logs everyone out)")
+    p.add_argument("--port-file", help="write the bound port to this file once serving")
+    p.add_argument("--log-level", default="info")
+    p.set_defaults(func=_console)
+
+    serve = sub.choices["serve"]
+    serve.add_argument("--approval-webhook", metavar="URL",
+                       help="POST a Slack-compatible message for every new pending approval (retried, at least "
+                            "once, from a cursor kept in the database)")
+    serve.add_argument("--console-url", metavar="URL", default="",
+                       help="the console's address, for the link in approval notifications")
+    serve.add_argument("--approval-webhook-max-backoff", type=float, default=60.0, metavar="SECONDS",
+                       help="longest wait between two delivery attempts of one notification")
+
+
+def serve_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The ServerConfig fields for the serve options above."""
+    return {"approval_webhook": args.approval_webhook, "console_url": args.console_url,
+            "webhook_max_backoff_s": args.approval_webhook_max_backoff}
+
+
+def _console(args: argparse.Namespace) -> int:
+    from decider.console.config import ConsoleConfig
+    from decider.console.run import run
+    from decider.logs import setup_logging
+
+    setup_logging(args.log_level)
+    run(ConsoleConfig(decider=args.decider, listen=args.listen, tokens=args.tokens, tls_cert=args.tls_cert,
+                      tls_key=args.tls_key, decider_ca=args.decider_ca, decider_cert=args.decider_cert,
+                      decider_key=args.decider_key, secret_file=args.secret_file, port_file=args.port_file))
+    return 0
