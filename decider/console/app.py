@@ -252,7 +252,9 @@ class Console:
             if len(resp.decisions) < 1000:
                 break
             after = resp.next_after_id
-        total_cost = sum(r["actual_cost"] if r["outcome_status"] else r["estimated_cost"] for r in rows)
+        # What the calls that ran cost: actual where reported, else the estimate.
+        total_cost = sum(r["actual_cost"] if r["outcome_status"] else r["estimated_cost"]
+                         for r in rows if r["outcome"] == "ALLOW")
         return self.render("session.html", session, session_id=session_id, rows=rows, total_cost=total_cost,
                            truncated=len(rows) >= 10_000)
 
