@@ -311,3 +311,23 @@ def test_login_cookie_is_httponly_samesite_strict_and_logout_ends_the_session(st
     log = con.log()
     for token in ("ana-token", "carol-token", "admin-token"):
         assert token not in log
+
+
+def test_bundles_and_budgets_pages_show_what_decider_reports_by_role(stack, browser) -> None:  # noqa: ANN001
+    srv, con = stack
+    decide(srv, {**REFUND_BOT, "id": "budget-bot", "team": "budget-team"}, "work.buy", {}, cost=40.0)
+    admin = logged_in(browser, con, "admin-token")
+    ana = logged_in(browser, con, "ana-token")
+    try:
+        admin.goto(con.url + "/bundles")
+        assert "controls-test 1.0.0" in admin.inner_text("#active-bundle")
+        assert admin.inner_text("#shadow-bundle") == "none"
+        assert admin.locator("#rollback").count() == 1          # admins may roll back
+        admin.goto(con.url + "/budgets")
+        row = admin.locator("#budgets tr", has_text="budget-team")
+        assert re.search(r"team\s+budget-team\s+1d\s+\S+\s+0\.00\s+40\.00\s+1000\.00\s+960\.00", row.inner_text())
+        resp = ana.goto(con.url + "/bundles")                     # decider refuses an approver: so does the console
+        assert resp.status == 403 and "needs role admin" in ana.inner_text("#error-message")
+    finally:
+        admin.context.close()
+        ana.context.close()

@@ -175,3 +175,28 @@ def test_whoami_names_the_caller_its_roles_and_groups(srv: ServerProcess) -> Non
     assert (gw.principal, list(gw.roles)) == ("service:gateway", ["enforcer"])
     assert list(olga.groups) == ["finance-oncall"]      # from the token file's `groups` map
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_shadow_diff_counts_outcomes_that_the_shadow_bundle_would_change(tmp_path) -> None:  # noqa: ANN001
+    active = write_bundle(tmp_path)
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    (shadow / "bundle.yaml").write_text((active / "bundle.yaml").read_text().replace("1.0.0", "2.0.0"))
+    # The candidate also denies work.delete: those calls change from ALLOW to DENY.
+    (shadow / "controls.yaml").write_text((active / "controls.yaml").read_text().replace(
+        "    - id: work-allowed", "    - id: no-deletes\n      effect: deny\n      when: tool.name == \"work.delete\"\n"
+        "    - id: work-allowed"))
+    s = start_server(tmp_path, active, None, "--tokens", str(write_tokens(tmp_path)), "--shadow-bundle", str(shadow))
+    try:
+        changed = [ask(s, "work.delete", {"n": i}).decision_id for i in range(2)]
+        ask(s, "work.read", {})
+        ch, stub, md = queries(s, "admin-token")
+        with ch:
+            resp = stub.ShadowDiff(pb.ShadowDiffRequest(), metadata=md, timeout=10)
+    finally:
+        s.stop()
+    assert resp.shadow.version == "2.0.0" and resp.active.version == "1.0.0"
+    assert (resp.compared, resp.changed) == (3, 2)
+    counts = {(c.outcome, c.shadow_outcome): c.count for c in resp.counts}
+    assert counts == {(pb.ALLOW, pb.DENY): 2, (pb.ALLOW, pb.ALLOW): 1}
+    assert [e.decision_id for e in resp.examples] == changed[::-1]
