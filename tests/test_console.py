@@ -257,6 +257,7 @@ def test_the_session_timeline_shows_a_scripted_sessions_calls_in_order(stack, br
         for expected in ("REQUIRE_APPROVAL", "refunds-need-finance", "controls-test", "group:finance-oncall",
                          "sess-timeline-7", '"amount": 2500'):
             assert expected in text
+        assert page.locator(f"button.approve[data-decision-id='{made[2]}']").count() == 1   # resolvable here too
     finally:
         page.context.close()
 

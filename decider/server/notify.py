@@ -61,7 +61,12 @@ def slack_message(row: dict[str, Any], console_url: str) -> dict[str, Any]:
     who = row["agent_id"] + (f" (team {row['team']})" if row.get("team") else "")
     link = f"{console_url.rstrip('/')}/decisions/{decision_id}" if console_url else ""
     expires = row.get("approval_expires_at")
-    expires_text = expires.isoformat(timespec="seconds") if isinstance(expires, datetime) else str(expires or "")
+    if isinstance(expires, datetime):
+        # SQLite hands back naive datetimes; every stored time is UTC.
+        expires = expires if expires.tzinfo else expires.replace(tzinfo=timezone.utc)
+        expires_text = expires.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    else:
+        expires_text = str(expires or "")
     args = row.get("args") or "{}"
     if len(args) > 500:
         args = args[:500] + "…"
