@@ -4,6 +4,7 @@ CSRF refusals, kill switches, the decision feed and the session timeline."""
 
 from __future__ import annotations
 
+import os
 import queue
 import re
 import sys
@@ -82,6 +83,17 @@ def form_post(page: Any, path: str, fields: dict[str, str]) -> int:
     }""", [path, fields])
 
 
+def screenshot(page: Any, name: str) -> None:
+    """Every run takes the screenshot; it replaces the one in docs/img/ (shown in the README) when that
+    is missing or DECIDER_UPDATE_SCREENSHOTS=1, so an ordinary test run leaves the work tree clean."""
+    png = page.screenshot(full_page=True)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    target = IMG / name
+    if os.environ.get("DECIDER_UPDATE_SCREENSHOTS") == "1" or not target.exists():
+        IMG.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(png)
+
+
 def csrf_of(page: Any) -> str:
     return page.get_attribute("form[action='/logout'] input[name=csrf]", "value")
 
@@ -123,8 +135,7 @@ def test_approver_sees_a_pending_approval_appear_live_and_approves_it(stack, bro
         # Oldest first.
         ids = page.eval_on_selector_all("#queue article.approval", "els => els.map(e => e.dataset.decisionId)")
         assert ids.index(other.decision_id) < ids.index(pending.decision_id)
-        IMG.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(IMG / "console-approvals.png"), full_page=True)
+        screenshot(page, "console-approvals.png")
         card.locator("input[name=comment]").fill("checked the order, damaged on arrival")
         approve.click()
         page.wait_for_url(re.compile(r"/approvals\?msg="))
@@ -248,8 +259,7 @@ def test_the_session_timeline_shows_a_scripted_sessions_calls_in_order(stack, br
         assert "approval pending" in steps.nth(2).inner_text()
         assert "cost 1.25 (ok)" in steps.nth(0).inner_text() and "cost 1.5" in steps.nth(1).inner_text()
         assert "channel=email" in steps.nth(0).inner_text()
-        IMG.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(IMG / "console-session-timeline.png"), full_page=True)
+        screenshot(page, "console-session-timeline.png")
         # One page per decision, with everything GetDecision has.
         steps.nth(2).locator("a", has_text="details").click()
         page.wait_for_url(re.compile(f"/decisions/{made[2]}$"))
