@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import subprocess
 import sys
 import threading
@@ -27,10 +28,11 @@ class ConsoleProcess:
     proc: subprocess.Popen[bytes]
     port: int
     log_path: Path
+    scheme: str = "http"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -45,7 +47,9 @@ class ConsoleProcess:
                 self.proc.wait(5)
 
 
-def start_console(tmp: Path, decider: str, *extra: str, name: str = "console") -> ConsoleProcess:
+def start_console(tmp: Path, decider: str, *extra: str, name: str = "console",
+                  tls_ca: Path | None = None) -> ConsoleProcess:
+    """Start `decider console` and wait until /healthz answers (over HTTPS, trusting `tls_ca`, when given)."""
     port_file = tmp / f"{name}.port"
     port_file.unlink(missing_ok=True)
     log_path = tmp / f"{name}.log"
@@ -59,9 +63,11 @@ def start_console(tmp: Path, decider: str, *extra: str, name: str = "console") -
             raise RuntimeError(f"console exited with {proc.returncode}:\n{log_path.read_text()}")
         if port_file.exists() and port_file.read_text().strip():
             port = int(port_file.read_text())
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as resp:
+            scheme = "https" if tls_ca else "http"
+            ctx = ssl.create_default_context(cafile=str(tls_ca)) if tls_ca else None
+            with urllib.request.urlopen(f"{scheme}://127.0.0.1:{port}/healthz", timeout=5, context=ctx) as resp:
                 assert resp.status == 200
-            return ConsoleProcess(proc, port, log_path)
+            return ConsoleProcess(proc, port, log_path, scheme)
         time.sleep(0.05)
     proc.kill()
     raise RuntimeError(f"console did not start:\n{log_path.read_text()}")

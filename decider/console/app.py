@@ -36,6 +36,7 @@ __all__ = ["build_app"]
 log = logging.getLogger("decider.console")
 HERE = Path(__file__).resolve().parent
 MAX_FORM_FIELD = 4096
+MAX_TOKEN = 1024   # the token rides in the session cookie, and browsers keep cookies under 4 KB
 SECURITY_HEADERS = {
     # Scripts and styles only from the console itself: a value shown on a page (tool arguments are
     # attacker-controlled) can never run as script, even if escaping were missed somewhere.
@@ -134,7 +135,7 @@ class Console:
         token = str(form.get("token") or "").strip()
         if self.tokens is None:
             return RedirectResponse("/approvals", status_code=303)
-        if not token or len(token) > MAX_FORM_FIELD or self.tokens.authenticate(token) is None:
+        if not token or len(token) > MAX_TOKEN or self.tokens.authenticate(token) is None:
             log.warning("console log-in refused", extra={"peer": request.client.host if request.client else ""})
             return self.render("login.html", session, 401, error="Unknown token.")
         try:

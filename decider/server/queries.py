@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
@@ -32,6 +34,7 @@ from decider.v1 import decider_pb2 as pb
 
 __all__ = ["QUERIES_SERVICE_NAME", "DecisionFeed", "handlers"]
 
+log = logging.getLogger("decider.server.queries")
 QUERIES_SERVICE_NAME = "decider.v1.Queries"
 MAX_LIST = 1000
 DEFAULT_LIST = 100
@@ -45,8 +48,8 @@ def _floor_id(ms: int) -> str:
 
 
 class _Subscriber:
-    def __init__(self) -> None:
-        self.queue: asyncio.Queue[list[dict[str, Any]]] = asyncio.Queue(maxsize=1000)
+    def __init__(self, backlog: int) -> None:
+        self.queue: asyncio.Queue[list[dict[str, Any]]] = asyncio.Queue(maxsize=backlog)
         self.overflowed = False
 
 
@@ -54,8 +57,9 @@ class DecisionFeed:
     """Publishes every newly committed decision record to the open WatchDecisions streams."""
 
     def __init__(self, store: QueryStore, *, interval_s: float = 0.25, lookback_s: float = 3.0,
-                 batch: int = 2000) -> None:
+                 batch: int = 2000, backlog: int = 1000) -> None:
         self.store = store
+        self.backlog = backlog      # batches a stream may have queued before it is ended
         self.interval_s = interval_s
         self.lookback_ms = int(lookback_s * 1000)
         self.batch = batch
@@ -64,15 +68,18 @@ class DecisionFeed:
         self._cursor = ""
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        # A poll runs in a thread and may outlive the task that started it (cancelled on the last
+        # unsubscribe): the window state is only touched under this lock.
+        self._state_lock = threading.Lock()
 
     async def subscribe(self) -> _Subscriber:
         async with self._lock:
             if self._task is None:
                 # Whatever is committed now is history (a stream asks for it with after_id): only
                 # ids not seen here are published.
-                await asyncio.to_thread(self._poll, False)
+                await asyncio.to_thread(self.poll, False)
                 self._task = asyncio.create_task(self._run(), name="decider-decision-feed")
-            sub = _Subscriber()
+            sub = _Subscriber(self.backlog)
             self._subs.add(sub)
             return sub
 
@@ -84,8 +91,9 @@ class DecisionFeed:
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._task
                 self._task = None
-                self._seen.clear()
-                self._cursor = ""
+                with self._state_lock:
+                    self._seen.clear()
+                    self._cursor = ""
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -98,21 +106,32 @@ class DecisionFeed:
         while True:
             await asyncio.sleep(self.interval_s)
             try:
-                rows = await asyncio.to_thread(self._poll, True)
-            except Exception:  # noqa: BLE001 - a failed read is retried on the next tick
+                rows = await asyncio.to_thread(self.poll, True)
+            except Exception as exc:  # noqa: BLE001 - a failed read is retried on the next tick
+                log.warning("decision feed poll failed", extra={"error": str(exc)})
                 continue
             if rows:
-                for sub in list(self._subs):
-                    try:
-                        sub.queue.put_nowait(rows)
-                    except asyncio.QueueFull:
-                        sub.overflowed = True   # its stream ends and tells the client to resume
-                        self._subs.discard(sub)
-                        sub.queue = asyncio.Queue(maxsize=1)
-                        sub.queue.put_nowait([])
+                self.publish(rows)
 
-    def _poll(self, publish: bool) -> list[dict[str, Any]]:
+    def publish(self, rows: list[dict[str, Any]]) -> None:
+        for sub in list(self._subs):
+            try:
+                sub.queue.put_nowait(rows)
+            except asyncio.QueueFull:
+                # That stream fell behind: drop what it has queued and wake it, so it ends and
+                # tells the client to resume from the last id it received.
+                sub.overflowed = True
+                self._subs.discard(sub)
+                while not sub.queue.empty():
+                    sub.queue.get_nowait()
+                sub.queue.put_nowait([])
+
+    def poll(self, publish: bool) -> list[dict[str, Any]]:
         """Runs in a thread: the records committed since the last poll (not yet published)."""
+        with self._state_lock:
+            return self._poll_locked(publish)
+
+    def _poll_locked(self, publish: bool) -> list[dict[str, Any]]:
         floor = _floor_id(int(time.time() * 1000) - self.lookback_ms)
         start = min(self._cursor, floor) if self._cursor else floor
         rows: list[dict[str, Any]] = []
