@@ -29,7 +29,7 @@ def row(decision_id: str) -> dict[str, Any]:
 def test_a_late_commit_is_published_once_and_history_is_not(tmp_path: Path) -> None:
     engine = connect(f"sqlite:///{tmp_path / 'feed.db'}")
     store = DecisionStore(engine)
-    feed = DecisionFeed(QueryStore(engine), interval_s=3600)   # polled by hand below
+    feed = DecisionFeed(QueryStore(engine), interval_s=3600, sweep_s=0)   # polled by hand below; every poll sweeps
 
     async def run() -> list[list[str]]:
         store.insert_many([row(new_id())])              # history: committed before anyone watched

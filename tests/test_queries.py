@@ -107,8 +107,9 @@ def test_watch_decisions_streams_new_decisions_that_match_and_resumes_after_an_i
 
     def pump() -> None:
         try:
-            for rec in call:
-                got.put(rec)
+            for batch in call:
+                for rec in batch.decisions:
+                    got.put(rec)
         except grpc.RpcError:
             pass   # cancelled at the end of the test
 
@@ -131,9 +132,10 @@ def test_watch_decisions_streams_new_decisions_that_match_and_resumes_after_an_i
         call = stub.WatchDecisions(pb.WatchDecisionsRequest(after_id=before,
                                                             filter=pb.DecisionFilter(agent_id="watched-bot")),
                                    metadata=md, timeout=60)
-        replayed = [next(call).decision_id for _ in made]
+        records = (rec for batch in call for rec in batch.decisions)
+        replayed = [next(records).decision_id for _ in made]
         later = ask(srv, "work.read", {"n": 4}, agent).decision_id
-        assert next(call).decision_id == later
+        assert next(records).decision_id == later
         call.cancel()
     assert replayed == made
 

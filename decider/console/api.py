@@ -100,8 +100,13 @@ class DeciderApi:
         req = pb.ListDecisionsRequest(filter=f, limit=limit, after_id=after_id, newest_first=newest_first)
         return await self.call(self.queries.ListDecisions, req, token)
 
-    def watch_decisions(self, token: str, f: pb.DecisionFilter, after_id: str = "") -> AsyncIterator[Any]:
-        return self.stream(self.queries.WatchDecisions, pb.WatchDecisionsRequest(filter=f, after_id=after_id), token)
+    async def watch_decisions(self, token: str, f: pb.DecisionFilter,
+                              after_id: str = "") -> AsyncIterator[pb.DecisionRecord]:
+        """Each newly committed record that matches, one at a time (the stream sends them in batches)."""
+        req = pb.WatchDecisionsRequest(filter=f, after_id=after_id)
+        async for batch in self.stream(self.queries.WatchDecisions, req, token):
+            for rec in batch.decisions:
+                yield rec
 
     async def kill_switches(self, token: str) -> list[pb.KillSwitch]:
         resp = await self.call(self.control.ListKillSwitches, pb.ListKillSwitchesRequest(), token)

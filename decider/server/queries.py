@@ -4,8 +4,8 @@ WatchDecisions, ListBudgets, ShadowDiff: approver or admin role; WhoAmI: any rol
 WatchDecisions is fed by one poller per server process (`DecisionFeed`), however many streams are
 open, and only while one is. It reads the ids committed after its cursor. Ids are made before the
 record is committed (group commit), so a decision can become visible slightly after a later id: the
-poller therefore looks back `lookback_s` and remembers what it already published in that window,
-so a late commit is still delivered, and delivered once.
+poller therefore re-reads the last `lookback_s` once every `sweep_s` and remembers what it already
+published in that window, so a late commit is still delivered (within about a second), and once.
 """
 
 from __future__ import annotations
@@ -42,6 +42,22 @@ _ID = re.compile(r"[0-9A-HJKMNP-TV-Z]{1,26}")
 _MAX_FILTER = 256
 
 
+# A published row's DecisionRecord, serialised as one element of WatchDecisionsResponse.decisions
+# (field 1, length-delimited): a stream's batch is these chunks joined, encoded once per record
+# however many streams send it.
+WIRE = "_wire"
+
+
+def _field_1(payload: bytes) -> bytes:
+    n = len(payload)
+    out = bytearray(b"\x0a")
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out) + payload
+
+
 def _floor_id(ms: int) -> str:
     """The smallest id a decision made at `ms` can have."""
     return new_id(ms)[:10] + "0" * 16
@@ -57,7 +73,7 @@ class DecisionFeed:
     """Publishes every newly committed decision record to the open WatchDecisions streams."""
 
     def __init__(self, store: QueryStore, *, interval_s: float = 0.25, lookback_s: float = 3.0,
-                 batch: int = 2000, backlog: int = 1000) -> None:
+                 batch: int = 2000, backlog: int = 1000, sweep_s: float = 1.0) -> None:
         self.store = store
         self.backlog = backlog      # batches a stream may have queued before it is ended
         self.interval_s = interval_s
@@ -66,6 +82,8 @@ class DecisionFeed:
         self._subs: set[_Subscriber] = set()
         self._seen: dict[str, None] = {}       # ids published (or present at start) in the look-back window
         self._cursor = ""
+        self._last_sweep_ms = 0
+        self.sweep_ms = int(sweep_s * 1000)
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         # A poll runs in a thread and may outlive the task that started it (cancelled on the last
@@ -132,14 +150,24 @@ class DecisionFeed:
             return self._poll_locked(publish)
 
     def _poll_locked(self, publish: bool) -> list[dict[str, Any]]:
-        floor = _floor_id(int(time.time() * 1000) - self.lookback_ms)
-        start = min(self._cursor, floor) if self._cursor else floor
+        now_ms = int(time.time() * 1000)
+        floor = _floor_id(now_ms - self.lookback_ms)
+        # Most polls read only ids after the cursor; once a second one also re-reads the look-back
+        # window for late commits (reading the window's ids on every poll cost more than the
+        # records themselves under load).
+        sweep = not self._cursor or now_ms - self._last_sweep_ms >= self.sweep_ms
+        if sweep:
+            self._last_sweep_ms = now_ms
+        start = min(self._cursor, floor) if sweep and self._cursor else (self._cursor or floor)
         rows: list[dict[str, Any]] = []
         while True:
             ids = self.store.ids_after(start, self.batch)
             new = [i for i in ids if i not in self._seen]
             if publish and new:
-                rows += self.store.by_ids(new)
+                for row in self.store.by_ids(new):
+                    # Encoded once here, off the event loop, and shared by every stream.
+                    row[WIRE] = _field_1(record_to_proto(row).SerializeToString())
+                    rows.append(row)
             for i in new:
                 self._seen[i] = None
             if ids:
@@ -190,7 +218,8 @@ async def list_decisions(store: QueryStore, req: pb.ListDecisionsRequest,
 
 
 async def watch_decisions(store: QueryStore, feed: DecisionFeed, req: pb.WatchDecisionsRequest,
-                          context: grpc.aio.ServicerContext) -> AsyncIterator[pb.DecisionRecord]:
+                          context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+    """Serialised WatchDecisionsResponse batches: the catch-up in pages, then one batch per poll."""
     await _check_filter(req.filter, context)
     await _check_id(req.after_id, "after_id", context)
     q = _query(req.filter)
@@ -201,9 +230,9 @@ async def watch_decisions(store: QueryStore, feed: DecisionFeed, req: pb.WatchDe
         if req.after_id:
             while True:
                 rows = await asyncio.to_thread(store.decisions, replace(q, after_id=last, limit=500))
-                for row in rows:
-                    sent.add(row["decision_id"])
-                    yield record_to_proto(row)
+                if rows:
+                    sent.update(r["decision_id"] for r in rows)
+                    yield pb.WatchDecisionsResponse(decisions=[record_to_proto(r) for r in rows]).SerializeToString()
                 if len(rows) < 500:
                     break
                 last = rows[-1]["decision_id"]
@@ -212,11 +241,11 @@ async def watch_decisions(store: QueryStore, feed: DecisionFeed, req: pb.WatchDe
             if sub.overflowed:
                 await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                     "this stream fell behind; watch again with after_id = the last id received")
-            for row in rows:
-                i = row["decision_id"]
-                if i in sent or (req.after_id and i <= req.after_id) or not q.matches(row):
-                    continue
-                yield record_to_proto(row)
+            batch = [row[WIRE] for row in rows
+                     if row["decision_id"] not in sent and not (req.after_id and row["decision_id"] <= req.after_id)
+                     and q.matches(row)]
+            if batch:
+                yield b"".join(batch)
             if len(sent) > 10_000:
                 sent.clear()   # the catch-up is long past the look-back window by now
     finally:
@@ -271,7 +300,7 @@ def handlers(store: QueryStore, feed: DecisionFeed, active: Callable[[], Bundle]
     async def listing(req: pb.ListDecisionsRequest, ctx: grpc.aio.ServicerContext) -> pb.ListDecisionsResponse:
         return await list_decisions(store, req, ctx)
 
-    async def watch(req: pb.WatchDecisionsRequest, ctx: grpc.aio.ServicerContext) -> AsyncIterator[pb.DecisionRecord]:
+    async def watch(req: pb.WatchDecisionsRequest, ctx: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         async for rec in watch_decisions(store, feed, req, ctx):
             yield rec
 
@@ -302,7 +331,7 @@ def handlers(store: QueryStore, feed: DecisionFeed, active: Callable[[], Bundle]
             response_serializer=pb.ListDecisionsResponse.SerializeToString),
         "WatchDecisions": grpc.unary_stream_rpc_method_handler(
             watch, request_deserializer=pb.WatchDecisionsRequest.FromString,
-            response_serializer=pb.DecisionRecord.SerializeToString),
+            response_serializer=None),   # already serialised (see watch_decisions)
         "ListBudgets": grpc.unary_unary_rpc_method_handler(
             budgets, request_deserializer=pb.ListBudgetsRequest.FromString,
             response_serializer=pb.ListBudgetsResponse.SerializeToString),

@@ -484,6 +484,12 @@ class WatchDecisionsRequest(_message.Message):
     filter: DecisionFilter
     def __init__(self, after_id: _Optional[str] = ..., filter: _Optional[_Union[DecisionFilter, _Mapping]] = ...) -> None: ...
 
+class WatchDecisionsResponse(_message.Message):
+    __slots__ = ("decisions",)
+    DECISIONS_FIELD_NUMBER: _ClassVar[int]
+    decisions: _containers.RepeatedCompositeFieldContainer[DecisionRecord]
+    def __init__(self, decisions: _Optional[_Iterable[_Union[DecisionRecord, _Mapping]]] = ...) -> None: ...
+
 class BudgetUsage(_message.Message):
     __slots__ = ("scope", "scope_key", "window", "window_start", "limit", "spent", "reserved", "remaining")
     SCOPE_FIELD_NUMBER: _ClassVar[int]

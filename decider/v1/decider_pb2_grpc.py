@@ -752,7 +752,7 @@ class QueriesStub:
         self.WatchDecisions = channel.unary_stream(
                 '/decider.v1.Queries/WatchDecisions',
                 request_serializer=decider_dot_v1_dot_decider__pb2.WatchDecisionsRequest.SerializeToString,
-                response_deserializer=decider_dot_v1_dot_decider__pb2.DecisionRecord.FromString,
+                response_deserializer=decider_dot_v1_dot_decider__pb2.WatchDecisionsResponse.FromString,
                 _registered_method=True)
         self.ListBudgets = channel.unary_unary(
                 '/decider.v1.Queries/ListBudgets',
@@ -820,7 +820,7 @@ def add_QueriesServicer_to_server(servicer, server):
             'WatchDecisions': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchDecisions,
                     request_deserializer=decider_dot_v1_dot_decider__pb2.WatchDecisionsRequest.FromString,
-                    response_serializer=decider_dot_v1_dot_decider__pb2.DecisionRecord.SerializeToString,
+                    response_serializer=decider_dot_v1_dot_decider__pb2.WatchDecisionsResponse.SerializeToString,
             ),
             'ListBudgets': grpc.unary_unary_rpc_method_handler(
                     servicer.ListBudgets,
@@ -891,7 +891,7 @@ class Queries:
             target,
             '/decider.v1.Queries/WatchDecisions',
             decider_dot_v1_dot_decider__pb2.WatchDecisionsRequest.SerializeToString,
-            decider_dot_v1_dot_decider__pb2.DecisionRecord.FromString,
+            decider_dot_v1_dot_decider__pb2.WatchDecisionsResponse.FromString,
             options,
             channel_credentials,
             insecure,
