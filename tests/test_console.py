@@ -30,7 +30,10 @@ TIMEOUT_MS = 20_000
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, ConsoleProcess]]:
     tmp = tmp_path_factory.mktemp("console")
     tokens = write_tokens(tmp)
-    srv = start_server(tmp, write_bundle(tmp), None, "--tokens", str(tokens), "--poll-interval", "0.2")
+    bundle = write_bundle(tmp)
+    with (bundle / "bundle.yaml").open("a") as f:   # the queue shows the call as recorded: masked
+        f.write("  mask:\n    - tool.args.card_token\n")
+    srv = start_server(tmp, bundle, None, "--tokens", str(tokens), "--poll-interval", "0.2")
     try:
         con = start_console(tmp, srv.target, "--tokens", str(tokens))
         try:
@@ -132,6 +135,8 @@ def test_approver_sees_a_pending_approval_appear_live_and_approves_it(stack, bro
         assert '"order": "o-9"' in card.locator("pre.args").inner_text()
         assert card.locator("a.session-link").get_attribute("href") == "/sessions/sess-approve"
         assert re.search(r"expires in (\d+h )?\d+m \d+s", card.locator(".countdown").inner_text())
+        other_args = page.locator(f"#approval-{other.decision_id} pre.args").inner_text()
+        assert '"card_token": "[masked]"' in other_args and "tok_live_x" not in page.content()
         # Oldest first.
         ids = page.eval_on_selector_all("#queue article.approval", "els => els.map(e => e.dataset.decisionId)")
         assert ids.index(other.decision_id) < ids.index(pending.decision_id)
