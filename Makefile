@@ -21,9 +21,11 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(BIN)/decider serve --bundle policies --db $(DB) --listen 127.0.0.1:$(PORT)
 
-## Everything CI checks: lint, generated-code drift, the whole test suite.
+## Everything CI checks: lint, generated-code drift, the whole test suite (installs PostgreSQL and
+## Debian's chromium for their tests when missing).
 test: $(STAMP) lint proto-check
 	@tools/scripts/ensure-postgres.sh
+	@tools/scripts/ensure-chromium.sh
 	$(BIN)/python -m pytest -q -ra
 
 lint: $(STAMP)
