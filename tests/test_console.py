@@ -346,3 +346,45 @@ def test_bundles_and_budgets_pages_show_what_decider_reports_by_role(stack, brow
     finally:
         admin.context.close()
         ana.context.close()
+
+
+def test_an_admin_sees_the_shadow_diff_activates_the_shadow_revision_and_rolls_back(tmp_path: Path,
+                                                                                   browser) -> None:  # noqa: ANN001
+    tokens = write_tokens(tmp_path)
+    active = write_bundle(tmp_path)
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    (shadow / "bundle.yaml").write_text((active / "bundle.yaml").read_text().replace("1.0.0", "2.0.0"))
+    (shadow / "controls.yaml").write_text((active / "controls.yaml").read_text().replace(
+        "    - id: work-allowed", "    - id: no-deletes\n      effect: deny\n      when: tool.name == \"work.delete\"\n"
+        "    - id: work-allowed"))
+    srv = start_server(tmp_path, active, None, "--tokens", str(tokens), "--shadow-bundle", str(shadow),
+                       "--poll-interval", "0.2")
+    try:
+        con = start_console(tmp_path, srv.target, "--tokens", str(tokens))
+        try:
+            changed = decide(srv, REFUND_BOT, "work.delete", {"path": "/tmp/x"})
+            decide(srv, REFUND_BOT, "work.read", {})
+            page = logged_in(browser, con, "admin-token")
+            page.goto(con.url + "/bundles")
+            assert "controls-test 1.0.0" in page.inner_text("#active-bundle")
+            assert "controls-test 2.0.0" in page.inner_text("#shadow-bundle")
+            text = page.inner_text("main")
+            assert "2 recent decisions had a shadow outcome; 1 would change." in text
+            assert f"{changed.decision_id} work.delete: ALLOW → DENY" in text
+            v2 = page.locator("button.activate").get_attribute("data-revision")
+            page.click("button.activate")
+            page.wait_for_url(re.compile(r"/bundles\?msg="))
+            assert f"activated {v2[:12]}" in page.inner_text("#msg")
+            assert "controls-test 2.0.0" in page.inner_text("#active-bundle")
+            assert decide(srv, REFUND_BOT, "work.delete", {"path": "/tmp/y"}).outcome == pb.DENY
+            page.click("#rollback")
+            page.wait_for_url(re.compile(r"/bundles\?msg="))
+            assert "rolled back to" in page.inner_text("#msg")
+            assert "controls-test 1.0.0" in page.inner_text("#active-bundle")
+            assert decide(srv, REFUND_BOT, "work.delete", {"path": "/tmp/z"}).outcome == pb.ALLOW
+            page.context.close()
+        finally:
+            con.stop()
+    finally:
+        srv.stop()
