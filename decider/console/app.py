@@ -94,7 +94,14 @@ class Console:
                     return self._with(resp, session, fresh)
             if login and not session.logged_in:
                 if self.tokens is None:
-                    session = await self._open_session(session)
+                    try:
+                        session = await self._open_session(session)
+                    except ApiError as e:
+                        hint = (" decider requires tokens: start the console with --tokens FILE."
+                                if e.status == 401 else "")
+                        return self._with(self.render("error.html", session, 502 if e.status == 401 else e.status,
+                                                      title="decider is not available",
+                                                      message=e.message + hint), session, fresh)
                     fresh = True
                 elif post or request.url.path.startswith("/events/"):
                     return self._with(PlainTextResponse("log in first", status_code=401), session, fresh)
