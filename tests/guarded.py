@@ -88,3 +88,11 @@ def pending_approvals(client: DeciderClient, tool: str) -> list[pb.DecisionRecor
 def record_count(db_url: str) -> int:
     with sqlite3.connect(db_url.removeprefix("sqlite:///")) as conn:
         return int(conn.execute("select count(*) from decisions").fetchone()[0])
+
+
+def decision_ids(db_url: str, tool: str, outcome: str) -> list[str]:
+    """Every recorded decision for `tool` with `outcome`, oldest first (read from the SQLite file)."""
+    with sqlite3.connect(db_url.removeprefix("sqlite:///")) as conn:
+        rows = conn.execute("select decision_id from decisions where tool_name = ? and outcome = ? "
+                            "order by decision_id", (tool, outcome)).fetchall()
+    return [r[0] for r in rows]
