@@ -180,3 +180,21 @@ def test_unreachable_decider_fails_closed(decider_server: ServerProcess) -> None
     asyncio.run(Runner.run(agent, "weather?", run_config=RUN))
     assert tools.ran == []
     assert len(model.seen) == 1 and model.seen[0].startswith("decider gave no decision for get_weather (UNAVAILABLE")
+
+
+def test_needs_approval_and_guardrail_also_work_on_their_own(decider_server: ServerProcess) -> None:
+    # Without `protect`: the two SDK hooks, attached by hand to a function tool.
+    guard = AgentsGuard(Guard(decider_server.target, agent=AGENT, token="gw-token"))
+    ran: list[str] = []
+
+    @function_tool(needs_approval=guard.needs_approval("delete_repo"), tool_input_guardrails=[guard.input_guardrail])
+    def delete_repo(repo: str) -> str:
+        """Delete a repository."""
+        ran.append(repo)
+        return "deleted"
+
+    model = ScriptedAgentsModel("delete_repo", {"repo": "core"})
+    agent = Agent(name="support", model=model, tools=[delete_repo])
+    asyncio.run(Runner.run(agent, "delete core", run_config=RUN))
+    assert ran == []
+    assert model.seen[0].startswith("decider denied delete_repo: Agents never delete repositories")

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -45,14 +46,18 @@ from decider.guard.core import DeciderUnavailable, Guard, Verdict
 
 __all__ = ["AgentsGuard"]
 
+# Calls remembered between the SDK's hooks; bounded, since a hook may never come (a run abandoned
+# at an interruption, or the pieces used without `protect`).
+MAX_REMEMBERED = 10_000
+
 
 class AgentsGuard:
     """Decisions for the Agents SDK, remembered per tool call id between the SDK's hooks."""
 
     def __init__(self, guard: Guard) -> None:
         self.guard = guard
-        self._verdicts: dict[str, Verdict | DeciderUnavailable] = {}   # call id → last answer
-        self._allowed: dict[str, str] = {}                             # call id → ALLOW decision id
+        self._verdicts: OrderedDict[str, Verdict | DeciderUnavailable] = OrderedDict()  # call id → answer
+        self._allowed: OrderedDict[str, str] = OrderedDict()                             # call id → ALLOW id
         self.input_guardrail: ToolInputGuardrail[Any] = ToolInputGuardrail(
             guardrail_function=self._check_input, name="decider")
 
@@ -63,9 +68,9 @@ class AgentsGuard:
             try:
                 verdict = await self.guard.adecide(tool_name, params, call_id=call_id)
             except DeciderUnavailable as e:
-                self._verdicts[call_id] = e   # the guardrail refuses it, naming why
+                _remember(self._verdicts, call_id, e)   # the guardrail refuses it, naming why
                 return False
-            self._verdicts[call_id] = verdict
+            _remember(self._verdicts, call_id, verdict)
             return verdict.outcome == "REQUIRE_APPROVAL"
         return needs
 
@@ -90,7 +95,7 @@ class AgentsGuard:
         info = {"decision_id": verdict.decision_id, "outcome": verdict.outcome}
         if not verdict.allowed:
             return ToolGuardrailFunctionOutput.reject_content(verdict.refusal(), output_info=info)
-        self._allowed[call_id] = verdict.decision_id
+        _remember(self._allowed, call_id, verdict.decision_id)
         return ToolGuardrailFunctionOutput.allow(output_info=info)
 
     # ---- tools -------------------------------------------------------------------------------
@@ -138,7 +143,7 @@ class AgentsGuard:
                 args_text = raw.get("arguments") if isinstance(raw, dict) else getattr(raw, "arguments", "{}")
                 known = await self.guard.adecide(item.tool_name or "", json.loads(args_text or "{}"),
                                                  call_id=call_id)
-                self._verdicts[call_id] = known
+                _remember(self._verdicts, call_id, known)
             if known.outcome != "REQUIRE_APPROVAL":
                 state.approve(item)   # the guardrail applies the decision when the run goes on
                 return
@@ -152,3 +157,10 @@ class AgentsGuard:
 
         await asyncio.gather(*(settle(item) for item in result.interruptions))
         return state
+
+
+def _remember(memory: OrderedDict[str, Any], call_id: str, value: Any) -> None:
+    memory[call_id] = value
+    memory.move_to_end(call_id)
+    while len(memory) > MAX_REMEMBERED:
+        memory.popitem(last=False)
