@@ -55,9 +55,11 @@ def _asked_about(answer: Any, current: Verdict) -> Verdict:
     return current
 
 
-def guard_tool(tool: BaseTool, guard: Guard, *, on_refusal: Refusal = "return", server: str | None = None) -> BaseTool:
-    """A tool with the same name, description and arguments that runs `tool` only on ALLOW."""
-    name = tool.name
+def guard_tool(tool: BaseTool, guard: Guard, *, on_refusal: Refusal = "return", server: str | None = None,
+               name: str | None = None) -> BaseTool:
+    """A tool with the same name, description and arguments that runs `tool` only on ALLOW. `name` is
+    the tool's name for decider's policies (default: the tool's own name)."""
+    name = name or tool.name
 
     def refuse(text: str, decision_id: str) -> str:
         if on_refusal == "raise":
@@ -106,11 +108,13 @@ def guard_tool(tool: BaseTool, guard: Guard, *, on_refusal: Refusal = "return", 
         await guard.areport(verdict.decision_id, "ok")
         return out
 
-    return StructuredTool.from_function(func=run, coroutine=arun, name=name, description=tool.description,
+    return StructuredTool.from_function(func=run, coroutine=arun, name=tool.name, description=tool.description,
                                         args_schema=tool.args_schema, return_direct=tool.return_direct,
                                         infer_schema=False)
 
 
 def guard_tools(tools: Sequence[BaseTool], guard: Guard, *, on_refusal: Refusal = "return",
-                server: str | None = None) -> list[BaseTool]:
-    return [guard_tool(t, guard, on_refusal=on_refusal, server=server) for t in tools]
+                server: str | None = None, names: Mapping[str, str] | None = None) -> list[BaseTool]:
+    """`guard_tool` for each; `names` maps a tool's own name to its name for decider's policies."""
+    names = names or {}
+    return [guard_tool(t, guard, on_refusal=on_refusal, server=server, name=names.get(t.name)) for t in tools]

@@ -33,7 +33,7 @@ import asyncio
 import copy
 import json
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from agents import FunctionTool, RunContextWrapper, ToolGuardrailFunctionOutput, ToolInputGuardrail
@@ -54,8 +54,11 @@ MAX_REMEMBERED = 10_000
 class AgentsGuard:
     """Decisions for the Agents SDK, remembered per tool call id between the SDK's hooks."""
 
-    def __init__(self, guard: Guard) -> None:
+    def __init__(self, guard: Guard, *, names: Mapping[str, str] | None = None) -> None:
+        """`names` maps an SDK tool name to the name decider's policies use (`{"refund": "payments.refund"}`);
+        tools not listed keep their own name."""
         self.guard = guard
+        self.names = dict(names or {})
         self._verdicts: OrderedDict[str, Verdict | DeciderUnavailable] = OrderedDict()  # call id → answer
         self._allowed: OrderedDict[str, str] = OrderedDict()                             # call id → ALLOW id
         self.input_guardrail: ToolInputGuardrail[Any] = ToolInputGuardrail(
@@ -77,7 +80,7 @@ class AgentsGuard:
     # ---- the tool input guardrail ------------------------------------------------------------
     async def _check_input(self, data: ToolInputGuardrailData) -> ToolGuardrailFunctionOutput:
         ctx = data.context
-        call_id, name = ctx.tool_call_id, ctx.tool_name
+        call_id, name = ctx.tool_call_id, self.names.get(ctx.tool_name, ctx.tool_name)
         try:
             args = json.loads(ctx.tool_arguments or "{}")
         except json.JSONDecodeError as e:
@@ -107,7 +110,7 @@ class AgentsGuard:
 
     def _protect(self, tool: FunctionTool) -> FunctionTool:
         guarded = copy.copy(tool)
-        guarded.needs_approval = self.needs_approval(tool.name)
+        guarded.needs_approval = self.needs_approval(self.names.get(tool.name, tool.name))
         guarded.tool_input_guardrails = [*(tool.tool_input_guardrails or []), self.input_guardrail]
         inner = guarded.on_invoke_tool
 
@@ -141,7 +144,8 @@ class AgentsGuard:
                 # Not asked in this process (e.g. a state loaded from disk): the identical call while
                 # pending is the same decision, so asking again finds it.
                 args_text = raw.get("arguments") if isinstance(raw, dict) else getattr(raw, "arguments", "{}")
-                known = await self.guard.adecide(item.tool_name or "", json.loads(args_text or "{}"),
+                name = self.names.get(item.tool_name or "", item.tool_name or "")
+                known = await self.guard.adecide(name, json.loads(args_text or "{}"),
                                                  call_id=call_id)
                 _remember(self._verdicts, call_id, known)
             if known.outcome != "REQUIRE_APPROVAL":
