@@ -196,3 +196,17 @@ def test_unreachable_decider_fails_closed(decider_server: ServerProcess) -> None
     assert agent.ran == []
     assert len(agent.model.seen) == 1
     assert agent.model.seen[0].startswith("decider gave no decision for get_weather (UNAVAILABLE")
+
+
+def test_policy_name_differs_from_the_tool_name(decider_server: ServerProcess) -> None:
+    @tool
+    def weather_now(city: str) -> str:
+        """The weather in a city."""
+        return f"sunny in {city}"
+
+    guard = Guard(decider_server.target, agent=AGENT, token="gw-token")
+    (mapped,) = guard_tools([weather_now], guard, names={"weather_now": "get_weather"})
+    assert mapped.name == "weather_now"            # the model still sees the tool's own name
+    assert mapped.invoke({"city": "Oslo"}) == "sunny in Oslo"
+    (unmapped,) = guard_tools([weather_now], guard)   # "weather_now" matches no rule: default deny
+    assert unmapped.invoke({"city": "Oslo"}).startswith("decider denied weather_now: no rule matched")

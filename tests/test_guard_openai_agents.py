@@ -198,3 +198,21 @@ def test_needs_approval_and_guardrail_also_work_on_their_own(decider_server: Ser
     asyncio.run(Runner.run(agent, "delete core", run_config=RUN))
     assert ran == []
     assert model.seen[0].startswith("decider denied delete_repo: Agents never delete repositories")
+
+
+def test_policy_name_differs_from_the_sdk_tool_name(decider_server: ServerProcess) -> None:
+    ran: list[str] = []
+
+    @function_tool
+    def weather_now(city: str) -> str:
+        """The weather in a city."""
+        ran.append(city)
+        return f"sunny in {city}"
+
+    guard = AgentsGuard(Guard(decider_server.target, agent=AGENT, token="gw-token"),
+                        names={"weather_now": "get_weather"})
+    model = ScriptedAgentsModel("weather_now", {"city": "Oslo"})
+    agent = Agent(name="support", model=model, tools=guard.protect([weather_now]))
+    asyncio.run(Runner.run(agent, "weather?", run_config=RUN))
+    assert ran == ["Oslo"] and model.seen == ["sunny in Oslo"]
+    assert record(decider_server, decision_ids(decider_server.db_url, "get_weather", "ALLOW")[-1]).call_id == "call-1"
