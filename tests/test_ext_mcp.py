@@ -150,7 +150,8 @@ def test_rejected_approval_is_an_error_naming_state_and_decision(
         res = fut.result(timeout=90)
     assert res.WhichOneof("result") == "error"
     assert res.error.code == xpb.AuthorizationError.PERMISSION_DENIED
-    assert "approval rejected" in res.error.reason and pending[0].decision_id in res.error.reason
+    assert res.error.reason.startswith('decider: approval rejected by user:carol ("not this one") for refund '
+                                       f"(decision {pending[0].decision_id})")
     assert json_format.MessageToDict(res.error.mcp_error)["approval_state"] == "rejected"
 
 

@@ -166,7 +166,7 @@ def test_rejected_approval_raises_denied(decider_server: ServerProcess) -> None:
 
     t = threading.Thread(target=rejecter, daemon=True)
     t.start()
-    with pytest.raises(ToolDenied, match="approval rejected for refund"):
+    with pytest.raises(ToolDenied, match="approval rejected by user:carol for refund"):
         refund("o-9", 900)
     t.join(60)
     waiting.close()

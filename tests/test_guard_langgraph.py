@@ -166,7 +166,7 @@ def test_rejected_approval_is_a_refusal_the_model_reads(decider_server: ServerPr
     done = agent.resume(intr.value)
     assert "__interrupt__" not in done
     assert agent.ran == []
-    assert agent.model.seen == [f"decider: approval rejected for refund: Refunds above 100 need a finance approver "
+    assert agent.model.seen == [f"decider: approval rejected by user:carol (\"no\") for refund: Refunds above 100 need a finance approver "
                                 f"[big-refunds-need-approval] (decision {decision_id})"]
 
 

@@ -155,7 +155,7 @@ def test_rejected_approval_is_a_refusal_the_model_reads(decider_server: ServerPr
 
     decision_id, _ = asyncio.run(scenario())
     assert tools.ran == []
-    assert model.seen == [f"decider: approval rejected for refund: Refunds above 100 need a finance approver "
+    assert model.seen == [f"decider: approval rejected by user:carol (\"no\") for refund: Refunds above 100 need a finance approver "
                           f"[big-refunds-need-approval] (decision {decision_id})"]
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, NamedTuple
 
 import grpc
 
@@ -19,7 +19,7 @@ from decider.client import DeciderClient
 from decider.errors import DeciderError
 from decider.v1 import decider_pb2 as pb
 
-__all__ = ["Guard", "Verdict", "GuardError", "ToolDenied", "ApprovalPending", "DeciderUnavailable",
+__all__ = ["Guard", "Verdict", "ApprovalStatus", "GuardError", "ToolDenied", "ApprovalPending", "DeciderUnavailable",
            "APPROVAL_STATES", "jsonable"]
 
 log = logging.getLogger("decider.guard")
@@ -27,6 +27,19 @@ log = logging.getLogger("decider.guard")
 APPROVAL_STATES = {pb.APPROVAL_PENDING: "pending", pb.APPROVAL_APPROVED: "approved",
                    pb.APPROVAL_REJECTED: "rejected", pb.APPROVAL_EXPIRED: "expired",
                    pb.APPROVAL_CONSUMED: "consumed", pb.APPROVAL_STATE_UNSPECIFIED: "none"}
+
+
+class ApprovalStatus(NamedTuple):
+    """Where an approval stands: its state, and for a resolved one who resolved it and why."""
+
+    state: str                 # pending, approved, rejected, expired, consumed, none
+    resolved_by: str = ""
+    comment: str = ""
+
+
+def approval_status(rec: pb.DecisionRecord) -> ApprovalStatus:
+    return ApprovalStatus(APPROVAL_STATES.get(rec.approval.state, "none"), rec.approval.resolved_by,
+                          rec.approval.comment)
 
 
 class GuardError(DeciderError):
@@ -60,6 +73,13 @@ class Verdict:
     approvers: tuple[str, ...] = ()
     approval_state: str = "none"      # for REQUIRE_APPROVAL: pending, approved, rejected, expired
     response: pb.DecideResponse | None = field(default=None, compare=False, repr=False)
+    resolved_by: str = ""             # who rejected it, and their comment: the model reads both
+    comment: str = ""
+
+    def with_approval(self, status: ApprovalStatus, decision_id: str | None = None) -> Verdict:
+        """This REQUIRE_APPROVAL verdict as its approval now stands."""
+        return replace(self, decision_id=decision_id or self.decision_id, approval_state=status.state,
+                       resolved_by=status.resolved_by, comment=status.comment)
 
     @property
     def allowed(self) -> bool:
@@ -74,7 +94,9 @@ class Verdict:
         if self.outcome == "DENY":
             return f"decider denied {self.tool}: {self.reason} (decision {self.decision_id})"
         if self.approval_state in ("rejected", "expired"):
-            return (f"decider: approval {self.approval_state} for {self.tool}: {self.reason} "
+            by = f" by {self.resolved_by}" if self.resolved_by else ""
+            said = f' ("{self.comment}")' if self.comment else ""
+            return (f"decider: approval {self.approval_state}{by}{said} for {self.tool}: {self.reason} "
                     f"(decision {self.decision_id})")
         who = f" by one of {', '.join(self.approvers)}" if self.approvers else ""
         return (f"decider: {self.tool} needs approval{who}; approval {self.approval_state}: {self.reason} "
@@ -141,26 +163,25 @@ class Guard:
             raise DeciderUnavailable(f"decider gave no decision for {tool}: {e}") from None
         return verdict_of(tool, resp)
 
-    def approval_state(self, decision_id: str, wait: float = 0.0) -> str:
-        """The approval's state: at once, or once it is no longer pending, waiting up to `wait` s."""
+    def approval_state(self, decision_id: str, wait: float = 0.0) -> ApprovalStatus:
+        """Where the approval stands: at once, or once it is no longer pending, waiting up to `wait` s."""
         if wait <= 0:
             try:
-                rec = self.client.get_decision(decision_id)
+                return approval_status(self.client.get_decision(decision_id))
             except grpc.RpcError as e:
                 raise DeciderUnavailable(f"decider: cannot read decision {decision_id} ({_status(e)})",
                                          decision_id) from None
-            return APPROVAL_STATES.get(rec.approval.state, "none")
-        state = "pending"
+        status = ApprovalStatus("pending")
         try:
             for rec in self.client.watch_decision(decision_id, timeout=wait):
-                state = APPROVAL_STATES.get(rec.approval.state, "none")
-                if state != "pending":
+                status = approval_status(rec)
+                if status.state != "pending":
                     break
         except grpc.RpcError as e:
             if e.code() != grpc.StatusCode.DEADLINE_EXCEEDED:   # the wait ran out: still pending
                 raise DeciderUnavailable(f"decider: cannot watch decision {decision_id} ({_status(e)})",
                                          decision_id) from None
-        return state
+        return status
 
     def check(self, tool: str, args: Mapping[str, Any] | None = None, *, call_id: str = "",
               estimated_cost: float = 0.0, wait: float | None = None, server: str | None = None) -> Verdict:
@@ -178,10 +199,9 @@ class Guard:
                estimated_cost: float = 0.0, wait: float = 0.0, server: str | None = None) -> Verdict:
         """After an approval request: its state now (or after up to `wait` s); approved → decide the
         identical call again (ALLOW, consuming the approval)."""
-        state = self.approval_state(pending.decision_id, wait)
-        if state != "approved":
-            return Verdict(pending.tool, pending.decision_id, pending.outcome, pending.reasons, pending.approvers,
-                           state, pending.response)
+        status = self.approval_state(pending.decision_id, wait)
+        if status.state != "approved":
+            return pending.with_approval(status)
         return self.decide(pending.tool, args, call_id=call_id, estimated_cost=estimated_cost, server=server)
 
     def report(self, decision_id: str, status: str, actual_cost: float = 0.0) -> None:

@@ -33,7 +33,7 @@ from typing import Any, Literal
 from langchain_core.tools import BaseTool, StructuredTool
 from langgraph.types import interrupt
 
-from decider.guard.core import DeciderUnavailable, Guard, GuardError, Verdict, jsonable
+from decider.guard.core import ApprovalStatus, DeciderUnavailable, Guard, GuardError, Verdict, jsonable
 
 __all__ = ["guard_tool", "guard_tools", "approval_request"]
 
@@ -50,8 +50,7 @@ def _asked_about(answer: Any, current: Verdict) -> Verdict:
     """The decision a resume value refers to: its `decision_id`, else the current one."""
     if isinstance(answer, Mapping) and isinstance(answer.get("decision_id"), str) and answer["decision_id"]:
         if answer["decision_id"] != current.decision_id:
-            return Verdict(current.tool, answer["decision_id"], current.outcome, current.reasons, current.approvers,
-                           "pending", None)
+            return current.with_approval(ApprovalStatus("pending"), answer["decision_id"])
     return current
 
 

@@ -152,11 +152,10 @@ class AgentsGuard:
                 state.approve(item)   # the guardrail applies the decision when the run goes on
                 return
             current = await asyncio.to_thread(self.guard.approval_state, known.decision_id, limit)
-            if current in ("approved", "consumed"):
+            if current.state in ("approved", "consumed"):
                 state.approve(item)
-            elif current != "pending" or on_pending == "reject":
-                seen = Verdict(known.tool, known.decision_id, known.outcome, known.reasons, known.approvers, current)
-                state.reject(item, rejection_message=seen.refusal())
+            elif current.state != "pending" or on_pending == "reject":
+                state.reject(item, rejection_message=known.with_approval(current).refusal())
                 self._verdicts.pop(call_id, None)
 
         await asyncio.gather(*(settle(item) for item in result.interruptions))

@@ -156,13 +156,17 @@ class ExtMcpService:
             resp = await self.svc.decide_bytes(raw)
             if resp.outcome == pb.REQUIRE_APPROVAL:
                 pending = resp
-                state = await self._wait_for_resolution(pending.decision_id, self.approval_wait_s)
+                state, row = await self._wait_for_resolution(pending.decision_id, self.approval_wait_s)
                 if state != "approved":
+                    by = f" by {row['resolved_by']}" if row.get("resolved_by") else ""
+                    said = f' ("{row["resolution_comment"]}")' if row.get("resolution_comment") else ""
                     return _error(xpb.AuthorizationError.PERMISSION_DENIED,
-                                  f"decider: approval {state} for {decide_req.tool.name} "
+                                  f"decider: approval {state}{by}{said} for {decide_req.tool.name} "
                                   f"(decision {pending.decision_id}): {_reasons(pending)}",
                                   {"decision_id": pending.decision_id, "outcome": "REQUIRE_APPROVAL",
-                                   "approval_state": state, "approvers": list(pending.approval.approvers)})
+                                   "approval_state": state, "approvers": list(pending.approval.approvers),
+                                   "resolved_by": row.get("resolved_by") or "",
+                                   "comment": row.get("resolution_comment") or ""})
                 # Approved: the identical call is now allowed once; asking again consumes it and
                 # gives this call its own ALLOW record (the one the outcome is reported on).
                 resp = await self.svc.decide_bytes(raw)
@@ -179,19 +183,19 @@ class ExtMcpService:
                       {"decision_id": resp.decision_id, "outcome": pb.Outcome.Name(resp.outcome),
                        "reasons": [{"rule_id": r.rule_id, "text": r.text} for r in resp.reasons]})
 
-    async def _wait_for_resolution(self, decision_id: str, wait_s: float) -> str:
-        """The approval's state once it is no longer pending, or "pending" after `wait_s`."""
+    async def _wait_for_resolution(self, decision_id: str, wait_s: float) -> tuple[str, dict[str, Any]]:
+        """The approval's state (and its record) once it is no longer pending, or "pending" after `wait_s`."""
         hub = self.controls.hub
         sub = hub.subscribe(decision_id)
         deadline = time.monotonic() + max(wait_s, 0.0)
         try:
             while True:
-                row = await asyncio.to_thread(self.controls.decisions.get, decision_id)
-                state = (row or {}).get("approval_state") or "missing"
+                row = await asyncio.to_thread(self.controls.decisions.get, decision_id) or {}
+                state = row.get("approval_state") or "missing"
                 remaining = deadline - time.monotonic()
                 if state != "pending" or remaining <= 0:
-                    return str(state)
-                sub.version = fingerprint(row or {})   # the poller wakes us when another replica changes it
+                    return str(state), row
+                sub.version = fingerprint(row)   # the poller wakes us when another replica changes it
                 try:
                     await asyncio.wait_for(sub.event.wait(), timeout=remaining)
                 except TimeoutError:
