@@ -20,6 +20,8 @@ spec:
   default: deny
   tools:
     "*": {risk_tier: 1}
+  budgets:
+    - {scope: agent, limit: 100, window: total}
 """
 
 POLICY = """\

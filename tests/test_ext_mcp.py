@@ -155,6 +155,19 @@ def test_rejected_approval_is_an_error_naming_state_and_decision(
     assert json_format.MessageToDict(res.error.mcp_error)["approval_state"] == "rejected"
 
 
+def test_budget_exceeded_is_resource_exhausted(stub: xpb_grpc.ExtMcpStub, waiting: ServerProcess) -> None:
+    # The gateway's metadata may carry the call's estimated cost; budgets reserve against it.
+    spender = {"id": "budget-bot", "team": "support", "model": "gpt-5"}
+    first = stub.CheckRequest(tools_call("get_weather", {"city": "Oslo"}, agent=spender, estimated_cost=60),
+                              metadata=GW)
+    second = stub.CheckRequest(tools_call("get_weather", {"city": "Rome"}, agent=spender, estimated_cost=60),
+                               metadata=GW)
+    assert first.WhichOneof("result") == "pass"
+    assert record(waiting, first.metadata["decision_id"]).estimated_cost == 60
+    assert second.error.code == xpb.AuthorizationError.RESOURCE_EXHAUSTED
+    assert "budget_exceeded" in second.error.reason
+
+
 def test_other_methods_pass_without_a_decision(stub: xpb_grpc.ExtMcpStub, waiting: ServerProcess) -> None:
     before = record_count(waiting.db_url)
     for method, params in (("tools/list", {}), ("resources/read", {"uri": "file:///etc/hosts"}),
@@ -171,6 +184,7 @@ def test_other_methods_pass_without_a_decision(stub: xpb_grpc.ExtMcpStub, waitin
     ({"name": "refund", "arguments": {}}, {"agent": {"id": "a", "teem": "x"}}, "metadata_context.agent.teem"),
     ({"name": "refund", "arguments": {}}, {"agent.capabilities": "one"}, "metadata_context.agent"),
     ({"name": "refund", "arguments": {}}, {}, "agent.id"),
+    ({"name": "refund", "arguments": {}}, {"agent": AGENT, "estimated_cost": "9"}, "metadata_context.estimated_cost"),
 ])
 def test_bad_input_is_invalid_naming_the_field_and_leaves_no_record(
         stub: xpb_grpc.ExtMcpStub, waiting: ServerProcess, params: dict[str, Any], meta: dict[str, Any],

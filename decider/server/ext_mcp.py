@@ -15,7 +15,8 @@ agentgateway asks `CheckRequest` before it forwards an MCP method to an upstream
 
 Identity comes from `metadata_context` (agentgateway fills it from CEL expressions in its own config,
 e.g. JWT claims): an `agent` object, or flat `agent.<field>` keys, with the fields of decider's
-`Agent`. Every other key is passed to policies as `context.<key>`.
+`Agent`; `estimated_cost` (a number) is the request's estimated cost, for budgets. Every other key is
+passed to policies as `context.<key>`.
 """
 
 from __future__ import annotations
@@ -108,8 +109,12 @@ def decide_request_for(req: xpb.McpRequest) -> pb.DecideRequest:
     if not isinstance(arguments, dict):
         raise BadMcpRequest(f"mcp_request.arguments: must be an object, got {type(arguments).__name__}")
     agent, context = identity_from_metadata(struct_to_dict(req.metadata_context))
+    cost = context.pop("estimated_cost", 0.0)
+    if isinstance(cost, bool) or not isinstance(cost, int | float):
+        raise BadMcpRequest(f"metadata_context.estimated_cost: must be a number, got {type(cost).__name__}")
     server = req.service_name if "://" in req.service_name else f"mcp://{req.service_name}"
-    out = pb.DecideRequest(agent=agent, tool=pb.ToolCall(name=name, server=server))
+    out = pb.DecideRequest(agent=agent, tool=pb.ToolCall(name=name, server=server),
+                           request=pb.Request(estimated_cost=float(cost)))
     out.tool.args.update(arguments)
     if context:
         out.context.update(context)
