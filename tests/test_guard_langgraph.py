@@ -210,3 +210,22 @@ def test_policy_name_differs_from_the_tool_name(decider_server: ServerProcess) -
     assert mapped.invoke({"city": "Oslo"}) == "sunny in Oslo"
     (unmapped,) = guard_tools([weather_now], guard)   # "weather_now" matches no rule: default deny
     assert unmapped.invoke({"city": "Oslo"}).startswith("decider denied weather_now: no rule matched")
+
+
+def test_outside_a_graph_an_approval_is_waited_for_not_paused(decider_server: ServerProcess) -> None:
+    ran: list[float] = []
+
+    @tool
+    def refund(order: str, amount: float) -> str:
+        """Refund an order."""
+        ran.append(amount)
+        return "refunded"
+
+    (guarded,) = guard_tools([refund], Guard(decider_server.target, agent=AGENT, token="gw-token"))
+    refusal = guarded.invoke({"order": "o-11", "amount": 400})
+    assert ran == [] and "needs approval by one of user:carol; approval pending" in refusal
+    decision_id = refusal.rsplit("(decision ", 1)[1].rstrip(")")
+    with DeciderClient(decider_server.target, token="carol-token") as carol:
+        carol.resolve_approval(decision_id, True)
+    assert guarded.invoke({"order": "o-11", "amount": 400}) == "refunded"
+    assert ran == [400]

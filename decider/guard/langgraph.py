@@ -23,6 +23,8 @@ Per call of a guarded tool:
   Resume with the interrupt's own value (or any mapping holding its `decision_id`), so a resume
   after a rejection reports that rejection rather than a fresh request for the same call.
 - decider unreachable → a refusal (the tool never runs): fail closed.
+- invoked outside a LangGraph run (`tool.invoke(...)`), REQUIRE_APPROVAL cannot pause anything: the
+  tool waits up to the Guard's `approval_wait`, then runs (approved) or refuses naming the state.
 """
 
 from __future__ import annotations
@@ -38,6 +40,17 @@ from decider.guard.core import ApprovalStatus, DeciderUnavailable, Guard, GuardE
 __all__ = ["guard_tool", "guard_tools", "approval_request"]
 
 Refusal = Literal["return", "raise"]
+_OUTSIDE = object()   # `interrupt` called outside a LangGraph run: there is nothing to pause
+
+
+def _pause(verdict: Verdict, args: Mapping[str, Any]) -> Any:
+    """LangGraph's `interrupt` for this approval: pauses the run (raises), or on resume returns the
+    resume value. A tool invoked outside a graph has no run to pause (LangGraph raises KeyError for
+    its missing scratchpad): the approval is then only waited for, up to the Guard's approval_wait."""
+    try:
+        return interrupt(approval_request(verdict, args))
+    except KeyError:
+        return _OUTSIDE
 
 
 def approval_request(verdict: Verdict, args: Mapping[str, Any]) -> dict[str, Any]:
@@ -69,10 +82,11 @@ def guard_tool(tool: BaseTool, guard: Guard, *, on_refusal: Refusal = "return", 
         try:
             verdict = guard.decide(name, kwargs, server=server)
             while verdict.outcome == "REQUIRE_APPROVAL":
-                answer = interrupt(approval_request(verdict, kwargs))
+                answer = _pause(verdict, kwargs)
                 verdict = guard.resume(_asked_about(answer, verdict), kwargs, wait=guard.approval_wait,
                                        server=server)
-                if verdict.outcome == "REQUIRE_APPROVAL" and verdict.approval_state != "pending":
+                if verdict.outcome == "REQUIRE_APPROVAL" and (verdict.approval_state != "pending"
+                                                             or answer is _OUTSIDE):
                     return refuse(verdict.refusal(), verdict.decision_id)
         except DeciderUnavailable as e:
             return refuse(str(e), e.decision_id)
@@ -90,10 +104,11 @@ def guard_tool(tool: BaseTool, guard: Guard, *, on_refusal: Refusal = "return", 
         try:
             verdict = await guard.adecide(name, kwargs, server=server)
             while verdict.outcome == "REQUIRE_APPROVAL":
-                answer = interrupt(approval_request(verdict, kwargs))
+                answer = _pause(verdict, kwargs)
                 verdict = await guard.aresume(_asked_about(answer, verdict), kwargs, wait=guard.approval_wait,
                                               server=server)
-                if verdict.outcome == "REQUIRE_APPROVAL" and verdict.approval_state != "pending":
+                if verdict.outcome == "REQUIRE_APPROVAL" and (verdict.approval_state != "pending"
+                                                             or answer is _OUTSIDE):
                     return refuse(verdict.refusal(), verdict.decision_id)
         except DeciderUnavailable as e:
             return refuse(str(e), e.decision_id)
