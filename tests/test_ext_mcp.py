@@ -84,6 +84,19 @@ def test_allowed_tools_call_passes_and_its_response_reports_the_outcome(
     assert record(waiting, decision_id).outcome_status == "ok"
 
 
+def test_the_record_is_the_one_decide_writes(stub: xpb_grpc.ExtMcpStub, waiting: ServerProcess) -> None:
+    via_gateway = stub.CheckRequest(tools_call("read_file", {"path": "/srv/a.txt"}, service="files", ticket="T-1"),
+                                    metadata=GW)
+    with DeciderClient(waiting.target, token="gw-token") as c:
+        direct = c.decide(agent=AGENT, tool="read_file", server="mcp://files", args={"path": "/srv/a.txt"},
+                          context={"ticket": "T-1"})
+    a = json_format.MessageToDict(record(waiting, via_gateway.metadata["decision_id"]))
+    b = json_format.MessageToDict(record(waiting, direct.decision_id))
+    for volatile in ("decisionId", "time", "evalUs"):
+        a.pop(volatile), b.pop(volatile)
+    assert a == b
+
+
 def test_response_with_is_error_reports_error_on_the_named_decision(
         stub: xpb_grpc.ExtMcpStub, waiting: ServerProcess) -> None:
     first = stub.CheckRequest(tools_call("get_weather", {"city": "Oslo"}, service="weather"), metadata=GW)
