@@ -31,11 +31,8 @@ def decider_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerP
 
 @pytest.fixture()
 def g(decider_server: ServerProcess) -> Iterator[Guard]:
-    gd = Guard(decider_server.target, agent=AGENT, server="python://billing", token="gw-token")
-    try:
+    with Guard(decider_server.target, agent=AGENT, server="python://billing", token="gw-token") as gd:
         yield gd
-    finally:
-        gd.close()
 
 
 def record(srv: ServerProcess, decision_id: str) -> pb.DecisionRecord:

@@ -227,6 +227,12 @@ class Guard:
     def close(self) -> None:
         self.client.close()
 
+    def __enter__(self) -> Guard:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 def _status(e: grpc.RpcError) -> str:
     code = e.code() if hasattr(e, "code") else None
