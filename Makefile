@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-PROTOS := $(wildcard proto/decider/v1/*.proto)
+PROTOS := $(wildcard proto/decider/v1/*.proto) proto/decider/agentgateway/ext_mcp.proto
 PORT ?= 50051
 DB ?= sqlite:///decider.db
 

@@ -43,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tls-cert", help="server certificate (PEM); enables TLS")
     s.add_argument("--tls-key", help="server private key (PEM)")
     s.add_argument("--tls-client-ca", help="CA (PEM) that client certificates must chain to (mTLS)")
+    s.add_argument("--ext-mcp", action="store_true",
+                   help="also serve agentgateway's ExtMcp policy service (agentgateway.dev.ext_mcp.ExtMcp)")
+    s.add_argument("--ext-mcp-approval-wait", type=float, default=0.0, metavar="SECONDS",
+                   help="how long an ExtMcp tools/call that needs approval waits for an approver")
 
     c = sub.add_parser("check", help="lint and type-check a policy folder")
     c.add_argument("folder")
@@ -121,6 +125,7 @@ def _serve(args: argparse.Namespace) -> int:
     cfg = ServerConfig(bundle=args.bundle, db=args.db, listen=args.listen, grace_s=args.grace,
                        port_file=args.port_file, tokens=args.tokens, reservation_ttl_s=args.reservation_ttl,
                        tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
+                       ext_mcp=args.ext_mcp, ext_mcp_approval_wait_s=args.ext_mcp_approval_wait,
                        **bundles.serve_options(args), **console.serve_options(args))
     if args.workers < 1:
         raise InvalidRequest("--workers", "must be at least 1")

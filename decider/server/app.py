@@ -60,6 +60,9 @@ class ServerConfig:
     approval_webhook: str | None = None
     console_url: str = ""
     webhook_max_backoff_s: float = 60.0
+    # agentgateway's ExtMcp policy hook (server/ext_mcp.py): off unless asked for.
+    ext_mcp: bool = False
+    ext_mcp_approval_wait_s: float = 0.0
 
 
 class InsecureListen(DeciderError):
@@ -129,10 +132,14 @@ async def start_server(cfg: ServerConfig) -> RunningServer:
         grpc.method_handlers_generic_handler(
             QUERIES_SERVICE_NAME, query_handlers(queries, feed, lambda: live.active, lambda: live.shadow, controls.groups_of)),
     ))
+    if cfg.ext_mcp:
+        from decider.server.ext_mcp import SERVICE_NAME as EXT_MCP
+        from decider.server.ext_mcp import ext_mcp_handler
+        server.add_generic_rpc_handlers((ext_mcp_handler(svc, controls, cfg.ext_mcp_approval_wait_s),))
     health_svc = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_svc, server)
     names = (SERVICE_NAME, CONTROL_SERVICE_NAME, QUERIES_SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME)
+             reflection.SERVICE_NAME) + ((EXT_MCP,) if cfg.ext_mcp else ())
     reflection.enable_server_reflection(names, server, pool=pb.DESCRIPTOR.pool)
     port = _add_port(server, cfg)
     await controls.start()

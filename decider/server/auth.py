@@ -89,6 +89,8 @@ def required_roles(full_method: str) -> frozenset[str] | None:
         return _QUERY_ROLES.get(method, _ADMIN)
     if service.startswith("decider."):
         return _ADMIN
+    if service == "agentgateway.dev.ext_mcp.ExtMcp":   # `serve --ext-mcp`: a gateway asking for decisions
+        return frozenset({"enforcer"})
     return None  # grpc.health.v1, reflection
 
 

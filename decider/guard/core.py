@@ -1,0 +1,241 @@
+"""What every runtime guard does around one tool call: ask decider, wait for an approver, report.
+
+Only the public gRPC API is used (through `decider.client.DeciderClient`), so a guard runs in any
+agent process that can reach a decider server. Every failure to get an answer is a refusal: the
+tool does not run when decider is unreachable, slow, or refuses the request (fail closed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, NamedTuple
+
+import grpc
+
+from decider.client import DeciderClient
+from decider.errors import DeciderError
+from decider.v1 import decider_pb2 as pb
+
+__all__ = ["Guard", "Verdict", "ApprovalStatus", "GuardError", "ToolDenied", "ApprovalPending", "DeciderUnavailable",
+           "APPROVAL_STATES", "jsonable"]
+
+log = logging.getLogger("decider.guard")
+
+APPROVAL_STATES = {pb.APPROVAL_PENDING: "pending", pb.APPROVAL_APPROVED: "approved",
+                   pb.APPROVAL_REJECTED: "rejected", pb.APPROVAL_EXPIRED: "expired",
+                   pb.APPROVAL_CONSUMED: "consumed", pb.APPROVAL_STATE_UNSPECIFIED: "none"}
+
+
+class ApprovalStatus(NamedTuple):
+    """Where an approval stands: its state, and for a resolved one who resolved it and why."""
+
+    state: str                 # pending, approved, rejected, expired, consumed, none
+    resolved_by: str = ""
+    comment: str = ""
+
+
+def approval_status(rec: pb.DecisionRecord) -> ApprovalStatus:
+    return ApprovalStatus(APPROVAL_STATES.get(rec.approval.state, "none"), rec.approval.resolved_by,
+                          rec.approval.comment)
+
+
+class GuardError(DeciderError):
+    """A guarded call that did not run. `decision_id` is empty when no decision was made."""
+
+    def __init__(self, message: str, decision_id: str = "") -> None:
+        super().__init__(message)
+        self.decision_id = decision_id
+
+
+class ToolDenied(GuardError):
+    """decider said no (DENY, or an approval that was rejected or expired)."""
+
+
+class ApprovalPending(GuardError):
+    """The call needs an approval that nobody has given (yet)."""
+
+
+class DeciderUnavailable(GuardError):
+    """No decision could be had: decider unreachable, too slow, or it refused the request."""
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """decider's answer for one call, in the terms a guard acts on."""
+
+    tool: str
+    decision_id: str
+    outcome: str                      # "ALLOW" | "DENY" | "REQUIRE_APPROVAL"
+    reasons: tuple[tuple[str, str], ...] = ()   # (rule id, text)
+    approvers: tuple[str, ...] = ()
+    approval_state: str = "none"      # for REQUIRE_APPROVAL: pending, approved, rejected, expired
+    response: pb.DecideResponse | None = field(default=None, compare=False, repr=False)
+    resolved_by: str = ""             # who rejected it, and their comment: the model reads both
+    comment: str = ""
+
+    def with_approval(self, status: ApprovalStatus, decision_id: str | None = None) -> Verdict:
+        """This REQUIRE_APPROVAL verdict as its approval now stands."""
+        return replace(self, decision_id=decision_id or self.decision_id, approval_state=status.state,
+                       resolved_by=status.resolved_by, comment=status.comment)
+
+    @property
+    def allowed(self) -> bool:
+        return self.outcome == "ALLOW"
+
+    @property
+    def reason(self) -> str:
+        return "; ".join(f"{text} [{rule}]" if text else rule for rule, text in self.reasons) or "no reason given"
+
+    def refusal(self) -> str:
+        """The text a model (or a person) reads when the call does not run."""
+        if self.outcome == "DENY":
+            return f"decider denied {self.tool}: {self.reason} (decision {self.decision_id})"
+        if self.approval_state in ("rejected", "expired"):
+            by = f" by {self.resolved_by}" if self.resolved_by else ""
+            said = f' ("{self.comment}")' if self.comment else ""
+            return (f"decider: approval {self.approval_state}{by}{said} for {self.tool}: {self.reason} "
+                    f"(decision {self.decision_id})")
+        who = f" by one of {', '.join(self.approvers)}" if self.approvers else ""
+        return (f"decider: {self.tool} needs approval{who}; approval {self.approval_state}: {self.reason} "
+                f"(decision {self.decision_id})")
+
+    def error(self) -> GuardError:
+        if self.outcome == "REQUIRE_APPROVAL" and self.approval_state == "pending":
+            return ApprovalPending(self.refusal(), self.decision_id)
+        return ToolDenied(self.refusal(), self.decision_id)
+
+
+def verdict_of(tool: str, resp: pb.DecideResponse) -> Verdict:
+    return Verdict(tool=tool, decision_id=resp.decision_id, outcome=pb.Outcome.Name(resp.outcome),
+                   reasons=tuple((r.rule_id, r.text) for r in resp.reasons),
+                   approvers=tuple(resp.approval.approvers),
+                   approval_state=APPROVAL_STATES.get(resp.approval.state, "none")
+                   if resp.outcome == pb.REQUIRE_APPROVAL else "none",
+                   response=resp)
+
+
+def jsonable(value: Any) -> Any:
+    """A tool argument as JSON (what `tool.args` holds): other objects become their string form."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [jsonable(v) for v in value]
+    if hasattr(value, "model_dump"):   # pydantic models (LangChain and the Agents SDK use them)
+        return jsonable(value.model_dump(mode="json"))
+    return str(value)
+
+
+class Guard:
+    """One agent's connection to decider: `check` before a tool runs, `report` after it ran.
+
+    `agent` is the identity decider sees (`{"id": ..., "team": ..., "model": ...}`); `server` is
+    `tool.server` for every call (e.g. `"python://billing"`); `approval_wait` is how long `check`
+    waits for an approver before it gives up (0: do not wait); `timeout` bounds every RPC.
+    """
+
+    def __init__(self, client: DeciderClient | str, *, agent: Mapping[str, Any], server: str = "",
+                 approval_wait: float = 0.0, timeout: float = 5.0, token: str | None = None,
+                 context: Mapping[str, Any] | None = None) -> None:
+        self.client = DeciderClient(client, timeout=timeout, token=token) if isinstance(client, str) else client
+        self.agent = dict(agent)
+        self.server = server
+        self.approval_wait = approval_wait
+        self.context = dict(context or {})
+
+    # ---- one decision ------------------------------------------------------------------------
+    def decide(self, tool: str, args: Mapping[str, Any] | None = None, *, call_id: str = "",
+               estimated_cost: float = 0.0, server: str | None = None) -> Verdict:
+        """Ask once. Raises DeciderUnavailable when no decision could be had (fail closed)."""
+        arguments = jsonable(dict(args or {}))
+        try:
+            resp = self.client.decide(agent=self.agent, tool=tool, args=arguments,
+                                      server=self.server if server is None else server, call_id=call_id,
+                                      estimated_cost=estimated_cost, context=self.context or None)
+        except grpc.RpcError as e:
+            raise DeciderUnavailable(f"decider gave no decision for {tool} ({_status(e)}); "
+                                     "the call does not run") from None
+        except (TypeError, ValueError) as e:   # arguments that cannot be sent as JSON
+            raise DeciderUnavailable(f"decider gave no decision for {tool}: {e}") from None
+        return verdict_of(tool, resp)
+
+    def approval_state(self, decision_id: str, wait: float = 0.0) -> ApprovalStatus:
+        """Where the approval stands: at once, or once it is no longer pending, waiting up to `wait` s."""
+        if wait <= 0:
+            try:
+                return approval_status(self.client.get_decision(decision_id))
+            except grpc.RpcError as e:
+                raise DeciderUnavailable(f"decider: cannot read decision {decision_id} ({_status(e)})",
+                                         decision_id) from None
+        status = ApprovalStatus("pending")
+        try:
+            for rec in self.client.watch_decision(decision_id, timeout=wait):
+                status = approval_status(rec)
+                if status.state != "pending":
+                    break
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.DEADLINE_EXCEEDED:   # the wait ran out: still pending
+                raise DeciderUnavailable(f"decider: cannot watch decision {decision_id} ({_status(e)})",
+                                         decision_id) from None
+        return status
+
+    def check(self, tool: str, args: Mapping[str, Any] | None = None, *, call_id: str = "",
+              estimated_cost: float = 0.0, wait: float | None = None, server: str | None = None) -> Verdict:
+        """Decide, and for REQUIRE_APPROVAL wait up to `wait` (default `approval_wait`) seconds for
+        an approver. Approved → the identical call is decided again, which consumes the approval
+        and gives this call its own ALLOW record. The verdict says what to do; it never raises for a
+        refusal, only when decider cannot be asked (DeciderUnavailable)."""
+        verdict = self.decide(tool, args, call_id=call_id, estimated_cost=estimated_cost, server=server)
+        wait = self.approval_wait if wait is None else wait
+        if verdict.outcome != "REQUIRE_APPROVAL" or wait <= 0:
+            return verdict
+        return self.resume(verdict, args, call_id=call_id, estimated_cost=estimated_cost, wait=wait, server=server)
+
+    def resume(self, pending: Verdict, args: Mapping[str, Any] | None = None, *, call_id: str = "",
+               estimated_cost: float = 0.0, wait: float = 0.0, server: str | None = None) -> Verdict:
+        """After an approval request: its state now (or after up to `wait` s); approved → decide the
+        identical call again (ALLOW, consuming the approval)."""
+        status = self.approval_state(pending.decision_id, wait)
+        if status.state != "approved":
+            return pending.with_approval(status)
+        return self.decide(pending.tool, args, call_id=call_id, estimated_cost=estimated_cost, server=server)
+
+    def report(self, decision_id: str, status: str, actual_cost: float = 0.0) -> None:
+        """ReportOutcome; a failure is logged, never raised (the tool already ran)."""
+        try:
+            self.client.report_outcome(decision_id, actual_cost, status[:64])
+        except grpc.RpcError as e:
+            log.warning("outcome not reported", extra={"decision_id": decision_id, "error": _status(e)})
+
+    # ---- the same from async code (the client is synchronous: run it off the event loop) ---
+    async def acheck(self, tool: str, args: Mapping[str, Any] | None = None, **kw: Any) -> Verdict:
+        return await asyncio.to_thread(self.check, tool, args, **kw)
+
+    async def adecide(self, tool: str, args: Mapping[str, Any] | None = None, **kw: Any) -> Verdict:
+        return await asyncio.to_thread(self.decide, tool, args, **kw)
+
+    async def aresume(self, pending: Verdict, args: Mapping[str, Any] | None = None, **kw: Any) -> Verdict:
+        return await asyncio.to_thread(self.resume, pending, args, **kw)
+
+    async def areport(self, decision_id: str, status: str, actual_cost: float = 0.0) -> None:
+        await asyncio.to_thread(self.report, decision_id, status, actual_cost)
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> Guard:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _status(e: grpc.RpcError) -> str:
+    code = e.code() if hasattr(e, "code") else None
+    details = e.details() if hasattr(e, "details") else str(e)
+    return f"{code.name if code else 'ERROR'}: {details}"
+

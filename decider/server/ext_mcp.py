@@ -1,0 +1,288 @@
+"""agentgateway's external MCP policy hook (`ExtMcp`), served by `decider serve --ext-mcp`.
+
+agentgateway asks `CheckRequest` before it forwards an MCP method to an upstream and
+`CheckResponse` with the upstream's result. Here:
+
+- `tools/call` → one decision through the same entry point as `Decide` (`DeciderService.decide_bytes`),
+  so the record is the one a Decide would have written: `tool.name` = `params.name`, `tool.args` =
+  `params.arguments`, `tool.server` = `mcp://<service_name>`, the agent from `metadata_context`.
+  ALLOW → `pass`; DENY → `error` naming the reason and the decision id; REQUIRE_APPROVAL → wait up to
+  `approval_wait_s` for an approver, then decide the identical call again (which consumes the
+  approval, once) and `pass`, or `error` naming the approval's state and the decision id.
+- every other method → `pass` (no decision).
+- `CheckResponse` for `tools/call` → ReportOutcome on the call's decision (status `error` when the
+  result has `isError: true`, else `ok`), then `pass`: a result is never held back.
+
+Identity comes from `metadata_context` (agentgateway fills it from CEL expressions in its own config,
+e.g. JWT claims): an `agent` object, or flat `agent.<field>` keys, with the fields of decider's
+`Agent`; `estimated_cost` (a number) is the request's estimated cost, for budgets. Every other key is
+passed to policies as `context.<key>`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict, deque
+from typing import Any, NoReturn
+
+import grpc
+from google.protobuf import json_format
+
+from decider.agentgateway import ext_mcp_pb2 as xpb
+from decider.record.record import struct_to_dict
+from decider.server.approvals import fingerprint
+from decider.server.controls import Controls
+from decider.server.service import DeciderService, DecisionFailed
+from decider.v1 import decider_pb2 as pb
+
+__all__ = ["SERVICE_NAME", "ExtMcpService", "ext_mcp_handler", "identity_from_metadata"]
+
+log = logging.getLogger("decider.server.ext_mcp")
+
+SERVICE_NAME = xpb.DESCRIPTOR.services_by_name["ExtMcp"].full_name   # agentgateway.dev.ext_mcp.ExtMcp
+AGENT_FIELDS = frozenset(f.name for f in pb.Agent.DESCRIPTOR.fields)
+# Allowed decisions waiting for their CheckResponse, per (backend, agent): bounded, so a gateway that
+# never sends CheckResponse cannot grow this without limit.
+MAX_OUTSTANDING = 10_000
+OUTSTANDING_TTL_S = 3600.0
+# A denial the gateway should report as "resource exhausted" rather than "permission denied".
+_DENY_CODES = {"budget_exceeded": xpb.AuthorizationError.RESOURCE_EXHAUSTED}
+
+
+class BadMcpRequest(Exception):
+    """A CheckRequest decider cannot decide: answered with AuthorizationError INVALID."""
+
+
+class _Refusal(Exception):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+
+
+class _InternalCall:
+    """Stands in for a ServicerContext when this module calls another RPC's implementation: an
+    abort becomes an exception here instead of failing the gateway's call."""
+
+    async def abort(self, code: grpc.StatusCode, details: str) -> NoReturn:
+        raise _Refusal(code, details)
+
+
+def identity_from_metadata(meta: dict[str, Any]) -> tuple[pb.Agent, dict[str, Any]]:
+    """`metadata_context` → (the agent, the rest as the request's context). Raises BadMcpRequest."""
+    agent: dict[str, Any] = {}
+    rest: dict[str, Any] = {}
+    for key, value in meta.items():
+        if key == "agent":
+            if not isinstance(value, dict):
+                raise BadMcpRequest("metadata_context.agent: must be an object")
+            items = [(f"agent.{k}", k, v) for k, v in value.items()]
+        elif key.startswith("agent."):
+            items = [(key, key.removeprefix("agent."), value)]
+        else:
+            rest[key] = value
+            continue
+        for where, name, v in items:
+            if name not in AGENT_FIELDS:
+                raise BadMcpRequest(f"metadata_context.{where}: unknown agent field "
+                                    f"(known: {', '.join(sorted(AGENT_FIELDS))})")
+            agent[name] = v
+    try:
+        msg = json_format.ParseDict(agent, pb.Agent())
+    except json_format.ParseError as e:
+        raise BadMcpRequest(f"metadata_context.agent: {e}") from None
+    return msg, rest
+
+
+def decide_request_for(req: xpb.McpRequest) -> pb.DecideRequest:
+    """The DecideRequest for one `tools/call`. Raises BadMcpRequest naming the field."""
+    if not req.service_name:
+        raise BadMcpRequest("service_name: is required")
+    params = struct_to_dict(req.mcp_request)
+    name = params.get("name")
+    if not isinstance(name, str) or not name:
+        raise BadMcpRequest("mcp_request.name: is required (the tool to call)")
+    arguments = params.get("arguments")
+    if arguments is None:
+        arguments = {}
+    if not isinstance(arguments, dict):
+        raise BadMcpRequest(f"mcp_request.arguments: must be an object, got {type(arguments).__name__}")
+    agent, context = identity_from_metadata(struct_to_dict(req.metadata_context))
+    cost = context.pop("estimated_cost", 0.0)
+    if isinstance(cost, bool) or not isinstance(cost, int | float):
+        raise BadMcpRequest(f"metadata_context.estimated_cost: must be a number, got {type(cost).__name__}")
+    server = req.service_name if "://" in req.service_name else f"mcp://{req.service_name}"
+    out = pb.DecideRequest(agent=agent, tool=pb.ToolCall(name=name, server=server),
+                           request=pb.Request(estimated_cost=float(cost)))
+    out.tool.args.update(arguments)
+    if context:
+        out.context.update(context)
+    return out
+
+
+def _reasons(resp: pb.DecideResponse) -> str:
+    return "; ".join(f"{r.text or r.rule_id} [{r.rule_id}]" if r.text else r.rule_id for r in resp.reasons)
+
+
+def _error(code: int, reason: str, data: dict[str, Any] | None = None) -> xpb.McpRequestResult:
+    err = xpb.AuthorizationError(code=code, reason=reason)  # type: ignore[arg-type]
+    if data:
+        err.mcp_error.update(data)
+    return xpb.McpRequestResult(error=err)
+
+
+def _passed(decision_id: str) -> xpb.McpRequestResult:
+    # The decision id goes back as metadata: agentgateway exposes it to its CEL (extmcp.decision_id),
+    # so its config can hand it to CheckResponse in metadata_context for an exact ReportOutcome.
+    out = xpb.McpRequestResult(**{"pass": xpb.Pass()})
+    out.metadata.update({"decision_id": decision_id})
+    return out
+
+
+class ExtMcpService:
+    def __init__(self, svc: DeciderService, controls: Controls, approval_wait_s: float = 0.0) -> None:
+        self.svc = svc
+        self.controls = controls
+        self.approval_wait_s = approval_wait_s
+        self._outstanding: OrderedDict[tuple[str, str], deque[tuple[str, float]]] = OrderedDict()
+        self._count = 0
+
+    # ---- CheckRequest ------------------------------------------------------------------------
+    async def check_request(self, req: xpb.McpRequest, context: grpc.aio.ServicerContext) -> xpb.McpRequestResult:
+        if req.method != "tools/call":
+            return xpb.McpRequestResult(**{"pass": xpb.Pass()})
+        try:
+            decide_req = decide_request_for(req)
+        except BadMcpRequest as e:
+            return _error(xpb.AuthorizationError.INVALID, f"decider: {e}")
+        raw = decide_req.SerializeToString()
+        try:
+            resp = await self.svc.decide_bytes(raw)
+            if resp.outcome == pb.REQUIRE_APPROVAL:
+                pending = resp
+                state, row = await self._wait_for_resolution(pending.decision_id, self.approval_wait_s)
+                if state != "approved":
+                    by = f" by {row['resolved_by']}" if row.get("resolved_by") else ""
+                    said = f' ("{row["resolution_comment"]}")' if row.get("resolution_comment") else ""
+                    return _error(xpb.AuthorizationError.PERMISSION_DENIED,
+                                  f"decider: approval {state}{by}{said} for {decide_req.tool.name} "
+                                  f"(decision {pending.decision_id}): {_reasons(pending)}",
+                                  {"decision_id": pending.decision_id, "outcome": "REQUIRE_APPROVAL",
+                                   "approval_state": state, "approvers": list(pending.approval.approvers),
+                                   "resolved_by": row.get("resolved_by") or "",
+                                   "comment": row.get("resolution_comment") or ""})
+                # Approved: the identical call is now allowed once; asking again consumes it and
+                # gives this call its own ALLOW record (the one the outcome is reported on).
+                resp = await self.svc.decide_bytes(raw)
+        except DecisionFailed as e:
+            # No decision, no call (fail closed); INVALID for a request decider refuses to decide.
+            code = (xpb.AuthorizationError.INVALID if e.code == grpc.StatusCode.INVALID_ARGUMENT
+                    else xpb.AuthorizationError.UNKNOWN)
+            return _error(code, f"decider: no decision: {e.message}")
+        if resp.outcome == pb.ALLOW:
+            self._remember(req.service_name, decide_req.agent.id, resp.decision_id)
+            return _passed(resp.decision_id)
+        return _error(_DENY_CODES.get(resp.deciding_rule, xpb.AuthorizationError.PERMISSION_DENIED),
+                      f"decider denied {decide_req.tool.name} (decision {resp.decision_id}): {_reasons(resp)}",
+                      {"decision_id": resp.decision_id, "outcome": pb.Outcome.Name(resp.outcome),
+                       "reasons": [{"rule_id": r.rule_id, "text": r.text} for r in resp.reasons]})
+
+    async def _wait_for_resolution(self, decision_id: str, wait_s: float) -> tuple[str, dict[str, Any]]:
+        """The approval's state (and its record) once it is no longer pending, or "pending" after `wait_s`."""
+        hub = self.controls.hub
+        sub = hub.subscribe(decision_id)
+        deadline = time.monotonic() + max(wait_s, 0.0)
+        try:
+            while True:
+                row = await asyncio.to_thread(self.controls.decisions.get, decision_id) or {}
+                state = row.get("approval_state") or "missing"
+                remaining = deadline - time.monotonic()
+                if state != "pending" or remaining <= 0:
+                    return str(state), row
+                sub.version = fingerprint(row)   # the poller wakes us when another replica changes it
+                try:
+                    await asyncio.wait_for(sub.event.wait(), timeout=remaining)
+                except TimeoutError:
+                    pass
+                sub.event.clear()
+        finally:
+            hub.unsubscribe(decision_id, sub)
+
+    # ---- CheckResponse -----------------------------------------------------------------------
+    async def check_response(self, req: xpb.McpResponse,
+                             context: grpc.aio.ServicerContext) -> xpb.McpResponseResult:
+        passed = xpb.McpResponseResult(**{"pass": xpb.Pass()})
+        if req.method != "tools/call":
+            return passed
+        meta = struct_to_dict(req.metadata_context)
+        decision_id = meta.get("decision_id") if isinstance(meta.get("decision_id"), str) else None
+        try:
+            agent, _ = identity_from_metadata(meta)
+            agent_id = agent.id
+        except BadMcpRequest:
+            agent_id = ""
+        decision_id = self._take(req.service_name, agent_id, decision_id)
+        if decision_id is None:
+            log.warning("CheckResponse without a matching allowed tools/call; outcome not reported",
+                        extra={"service_name": req.service_name, "agent": agent_id})
+            return passed
+        result = struct_to_dict(req.mcp_response)
+        status = "error" if result.get("isError") is True else "ok"
+        try:
+            await self.controls.report_outcome(
+                pb.ReportOutcomeRequest(decision_id=decision_id, actual_cost=0.0, status=status),
+                _InternalCall())  # type: ignore[arg-type]
+        except _Refusal as e:
+            log.warning("outcome not reported", extra={"decision_id": decision_id, "error": str(e)})
+        return passed
+
+    # ---- which decision a CheckResponse belongs to -------------------------------------------
+    def _remember(self, service_name: str, agent_id: str, decision_id: str) -> None:
+        self._outstanding.setdefault((service_name, agent_id), deque()).append((decision_id, time.monotonic()))
+        self._count += 1
+        self._trim()
+
+    def _take(self, service_name: str, agent_id: str, decision_id: str | None) -> str | None:
+        """The decision a CheckResponse settles: the one named in metadata_context.decision_id (exact),
+        else the oldest allowed call on this backend for this agent (exact when calls do not overlap)."""
+        queue = self._outstanding.get((service_name, agent_id))
+        if decision_id is not None:
+            if queue is not None:
+                for item in queue:
+                    if item[0] == decision_id:
+                        queue.remove(item)
+                        self._count -= 1
+                        break
+            return decision_id
+        if not queue:
+            return None
+        taken, _ = queue.popleft()
+        self._count -= 1
+        if not queue:
+            del self._outstanding[(service_name, agent_id)]
+        return taken
+
+    def _trim(self) -> None:
+        horizon = time.monotonic() - OUTSTANDING_TTL_S
+        for key in list(self._outstanding):
+            queue = self._outstanding[key]
+            while queue and (queue[0][1] < horizon or self._count > MAX_OUTSTANDING):
+                queue.popleft()
+                self._count -= 1
+            if not queue:
+                del self._outstanding[key]
+
+def ext_mcp_handler(svc: DeciderService, controls: Controls, approval_wait_s: float) -> grpc.GenericRpcHandler:
+    ext = ExtMcpService(svc, controls, approval_wait_s)
+    return grpc.method_handlers_generic_handler(SERVICE_NAME, {
+        "CheckRequest": grpc.unary_unary_rpc_method_handler(
+            ext.check_request, request_deserializer=xpb.McpRequest.FromString,
+            response_serializer=xpb.McpRequestResult.SerializeToString),
+        "CheckResponse": grpc.unary_unary_rpc_method_handler(
+            ext.check_response, request_deserializer=xpb.McpResponse.FromString,
+            response_serializer=xpb.McpResponseResult.SerializeToString),
+    })
+
+
+__all__ += ["BadMcpRequest", "decide_request_for"]
