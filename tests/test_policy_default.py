@@ -102,7 +102,7 @@ def test_a_policy_default_id_that_collides_with_a_rule_id_is_a_build_error(tmp_p
     with pytest.raises(PolicyLoadError) as exc:
         load(tmp_path, PAYMENTS, clash)
     assert [str(e) for e in exc.value.errors] == [
-        f"{tmp_path}/p1.yaml:9:11: duplicate rule id 'payments.default' (first at {tmp_path}/p0.yaml:6:12)"]
+        f"{tmp_path}/p1.yaml:8:11: duplicate rule id 'payments.default' (first at {tmp_path}/p0.yaml:6:12)"]
 
 
 def test_an_invalid_policy_default_is_a_located_error(tmp_path: Path) -> None:
