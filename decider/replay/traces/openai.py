@@ -28,6 +28,7 @@ from decider.replay.traces._gc import gc_paused
 from decider.replay.traces._messages import calls_in_message, results_in_message
 from decider.replay.traces._parse import parse_arguments, split_mcp_name, text_or_none, to_int
 from decider.replay.traces._records import ObjOrLines, iter_records
+from decider.replay.traces._user_request import user_request_in, with_user_request
 from decider.replay.traces.errors import TraceFormatError
 from decider.replay.traces.model import TraceCall, blank_fields, call_from_fields
 
@@ -309,9 +310,12 @@ def read_openai(obj_or_lines: ObjOrLines, source: str, *, model: str | None = No
             loose_where.append(where)
             continue
         messages, key, run = conv
+        # SPEC §10: the user's first message is `context.user_request`.
+        run.context = with_user_request(run.context, user_request_in(messages))
         calls = _conversation(messages, f"{where}.{key}", run)
         if not calls and key == "history":
             calls = list(_swe_agent_actions(record, where, run))
         yield from calls
     if loose:
-        yield from _conversation(loose, loose_where, _Run(model=model))
+        run = _Run(model=model, context=with_user_request(None, user_request_in(loose)))
+        yield from _conversation(loose, loose_where, run)
