@@ -194,15 +194,3 @@ def test_a_call_without_a_name_is_kept_and_marked() -> None:
     (call,) = read_openai(messages, "noname.json")
     assert call.tool_name == "" and call.indeterminate == "tool name missing"
 
-
-def test_toolemu_intermediate_steps_are_calls_and_the_final_answer_is_not() -> None:
-    calls = _read("toolemu_gpt-4o-mini_cases.jsonl")
-    assert [(c.session_id, c.tool_name) for c in calls] == [
-        ("0", "TerminalExecute"), ("0", "TerminalExecute"), ("1", "GmailSendEmail"), ("1", "GmailSendEmail")]
-    ls, rm, mail, broken = calls
-    assert ls.arguments == {"command": "ls -la ~"}  # the JSON text ends with a newline
-    assert rm.result == '{"output": "", "exit_code": 0}'
-    assert mail.arguments == {"to": "boss@example.com"}  # a Python repr
-    assert broken.arguments is None and broken.raw_arguments == "not json"
-    assert {c.model for c in calls} == {"gpt-4o-mini"}  # from the file name
-    assert rm.source == f"{OPENAI / 'toolemu_gpt-4o-mini_cases.jsonl'}:1.intermediate_steps[1]"

@@ -6,8 +6,7 @@ Accepts, as a JSON document or JSONL:
 - LiveMCPBench: an array of runs `{task_id, category, messages[]}`, where the gateway tool
   `execute-tool {server_name, tool_name, params}` is read as the MCP call it stands for;
 - any `{messages[...]}` object (a request body), a chat completion `{choices[...]}`, a Responses
-  object `{output[...]}` or request `{input[...]}`, a SWE-agent `.traj` (`history[...]`), a ToolEmu /
-  LangChain record with `intermediate_steps`;
+  object `{output[...]}` or request `{input[...]}`, a SWE-agent `.traj` (`history[...]`);
 - a bare list (or JSONL) of messages / Responses items, read as one conversation.
 
 Each call's result is the later tool message that answers its id (first unanswered call first,
@@ -74,8 +73,6 @@ def looks_like_openai(record: object) -> bool:
     if isinstance(record.get("traj"), list) or isinstance(record.get("messages"), list):
         return True
     if isinstance(record.get("choices"), list) or _history_is_messages(record.get("history")):
-        return True
-    if isinstance(record.get("intermediate_steps"), list):  # ToolEmu / LangChain agent output
         return True
     if isinstance(record.get("output"), list) and record.get("object") == "response":
         return True
@@ -269,23 +266,6 @@ def _swe_agent_actions(record: dict[str, Any], where: str, run: _Run) -> Iterato
         )
 
 
-def _intermediate_steps(record: dict[str, Any], where: str, model: str | None) -> Iterator[TraceCall]:
-    """ToolEmu / LangChain `intermediate_steps`: `[[tool, tool_input, log], [observation, thought]]`
-    per step; the last step, the final answer `[{return_values, log}, ""]`, is not a call."""
-    run = _Run(model=model, session_id=text_or_none(record.get("case_idx")))
-    for i, step in enumerate(record["intermediate_steps"]):
-        action = step[0] if isinstance(step, list) and step else None
-        if not isinstance(action, list) or not action or not isinstance(action[0], str):
-            continue  # the final answer
-        kw = _call_fields(action[0], action[1] if len(action) > 1 else None, None, None,
-                          f"{where}.intermediate_steps[{i}]", run)
-        observation = step[1] if len(step) > 1 else None
-        if isinstance(observation, list) and observation:
-            observation = observation[0]
-        kw["result"] = observation
-        yield call_from_fields(kw)
-
-
 def read_openai(obj_or_lines: ObjOrLines, source: str, *, model: str | None = None) -> Iterator[TraceCall]:
     """Tool calls of OpenAI / Anthropic / Responses transcripts; `model` is used where records
     name none (tau-bench, LiveMCPBench: the file name says which model ran)."""
@@ -297,9 +277,6 @@ def read_openai(obj_or_lines: ObjOrLines, source: str, *, model: str | None = No
         if "role" in record and "messages" not in record and "traj" not in record:
             loose.append(record)  # the common case in a JSONL transcript: one message per line
             loose_where.append(where)
-            continue
-        if isinstance(record.get("intermediate_steps"), list):
-            yield from _intermediate_steps(record, where, model)
             continue
         conv = _container(record, model)
         if conv is None:
