@@ -3,7 +3,10 @@ in CEL, type-checked at build time, part of the revision and of the `.bundle` ar
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +25,8 @@ from decider.engine.decide import decide
 from decider.errors import PolicyLoadError
 from decider.policy.loader import load_source
 from decider.v1 import decider_pb2 as pb
+
+from .helpers import ROOT, start_server
 
 BUNDLE = """\
 apiVersion: decider/v1
@@ -189,3 +194,45 @@ def test_eval_helpers_bind_a_bundles_lists(tmp_path: Path) -> None:
     data = {f"lists.{k}": v for k, v in bundle_lists(bundle).items()}
     value = env.compile('"t.co" in lists.shorteners && lists.limits.size() == 2').eval(env.Activation(data=data))
     assert value.plain_value() is True
+
+
+# --- the shells: check, bundle build/verify, serve with hot reload of a list file ------------------
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "decider", *args], capture_output=True, text=True, cwd=ROOT,
+                          timeout=60)
+
+
+def test_check_and_bundle_build_verify_carry_lists(tmp_path: Path) -> None:
+    folder = source(tmp_path / "src")
+    assert cli("check", str(folder)).returncode == 0
+    bad = tmp_path / "bad"
+    source(bad, web_yaml=POLICY.replace("lists.disposable", "lists.disposible"))
+    run = cli("check", str(bad))
+    assert run.returncode != 0 and "unknown list 'disposible'" in run.stdout + run.stderr
+    built = cli("bundle", "build", str(folder), "-o", str(tmp_path / "out"))
+    assert built.returncode == 0, built.stderr
+    path = built.stdout.split()[0]
+    verified = cli("bundle", "verify", path)
+    assert verified.returncode == 0 and "(4 files, unsigned)" in verified.stdout  # bundle, policy, CSV and YAML lists
+
+
+def test_a_served_bundle_sees_its_lists_and_reloads_when_a_list_file_changes(tmp_path: Path) -> None:
+    folder = source(tmp_path / "src")
+    srv = start_server(tmp_path, folder, None, "--poll-interval", "0.2")
+    try:
+        def mail(to: str) -> tuple[str, str]:
+            with srv.client() as c:
+                resp = c.decide(agent={"id": "a"}, tool="email.send", args={"to": to})
+            return pb.Outcome.Name(resp.outcome), resp.bundle.revision
+
+        outcome, first = mail("x@yopmail.com")
+        assert outcome == "ALLOW"
+        (folder / "lists" / "disposable.csv").write_text(CSV + "yopmail.com\n")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and mail("x@yopmail.com")[1] == first:
+            time.sleep(0.1)
+        assert mail("x@yopmail.com")[0] == "DENY"
+    finally:
+        srv.stop()
