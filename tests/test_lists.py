@@ -124,8 +124,8 @@ def test_a_tool_whose_policies_name_no_list_binds_none(tmp_path: Path) -> None:
 def test_an_unknown_list_name_is_a_build_error_with_position(tmp_path: Path) -> None:
     bad = POLICY.replace("in lists.shorteners", "in lists.shortners")
     errors = errors_of(source(tmp_path, web_yaml=bad))
-    # CEL points at the selection of the unknown name.
-    assert errors == [f"{tmp_path / 'web.yaml'}:11:67: unknown list 'shortners' "
+    # At `lists`, where the reference starts.
+    assert errors == [f"{tmp_path / 'web.yaml'}:11:62: unknown list 'shortners' "
                       "(bundle.yaml spec.lists has: disposable, limits, shorteners)"]
 
 

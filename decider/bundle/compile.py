@@ -378,7 +378,13 @@ def _compile_rules(
             if not isinstance(when_node, yaml.ScalarNode):  # no `when:` key: cannot fail
                 when_node = id_node
             for ce in compiled:
-                eline, ecol = _expression_position(when_node, lines_of[file], ce.line, ce.column)
+                column = ce.column
+                if _UNKNOWN_LIST.search(ce.message):
+                    # CEL points at the `.` of `lists.x`; point at `lists`, where the name starts.
+                    text = rule.when.splitlines()[ce.line - 1] if ce.line <= len(rule.when.splitlines()) else ""
+                    if text[max(column - 6, 0):column - 1] == "lists":
+                        column -= 5
+                eline, ecol = _expression_position(when_node, lines_of[file], ce.line, column)
                 message = _explain(ce.message, list_names)
                 if message is not None:
                     errors.append(SourceError(file, eline, ecol, message))
