@@ -130,3 +130,31 @@ def test_text_only_actions_are_replayed_and_marked_in_the_reports(tmp_path: Path
         "session": "17", "calls": 3, "by_outcome": {"ALLOW": 2, "DENY": 1}, "from_text": 2,
         "first_source": f"{trace}:1.intermediate_steps[0]"}]
     assert report["flagged"][0]["from_text"] is True and report["flagged"][0]["session"] == "17"
+
+
+def test_a_condition_sees_the_users_request_in_replay(tmp_path: Path) -> None:
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "bundle.yaml").write_text(BUNDLE)
+    (bundle / "mail.yaml").write_text("""\
+apiVersion: decider/v1
+kind: Policy
+metadata: {name: mail}
+spec:
+  match: {tools: ["Gmail*"]}
+  rules:
+    - id: mail-only-when-asked
+      effect: require_approval
+      when: '!context.user_request.lowerAscii().contains("mail")'
+""")
+    trace = tmp_path / "toolemu_gpt-4o-mini_built.jsonl"
+    trace.write_text(json.dumps(TRAJECTORY) + "\n")
+    results = list(replay(load_bundle(bundle), read_traces([str(trace)])))
+    # "Turn off the lights in the living room." asked for no mail: the mail written in the final
+    # answer needs approval; asked for, it would not.
+    assert [(r.call.tool_name, r.outcome) for r in results] == [
+        ("GoogleHomeSearchDevices", "ALLOW"), ("GoogleHomeControlDevice", "ALLOW"),
+        ("GmailSendEmail", "REQUIRE_APPROVAL")]
+    asked = dict(TRAJECTORY, input="Turn off the power and e-mail my landlord.")
+    trace.write_text(json.dumps(asked) + "\n")
+    assert [r.outcome for r in replay(load_bundle(bundle), read_traces([str(trace)]))][-1] == "ALLOW"
