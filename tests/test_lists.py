@@ -236,3 +236,11 @@ def test_a_served_bundle_sees_its_lists_and_reloads_when_a_list_file_changes(tmp
         assert mail("x@yopmail.com")[0] == "DENY"
     finally:
         srv.stop()
+
+
+def test_a_bad_csv_list_is_a_located_error(tmp_path: Path) -> None:
+    errors = errors_of(source(tmp_path, lists__disposable_csv='a.com\n"unclosed\n'))
+    assert any("lists/disposable.csv:" in e and "bad CSV" in e for e in errors), errors
+    (tmp_path / "lists" / "disposable.csv").write_bytes(b"a.com\n\xff\n")
+    errors = errors_of(tmp_path)
+    assert any("lists/disposable.csv:1:1: not UTF-8 text" in e for e in errors), errors

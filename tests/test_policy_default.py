@@ -110,3 +110,30 @@ def test_an_invalid_policy_default_is_a_located_error(tmp_path: Path) -> None:
         load(tmp_path, PAYMENTS.replace("default: require_approval", "default: approve"))
     (err,) = exc.value.errors
     assert str(err).endswith("p0.yaml:6:12: spec.default: Input should be 'allow', 'deny' or 'require_approval'")
+
+
+def test_decider_test_cases_can_expect_a_policy_default(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    load(tmp_path, PAYMENTS)
+    (tmp_path / "payments_test.yaml").write_text("""\
+apiVersion: decider/v1
+kind: TestSuite
+metadata: {name: defaults}
+cases:
+  - name: a mid-size refund falls to the policy default
+    agent: {id: bot}
+    tool: payments.refund
+    args: {amount: 500, to: x}
+    expect: {outcome: require_approval, rule: payments.default, reason: "policy default is require_approval"}
+  - name: a small refund is allowed by its rule
+    agent: {id: bot}
+    tool: payments.refund
+    args: {amount: 5, to: x}
+    expect: {outcome: allow, rule: small-refunds}
+""")
+    run = subprocess.run([sys.executable, "-m", "decider", "test", str(tmp_path)], capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.rstrip().endswith("2 passed, 0 failed")

@@ -141,12 +141,13 @@ def _csv_items(file: str, data: bytes, errors: list[SourceError]) -> tuple[ListI
         errors.append(SourceError(file, 1, 1, f"not UTF-8 text: {e.reason} at byte {e.start}"))
         return None
     values: list[ListItem] = []
+    reader = csv.reader(io.StringIO(text), strict=True)
     try:
-        for row in csv.reader(io.StringIO(text)):
+        for row in reader:
             first = row[0].strip() if row else ""
             if first and not first.startswith("#"):
                 values.append(first)
     except csv.Error as e:
-        errors.append(SourceError(file, 1, 1, f"bad CSV: {e}"))
+        errors.append(SourceError(file, reader.line_num, 1, f"bad CSV: {e}"))
         return None
     return tuple(values)
