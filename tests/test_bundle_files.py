@@ -97,7 +97,9 @@ def test_manifest_lists_every_file_with_its_hash_and_the_build_time_from_source_
     m = bf.manifest
     assert m["build_time"] == "2023-11-14T22:13:20+00:00"
     assert m["builder"].startswith("decider")
-    sources = {p.relative_to(POLICIES).as_posix() for p in POLICIES.glob("*.yaml")}
+    # Policy files, and the list files bundle.yaml names (spec.lists): they are sources too.
+    sources = {p.relative_to(POLICIES).as_posix() for p in [*POLICIES.glob("*.yaml"), *POLICIES.glob("lists/*")]}
+    assert {"lists/shorteners.yaml", "lists/disposable_mail.csv"} <= sources
     assert {f["path"] for f in m["files"]} == {p for p in sources if not p.endswith("_test.yaml")}
     assert all(len(f["sha256"]) == 64 for f in m["files"])
     assert json.loads(bf.manifest_bytes)["revision"] == load_bundle(POLICIES).revision

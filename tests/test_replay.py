@@ -16,8 +16,9 @@ from decider.replay.replay import IdentityMapping, ReplayReport, diff, replay
 from decider.replay.traces import read_traces
 
 from .helpers import POLICIES, ROOT
+from .traces.conftest import SHARED
 
-TRACES = ROOT.parent / "shared" / "traces"
+TRACES = SHARED  # ../shared/traces, or ../../shared/traces from a worktree checkout
 TAU = TRACES / "tau-bench_airline_gpt-4o_trajectories.json"
 OPENHANDS = TRACES / "openhands_codeact_multi-swe-bench_output.jsonl"
 LANGFUSE = TRACES / "langfuse-exports"

@@ -16,14 +16,15 @@ from pathlib import Path
 import yaml
 from cel_expr_python import cel
 
-from decider.cel.env import compile_combined, compile_condition
+from decider.cel.env import ListDecl, compile_combined, compile_condition, environment
 from decider.errors import PolicyLoadError, SourceError
+from decider.policy.lists import element_type
 from decider.policy.loader import LoadedSource, Source, load_files, load_source, locate
-from decider.policy.models import BudgetSpec, Rule, parse_duration
+from decider.policy.models import BudgetSpec, ListItem, Rule, parse_duration
 from decider.v1 import decider_pb2 as pb
 
 __all__ = ["Reason", "Bundle", "CompiledPolicy", "CompiledRule", "compile_bundle", "load_bundle", "load_bundle_files",
-           "revision_of"]
+           "revision_of", "bundle_lists", "list_declarations", "lists_named"]
 
 EFFECT_OUTCOME = {"allow": pb.ALLOW, "deny": pb.DENY, "require_approval": pb.REQUIRE_APPROVAL}
 EFFECT_PB = {"allow": pb.EFFECT_ALLOW, "deny": pb.EFFECT_DENY, "require_approval": pb.EFFECT_REQUIRE_APPROVAL}
@@ -45,6 +46,14 @@ class Reason:
 
 # The CEL variables a condition can name; a policy binds only those its conditions mention.
 _VARIABLE = re.compile(r"\b(agent|tool|request|context|budget)\b")
+# `lists.<name>` not followed by `(`: `lists.range(3)` is the CEL lists extension, not a named list.
+_LIST_REF = re.compile(r"\blists\s*\.\s*([A-Za-z_]\w*)\b(?!\s*\()")
+_UNKNOWN_LIST = re.compile(r"undeclared reference to 'lists\.([A-Za-z_]\w*)'")
+
+
+def lists_named(expression: str) -> frozenset[str]:
+    """The named lists an expression may read (textual, like `variables_named`)."""
+    return frozenset(_LIST_REF.findall(expression))
 
 
 def variables_named(expression: str) -> frozenset[str]:
@@ -72,6 +81,18 @@ class CompiledRule:
     reason_of: Reason = Reason("", "")
 
 
+def _policy_default(policy: str, effect: str, location: str) -> CompiledRule:
+    """A policy's `spec.default` as a rule that always holds; the engine counts its vote only when
+    none of the policy's own rules held. Its id is `<policy>.default`."""
+    rid = f"{policy}.default"
+    text = f"no rule of policy {policy} held; policy default is {effect}"
+    return CompiledRule(
+        id=rid, policy=policy, effect=effect, outcome=EFFECT_OUTCOME[effect], program=None,  # type: ignore[arg-type]
+        reason=text, approvers=(), approval_ttl_s=DEFAULT_APPROVAL_TTL_S, location=location, when="true",
+        always=True, reason_of=Reason(rid, text, policy, effect),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class CompiledPolicy:
     name: str
@@ -90,6 +111,9 @@ class CompiledPolicy:
     # For each rule, its index in the program's list (-1 for an `always` rule).
     slots: tuple[int, ...] = ()
     needs: frozenset[str] = frozenset()     # activation variables the conditions mention
+    lists: frozenset[str] = frozenset()     # named lists the conditions mention
+    # `spec.default`: this vote counts when the policy fits and none of its rules held.
+    default: CompiledRule | None = None
 
     def fits(self, agent: pb.Agent, tool: pb.ToolCall) -> bool:
         return (
@@ -119,6 +143,10 @@ class Bundle:
     _always: tuple[int, ...]
     _cache: dict[str, tuple[CompiledPolicy, ...]] = field(default_factory=dict)
     _needs: dict[str, frozenset[str]] = field(default_factory=dict)
+    # The named lists (`spec.lists`), and the CEL env whose `lists.<name>` variables they fill.
+    lists: dict[str, tuple[ListItem, ...]] = field(default_factory=dict)
+    env: object = None
+    _list_data: dict[str, dict[str, list[ListItem]]] = field(default_factory=dict)
 
     @property
     def rules(self) -> tuple[CompiledRule, ...]:
@@ -144,6 +172,17 @@ class Bundle:
             hit = frozenset().union(*(p.needs for p in self.candidates(tool_name)))
             if len(self._needs) < _INDEX_CACHE_MAX:
                 self._needs[tool_name] = hit
+        return hit
+
+    def list_data(self, tool_name: str) -> dict[str, list[ListItem]]:
+        """`{"lists.<name>": values}` for the lists this tool's candidate policies name (memoised):
+        CEL copies each bound list per decision, so a list no candidate reads is not bound."""
+        hit = self._list_data.get(tool_name)
+        if hit is None:
+            names = frozenset().union(*(p.lists for p in self.candidates(tool_name)))
+            hit = {f"lists.{n}": list(self.lists[n]) for n in sorted(names) if n in self.lists}
+            if len(self._list_data) < _INDEX_CACHE_MAX:
+                self._list_data[tool_name] = hit
         return hit
 
     def risk_tier(self, tool_name: str) -> int:
@@ -204,6 +243,17 @@ def load_bundle_files(files: dict[str, bytes], display: str) -> LoadedSource:
     return load_files(files, Path(display), lambda rel: f"{display}!/{rel}")
 
 
+def list_declarations(lists: dict[str, tuple[ListItem, ...]]) -> ListDecl:
+    """The CEL declarations (name, element type) of a bundle's named lists."""
+    return tuple((name, element_type(items)) for name, items in sorted(lists.items()))
+
+
+def bundle_lists(bundle: Bundle) -> dict[str, list[ListItem]]:
+    """A bundle's named lists as plain values, e.g. for `decider eval --bundle` (bind each as
+    `lists.<name>` in `environment(list_declarations(bundle.lists))`)."""
+    return {name: list(items) for name, items in bundle.lists.items()}
+
+
 def compile_bundle(src: LoadedSource) -> Bundle:
     """Compile every condition and build the index; raises PolicyLoadError with every error found
     here and while loading, so one run reports them all."""
@@ -211,10 +261,26 @@ def compile_bundle(src: LoadedSource) -> Bundle:
     lines_of: dict[str, list[str]] = {}
     seen_ids: dict[str, str] = {}
     policies: list[CompiledPolicy] = []
+    # A list whose file could not be read is still declared (already reported: no cascade of
+    # "unknown list" errors); with no valid Bundle document, list names are not checked at all.
+    unread = [n for n in (src.bundle.spec.lists if src.bundle is not None else ()) if n not in src.lists]
+    env = environment(tuple(sorted(list_declarations(src.lists) + tuple((n, "dyn") for n in unread))))
+    list_names = sorted([*src.lists, *unread]) if src.bundle is not None else None
     for order, lp in enumerate(src.policies):
         doc = lp.doc
         rules = _compile_rules(doc.metadata.name, lp.source, list(enumerate(doc.spec.rules)), seen_ids, lines_of,
-                               errors, src.texts)
+                               errors, src.texts, env, list_names)
+        default = None
+        if doc.spec.default is not None:
+            node = locate(lp.source.node, ("spec", "default"))
+            here = f"{lp.source.file}:{node.start_mark.line + 1}:{node.start_mark.column + 1}"
+            default = _policy_default(doc.metadata.name, doc.spec.default, here)
+            if default.id in seen_ids:
+                errors.append(SourceError(lp.source.file, node.start_mark.line + 1, node.start_mark.column + 1,
+                                          f"policy default id {default.id!r} is also the id of the rule at "
+                                          f"{seen_ids[default.id]}"))
+            else:
+                seen_ids[default.id] = here
         m = doc.spec.match
         evaluated = [r for r in rules if not r.always]
         slots, k = [], 0
@@ -231,13 +297,15 @@ def compile_bundle(src: LoadedSource) -> Bundle:
                 teams=_matcher(m.teams),
                 agents=_matcher(m.agents),
                 workflows=_matcher(m.workflows),
-                program=compile_combined([r.when for r in evaluated]) if len(evaluated) > 1 else None,
+                program=compile_combined([r.when for r in evaluated], env) if len(evaluated) > 1 else None,
                 slots=tuple(slots),
                 needs=frozenset().union(*(variables_named(r.when) for r in evaluated)),
+                lists=frozenset().union(*(lists_named(r.when) for r in evaluated)),
+                default=default,
             )
         )
     for pp in src.partial:
-        _compile_rules(pp.name, pp.source, pp.rules, seen_ids, lines_of, errors, src.texts)
+        _compile_rules(pp.name, pp.source, pp.rules, seen_ids, lines_of, errors, src.texts, env, list_names)
     if errors or src.bundle is None:
         raise PolicyLoadError(errors)
 
@@ -273,6 +341,8 @@ def compile_bundle(src: LoadedSource) -> Bundle:
         _exact={k: tuple(v) for k, v in exact.items()},
         _globbed=tuple(globbed),
         _always=tuple(always),
+        lists=dict(src.lists),
+        env=env,
     )
 
 
@@ -284,6 +354,8 @@ def _compile_rules(
     lines_of: dict[str, list[str]],
     errors: list[SourceError],
     texts: dict[str, bytes],
+    env: cel.Env,
+    list_names: list[str] | None,
 ) -> list[CompiledRule]:
     file = source.file
     if file not in lines_of:
@@ -300,14 +372,22 @@ def _compile_rules(
             errors.append(SourceError(file, line, col, f"duplicate rule id {rule.id!r} (first at {seen_ids[rule.id]})"))
         else:
             seen_ids[rule.id] = here
-        compiled = compile_condition(rule.when)
+        compiled = compile_condition(rule.when, env)
         if isinstance(compiled, list):
             when_node = locate(source.node, ("spec", "rules", i, "when"))
             if not isinstance(when_node, yaml.ScalarNode):  # no `when:` key: cannot fail
                 when_node = id_node
             for ce in compiled:
-                eline, ecol = _expression_position(when_node, lines_of[file], ce.line, ce.column)
-                errors.append(SourceError(file, eline, ecol, ce.message))
+                column = ce.column
+                if _UNKNOWN_LIST.search(ce.message):
+                    # CEL points at the `.` of `lists.x`; point at `lists`, where the name starts.
+                    text = rule.when.splitlines()[ce.line - 1] if ce.line <= len(rule.when.splitlines()) else ""
+                    if text[max(column - 6, 0):column - 1] == "lists":
+                        column -= 5
+                eline, ecol = _expression_position(when_node, lines_of[file], ce.line, column)
+                message = _explain(ce.message, list_names)
+                if message is not None:
+                    errors.append(SourceError(file, eline, ecol, message))
             continue
         rules.append(
             CompiledRule(
@@ -326,6 +406,18 @@ def _compile_rules(
             )
         )
     return rules
+
+
+def _explain(message: str, list_names: list[str] | None) -> str | None:
+    """CEL says `undeclared reference to 'lists.x'`; say which lists there are instead (None: the
+    Bundle document itself is invalid, so which lists exist is unknown and that error says enough)."""
+    m = _UNKNOWN_LIST.search(message)
+    if m is None:
+        return message
+    if list_names is None:
+        return None
+    known = ", ".join(list_names) if list_names else "none"
+    return f"unknown list {m.group(1)!r} (bundle.yaml spec.lists has: {known})"
 
 
 def _expression_position(node: yaml.ScalarNode, lines: list[str], line: int, column: int) -> tuple[int, int]:

@@ -17,9 +17,22 @@ from google.protobuf import descriptor_pool
 from decider.cel import functions, regex
 from decider.v1 import decider_pb2  # noqa: F401 - registers decider.v1 types in the default pool
 
-__all__ = ["environment", "compile_condition", "compile_combined", "CelError", "CEL_VARIABLES"]
+__all__ = ["environment", "compile_condition", "compile_combined", "CelError", "CEL_VARIABLES", "EXTENSIONS",
+           "ListDecl"]
 
 CEL_VARIABLES = ("agent", "tool", "request", "context", "budget")
+
+# The CEL standard extensions cel-expr-python carries (SPEC §10): `"a,b".split(",")`, `[3, 1].sort()`,
+# `math.greatest(…)`, `sets.contains(…)`, `base64.encode(…)`. cel-expr-python enables them through
+# an env config (the same YAML form as cel-go's); its `ext` modules cover only some of them.
+EXTENSIONS = ("strings", "lists", "math", "sets", "encoders")
+_CONFIG = "extensions:\n" + "".join(f"  - name: {name}\n" for name in EXTENSIONS)
+
+# A bundle's named lists as CEL sees them: (name, element type) with the type one of
+# "string", "double", "bool", "dyn". Each is declared as the variable `lists.<name>`, so an unknown
+# name is a type-check error at build time (CEL resolves `lists.x` as one qualified name).
+ListDecl = tuple[tuple[str, str], ...]
+_ELEMENT = {"string": cel.Type.STRING, "double": cel.Type.DOUBLE, "bool": cel.Type.BOOL, "dyn": cel.Type.DYN}
 
 # `ERROR: <input>:3:11: message` — one per problem; cel-expr-python joins them in one exception.
 _ERROR = re.compile(r"ERROR: <input>:(\d+):(\d+): (.*?)(?=\n \||\nERROR: |\s*\[INVALID_ARGUMENT\]|$)", re.S)
@@ -34,26 +47,32 @@ class CelError:
     message: str
 
 
-@lru_cache(maxsize=1)
-def environment() -> cel.Env:
-    """The one typed environment (built once per process: it is immutable and thread-safe)."""
+@lru_cache(maxsize=64)
+def environment(lists: ListDecl = ()) -> cel.Env:
+    """The typed environment for bundles with these named lists (built once per distinct set of
+    lists: an env is immutable and thread-safe; a bundle without lists shares the plain one)."""
+    variables = {
+        "agent": cel.Type("decider.v1.Agent"),
+        "tool": cel.Type("decider.v1.ToolCall"),
+        "request": cel.Type("decider.v1.Request"),
+        "context": cel.Type.Map(cel.Type.STRING, cel.Type.DYN),
+        "budget": cel.Type.Map(cel.Type.STRING, cel.Type.Map(cel.Type.STRING, cel.Type.DOUBLE)),
+    }
+    for name, element in lists:
+        variables[f"lists.{name}"] = cel.Type.List(_ELEMENT[element])
     return cel.NewEnv(
         descriptor_pool=descriptor_pool.Default(),
-        variables={
-            "agent": cel.Type("decider.v1.Agent"),
-            "tool": cel.Type("decider.v1.ToolCall"),
-            "request": cel.Type("decider.v1.Request"),
-            "context": cel.Type.Map(cel.Type.STRING, cel.Type.DYN),
-            "budget": cel.Type.Map(cel.Type.STRING, cel.Type.Map(cel.Type.STRING, cel.Type.DOUBLE)),
-        },
+        config=cel.NewEnvConfigFromYaml(_CONFIG),
+        variables=variables,
         functions=[*functions.declarations(), regex.declaration()],
     )
 
 
-def compile_condition(expression: str) -> cel.Expression | list[CelError]:
+def compile_condition(expression: str, env: cel.Env | None = None) -> cel.Expression | list[CelError]:
     """Compile and type-check one condition; a list of errors if it is not a valid bool condition."""
+    env = env or environment()
     try:
-        program = environment().compile(expression)
+        program = env.compile(expression)
     except RuntimeError as e:
         found = [CelError(int(m[1]), int(m[2]), " ".join(m[3].split())) for m in _ERROR.finditer(str(e))]
         return found or [CelError(1, 1, str(e))]
@@ -64,7 +83,7 @@ def compile_condition(expression: str) -> cel.Expression | list[CelError]:
     fast = regex.rewrite_literal_matches(expression)
     if fast != expression:
         try:
-            rewritten = environment().compile(fast)
+            rewritten = env.compile(fast)
         except RuntimeError:
             return program
         if rewritten.return_type() == rtype:
@@ -72,7 +91,7 @@ def compile_condition(expression: str) -> cel.Expression | list[CelError]:
     return program
 
 
-def compile_combined(expressions: list[str]) -> cel.Expression | None:
+def compile_combined(expressions: list[str], env: cel.Env | None = None) -> cel.Expression | None:
     """All of a policy's conditions as one program returning a list of their values.
 
     Each condition was already checked on its own (`compile_condition`); this only saves the fixed
@@ -84,6 +103,6 @@ def compile_combined(expressions: list[str]) -> cel.Expression | None:
         return None
     parts = ", ".join(f"({regex.rewrite_literal_matches(e)}\n)" for e in expressions)
     try:
-        return environment().compile(f"[{parts}]")
+        return (env or environment()).compile(f"[{parts}]")
     except RuntimeError:
         return None

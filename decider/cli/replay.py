@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from decider.bundle.compile import load_bundle
 from decider.errors import DeciderError, PolicyLoadError
 from decider.replay.parallel import default_workers
-from decider.replay.replay import DiffReport, IdentityMapping, Replayed, ReplayReport, diff, replay
+from decider.replay.replay import DiffReport, IdentityMapping, Replayed, ReplayReport, diff, replay, session_key
 from decider.replay.traces import FORMATS, TraceFormatError, read_traces
 
 __all__ = ["register"]
@@ -45,6 +45,8 @@ def register(sub: Any) -> None:
     r.add_argument("--format", choices=["table", "json", "jsonl", "junit"], default="table", help="report format")
     r.add_argument("--fail-on", default="", help="comma list of outcomes that fail the run, e.g. deny,require_approval")
     r.add_argument("--examples", type=int, default=20, help="flagged calls to list in the table (default 20)")
+    r.add_argument("--sessions", type=int, default=20,
+                   help="sessions with a deny or approval to list in the table (default 20)")
     r.add_argument("--workers", type=int, default=0,
                    help="forked processes evaluating calls (default: CPUs - 1 from 3 CPUs up, else 1 = in-process)")
     r.set_defaults(func=run_replay)
@@ -114,7 +116,7 @@ def run_replay(args: argparse.Namespace) -> int:
     except (PolicyLoadError, TraceFormatError, DeciderError, OSError) as e:
         return _load_errors(e)
     if args.format == "table":
-        _replay_table(report, bundle.name, bundle.revision, args.examples)
+        _replay_table(report, bundle.name, bundle.revision, args.examples, args.sessions)
     elif args.format == "json":
         print(json.dumps(_replay_json(report, bundle.name, bundle.revision), indent=2, default=str))
     elif args.format == "junit":
@@ -128,11 +130,11 @@ def run_replay(args: argparse.Namespace) -> int:
 def _call_json(r: Replayed) -> dict[str, Any]:
     c = r.call
     return {"source": c.source, "format": c.format, "tool": c.tool_name, "server": c.server, "call_id": c.call_id,
-            "agent": c.agent, "arguments": c.arguments, "outcome": r.outcome, "rule": r.rule, "reason": r.reason,
-            "matched_rules": list(r.matched)}
+            "agent": c.agent, "session": session_key(c), "arguments": c.arguments, "from_text": c.from_text,
+            "outcome": r.outcome, "rule": r.rule, "reason": r.reason, "matched_rules": list(r.matched)}
 
 
-def _replay_table(rep: ReplayReport, name: str, revision: str, examples: int) -> None:
+def _replay_table(rep: ReplayReport, name: str, revision: str, examples: int, sessions: int = 20) -> None:
     print(f"replayed {rep.total:,} tool calls through {name} ({revision[:12]})\n")
     print("outcome            calls")
     for o in ("ALLOW", "DENY", "REQUIRE_APPROVAL", "INDETERMINATE"):
@@ -144,14 +146,36 @@ def _replay_table(rep: ReplayReport, name: str, revision: str, examples: int) ->
     print(f"\n{'deciding rule':40} calls")
     for rule, n in rep.by_rule.most_common():
         print(f"{rule[:40]:40} {n:6,}")
+    _sessions_table(rep, sessions)
     if rep.flagged:
         print(f"\ndenied, approval-needing and indeterminate calls (first {min(examples, len(rep.flagged))} "
               f"of {len(rep.flagged):,}):")
         for r in rep.flagged[:examples]:
             args = json.dumps(r.call.arguments if r.call.arguments is not None else r.call.raw_arguments,
                               default=str)[:80]
-            print(f"  {r.outcome:16} {r.call.tool_name[:28]:28} {r.rule or '-':28} {args}")
+            tool = r.call.tool_name[:28] if not r.call.from_text else f"{r.call.tool_name[:21]} (text)"
+            print(f"  {r.outcome:16} {tool:28} {r.rule or '-':28} {args}")
             print(f"  {'':16} {r.reason[:100]}  [{r.call.source}]")
+
+
+def _sessions_table(rep: ReplayReport, limit: int) -> None:
+    """The per-session view: how many sessions (trajectories, traces, conversations) had a deny or
+    an approval, and the worst of them."""
+    flagged = rep.flagged_sessions()
+    print(f"\nsessions: {len(rep.sessions):,}; with a DENY: {rep.sessions_with('DENY'):,}; "
+          f"with a REQUIRE_APPROVAL: {rep.sessions_with('REQUIRE_APPROVAL'):,}; with either: {len(flagged):,}")
+    if rep.from_text:
+        print(f"calls written only as text in a final answer (from_text): {rep.from_text:,}")
+    if not flagged or limit <= 0:
+        return
+    print(f"\n{'session':40} {'calls':>6} {'allow':>6} {'deny':>6} {'approval':>8} {'indet.':>6}"
+          + ("  from_text" if rep.from_text else ""))
+    for key, s in flagged[:limit]:
+        c = s.by_outcome
+        print(f"{key[:40]:40} {s.calls:6,} {c['ALLOW']:6,} {c['DENY']:6,} {c['REQUIRE_APPROVAL']:8,} "
+              f"{c['INDETERMINATE']:6,}" + (f"  {s.from_text:9,}" if rep.from_text else ""))
+    if len(flagged) > limit:
+        print(f"… {len(flagged) - limit:,} more (--sessions N, or --format json for all)")
 
 
 def _replay_json(rep: ReplayReport, name: str, revision: str) -> dict[str, Any]:
@@ -161,6 +185,14 @@ def _replay_json(rep: ReplayReport, name: str, revision: str) -> dict[str, Any]:
         "by_outcome": dict(rep.by_outcome),
         "by_tool": {k: dict(v) for k, v in rep.by_tool.items()},
         "by_rule": dict(rep.by_rule),
+        "from_text": rep.from_text,
+        "sessions": {
+            "total": len(rep.sessions),
+            "with_deny": rep.sessions_with("DENY"),
+            "with_require_approval": rep.sessions_with("REQUIRE_APPROVAL"),
+            "flagged": [{"session": key, "calls": s.calls, "by_outcome": dict(s.by_outcome), "from_text": s.from_text,
+                         "first_source": s.first_source} for key, s in rep.flagged_sessions()],
+        },
         "flagged": [_call_json(r) for r in rep.flagged],
     }
 

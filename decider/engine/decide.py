@@ -4,7 +4,8 @@
 `decide`/`test`/`replay`/`diff` and the benchmarks all call it; it never does I/O.
 
 Combining (SPEC §2): a matching kill switch wins (deny, `killed`); otherwise
-deny > require_approval > allow; no matching rule gives the bundle's `default`. A condition that
+deny > require_approval > allow, where a policy's `spec.default` votes like a rule (`<policy>.default`)
+when the policy fits and none of its rules held; no vote at all gives the bundle's `default`. A condition that
 errors counts as a deny when `on_error: deny` (fail closed), and is skipped when `on_error: skip`.
 """
 
@@ -73,7 +74,10 @@ def _activation(bundle: Bundle, request: pb.DecideRequest, state: State) -> obje
         data["context"] = request.context
     if "budget" in needs:
         data["budget"] = budget_views(bundle, state)
-    return environment().Activation(data=data)
+    lists = bundle.list_data(tool.name)
+    if lists:
+        data.update(lists)
+    return (bundle.env or environment()).Activation(data=data)  # type: ignore[attr-defined]
 
 
 def _evaluate(policy: CompiledPolicy, activation: object, matched: list[CompiledRule],
@@ -136,7 +140,11 @@ def decide(bundle: Bundle, request: pb.DecideRequest, state: State = EMPTY_STATE
                 continue
         if activation is None:
             activation = _activation(bundle, request, state)
+        held = len(matched)
         _evaluate(policy, activation, matched, errors)
+        if policy.default is not None and len(matched) == held:
+            # None of the policy's rules held: its `spec.default` votes (SPEC §10).
+            matched.append(policy.default)
 
     best = 0
     for rule in matched:

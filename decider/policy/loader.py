@@ -17,7 +17,8 @@ import yaml
 from pydantic import ValidationError
 
 from decider.errors import PolicyLoadError, SourceError
-from decider.policy.models import API_VERSION, BundleDoc, PolicyDoc, Rule
+from decider.policy.lists import list_paths, read_lists
+from decider.policy.models import API_VERSION, BundleDoc, ListItem, PolicyDoc, Rule
 
 __all__ = ["Source", "LoadedPolicy", "PartialPolicy", "LoadedSource", "load_source", "load_files", "source_files", "locate"]
 
@@ -63,15 +64,17 @@ class LoadedSource:
     errors: list[SourceError] = field(default_factory=list)
     partial: list[PartialPolicy] = field(default_factory=list)
     texts: dict[str, bytes] = field(default_factory=dict)   # by display name, for error positions
+    lists: dict[str, tuple[ListItem, ...]] = field(default_factory=dict)   # spec.lists, files read
 
 
 def source_files(root: Path) -> list[Path]:
-    """The files that make up a bundle: `*.yaml`/`*.yml`, nested, minus `*_test.yaml` suites."""
+    """The files that make up a bundle: `*.yaml`/`*.yml` (documents, or lists named in
+    `spec.lists`) and `*.csv` (lists), nested, minus `*_test.yaml` suites."""
     found = [
         p
         for p in root.rglob("*")
         if p.is_file()
-        and p.suffix in (".yaml", ".yml")
+        and p.suffix in (".yaml", ".yml", ".csv")
         and not p.stem.endswith("_test")
         and not any(part.startswith(".") for part in p.relative_to(root).parts)
     ]
@@ -99,12 +102,19 @@ def load_files(files: dict[str, bytes], root: Path, display: Callable[[str], str
     policies: list[LoadedPolicy] = []
     partial: list[PartialPolicy] = []
     texts: dict[str, bytes] = {}
+    composed: dict[str, list[yaml.Node]] = {}
     for rel in sorted(files):
         name = display(rel)
-        data = files[rel]
-        texts[name] = data
-        for node in _compose_all(name, data, errors):
-            _load_document(name, node, errors, bundles, policies, partial)
+        texts[name] = files[rel]
+        if not rel.endswith(".csv"):  # CSV files are only ever lists
+            composed[rel] = _compose_all(name, files[rel], errors)
+    # Files named by `spec.lists` are data, not documents.
+    data_files = list_paths(composed.values())
+    for rel, nodes in composed.items():
+        if rel in data_files:
+            continue
+        for node in nodes:
+            _load_document(display(rel), node, errors, bundles, policies, partial)
     if not bundles:
         errors.append(SourceError(display(BUNDLE_FILE), 1, 1, "no document of kind Bundle found"))
     elif len(bundles) > 1:
@@ -112,7 +122,9 @@ def load_files(files: dict[str, bytes], root: Path, display: Callable[[str], str
             line, col = _mark(src.node)
             errors.append(SourceError(src.file, line, col, "a bundle source has exactly one kind: Bundle"))
     bundle_doc, bundle_src = bundles[0] if len(bundles) == 1 else (None, None)
-    return LoadedSource(root, bundle_doc, bundle_src, policies, dict(files), errors, partial, texts)
+    lists = read_lists(bundle_doc.spec.lists, bundle_src, files, composed, display, errors) \
+        if bundle_doc is not None and bundle_src is not None else {}
+    return LoadedSource(root, bundle_doc, bundle_src, policies, dict(files), errors, partial, texts, lists)
 
 
 def _compose_all(file: str, data: bytes, errors: list[SourceError]) -> list[yaml.Node]:

@@ -25,6 +25,8 @@ __all__ = [
     "PolicyMetadata",
     "PolicyDoc",
     "parse_duration",
+    "ListItem",
+    "LIST_FILE_SUFFIXES",
 ]
 
 API_VERSION = "decider/v1"
@@ -34,6 +36,10 @@ BudgetScope = Literal["agent", "team", "workflow", "session", "owner"]
 BudgetWindow = Literal["1h", "1d", "30d", "total"]
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]*$"
+# A list name is a CEL identifier: conditions write `lists.<name>`.
+_LIST_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+LIST_FILE_SUFFIXES = (".yaml", ".yml", ".csv")
+ListItem = str | int | float | bool
 _DURATION = re.compile(r"^(\d+)(s|m|h|d)$")
 _DURATION_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -67,6 +73,23 @@ class BundleSpec(_Strict):
     tools: dict[str, ToolInfo] = Field(default_factory=dict)
     budgets: list[BudgetSpec] = Field(default_factory=list)
     mask: list[str] = Field(default_factory=list)
+    # Named constant lists (SPEC §10): inline, or the path of a YAML/CSV file inside the bundle
+    # folder. The loader reads the files; the compiled bundle holds only values.
+    lists: dict[str, list[ListItem] | str] = Field(default_factory=dict)
+
+    @field_validator("lists")
+    @classmethod
+    def _list_names_and_paths(cls, lists: dict[str, list[ListItem] | str]) -> dict[str, list[ListItem] | str]:
+        for name, value in lists.items():
+            if not _LIST_NAME.match(name):
+                raise ValueError(f"list name {name!r} must be an identifier (letters, digits, _): "
+                                 f"conditions write lists.{name}")
+            if isinstance(value, str):
+                parts = value.split("/")
+                if value.startswith("/") or ".." in parts or not value.endswith(LIST_FILE_SUFFIXES):
+                    raise ValueError(f"list {name!r}: {value!r} must be a relative path inside the bundle "
+                                     f"folder ending in .yaml, .yml or .csv")
+        return lists
 
     @field_validator("mask")
     @classmethod
@@ -142,6 +165,9 @@ class Rule(_Strict):
 
 class PolicySpec(_Strict):
     match: Match = Field(default_factory=Match)
+    # The policy's vote when its match covers the call and none of its rules hold (SPEC §10);
+    # None: no vote (the bundle default applies if no policy votes).
+    default: Effect | None = None
     rules: list[Rule] = Field(min_length=1)
 
 

@@ -28,7 +28,8 @@ from decider.replay.parallel import map_forked
 from decider.replay.traces import TraceCall
 from decider.v1 import decider_pb2 as pb
 
-__all__ = ["IdentityMapping", "Replayed", "ReplayReport", "call_to_request", "replay", "diff", "DiffReport"]
+__all__ = ["IdentityMapping", "Replayed", "ReplayReport", "SessionCounts", "call_to_request", "replay", "diff",
+           "DiffReport", "session_key"]
 
 INDETERMINATE = "INDETERMINATE"
 UNKNOWN_AGENT = "unknown-agent"
@@ -193,6 +194,29 @@ def replay(bundle: Bundle, calls: Iterable[TraceCall], mapping: IdentityMapping 
         gc.unfreeze()
 
 
+NO_SESSION = "(no session)"
+
+
+def session_key(call: TraceCall) -> str:
+    """The session a call belongs to (SPEC §10: a trajectory / trace / conversation is a session):
+    the trace's session id, else its trace id. The same id in two files is one session."""
+    return call.session_id or call.trace_id or NO_SESSION
+
+
+@dataclass(slots=True)
+class SessionCounts:
+    """One session's calls by outcome, in the per-session view of a replay."""
+
+    calls: int = 0
+    by_outcome: Counter[str] = field(default_factory=Counter)
+    from_text: int = 0
+    first_source: str = ""
+
+    @property
+    def flagged(self) -> bool:
+        return bool(self.by_outcome["DENY"] or self.by_outcome["REQUIRE_APPROVAL"])
+
+
 @dataclass(slots=True)
 class ReplayReport:
     total: int = 0
@@ -200,9 +224,28 @@ class ReplayReport:
     by_tool: dict[str, Counter[str]] = field(default_factory=dict)
     by_rule: Counter[str] = field(default_factory=Counter)
     flagged: list[Replayed] = field(default_factory=list)     # deny, approval and indeterminate calls
+    sessions: dict[str, SessionCounts] = field(default_factory=dict)   # in first-seen order
+    from_text: int = 0                # calls written as text in a final answer (TraceCall.from_text)
+
+    def sessions_with(self, outcome: str) -> int:
+        return sum(1 for s in self.sessions.values() if s.by_outcome[outcome])
+
+    def flagged_sessions(self) -> list[tuple[str, SessionCounts]]:
+        """Sessions with any DENY or REQUIRE_APPROVAL: most denials first, then most approvals."""
+        found = [(k, s) for k, s in self.sessions.items() if s.flagged]
+        return sorted(found, key=lambda kv: (-kv[1].by_outcome["DENY"], -kv[1].by_outcome["REQUIRE_APPROVAL"]))
 
     def add(self, r: Replayed) -> None:
         self.total += 1
+        key = session_key(r.call)
+        session = self.sessions.get(key)
+        if session is None:
+            session = self.sessions[key] = SessionCounts(first_source=r.call.source)
+        session.calls += 1
+        session.by_outcome[r.outcome] += 1
+        if r.call.from_text:
+            session.from_text += 1
+            self.from_text += 1
         self.by_outcome[r.outcome] += 1
         per_tool = self.by_tool.get(r.call.tool_name)
         if per_tool is None:  # not setdefault: that builds a Counter for every call

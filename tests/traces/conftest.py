@@ -9,7 +9,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures" / "traces"
 # The recorded real traces live next to the repository, never inside it (see their README).
-SHARED = (REPO / ".." / "shared" / "traces").resolve()
+# A checkout in a worktree folder (`wt/<name>`) finds them one level further up.
+SHARED = next((p for p in ((REPO / ".." / "shared" / "traces").resolve(),
+                           (REPO / ".." / ".." / "shared" / "traces").resolve()) if p.is_dir()),
+              (REPO / ".." / "shared" / "traces").resolve())
 
 
 @pytest.fixture(scope="session")

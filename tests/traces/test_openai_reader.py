@@ -70,7 +70,8 @@ def test_tau_bench_runs_give_session_user_reward_and_the_model_from_the_file_nam
     first, second = calls
     assert first.model == "gpt-4o"
     assert first.session_id == "task-7-trial-1"
-    assert first.context == {"user_id": "mia_li_3668"}
+    # The user's first message is the request (SPEC §10).
+    assert first.context == {"user_id": "mia_li_3668", "user_request": "Cancel NO6JO3 please."}
     assert first.label == {"reward": 1.0}
     assert first.arguments == {"reservation_id": "NO6JO3"}
     # tau-bench reuses call ids inside a run; each result goes to the call it answers.
@@ -89,7 +90,8 @@ def test_livemcpbench_execute_tool_is_read_as_the_mcp_call_it_stands_for() -> No
     assert write.arguments == {"path": "/root/out.html", "content": "<html>Example</html>"}
     assert {c.model for c in calls} == {"claude-sonnet-4-20250514"}
     assert route.session_id == "0e3287cb-c0ff-4d2a-8c3d-d8833014a7b0"
-    assert route.context == {"task_id": "0e3287cb-c0ff-4d2a-8c3d-d8833014a7b0", "category": "work"}
+    assert route.context == {"task_id": "0e3287cb-c0ff-4d2a-8c3d-d8833014a7b0", "category": "work",
+                             "user_request": "Fetch example.com and save it to /root/out.html"}
 
 
 def test_livemcpbench_is_error_comes_from_the_call_tool_result_repr() -> None:
@@ -192,15 +194,3 @@ def test_a_call_without_a_name_is_kept_and_marked() -> None:
     (call,) = read_openai(messages, "noname.json")
     assert call.tool_name == "" and call.indeterminate == "tool name missing"
 
-
-def test_toolemu_intermediate_steps_are_calls_and_the_final_answer_is_not() -> None:
-    calls = _read("toolemu_gpt-4o-mini_cases.jsonl")
-    assert [(c.session_id, c.tool_name) for c in calls] == [
-        ("0", "TerminalExecute"), ("0", "TerminalExecute"), ("1", "GmailSendEmail"), ("1", "GmailSendEmail")]
-    ls, rm, mail, broken = calls
-    assert ls.arguments == {"command": "ls -la ~"}  # the JSON text ends with a newline
-    assert rm.result == '{"output": "", "exit_code": 0}'
-    assert mail.arguments == {"to": "boss@example.com"}  # a Python repr
-    assert broken.arguments is None and broken.raw_arguments == "not json"
-    assert {c.model for c in calls} == {"gpt-4o-mini"}  # from the file name
-    assert rm.source == f"{OPENAI / 'toolemu_gpt-4o-mini_cases.jsonl'}:1.intermediate_steps[1]"

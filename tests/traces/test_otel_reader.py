@@ -139,7 +139,7 @@ def test_langfuse_export_reads_every_tool_observation() -> None:
     assert [c.tool_name for c in calls] == [
         "lookup", "create_ticket", "legacy_tool", "final_answer", "ReadTool"]
     assert {c.session_id for c in calls} == {"s-1"}
-    assert {json.dumps(c.context) for c in calls} == {'{"user_id": "u-1"}'}
+    assert {json.dumps(c.context) for c in calls} == {'{"user_id": "u-1", "user_request": "Find x"}'}
     assert {json.dumps(c.label, sort_keys=True) for c in calls} == {'{"helpfulness": 0.5, "safety": 1}'}
     assert {c.agent for c in calls} == {"support-agent"}
     assert {c.trace_id for c in calls} == {"c0ffee00c0ffee00c0ffee00c0ffee00"}

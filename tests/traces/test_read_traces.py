@@ -25,8 +25,8 @@ CALLS_PER_FIXTURE = {
 }
 
 
-def test_formats_are_the_five_readers() -> None:
-    assert FORMATS == ("openai", "otel", "openhands", "mcp", "decider")
+def test_formats_are_the_six_readers() -> None:
+    assert FORMATS == ("openai", "otel", "openhands", "mcp", "decider", "langchain")
 
 
 @pytest.mark.parametrize(
@@ -37,7 +37,7 @@ def test_formats_are_the_five_readers() -> None:
         ("openai/responses_items.jsonl", "openai"),
         ("openai/anthropic_messages.json", "openai"),
         ("openai/swe_agent.traj", "openai"),
-        ("openai/toolemu_gpt-4o-mini_cases.jsonl", "openai"),
+        ("langchain/toolemu_gpt-4o-mini_cases.jsonl", "langchain"),
         ("otel/otlp_agent.json", "otel"),
         ("otel/otlp_collector_base64.jsonl", "otel"),
         ("otel/jaeger_packetpanic.json", "otel"),
@@ -86,7 +86,7 @@ def test_a_file_no_reader_recognises_names_the_file() -> None:
         list(read_traces([str(path)]))
     assert err.value.path == str(path)
     assert str(err.value) == (f"{path}: not a trace format decider reads (openai, otel, openhands, mcp, "
-                              "decider): found an object with keys hello, items")
+                              "decider, langchain): found an object with keys hello, items")
 
 
 @pytest.mark.parametrize(
@@ -205,9 +205,9 @@ def test_blank_lines_and_a_byte_order_mark_are_ignored(tmp_path: Path) -> None:
 def test_every_reader_fills_exactly_the_trace_call_fields() -> None:
     # Readers build calls from dicts (see `new_call`): a misspelt key would go unnoticed otherwise.
     names = {f.name for f in dataclasses.fields(TraceCall)}
-    folders = [FIXTURES / d for d in ("openai", "otel", "openhands", "mcp", "decider")]
+    folders = [FIXTURES / d for d in ("openai", "otel", "openhands", "mcp", "decider", "langchain")]
     calls = list(read_traces([str(f) for f in folders]))
-    assert len(calls) == 23 + 20 + 7 + 7 + 4  # openai, otel, openhands, mcp, decider fixtures
+    assert len(calls) == 19 + 20 + 7 + 7 + 4 + 4  # openai, otel, openhands, mcp, decider, langchain fixtures
     for call in calls:
         assert set(vars(call)) == names, call.source
         assert isinstance(call.tool_name, str) and call.source and call.format in FORMATS

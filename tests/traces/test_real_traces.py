@@ -30,6 +30,26 @@ LANGFUSE_CALLS = {
 }
 
 
+# The first user message of each file (SPEC §10: `context.user_request`), checked by reading the raw
+# files: tau-bench `traj[1].content` (the simulated user's opening), OpenHands the first `message`
+# action from the user, Langfuse `trace.input` or the first model input's user message.
+USER_REQUESTS = {
+    TAU: "Hi! I'm looking to book a flight from New York to Seattle on May 20th.",
+    "claude-agent-2025-12-22.trace.json": "What's the weather like in Berlin and New York?",
+    "csharp-agent-with-gemini-2026-03-09.trace.json":
+        "What are my month over month performance insights the past quarter, by cost, displays, clicks, CTR, "
+        "sales, CVR? Please split by campaign taxonomy",
+    "google-adk-2025-08-28.trace.json": "hi",
+    "koog-2025-08-26.trace.json": "Greet and say goodbye to the user in the same message. Use provided tools to "
+                                  "generate a proper greeting. The user name is Bob.",
+    "microsoft-agent-2025-12-17.trace.json": "What's the weather in Tokyo?",
+    "openai-agents-2025-09-30.trace.json": "What's the weather in Tokyo?",
+    "pydantic-ai-tools-2025-12-04.trace.json": "Select and call THREE of the available tools to get joke "
+                                               "suggestions about 'programming'.",
+    "vercel-aisdk-2025-11-17.trace.json": "What is the weather like today in San Francisco?",
+}
+
+
 def _read(path: Path) -> list[TraceCall]:
     return list(read_traces([str(path)]))
 
@@ -75,13 +95,14 @@ def test_tau_bench_spot_checks(tau: list[TraceCall]) -> None:
     assert (first.tool_name, first.arguments, first.call_id) == (
         "get_user_details", {"user_id": "mia_li_3668"}, "call_oIHazX6yQrB8hUwl4cRilFKj")
     assert first.session_id == "task-0-trial-0"
-    assert first.context == {"user_id": "mia_li_3668"} and first.label == {"reward": 0.0}
+    assert first.context == {"user_id": "mia_li_3668", "user_request": USER_REQUESTS[TAU]}
+    assert first.label == {"reward": 0.0}
     assert first.source.endswith(f"{TAU}[0].traj[6].tool_calls[0]")
     run3 = [c for c in tau if c.session_id == "task-3-trial-0"]
     assert len(run3) == 20
     assert (run3[0].tool_name, run3[0].arguments, run3[0].call_id) == (
         "get_user_details", {"user_id": "sofia_kim_7287"}, "call_I3WHVqSB8LfMWiSb44Q4ohBh")
-    assert run3[0].context == {"user_id": "sofia_kim_7287"}
+    assert run3[0].context is not None and run3[0].context["user_id"] == "sofia_kim_7287"
 
 
 # --- OpenHands (format C1) -----------------------------------------------------------------------
@@ -151,14 +172,15 @@ def test_csharp_agent_keeps_its_real_input_argument(shared_traces: Path) -> None
     assert final.tool_name == "final_result" and final.arguments is not None
     assert final.arguments["input"]["response_status"] == "NoDataFound"
     assert (report.agent, report.session_id, report.context) == (
-        "agentic-clientinsights", "9714061f-20c0-4d98-9220-1dc7df15c3c2", {"user_id": "g.aprozeanu"})
+        "agentic-clientinsights", "9714061f-20c0-4d98-9220-1dc7df15c3c2",
+        {"user_id": "g.aprozeanu", "user_request": USER_REQUESTS["csharp-agent-with-gemini-2026-03-09.trace.json"]})
 
 
 def test_other_framework_spot_checks(shared_traces: Path) -> None:
     (hello,) = _langfuse(shared_traces, "google-adk-2025-08-28.trace.json")
     assert (hello.tool_name, hello.arguments, hello.agent, hello.model) == (
         "say_hello", {}, "hello_agent", "gemini-2.0-flash")
-    assert (hello.session_id, hello.context) == ("demo-session", {"user_id": "demo-user"})
+    assert (hello.session_id, hello.context) == ("demo-session", {"user_id": "demo-user", "user_request": "hi"})
     bye, hi = _langfuse(shared_traces, "koog-2025-08-26.trace.json")
     assert (bye.tool_name, bye.arguments) == ("ByeTool", {"name": "Bob"})
     assert bye.call_id == "call_dOeEHJDI0liHrCdFWTpkTsuO"
@@ -189,3 +211,19 @@ def test_reading_is_fast_enough_for_replay(shared_traces: Path) -> None:
     start = time.perf_counter()
     n = len(_read(shared_traces))
     assert n / (time.perf_counter() - start) > 3000
+
+
+@pytest.mark.parametrize("name", sorted(n for n in USER_REQUESTS if n != TAU))
+def test_langfuse_exports_carry_the_users_first_message_as_user_request(shared_traces: Path, name: str) -> None:
+    calls = _langfuse(shared_traces, name)
+    assert {(c.context or {}).get("user_request") for c in calls} == {USER_REQUESTS[name]}
+
+
+def test_every_tau_bench_and_openhands_call_carries_its_runs_user_request(
+        tau: list[TraceCall], openhands: list[TraceCall]) -> None:
+    assert all(c.context and c.context.get("user_request") for c in tau)
+    # One request per run: the opening message differs between runs.
+    assert len({c.context["user_request"] for c in tau if c.context}) > 100
+    requests = {c.session_id: (c.context or {}).get("user_request") for c in openhands}
+    assert len(requests) == 3
+    assert all(r and r.startswith("<uploaded_files>") for r in requests.values())

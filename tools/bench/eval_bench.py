@@ -2,6 +2,8 @@
 
     python tools/bench/eval_bench.py                      # 20, 200, 2000 rules; ~2 s per bundle
     python tools/bench/eval_bench.py --rules 200 --seconds 5
+    python tools/bench/eval_bench.py --ab-extensions      # same bundles with / without the CEL
+                                                          # standard extensions, rounds alternating
 
 Each bundle is written as YAML, loaded and compiled exactly as `decider serve` does (`load_bundle`).
 Rules come five to a tool, in the shapes real bundles use (SPEC §2): a baseline allow, a path or
@@ -127,6 +129,52 @@ def measure(bundle: Bundle, reqs: list[pb.DecideRequest], seconds: float, rounds
             "rules_evaluated_per_decision": evaluated}
 
 
+def load_without_extensions(root: Path) -> Bundle:
+    """The bundle compiled in an environment without the CEL standard extensions, for --ab-extensions.
+    Only a benchmark does this: the product always has them on (SPEC §10)."""
+    from decider.cel import env as cel_env
+
+    saved = cel_env._CONFIG
+    cel_env._CONFIG = "extensions: []\n"
+    cel_env.environment.cache_clear()
+    try:
+        return load_bundle(root)
+    finally:
+        cel_env._CONFIG = saved
+        cel_env.environment.cache_clear()
+
+
+def ab_extensions(args: argparse.Namespace) -> int:
+    """Alternate timed rounds A (extensions off) / B (on) on the same requests; best round of each."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="decider-eval-bench-") as tmp:
+        for n in args.rules:
+            root = Path(tmp) / f"b{n}"
+            tools = write_bundle(root, n)
+            reqs = requests_for(tools, args.requests, args.seed)
+            off, on = load_without_extensions(root), load_bundle(root)
+            best = {"off": 0.0, "on": 0.0}
+            for _ in range(args.rounds):
+                for label, bundle in (("off", off), ("on", on)):
+                    rate = measure(bundle, reqs, args.seconds / args.rounds, 1)["decisions_per_s"]
+                    best[label] = max(best[label], rate)
+            rows.append({"rules": n, "off_decisions_per_s": best["off"], "on_decisions_per_s": best["on"],
+                         "on_over_off": best["on"] / best["off"]})
+    header = f"{'rules':>6} {'ext off dec/s':>14} {'ext on dec/s':>13} {'on/off':>7}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(f"{r['rules']:>6} {r['off_decisions_per_s']:>14,.0f} {r['on_decisions_per_s']:>13,.0f} "
+              f"{r['on_over_off']:>7.3f}")
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{args.name or time.strftime('eval-ab-extensions-%Y%m%d-%H%M%S')}.json"
+    meta = {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
+            "loadavg_at_start": os.getloadavg(), "args": vars(args)}
+    path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    print(f"wrote {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rules", type=lambda t: [int(x) for x in t.split(",")], default=[20, 200, 2000])
@@ -135,7 +183,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--requests", type=int, default=1000, help="distinct requests cycled")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--name", default=None)
+    ap.add_argument("--ab-extensions", action="store_true",
+                    help="compare the same bundles compiled without / with the CEL standard extensions")
     args = ap.parse_args(argv)
+    if args.ab_extensions:
+        return ab_extensions(args)
     rows = []
     with tempfile.TemporaryDirectory(prefix="decider-eval-bench-") as tmp:
         for n in args.rules:

@@ -23,6 +23,7 @@ from decider.replay.traces._gc import unfreezing
 from decider.replay.traces._parse import model_from_filename
 from decider.replay.traces.decider_log import looks_like_decider_log, read_decider_log
 from decider.replay.traces.errors import TraceError, TraceFormatError
+from decider.replay.traces.langchain import looks_like_langchain, read_langchain
 from decider.replay.traces.mcp import looks_like_mcp, read_mcp
 from decider.replay.traces.model import TraceCall
 from decider.replay.traces.openai import looks_like_openai, read_openai
@@ -41,9 +42,10 @@ __all__ = [
     "read_openhands",
     "read_mcp",
     "read_decider_log",
+    "read_langchain",
 ]
 
-FORMATS: tuple[str, ...] = ("openai", "otel", "openhands", "mcp", "decider")
+FORMATS: tuple[str, ...] = ("openai", "otel", "openhands", "mcp", "decider", "langchain")
 
 _READERS: dict[str, Callable[..., Iterator[TraceCall]]] = {
     "openai": read_openai,
@@ -51,6 +53,7 @@ _READERS: dict[str, Callable[..., Iterator[TraceCall]]] = {
     "openhands": read_openhands,
     "mcp": read_mcp,
     "decider": read_decider_log,
+    "langchain": read_langchain,
 }
 
 # Most specific first: a decision record or an OTel document is unmistakable, while the OpenAI
@@ -60,6 +63,7 @@ _DETECTORS: tuple[tuple[str, Callable[[Any], bool]], ...] = (
     ("otel", looks_like_otel),
     ("openhands", looks_like_openhands),
     ("mcp", looks_like_mcp),
+    ("langchain", looks_like_langchain),
     ("openai", looks_like_openai),
 )
 
@@ -97,7 +101,7 @@ def _read_file(path: str, format: str | None) -> Iterator[TraceCall]:
             raise TraceFormatError(source, f"not a trace format decider reads ({', '.join(FORMATS)}): "
                                            f"found {_describe(sample)}")
         kwargs: dict[str, Any] = {}
-        if fmt == "openai" and path != STDIN:
+        if fmt in ("openai", "langchain") and path != STDIN:
             kwargs["model"] = model_from_filename(path)
         try:
             yield from _READERS[fmt](payload, source, **kwargs)

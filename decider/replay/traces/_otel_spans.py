@@ -21,6 +21,7 @@ from decider.replay.traces._parse import (
     to_float,
     to_int,
 )
+from decider.replay.traces._user_request import user_request_in
 
 __all__ = ["Span", "TraceInfo", "doc_kind", "jaeger_spans", "langfuse_spans", "otlp_spans"]
 
@@ -57,6 +58,7 @@ class TraceInfo:
     session_id: str | None = None
     user_id: str | None = None
     label: dict[str, Any] | None = None
+    user_request: str | None = None     # from the trace's `input` (SPEC §10: context.user_request)
 
 
 _VALUE_KINDS = {"stringValue": "s", "string_value": "s", "intValue": "i", "int_value": "i",
@@ -182,7 +184,8 @@ def langfuse_spans(doc: dict[str, Any], where: str, out: list[Span]) -> TraceInf
     scores = trace.get("scores") if isinstance(trace.get("scores"), list) else []
     label = {s["name"]: s.get("value") for s in scores if isinstance(s, dict) and s.get("name")}
     return TraceInfo(session_id=text_or_none(trace.get("sessionId")),
-                      user_id=text_or_none(trace.get("userId")), label=label or None)
+                      user_id=text_or_none(trace.get("userId")), label=label or None,
+                      user_request=user_request_in(trace.get("input"), plain_text=True))
 
 
 def doc_kind(record: object) -> str | None:

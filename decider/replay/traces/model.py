@@ -56,6 +56,9 @@ class TraceCall:
     # Request fields only decider's own log carries, so a replay can resend the same request.
     risk_tier: int | None = None
     request_fields: dict[str, Any] | None = None
+    # The call was written as text ("Action: X / Action Input: {...}") in the agent's final answer,
+    # not executed as a step (LangChain / ToolEmu): the model meant it; replay reports it as such.
+    from_text: bool = False
     source: str = ""
     format: str = ""
 

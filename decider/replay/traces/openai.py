@@ -6,8 +6,7 @@ Accepts, as a JSON document or JSONL:
 - LiveMCPBench: an array of runs `{task_id, category, messages[]}`, where the gateway tool
   `execute-tool {server_name, tool_name, params}` is read as the MCP call it stands for;
 - any `{messages[...]}` object (a request body), a chat completion `{choices[...]}`, a Responses
-  object `{output[...]}` or request `{input[...]}`, a SWE-agent `.traj` (`history[...]`), a ToolEmu /
-  LangChain record with `intermediate_steps`;
+  object `{output[...]}` or request `{input[...]}`, a SWE-agent `.traj` (`history[...]`);
 - a bare list (or JSONL) of messages / Responses items, read as one conversation.
 
 Each call's result is the later tool message that answers its id (first unanswered call first,
@@ -28,6 +27,7 @@ from decider.replay.traces._gc import gc_paused
 from decider.replay.traces._messages import calls_in_message, results_in_message
 from decider.replay.traces._parse import parse_arguments, split_mcp_name, text_or_none, to_int
 from decider.replay.traces._records import ObjOrLines, iter_records
+from decider.replay.traces._user_request import user_request_in, with_user_request
 from decider.replay.traces.errors import TraceFormatError
 from decider.replay.traces.model import TraceCall, blank_fields, call_from_fields
 
@@ -73,8 +73,6 @@ def looks_like_openai(record: object) -> bool:
     if isinstance(record.get("traj"), list) or isinstance(record.get("messages"), list):
         return True
     if isinstance(record.get("choices"), list) or _history_is_messages(record.get("history")):
-        return True
-    if isinstance(record.get("intermediate_steps"), list):  # ToolEmu / LangChain agent output
         return True
     if isinstance(record.get("output"), list) and record.get("object") == "response":
         return True
@@ -268,23 +266,6 @@ def _swe_agent_actions(record: dict[str, Any], where: str, run: _Run) -> Iterato
         )
 
 
-def _intermediate_steps(record: dict[str, Any], where: str, model: str | None) -> Iterator[TraceCall]:
-    """ToolEmu / LangChain `intermediate_steps`: `[[tool, tool_input, log], [observation, thought]]`
-    per step; the last step, the final answer `[{return_values, log}, ""]`, is not a call."""
-    run = _Run(model=model, session_id=text_or_none(record.get("case_idx")))
-    for i, step in enumerate(record["intermediate_steps"]):
-        action = step[0] if isinstance(step, list) and step else None
-        if not isinstance(action, list) or not action or not isinstance(action[0], str):
-            continue  # the final answer
-        kw = _call_fields(action[0], action[1] if len(action) > 1 else None, None, None,
-                          f"{where}.intermediate_steps[{i}]", run)
-        observation = step[1] if len(step) > 1 else None
-        if isinstance(observation, list) and observation:
-            observation = observation[0]
-        kw["result"] = observation
-        yield call_from_fields(kw)
-
-
 def read_openai(obj_or_lines: ObjOrLines, source: str, *, model: str | None = None) -> Iterator[TraceCall]:
     """Tool calls of OpenAI / Anthropic / Responses transcripts; `model` is used where records
     name none (tau-bench, LiveMCPBench: the file name says which model ran)."""
@@ -297,9 +278,6 @@ def read_openai(obj_or_lines: ObjOrLines, source: str, *, model: str | None = No
             loose.append(record)  # the common case in a JSONL transcript: one message per line
             loose_where.append(where)
             continue
-        if isinstance(record.get("intermediate_steps"), list):
-            yield from _intermediate_steps(record, where, model)
-            continue
         conv = _container(record, model)
         if conv is None:
             if not _is_message(record):
@@ -309,9 +287,12 @@ def read_openai(obj_or_lines: ObjOrLines, source: str, *, model: str | None = No
             loose_where.append(where)
             continue
         messages, key, run = conv
+        # SPEC §10: the user's first message is `context.user_request`.
+        run.context = with_user_request(run.context, user_request_in(messages))
         calls = _conversation(messages, f"{where}.{key}", run)
         if not calls and key == "history":
             calls = list(_swe_agent_actions(record, where, run))
         yield from calls
     if loose:
-        yield from _conversation(loose, loose_where, _Run(model=model))
+        run = _Run(model=model, context=with_user_request(None, user_request_in(loose)))
+        yield from _conversation(loose, loose_where, run)

@@ -17,6 +17,7 @@ from typing import Any
 
 from decider.replay.traces._parse import parse_arguments, parse_time, split_mcp_name, text_or_none, to_float, to_int
 from decider.replay.traces._records import ObjOrLines, iter_records
+from decider.replay.traces._user_request import first_user_event, with_user_request
 from decider.replay.traces.errors import TraceFormatError
 from decider.replay.traces.model import TraceCall, new_call
 
@@ -70,6 +71,8 @@ def _run_calls(run: dict[str, Any], events: list[Any], base: str | list[str]) ->
     agent = text_or_none(metadata.get("agent_class"))
     run_model = text_or_none(llm_config.get("model"))
     session_id = text_or_none(run.get("instance_id"))
+    # SPEC §10: the user's first message (the task) is `context.user_request`.
+    context = with_user_request(None, first_user_event(events) or text_or_none(run.get("instruction")))
     # Observations answer actions by `cause`; index them once so pairing stays linear.
     answers: dict[Any, dict[str, Any]] = {}
     for e in events:
@@ -114,7 +117,7 @@ def _run_calls(run: dict[str, Any], events: list[Any], base: str | list[str]) ->
             "tokens_out": to_int(usage.get("completion_tokens")) if first else 0,
             "cost": cost, "started_at": parse_time(e.get("timestamp")),
             "ended_at": parse_time(obs.get("timestamp")) if obs is not None else None,
-            "result": result, "is_error": is_error, "label": label or None,
+            "result": result, "is_error": is_error, "label": label or None, "context": context,
             "source": base[i] if isinstance(base, list) else f"{base}[{i}]", "format": FORMAT,
         })
 

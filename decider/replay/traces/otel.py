@@ -40,6 +40,7 @@ from decider.replay.traces._parse import (
     to_int,
 )
 from decider.replay.traces._records import ObjOrLines, iter_records
+from decider.replay.traces._user_request import user_request_in, with_user_request
 from decider.replay.traces.errors import TraceFormatError
 from decider.replay.traces.model import TraceCall, new_call
 
@@ -69,6 +70,14 @@ _COST_KEYS = ("gen_ai.usage.cost", "operation.cost")
 _SESSION_KEYS = ("gen_ai.conversation.id", "session.id", "langfuse.session.id",
                  "langsmith.metadata.session_id")
 _USER_KEYS = ("user.id", "enduser.id", "langfuse.user.id")
+# Where a model span keeps its input messages (for context.user_request), best first.
+_INPUT_KEYS = ("gen_ai.input.messages", "gen_ai.prompt", "ai.prompt.messages", "ai.prompt", "input.value",
+               "traceloop.entity.input")
+# The flattened forms: OpenLLMetry `gen_ai.prompt.N.role/content`, OpenInference
+# `llm.input_messages.N.message.role/content`.
+_FLAT_INPUTS = (("gen_ai.prompt.{}.role", "gen_ai.prompt.{}.content"),
+                ("llm.input_messages.{}.message.role", "llm.input_messages.{}.message.content"))
+_FLAT_MAX = 64
 _EARLIEST = datetime.min.replace(tzinfo=timezone.utc)
 _UNSEEN: Any = object()
 
@@ -344,7 +353,53 @@ def _order(spans: list[Span]) -> list[Span]:
     return sorted(spans, key=lambda s: s.start or _EARLIEST)  # stable: ties keep file order
 
 
+def _flat_user_request(attrs: dict[str, Any]) -> str | None:
+    for role_key, content_key in _FLAT_INPUTS:
+        for i in range(_FLAT_MAX):
+            role = attrs.get(role_key.format(i))
+            if role is None:
+                break
+            if role in ("user", "human"):
+                content = attrs.get(content_key.format(i))
+                if isinstance(content, str) and content.strip():
+                    return content.strip()
+    return None
+
+
+def _user_request(spans: list[Span], info: TraceInfo | None) -> str | None:
+    """The trace's first user message: the Langfuse trace input, else the earliest span (not a
+    tool span: its input is the tool's arguments) whose input messages have one."""
+    if info is not None and info.user_request:
+        return info.user_request
+    for s in _order(spans):
+        if _is_tool(s):
+            continue
+        for value in (s.io.get("input"), *(s.attrs.get(k) for k in _INPUT_KEYS)):
+            if value is not None:
+                found = user_request_in(value)
+                if found is not None:
+                    return found
+        found = _flat_user_request(s.attrs)
+        if found is not None:
+            return found
+    return None
+
+
 def _trace_calls(spans: list[Span], info: TraceInfo | None) -> Iterator[TraceCall]:
+    for call in _trace_call_fields(spans, info):
+        yield new_call(call)
+
+
+def _trace_call_fields(spans: list[Span], info: TraceInfo | None) -> Iterator[dict[str, Any]]:
+    request: Any = _UNSEEN  # looked for once per trace, and only if the trace has a call
+    for fields in _trace_fields(spans, info):
+        if request is _UNSEEN:
+            request = _user_request(spans, info)
+        fields["context"] = with_user_request(fields["context"], request)
+        yield fields
+
+
+def _trace_fields(spans: list[Span], info: TraceInfo | None) -> Iterator[dict[str, Any]]:
     index = _TraceIndex(spans)
     chat_spans = [s for s in spans if _is_chat(s)]
     # A chat span with chat spans below it aggregates them (Vercel `ai.generateText` over
@@ -362,7 +417,7 @@ def _trace_calls(spans: list[Span], info: TraceInfo | None) -> Iterator[TraceCal
             fields = _tool_call(t, full_name, index, info)
             chat = chat_index.asking(t, fields["call_id"], full_name, fields["arguments"], index.agent(t)[2])
             _apply_chat(fields, chat, t, index)
-            yield new_call(fields)
+            yield fields
         return
     seen_ids: set[str] = set()
     for c in chats:
@@ -371,7 +426,7 @@ def _trace_calls(spans: list[Span], info: TraceInfo | None) -> Iterator[TraceCal
                 if f.call_id in seen_ids:
                     continue
                 seen_ids.add(f.call_id)
-            yield new_call(_requested_call(f, c, index, info))
+            yield _requested_call(f, c, index, info)
 
 
 def _nested_repeat(t: Span, full_name: str, index: _TraceIndex) -> bool:
