@@ -79,13 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("--format", choices=["table", "jsonl"], default="table")
 
     # Command groups that live in their own modules register themselves (set_defaults(func=...)).
-    from decider.cli import approvals, kill, policytest, replay
+    from decider.cli import approvals, kill, policytest, replay, report, stream
 
     policytest.register(sub)
     replay.register(sub)
     bundles.register(sub)  # bundle lifecycle, status, serve/log bundle options
     approvals.register(sub)
     kill.register(sub)
+    stream.register(sub)  # log --follow/--after/--reverse/--create, export
+    report.register(sub)
     return p
 
 
@@ -216,14 +218,18 @@ def _decide(args: argparse.Namespace) -> int:
 
 
 def _log(args: argparse.Namespace) -> int:
-    from decider.store import DecisionStore, connect
+    from decider.cli import stream
+    from decider.store import DecisionStore
     from decider.store.decisions import LogFilter
 
-    store = DecisionStore(connect(args.db))
+    engine = stream.open_db(args.db, create=args.create)
+    if args.follow:
+        return stream.follow(args, engine)
+    store = DecisionStore(engine)
     f = LogFilter(
         agent_id=args.agent_id, team=args.team, tool_name=args.tool, outcome=args.outcome,
         bundle_revision=args.revision, since=_parse_time(args.since), until=_parse_time(args.until),
-        limit=args.limit,
+        limit=args.limit, newest_first=not args.reverse,
     )
     rows = store.query(f)
     if args.shadow_diff:  # issue 4
@@ -236,8 +242,15 @@ def _log(args: argparse.Namespace) -> int:
     for row in rows:
         t = row["time"].strftime("%Y-%m-%d %H:%M:%S")
         print(f"{row['decision_id']:26}  {t:19}  {row['agent_id'][:14]:14}  {row['tool_name'][:18]:18}  "
-              f"{row['outcome']:16}  {row['deciding_rule']}")
+              f"{row['outcome']:16}  {_rule_column(row)}")
     return EXIT_OK
+
+
+def _rule_column(row: dict[str, Any]) -> str:
+    # An ALLOW that used up an approval was decided by a person, not by the rule that asked for one.
+    if row["outcome"] == "ALLOW" and row.get("approval_state") == "consumed":
+        return f"approved by {row.get('resolved_by') or '?'} (decision {row.get('approval_id')})"
+    return str(row["deciding_rule"])
 
 
 _JSON_COLUMNS = ("agent_labels", "agent_capabilities", "args", "context", "reasons", "matched_rules", "errors",

@@ -27,7 +27,15 @@ def connect(url: str, *, create: bool = True) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
     if create:
         # Import for the side effect of registering every table group on `metadata`.
-        from decider.store import approvals, auth_events, budgets, bundles, decisions, kill_switches  # noqa: F401
+        from decider.store import (  # noqa: F401
+            approvals,
+            auth_events,
+            budgets,
+            bundles,
+            decisions,
+            journal,
+            kill_switches,
+        )
 
         metadata.create_all(engine)
     return engine
