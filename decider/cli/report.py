@@ -146,9 +146,9 @@ def _table(report: dict[str, Any]) -> str:
         body = [[str(x[g] or "(none)")] + [_fmt(x[k]) for k in COLUMNS] for x in groups]
         widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
         lines.append("")
-        lines.append("  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(head, widths))))
+        lines.append("  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(head, widths, strict=True))))
         for r in body:
-            lines.append("  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths))))
+            lines.append("  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths, strict=True))))
     if report["kill_switches"]:
         lines += ["", "kill switches: id  scope=value  set at  denials  time to effect"]
         for s in report["kill_switches"]:
