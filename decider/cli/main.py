@@ -43,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tls-cert", help="server certificate (PEM); enables TLS")
     s.add_argument("--tls-key", help="server private key (PEM)")
     s.add_argument("--tls-client-ca", help="CA (PEM) that client certificates must chain to (mTLS)")
+    s.add_argument("--metrics-listen", help="serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464)")
+    s.add_argument("--otlp-endpoint", default=None,
+                   help="send one OpenTelemetry span per decision over OTLP/HTTP to this URL "
+                        "(default: $OTEL_EXPORTER_OTLP_ENDPOINT; off when neither is set)")
 
     c = sub.add_parser("check", help="lint and type-check a policy folder")
     c.add_argument("folder")
@@ -121,6 +125,7 @@ def _serve(args: argparse.Namespace) -> int:
     cfg = ServerConfig(bundle=args.bundle, db=args.db, listen=args.listen, grace_s=args.grace,
                        port_file=args.port_file, tokens=args.tokens, reservation_ttl_s=args.reservation_ttl,
                        tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
+                       metrics_listen=args.metrics_listen, otlp_endpoint=_otlp_endpoint(args),
                        **bundles.serve_options(args))
     if args.workers < 1:
         raise InvalidRequest("--workers", "must be at least 1")
@@ -130,6 +135,21 @@ def _serve(args: argparse.Namespace) -> int:
         return run_workers(cfg, args.workers, args.log_level)
     run(cfg)
     return EXIT_OK
+
+
+def _otlp_endpoint(args: argparse.Namespace) -> str | None:
+    from decider.server.metrics import parse_listen
+
+    if args.metrics_listen:
+        try:
+            parse_listen(args.metrics_listen)
+        except ValueError as e:
+            raise InvalidRequest("--metrics-listen", f"not host:port: {args.metrics_listen!r}") from e
+    url = args.otlp_endpoint or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or \
+        os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    if url and not url.startswith(("http://", "https://")):
+        raise InvalidRequest("--otlp-endpoint", f"not an http(s) URL: {url!r}")
+    return url or None
 
 
 def _check(args: argparse.Namespace) -> int:

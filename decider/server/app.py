@@ -18,6 +18,7 @@ from decider.server.auth import AuthInterceptor, is_loopback, load_token_file, r
 from decider.server.bundles import CONTROL_SERVICE_NAME, BundleSettings, LiveBundles
 from decider.server.bundles import control_handlers as bundle_control_handlers
 from decider.server.controls import DEFAULT_POLL_INTERVAL_S, DEFAULT_RESERVATION_TTL_S, Controls
+from decider.server.observability import Observability
 from decider.server.service import SERVICE_NAME, DeciderService, generic_handler
 from decider.store import DecisionStore, GroupCommitWriter, connect
 from decider.store.bundles import BundleStore
@@ -52,6 +53,11 @@ class ServerConfig:
     tls_client_ca: str | None = None     # set: clients must present a certificate it signed (mTLS)
     # Share the port with sibling worker processes (`--workers`); otherwise a taken port fails.
     reuse_port: bool = False
+    # Observability (server/observability.py): serve Prometheus /metrics here; collect metrics
+    # without serving them (a `--workers` child: the supervisor serves); OTLP/HTTP traces.
+    metrics_listen: str | None = None
+    metrics: bool = False
+    otlp_endpoint: str | None = None
 
 
 class InsecureListen(DeciderError):
@@ -67,6 +73,7 @@ class RunningServer:
     health: health.aio.HealthServicer
     bundles: LiveBundles
     controls: Controls
+    observability: Observability
 
     async def stop(self, grace_s: float) -> None:
         """Stop taking calls, let in-flight ones finish, then flush the writer."""
@@ -75,6 +82,7 @@ class RunningServer:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace_s)
         await asyncio.to_thread(self.writer.close)
+        await self.observability.stop()   # after the last decision: its span is flushed too
 
 
 async def start_server(cfg: ServerConfig) -> RunningServer:
@@ -93,7 +101,10 @@ async def start_server(cfg: ServerConfig) -> RunningServer:
                         reservation_ttl_s=cfg.reservation_ttl_s)
     live.active_kill_switches = lambda: len(controls.kill_switches)
     svc = DeciderService(live, store, writer, controls)
-    interceptors = [AuthInterceptor(tokens, record_to_thread(controls.auth_events.record))] if tokens else []
+    obs = Observability.start(metrics=cfg.metrics, metrics_listen=cfg.metrics_listen, otlp_endpoint=cfg.otlp_endpoint,
+                              engine=engine, svc=svc, writer=writer, controls=controls, live=live)
+    interceptors = ([AuthInterceptor(tokens, obs.count_auth(record_to_thread(controls.auth_events.record)))]
+                    if tokens else [])
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[
@@ -128,13 +139,15 @@ async def start_server(cfg: ServerConfig) -> RunningServer:
         "serving",
         extra={"address": f"{host}:{port}", "bundle": bundle.name, "version": bundle.version,
                "revision": bundle.revision, "shadow_revision": live.shadow.revision if live.shadow else None,
-               "db": _redact(cfg.db)},
+               "db": _redact(cfg.db),
+               **({"metrics": f"{host}:{obs.metrics_port}"} if obs.metrics_port else {}),
+               **({"otlp_endpoint": cfg.otlp_endpoint} if cfg.otlp_endpoint else {})},
     )
     if tokens is None:
         log.warning("NO AUTHENTICATION: started without --tokens, so every caller is admin, approver and "
                     "enforcer. Listening on loopback only; give --tokens FILE before exposing this server.",
                     extra={"address": f"{host}:{port}"})
-    return RunningServer(server, port, svc, writer, health_svc, live, controls)
+    return RunningServer(server, port, svc, writer, health_svc, live, controls, obs)
 
 
 def _add_port(server: grpc.aio.Server, cfg: ServerConfig) -> int:
