@@ -159,3 +159,21 @@ def test_with_workers_the_numbers_are_the_whole_servers(tmp_path: Path) -> None:
         assert value(s, "decider_bundle_reloads_total", result="ok") == 2.0   # one activation per worker
     finally:
         srv.stop()
+
+
+def test_duration_buckets_count_a_value_on_a_bound_as_at_most_that_bound() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from decider.server.metrics import DecisionSeries
+
+    registry = CollectorRegistry()
+    series = DecisionSeries(registry)
+    series.decided("ALLOW", 0.001, 1000, 5.0)   # total on the 1 ms bound; commit beyond every bound
+    get = registry.get_sample_value
+    assert get("decider_decision_duration_seconds_bucket", {"stage": "total", "le": "0.0005"}) == 0
+    assert get("decider_decision_duration_seconds_bucket", {"stage": "total", "le": "0.001"}) == 1
+    assert get("decider_decision_duration_seconds_bucket", {"stage": "evaluation", "le": "0.001"}) == 1
+    assert get("decider_decision_duration_seconds_bucket", {"stage": "commit", "le": "2.5"}) == 0
+    assert get("decider_decision_duration_seconds_bucket", {"stage": "commit", "le": "+Inf"}) == 1
+    assert get("decider_decision_duration_seconds_count", {"stage": "commit"}) == 1
+    assert get("decider_decisions_total", {"outcome": "ALLOW"}) == 1

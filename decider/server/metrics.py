@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Awaitable, Callable, Sequence
+from bisect import bisect_left
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -29,7 +30,10 @@ from prometheus_client import (
     disable_created_metrics,
     start_http_server,
 )
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 from sqlalchemy import Engine, func, select
 
 __all__ = ["Metrics", "serve_metrics", "serve_multiprocess_metrics", "parse_listen", "MULTIPROC_ENV",
@@ -59,11 +63,11 @@ class Metrics:
         disable_created_metrics()   # no `_created` series: dashboards never use them
         r = registry if registry is not None else REGISTRY
         mp = _multiprocess()
-        self.decisions = Counter("decider_decisions", "Decisions recorded, by outcome.", ["outcome"], registry=r)
-        self.duration = Histogram(
-            "decider_decision_duration_seconds",
-            "Time to decide: stage=total (receipt to answer), evaluation (policy), commit (durable record).",
-            ["stage"], buckets=DURATION_BUCKETS, registry=r)
+        # The per-decision series: prometheus-client objects where values must go to the worker
+        # files; in one process, plain counters read at scrape time (a fifth of the cost).
+        self.per_decision: MultiprocessDecisionSeries | DecisionSeries = (
+            MultiprocessDecisionSeries(r) if mp else DecisionSeries(r))
+        self.decided = self.per_decision.decided   # the one call per recorded decision
         self.approvals_resolved = Counter(
             "decider_approvals_resolved", "Approvals that left the pending state, by result "
             "(approved, rejected, expired, cancelled by a kill switch).", ["result"], registry=r)
@@ -86,26 +90,10 @@ class Metrics:
                                      ["code"], registry=r)
         self.reloads = Counter("decider_bundle_reloads", "Bundle activations (result=ok) and refused bundles "
                                "(result=failed, the last good one keeps serving).", ["result"], registry=r)
-        # Pre-bound children: the per-decision path does no label look-up.
-        self._by_outcome = {o: self.decisions.labels(o) for o in OUTCOMES}
-        self._total = self.duration.labels("total")
-        self._eval = self.duration.labels("evaluation")
-        self._commit = self.duration.labels("commit")
-        for o in OUTCOMES:  # every outcome shows from the start, at 0
-            self._by_outcome[o]
         for res in ("ok", "failed"):
             self.reloads.labels(res)
 
     # ---- events ----------------------------------------------------------------------------------
-    def decided(self, outcome: str, total_s: float, eval_us: int, commit_s: float) -> None:
-        """The one call per recorded decision."""
-        child = self._by_outcome.get(outcome)
-        if child is None:
-            child = self._by_outcome[outcome] = self.decisions.labels(outcome)
-        child.inc()
-        self._total.observe(total_s)
-        self._eval.observe(eval_us * 1e-6)
-        self._commit.observe(commit_s)
 
     def approval_transition(self, decision_id: str, from_state: str, to_state: str, by: str = "") -> None:
         """An approval left `from_state` (store/approvals.py calls this on every transition)."""
@@ -162,6 +150,73 @@ class Metrics:
                 self.budget_ratio.labels(b.scope, b.window, "*").set(ratios[-1][0] if ratios else 0.0)
                 for ratio, key in ratios[-TOP_BUDGET_KEYS:]:
                     self.budget_ratio.labels(b.scope, b.window, key).set(ratio)
+
+
+DECISIONS_HELP = "Decisions recorded, by outcome."
+DURATION_HELP = ("Time to decide: stage=total (receipt to answer), evaluation (policy), "
+                 "commit (durable record).")
+STAGES = ("total", "evaluation", "commit")
+
+
+class MultiprocessDecisionSeries:
+    """decisions_total and decision_duration_seconds as prometheus-client objects (worker files)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.decisions = Counter("decider_decisions", DECISIONS_HELP, ["outcome"], registry=registry)
+        self.duration = Histogram("decider_decision_duration_seconds", DURATION_HELP, ["stage"],
+                                  buckets=DURATION_BUCKETS, registry=registry)
+        # Pre-bound children: the per-decision path does no label look-up.
+        self._by_outcome = {o: self.decisions.labels(o) for o in OUTCOMES}
+        self._total, self._eval, self._commit = (self.duration.labels(s) for s in STAGES)
+
+    def decided(self, outcome: str, total_s: float, eval_us: int, commit_s: float) -> None:
+        child = self._by_outcome.get(outcome)
+        if child is None:
+            child = self._by_outcome[outcome] = self.decisions.labels(outcome)
+        child.inc()
+        self._total.observe(total_s)
+        self._eval.observe(eval_us * 1e-6)
+        self._commit.observe(commit_s)
+
+
+class DecisionSeries(Collector):
+    """The same two series in one process: plain ints bumped on the event loop (~1.5 µs a decision
+    against ~8 µs through prometheus-client's locked values) and turned into metric families only
+    when scraped. A scrape racing a decision may see its count before its bucket; the next is exact."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.by_outcome: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
+        # Per stage: one count per bucket (the last one is +Inf) and the sum.
+        self.buckets = [[0] * (len(DURATION_BUCKETS) + 1) for _ in STAGES]
+        self.sums = [0.0] * len(STAGES)
+        registry.register(self)
+
+    def decided(self, outcome: str, total_s: float, eval_us: int, commit_s: float) -> None:
+        by = self.by_outcome
+        by[outcome] = by.get(outcome, 0) + 1
+        eval_s = eval_us * 1e-6
+        b, sums = self.buckets, self.sums
+        b[0][bisect_left(DURATION_BUCKETS, total_s)] += 1
+        b[1][bisect_left(DURATION_BUCKETS, eval_s)] += 1
+        b[2][bisect_left(DURATION_BUCKETS, commit_s)] += 1
+        sums[0] += total_s
+        sums[1] += eval_s
+        sums[2] += commit_s
+
+    def collect(self) -> Iterator[Metric]:
+        c = CounterMetricFamily("decider_decisions", DECISIONS_HELP, labels=["outcome"])
+        for outcome, n in list(self.by_outcome.items()):
+            c.add_metric([outcome], n)
+        yield c
+        h = HistogramMetricFamily("decider_decision_duration_seconds", DURATION_HELP, labels=["stage"])
+        for i, stage in enumerate(STAGES):
+            counts, acc = list(self.buckets[i]), 0
+            cumulative = []
+            for bound, n in zip((*DURATION_BUCKETS, float("inf")), counts, strict=True):
+                acc += n
+                cumulative.append((floatToGoString(bound), acc))
+            h.add_metric([stage], cumulative, self.sums[i])
+        yield h
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
