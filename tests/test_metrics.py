@@ -153,9 +153,12 @@ def test_with_workers_the_numbers_are_the_whole_servers(tmp_path: Path) -> None:
         for t in threads:
             t.join(60)
         assert len(instances) == 2, "both workers should have decided"
+        # Each worker hands its counts to the shared files once a second.
+        assert eventually(lambda: value(scrape(port), "decider_decisions_total", outcome="ALLOW") == 40.0)
         s = scrape(port)
-        assert value(s, "decider_decisions_total", outcome="ALLOW") == 40.0
         assert value(s, "decider_decision_duration_seconds_count", stage="commit") == 40.0
+        assert value(s, "decider_decision_duration_seconds_bucket", stage="total", le="+Inf") == 40.0
+        assert 0 < value(s, "decider_decision_duration_seconds_sum", stage="total") < 40 * 2.5
         assert value(s, "decider_bundle_reloads_total", result="ok") == 2.0   # one activation per worker
     finally:
         srv.stop()

@@ -104,5 +104,7 @@ class Observability:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self.metrics is not None:
+            self.metrics.per_decision.flush()   # a worker's last decisions reach the supervisor's sums
         if self.tracer is not None:
             await asyncio.to_thread(self.tracer.shutdown)
