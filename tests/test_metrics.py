@@ -4,6 +4,7 @@ numbers are the whole server's."""
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 import time
@@ -18,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from decider.client import DeciderClient
 from decider.v1 import decider_pb2 as pb
 
-from .helpers import POLICIES, ServerProcess, start_server
+from .helpers import POLICIES, ROOT, ServerProcess, start_server
 from .prometheus import PrometheusUnavailable, free_port, start_prometheus
 from .stateful import REFUND_BOT, client, write_bundle, write_tokens
 
@@ -83,6 +84,13 @@ def test_a_real_prometheus_scrapes_the_decision_counts(tmp_path: Path) -> None:
             assert float(n[0]["value"][1]) == 10.0
             commits = prom.query("sum(decider_writer_batch_size_sum)")
             assert float(commits[0]["value"][1]) == 10.0   # every record went through a commit
+            # Every query of the shipped Grafana dashboard is valid PromQL over these series.
+            dashboard = json.loads((ROOT / "docs" / "grafana-dashboard.json").read_text())
+            exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+            assert len(exprs) >= 12
+            for expr in exprs:
+                prom.query(expr.replace("$__rate_interval", "1m"))   # raises unless status=success
+            assert prom.query('sum(decider_decisions_total{outcome="DENY"}) / sum(decider_decisions_total)')
         finally:
             prom.stop()
     finally:
