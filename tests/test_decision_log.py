@@ -212,6 +212,7 @@ def test_report_per_team_agent_and_workflow(tmp_path: Path) -> None:
     assert [g["workflow"] for g in rep["groups"]["workflow"]] == ["", "wf"]
     [switch] = rep["kill_switches"]
     assert switch["scope"] == "team" and switch["denials"] == 1 and switch["time_to_effect_s"] > 0
+    assert switch["allowed_after"] == 0
     table = cli("report", "--db", s.db_url, "--since", "1h").stdout
     assert "alpha" in table and "refund-bot" in table
     csv = cli("report", "--db", s.db_url, "--since", datetime.now(timezone.utc).date().isoformat(), "--format",

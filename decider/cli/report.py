@@ -9,7 +9,9 @@ Definitions (a row per group; a call is one decision record):
 - estimated cost: what allowed calls estimated; actual cost: what ReportOutcome reported;
 - denied spend: what denied calls estimated (spend the policy prevented);
 - kill-switch denials: calls denied by a kill switch. The `kill_switches` section gives each switch
-  set in the window with its time to effect: from setting it to the first call it denied.
+  set in the window with its time to effect — from setting it to the first call it denied — and
+  `allowed_after`: calls in its scope that were still allowed after it was set (before it was
+  cleared), e.g. by a replica that had not yet seen it; 0 means it took effect at once.
 """
 
 from __future__ import annotations
@@ -94,12 +96,14 @@ def _group_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def build_report(engine: Engine, since: datetime, by: Iterable[str] = GROUPS) -> dict[str, Any]:
+    from decider.store.approvals import SCOPE_COLUMNS
     from decider.store.decisions import decisions
     from decider.store.kill_switches import kill_switches
 
     c = decisions.c
     cols = [c.decision_id, c.time, c.agent_id, c.team, c.workflow, c.outcome, c.estimated_cost, c.actual_cost,
-            c.approval_state, c.approval_id, c.resolved_by, c.resolved_at, c.kill_switch_id]
+            c.approval_state, c.approval_id, c.resolved_by, c.resolved_at, c.kill_switch_id,
+            *(col for col in SCOPE_COLUMNS.values() if col.name not in ("agent_id", "team", "workflow"))]
     with engine.connect() as conn:
         rows = [dict(r) for r in conn.execute(select(*cols).where(c.time >= since).order_by(c.decision_id)).mappings()]
         switches = [dict(r) for r in conn.execute(
@@ -121,10 +125,22 @@ def build_report(engine: Engine, since: datetime, by: Iterable[str] = GROUPS) ->
         "id": s["id"], "scope": s["scope"], "value": s["value"], "set_at": _utc(s["created_at"]).isoformat(),  # type: ignore[union-attr]
         "cleared_at": _utc(s["cleared_at"]).isoformat() if s["cleared_at"] else None,  # type: ignore[union-attr]
         "denials": sum(1 for r in rows if r.get("kill_switch_id") == s["id"]),
+        "allowed_after": sum(1 for r in rows if r["outcome"] == "ALLOW" and _in_scope(r, s)
+                             and _utc(r["time"]) >= _utc(s["created_at"])  # type: ignore[operator]
+                             and (s["cleared_at"] is None or _utc(r["time"]) < _utc(s["cleared_at"]))),  # type: ignore[operator]
         "time_to_effect_s": (round((first_denial[s["id"]] - _utc(s["created_at"])).total_seconds(), 3)  # type: ignore[operator]
                              if s["id"] in first_denial else None),
     } for s in switches]
     return out
+
+
+def _in_scope(row: dict[str, Any], switch: dict[str, Any]) -> bool:
+    from decider.store.approvals import SCOPE_COLUMNS
+
+    if switch["scope"] == "platform":
+        return True
+    col = SCOPE_COLUMNS.get(switch["scope"])
+    return col is not None and row.get(col.name) == switch["value"]
 
 
 def _fmt(v: Any) -> str:
@@ -150,10 +166,11 @@ def _table(report: dict[str, Any]) -> str:
         for r in body:
             lines.append("  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths, strict=True))))
     if report["kill_switches"]:
-        lines += ["", "kill switches: id  scope=value  set at  denials  time to effect"]
+        lines += ["", "kill switches: id  scope=value  set at  denials  time to effect  allowed after"]
         for s in report["kill_switches"]:
             tte = "-" if s["time_to_effect_s"] is None else f"{s['time_to_effect_s']:.3f}s"
-            lines.append(f"  {s['id']}  {s['scope']}={s['value']}  {s['set_at']}  {s['denials']}  {tte}")
+            lines.append(f"  {s['id']}  {s['scope']}={s['value']}  {s['set_at']}  {s['denials']}  {tte}  "
+                         f"{s['allowed_after']}")
     return "\n".join(lines)
 
 
