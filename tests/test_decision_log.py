@@ -125,10 +125,10 @@ def test_follow_streams_every_record_in_commit_order_under_concurrent_writers(sr
         assert [x["seq"] for x in rest][: len(lines) - 40] == seqs[40:]
 
 
-def _follow_until(db_url: str, after: str, want: set[str], timeout: float = 30) -> list[dict]:
+def _follow_until(db_url: str, after: str, want: set[str], *extra: str, timeout: float = 30) -> list[dict]:
     proc = subprocess.Popen([sys.executable, "-m", "decider", "log", "--db", db_url, "--follow", "--format",
-                             "jsonl", "--after", after, "--poll", "0.05"], stdout=subprocess.PIPE, text=True,
-                            cwd=ROOT)
+                             "jsonl", "--after", after, "--poll", "0.05", *extra], stdout=subprocess.PIPE,
+                            text=True, cwd=ROOT)
     got: list[dict] = []
     deadline = time.monotonic() + timeout
     try:
@@ -170,6 +170,17 @@ def test_an_approval_resolved_later_reappears_in_the_stream_as_an_update(srv: Se
     assert changes[-1][1] == "rejected"
 
 
+def test_follow_applies_the_record_filters(srv: ServerProcess) -> None:
+    start = JournalReader(connect(srv.db_url)).last_seq()
+    mine = work(srv, 3, agent="filter-a")
+    work(srv, 3, agent="filter-b")
+    last = work(srv, 1, agent="filter-a")
+    got = _follow_until(srv.db_url, str(start), {*mine, *last}, "--agent", "filter-a")
+    assert [x["decision_id"] for x in got] == [*mine, *last]
+    run = cli("log", "--db", srv.db_url, "--follow", "--format", "jsonl", "--limit", "3")
+    assert run.returncode == 2 and run.stderr.startswith("decider: --limit: does not apply to --follow")
+
+
 def test_follow_after_an_unknown_decision_id_names_the_option(srv: ServerProcess) -> None:
     run = cli("log", "--db", srv.db_url, "--follow", "--format", "jsonl", "--after", "01NOSUCHDECISION0000000000")
     assert run.returncode == 2 and run.stderr.startswith("decider: --after: no decision")
@@ -187,8 +198,14 @@ def test_report_per_team_agent_and_workflow(tmp_path: Path) -> None:
             c.report_outcome(allowed[0].decision_id, 5.0)
             c.decide(agent={"id": "rep-a", "team": "alpha", "workflow": "wf"}, tool="other.x", estimated_cost=7.0)
             asked = c.decide(agent=REFUND_BOT, tool="payments.refund", args={"amount": 1, "order": "r-1"})
+            quick = c.decide(agent=REFUND_BOT, tool="payments.quick", args={"q": 1})   # approval_ttl: 1s
         with client(s, "ana-token") as c:
             c.resolve_approval(asked.decision_id, True)
+        with client(s, "gw-token") as c:
+            deadline = time.monotonic() + 15
+            while (c.get_decision(quick.decision_id).approval.state != pb.APPROVAL_EXPIRED
+                   and time.monotonic() < deadline):
+                time.sleep(0.2)
         with client(s, "admin-token") as c:
             c.set_kill_switch("team", "alpha", reason="incident")
         time.sleep(0.5)  # > --poll-interval: every replica sees the switch (there is one here)
@@ -207,7 +224,8 @@ def test_report_per_team_agent_and_workflow(tmp_path: Path) -> None:
     assert alpha["estimated_cost"] == 6.0 and alpha["actual_cost"] == 5.0 and alpha["denied_spend"] == 10.0
     assert alpha["kill_switch_denials"] == 1
     fin = next(g for g in rep["groups"]["team"] if g["team"] == "finance")
-    assert fin["calls"] == 1 and fin["approval_rate"] == 1.0 and fin["human_intervention_rate"] == 1.0
+    assert fin["calls"] == 2 and fin["approval_rate"] == 1.0 and fin["human_intervention_rate"] == 0.5
+    assert fin["expired_approvals"] == 1
     assert fin["median_time_to_approval_s"] is not None and fin["median_time_to_approval_s"] >= 0
     assert [g["workflow"] for g in rep["groups"]["workflow"]] == ["", "wf"]
     [switch] = rep["kill_switches"]

@@ -107,6 +107,9 @@ def test_approval_auth_budget_kill_switch_and_reload_series(tmp_path: Path) -> N
                      for i in range(3)]
             spent = c.decide(agent={"id": "m-agent", "team": "m-team"}, tool="work.x", estimated_cost=25.0)
             assert spent.outcome == pb.ALLOW
+            # Pending until the kill switch below cancels it; and one that expires after 1 s.
+            c.decide(agent={"id": "m-agent", "team": "m-team"}, tool="payments.refund", args={"amount": 1})
+            c.decide(agent=REFUND_BOT, tool="payments.quick", args={"q": 1})
         with client(srv, "ana-token") as c:
             c.resolve_approval(asked[0].decision_id, True)
             c.resolve_approval(asked[1].decision_id, False)
@@ -118,11 +121,13 @@ def test_approval_auth_budget_kill_switch_and_reload_series(tmp_path: Path) -> N
         def ready() -> bool:
             s = scrape(port)
             return (value(s, "decider_approvals_pending") == 1.0
-                    and value(s, "decider_kill_switches_active") == 1.0)
+                    and value(s, "decider_kill_switches_active") == 1.0
+                    and value(s, "decider_approvals_resolved_total", result="expired") == 1.0)
         assert eventually(ready)
         s = scrape(port)
         assert value(s, "decider_approvals_resolved_total", result="approved") == 1.0
         assert value(s, "decider_approvals_resolved_total", result="rejected") == 1.0
+        assert value(s, "decider_approvals_resolved_total", result="cancelled") == 1.0
         assert value(s, "decider_approval_resolve_seconds_count", result="approved") == 1.0
         assert value(s, "decider_auth_failures_total", code="UNAUTHENTICATED") == 1.0
         # agent budget: limit 100, 25 reserved → 0.25; the per-key series exists for the fullest keys.

@@ -120,9 +120,18 @@ def follow_lines(engine: Engine, after: int, poll_s: float = DEFAULT_POLL_S, bat
 def follow(args: argparse.Namespace, engine: Engine) -> int:
     if args.format != "jsonl":
         raise InvalidRequest("--follow", "streams JSONL: give --format jsonl")
+    for flag, value in (("--since", args.since), ("--until", args.until), ("--limit", args.limit),
+                        ("--revision", args.revision), ("--shadow-diff", args.shadow_diff)):
+        if value:
+            raise InvalidRequest(flag, "does not apply to --follow (use --after to choose where it starts)")
+    # The record filters, applied to each line (the stream's positions stay those of the journal).
+    want = {k: v for k, v in (("agent_id", args.agent_id), ("team", args.team), ("tool_name", args.tool),
+                              ("outcome", args.outcome.upper() if args.outcome else None)) if v}
     after = resolve_after(engine, args.after)
     try:
         for line in follow_lines(engine, after, args.poll):
+            if want and any(line.get(k) != v for k, v in want.items()):
+                continue
             sys.stdout.write(json.dumps(line, separators=(",", ":")) + "\n")
             sys.stdout.flush()
     except KeyboardInterrupt:
