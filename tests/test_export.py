@@ -194,3 +194,15 @@ def test_otlp_logs_exporter_sends_each_record_as_a_log_record(db: str, receiver:
     first = json.loads(records[0].body.string_value)
     assert first["decision_id"] == attrs[0]["decider.decision_id"] and attrs[0]["gen_ai.tool.name"] == "fs.read"
     assert records[0].time_unix_nano > 0 and records[0].event_name == "decider.decision"
+
+
+def test_export_on_postgresql_keeps_its_cursor(postgres, receiver: Receiver) -> None:  # noqa: ANN001
+    url = postgres.create_database("export_cursor")
+    DecisionStore(connect(url)).insert_many([row(agent=f"p{i}") for i in range(10)])
+    for _ in range(2):   # the second run finds the cursor at the end: nothing is sent again
+        run = exporter(url, receiver.url, "--once")
+        _, err = run.communicate(timeout=60)
+        assert run.returncode == 0, err
+    assert_complete_and_in_order(seqs_of(receiver.bodies), all_seqs(url))
+    assert sum(len(b) for b in seqs_of(receiver.bodies)) == 10
+    assert CursorStore(connect(url)).get(f"webhook:{receiver.url}") == all_seqs(url)[-1]
