@@ -158,6 +158,23 @@ def test_commit_order_not_id_order_a_late_commit_of_an_earlier_id_is_not_skipped
     assert [r["decision_id"] for r in later] == ["01J00000000000000000000001"]
 
 
+def test_a_database_from_before_the_journal_streams_from_its_first_decision(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    engine = connect(f"sqlite:///{path}")
+    rows = [sample_row(agent=f"old{i}") for i in range(3)]
+    DecisionStore(engine).insert_many(rows)
+    engine.dispose()
+    with sqlite3.connect(path) as db:   # as the schema was before the journal existed
+        db.execute("DROP TRIGGER decision_journal_insert")
+        db.execute("DROP TRIGGER decision_journal_update")
+        db.execute("DROP TABLE decision_journal")
+    entries = JournalReader(connect(f"sqlite:///{path}")).after(0)
+    assert [e["decision_id"] for e in entries] == sorted(r["decision_id"] for r in rows)
+    assert {e["change"] for e in entries} == {"decided"}
+
+
 def test_an_approval_resolved_later_reappears_in_the_stream_as_an_update(srv: ServerProcess) -> None:
     with client(srv, "gw-token") as c:
         pending = c.decide(agent=REFUND_BOT, tool="payments.refund", args={"amount": 9, "order": "stream-1"})
