@@ -193,3 +193,25 @@ def test_duration_buckets_count_a_value_on_a_bound_as_at_most_that_bound() -> No
     assert get("decider_decision_duration_seconds_bucket", {"stage": "commit", "le": "+Inf"}) == 1
     assert get("decider_decision_duration_seconds_count", {"stage": "commit"}) == 1
     assert get("decider_decisions_total", {"outcome": "ALLOW"}) == 1
+
+
+def test_bad_metrics_and_otlp_options_are_clear_errors(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+
+    def serve(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "decider", "serve", "--bundle", str(POLICIES), "--db",
+                               str(tmp_path / "x.db"), "--listen", "127.0.0.1:0", *extra],
+                              capture_output=True, text=True, cwd=ROOT, timeout=60)
+
+    run = serve("--metrics-listen", "nowhere")
+    assert run.returncode == 2 and "decider: --metrics-listen: not host:port: 'nowhere'" in run.stderr
+    run = serve("--otlp-endpoint", "collector:4318")
+    assert run.returncode == 2 and "decider: --otlp-endpoint: not an http(s) URL" in run.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        run = serve("--metrics-listen", f"127.0.0.1:{taken.getsockname()[1]}")
+    assert run.returncode == 2, run.stderr
+    assert "decider: --metrics-listen: cannot serve metrics on 127.0.0.1:" in run.stderr
+    assert "Traceback" not in run.stderr

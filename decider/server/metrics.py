@@ -255,8 +255,13 @@ def parse_listen(listen: str) -> tuple[str, int]:
 
 def serve_metrics(listen: str, registry: CollectorRegistry | None = None) -> int:
     """Serve /metrics from a daemon thread; returns the bound port (0 in `listen` picks one)."""
-    host, port = parse_listen(listen)
-    server, _thread = start_http_server(port, addr=host, registry=registry or REGISTRY)
+    from decider.errors import InvalidRequest
+
+    try:
+        host, port = parse_listen(listen)
+        server, _thread = start_http_server(port, addr=host, registry=registry or REGISTRY)
+    except (ValueError, OSError) as e:   # e.g. the port is taken: one clear line, no traceback
+        raise InvalidRequest("--metrics-listen", f"cannot serve metrics on {listen}: {e}") from None
     return int(server.server_address[1])
 
 

@@ -63,7 +63,12 @@ def run_workers(cfg: ServerConfig, workers: int, log_level: str = "info") -> int
         metrics_dir = tempfile.mkdtemp(prefix="decider-metrics-")
         os.environ[MULTIPROC_ENV] = metrics_dir
         child_cfg = dataclasses.replace(child_cfg, metrics_listen=None, metrics=True)
-        metrics_port = serve_multiprocess_metrics(cfg.metrics_listen)
+        try:
+            metrics_port = serve_multiprocess_metrics(cfg.metrics_listen)
+        except BaseException:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+            sock.close()
+            raise
         log.info("metrics", extra={"address": f"{cfg.metrics_listen.rsplit(':', 1)[0]}:{metrics_port}"})
     ctx = multiprocessing.get_context("spawn")  # a clean interpreter each: no inherited grpc state
     procs: list[multiprocessing.process.BaseProcess] = []
