@@ -6,11 +6,12 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import grpc
+from opentelemetry.propagate import inject
 
 from decider.v1 import decider_pb2 as pb
 from decider.v1 import decider_pb2_grpc as pb_grpc
 
-__all__ = ["DeciderClient", "build_request"]
+__all__ = ["DeciderClient", "build_request", "with_trace_context"]
 
 
 def build_request(
@@ -44,6 +45,16 @@ def build_request(
     return req
 
 
+def with_trace_context(metadata: tuple[tuple[str, str], ...] | None) -> tuple[tuple[str, str], ...] | None:
+    """`metadata` plus the current OpenTelemetry context as W3C `traceparent`/`tracestate`, so the
+    server's decision span is a child of the caller's span (nothing is added outside a span)."""
+    carrier: dict[str, str] = {}
+    inject(carrier)   # the globally configured propagator (W3C trace context by default)
+    if not carrier:
+        return metadata
+    return (*(metadata or ()), *((k, v) for k, v in carrier.items() if k in ("traceparent", "tracestate")))
+
+
 class DeciderClient:
     def __init__(self, target: str, *, timeout: float = 10.0, token: str | None = None,
                  tls_ca: bytes | None = None, tls_cert: bytes | None = None, tls_key: bytes | None = None) -> None:
@@ -61,7 +72,7 @@ class DeciderClient:
     def decide(self, request: pb.DecideRequest | None = None, **kwargs: Any) -> pb.DecideResponse:
         """Send a DecideRequest, or build one from keyword arguments (see `build_request`)."""
         req = request if request is not None else build_request(**kwargs)
-        return self._stub.Decide(req, timeout=self._timeout, metadata=self._metadata)
+        return self._stub.Decide(req, timeout=self._timeout, metadata=with_trace_context(self._metadata))
 
     def get_decision(self, decision_id: str) -> pb.DecisionRecord:
         return self._stub.GetDecision(pb.GetDecisionRequest(decision_id=decision_id), timeout=self._timeout,

@@ -47,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also serve agentgateway's ExtMcp policy service (agentgateway.dev.ext_mcp.ExtMcp)")
     s.add_argument("--ext-mcp-approval-wait", type=float, default=0.0, metavar="SECONDS",
                    help="how long an ExtMcp tools/call that needs approval waits for an approver")
+    s.add_argument("--metrics-listen", help="serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464)")
+    s.add_argument("--otlp-endpoint", default=None,
+                   help="send one OpenTelemetry span per decision over OTLP/HTTP to this URL "
+                        "(default: $OTEL_EXPORTER_OTLP_ENDPOINT; off when neither is set)")
 
     c = sub.add_parser("check", help="lint and type-check a policy folder")
     c.add_argument("folder")
@@ -83,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("--format", choices=["table", "jsonl"], default="table")
 
     # Command groups that live in their own modules register themselves (set_defaults(func=...)).
-    from decider.cli import approvals, console, kill, policytest, replay
+    from decider.cli import approvals, console, kill, policytest, replay, report, stream
 
     policytest.register(sub)
     replay.register(sub)
@@ -91,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     approvals.register(sub)
     kill.register(sub)
     console.register(sub)  # `console`, and `serve --approval-webhook/--console-url`
+    stream.register(sub)  # log --follow/--after/--reverse/--create, export
+    report.register(sub)
     return p
 
 
@@ -126,6 +132,7 @@ def _serve(args: argparse.Namespace) -> int:
                        port_file=args.port_file, tokens=args.tokens, reservation_ttl_s=args.reservation_ttl,
                        tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
                        ext_mcp=args.ext_mcp, ext_mcp_approval_wait_s=args.ext_mcp_approval_wait,
+                       metrics_listen=args.metrics_listen, otlp_endpoint=_otlp_endpoint(args),
                        **bundles.serve_options(args), **console.serve_options(args))
     if args.workers < 1:
         raise InvalidRequest("--workers", "must be at least 1")
@@ -135,6 +142,21 @@ def _serve(args: argparse.Namespace) -> int:
         return run_workers(cfg, args.workers, args.log_level)
     run(cfg)
     return EXIT_OK
+
+
+def _otlp_endpoint(args: argparse.Namespace) -> str | None:
+    from decider.server.metrics import parse_listen
+
+    if args.metrics_listen:
+        try:
+            parse_listen(args.metrics_listen)
+        except ValueError as e:
+            raise InvalidRequest("--metrics-listen", f"not host:port: {args.metrics_listen!r}") from e
+    url = args.otlp_endpoint or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or \
+        os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    if url and not url.startswith(("http://", "https://")):
+        raise InvalidRequest("--otlp-endpoint", f"not an http(s) URL: {url!r}")
+    return url or None
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -223,14 +245,18 @@ def _decide(args: argparse.Namespace) -> int:
 
 
 def _log(args: argparse.Namespace) -> int:
-    from decider.store import DecisionStore, connect
+    from decider.cli import stream
+    from decider.store import DecisionStore
     from decider.store.decisions import LogFilter
 
-    store = DecisionStore(connect(args.db))
+    engine = stream.open_db(args.db, create=args.create)
+    if args.follow:
+        return stream.follow(args, engine)
+    store = DecisionStore(engine)
     f = LogFilter(
         agent_id=args.agent_id, team=args.team, tool_name=args.tool, outcome=args.outcome,
         bundle_revision=args.revision, since=_parse_time(args.since), until=_parse_time(args.until),
-        limit=args.limit,
+        limit=args.limit, newest_first=not args.reverse,
     )
     rows = store.query(f)
     if args.shadow_diff:  # issue 4
@@ -243,8 +269,15 @@ def _log(args: argparse.Namespace) -> int:
     for row in rows:
         t = row["time"].strftime("%Y-%m-%d %H:%M:%S")
         print(f"{row['decision_id']:26}  {t:19}  {row['agent_id'][:14]:14}  {row['tool_name'][:18]:18}  "
-              f"{row['outcome']:16}  {row['deciding_rule']}")
+              f"{row['outcome']:16}  {_rule_column(row)}")
     return EXIT_OK
+
+
+def _rule_column(row: dict[str, Any]) -> str:
+    # An ALLOW that used up an approval was decided by a person, not by the rule that asked for one.
+    if row["outcome"] == "ALLOW" and row.get("approval_state") == "consumed":
+        return f"approved by {row.get('resolved_by') or '?'} (decision {row.get('approval_id')})"
+    return str(row["deciding_rule"])
 
 
 _JSON_COLUMNS = ("agent_labels", "agent_capabilities", "args", "context", "reasons", "matched_rules", "errors",

@@ -19,6 +19,7 @@ from decider.server.bundles import CONTROL_SERVICE_NAME, BundleSettings, LiveBun
 from decider.server.bundles import control_handlers as bundle_control_handlers
 from decider.server.controls import DEFAULT_POLL_INTERVAL_S, DEFAULT_RESERVATION_TTL_S, Controls
 from decider.server.notify import ApprovalNotifier, WebhookSettings
+from decider.server.observability import Observability
 from decider.server.queries import QUERIES_SERVICE_NAME, DecisionFeed
 from decider.server.queries import handlers as query_handlers
 from decider.server.service import SERVICE_NAME, DeciderService, generic_handler
@@ -63,6 +64,11 @@ class ServerConfig:
     # agentgateway's ExtMcp policy hook (server/ext_mcp.py): off unless asked for.
     ext_mcp: bool = False
     ext_mcp_approval_wait_s: float = 0.0
+    # Observability (server/observability.py): serve Prometheus /metrics here; collect metrics
+    # without serving them (a `--workers` child: the supervisor serves); OTLP/HTTP traces.
+    metrics_listen: str | None = None
+    metrics: bool = False
+    otlp_endpoint: str | None = None
 
 
 class InsecureListen(DeciderError):
@@ -79,6 +85,7 @@ class RunningServer:
     bundles: LiveBundles
     controls: Controls
     feed: DecisionFeed
+    observability: Observability
     notifier: ApprovalNotifier | None = None
 
     async def stop(self, grace_s: float) -> None:
@@ -91,6 +98,7 @@ class RunningServer:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace_s)
         await asyncio.to_thread(self.writer.close)
+        await self.observability.stop()   # after the last decision: its span is flushed too
 
 
 async def start_server(cfg: ServerConfig) -> RunningServer:
@@ -111,7 +119,10 @@ async def start_server(cfg: ServerConfig) -> RunningServer:
                         reservation_ttl_s=cfg.reservation_ttl_s)
     live.active_kill_switches = lambda: len(controls.kill_switches)
     svc = DeciderService(live, store, writer, controls)
-    interceptors = [AuthInterceptor(tokens, record_to_thread(controls.auth_events.record))] if tokens else []
+    obs = Observability.start(metrics=cfg.metrics, metrics_listen=cfg.metrics_listen, otlp_endpoint=cfg.otlp_endpoint,
+                              engine=engine, svc=svc, writer=writer, controls=controls, live=live)
+    interceptors = ([AuthInterceptor(tokens, obs.count_auth(record_to_thread(controls.auth_events.record)))]
+                    if tokens else [])
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[
@@ -154,7 +165,9 @@ async def start_server(cfg: ServerConfig) -> RunningServer:
         "serving",
         extra={"address": f"{host}:{port}", "bundle": bundle.name, "version": bundle.version,
                "revision": bundle.revision, "shadow_revision": live.shadow.revision if live.shadow else None,
-               "db": _redact(cfg.db)},
+               "db": _redact(cfg.db),
+               **({"metrics": f"{host}:{obs.metrics_port}"} if obs.metrics_port else {}),
+               **({"otlp_endpoint": cfg.otlp_endpoint} if cfg.otlp_endpoint else {})},
     )
     if tokens is None:
         log.warning("NO AUTHENTICATION: started without --tokens, so every caller is admin, approver and "
@@ -165,7 +178,7 @@ async def start_server(cfg: ServerConfig) -> RunningServer:
         notifier = ApprovalNotifier(engine, WebhookSettings(cfg.approval_webhook, cfg.console_url,
                                                             backoff_max_s=cfg.webhook_max_backoff_s))
         await notifier.start()
-    return RunningServer(server, port, svc, writer, health_svc, live, controls, feed, notifier)
+    return RunningServer(server, port, svc, writer, health_svc, live, controls, feed, obs, notifier)
 
 
 def _add_port(server: grpc.aio.Server, cfg: ServerConfig) -> int:

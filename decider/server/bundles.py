@@ -108,6 +108,8 @@ class LiveBundles(BundleHolder):
         self._source_revision = ""
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        # Told of every activation (True) and every refused bundle (False): server/metrics.py.
+        self.on_reload: Callable[[bool], None] | None = None
 
     # ---- loading ----
 
@@ -210,6 +212,8 @@ class LiveBundles(BundleHolder):
         self.active_info = loaded
         self.activated_at = at
         self.active = loaded.bundle             # the one reference the service reads per decision
+        if self.on_reload is not None:
+            self.on_reload(True)
         log.info("bundle active", extra={"bundle": loaded.bundle.name, "version": loaded.bundle.version,
                                          "revision": loaded.bundle.revision, "source": loaded.source})
 
@@ -225,6 +229,8 @@ class LiveBundles(BundleHolder):
         msg = f"revision {what[:12]}: {err}" if len(what) == 64 and not err.startswith(what[:12]) else err
         self.last_reload_error = msg
         self.last_reload_at = _now()
+        if self.on_reload is not None:
+            self.on_reload(False)
         if self._failed.get(what) != msg:
             self._failed[what] = msg
             log.error("bundle refused; the last good bundle keeps serving",

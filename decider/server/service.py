@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -68,30 +69,41 @@ class DeciderService:
         self.in_flight = 0          # decisions between decode and answer
         self.open_streams = 0       # DecideStream calls open
         self._concurrent_until = 0.0
+        # Metrics and traces (server/metrics.py, server/telemetry.py): called once per recorded
+        # decision as observe(req, resp, outcome, started, commit_started, commit_ended, trace
+        # headers), perf_counter times. `wants_trace`: read traceparent from the call's metadata.
+        self.observe: Callable[..., None] | None = None
+        self.wants_trace = False
 
     async def state_for(self, req: pb.DecideRequest, bundle: Bundle, now: datetime) -> State:
         # Kill switches from the in-memory cache; budget usage read only when a budget can matter.
         return await self.controls.state_for(req, bundle, now)
 
     async def decide(self, raw: bytes, context: grpc.aio.ServicerContext) -> pb.DecideResponse:
+        carrier = None
+        if self.wants_trace:
+            from decider.server.telemetry import trace_headers
+
+            carrier = trace_headers(context.invocation_metadata())
         try:
-            return await self.decide_bytes(raw)
+            return await self.decide_bytes(raw, carrier)
         except DecisionFailed as e:
             await context.abort(e.code, e.message)
             raise  # unreachable: abort raises
 
-    async def decide_bytes(self, raw: bytes) -> pb.DecideResponse:
+    async def decide_bytes(self, raw: bytes, carrier: dict[str, str] | None = None) -> pb.DecideResponse:
         """One decision from wire bytes, recorded durably before it returns. Shared by the unary
         `Decide` and `DecideStream`; failures raise DecisionFailed with the status to report."""
         self.in_flight += 1
         if self.in_flight > 1:
             self._concurrent_until = time.monotonic() + CONCURRENCY_MEMORY_S
         try:
-            return await self._decide_bytes(raw)
+            return await self._decide_bytes(raw, carrier)
         finally:
             self.in_flight -= 1
 
-    async def _decide_bytes(self, raw: bytes) -> pb.DecideResponse:
+    async def _decide_bytes(self, raw: bytes, carrier: dict[str, str] | None) -> pb.DecideResponse:
+        started = time.perf_counter()
         try:
             req = decode_request(raw)
         except InvalidRequest as e:
@@ -124,6 +136,7 @@ class DeciderService:
         row.update(applied.row)
         self.bundles.shadow_into(row, req, state, caller_tier)  # into the record only, never the response
         written = False
+        commit_started = time.perf_counter()
         try:
             alone = self._alone()
             if alone:
@@ -140,6 +153,7 @@ class DeciderService:
                                  req.request.id) from None
         finally:
             applied.done(written)
+        commit_ended = time.perf_counter()
         # --- end stateful controls
         self.bundles.count(decision.outcome_name)  # Status counts
         if log.isEnabledFor(logging.DEBUG):
@@ -147,6 +161,8 @@ class DeciderService:
                                         "tool": req.tool.name, "agent": req.agent.id})
         resp = decision_response(decision_id, req, decision, bundle, row)
         resp.request_id = req.request.id
+        if self.observe is not None:
+            self.observe(req, resp, decision.outcome_name, started, commit_started, commit_ended, carrier)
         return resp
 
     def _alone(self) -> bool:

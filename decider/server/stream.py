@@ -43,10 +43,17 @@ async def decide_stream(svc: DeciderService, context: grpc.aio.ServicerContext) 
     write_lock = asyncio.Lock()   # one write at a time on a stream
     in_flight: set[asyncio.Task[None]] = set()
 
+    # The stream's traceparent (sent once, with the call) is the parent of each decision's span.
+    carrier = None
+    if svc.wants_trace:
+        from decider.server.telemetry import trace_headers
+
+        carrier = trace_headers(context.invocation_metadata())
+
     async def one(raw: bytes) -> None:
         try:
             try:
-                reply = await svc.decide_bytes(raw)
+                reply = await svc.decide_bytes(raw, carrier)
             except DecisionFailed as e:
                 reply = _error_reply(e)
             except Exception as e:  # noqa: BLE001 - one bad message must not end everyone's stream

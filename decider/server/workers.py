@@ -14,8 +14,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import multiprocessing
+import os
+import shutil
 import signal
 import socket
+import tempfile
 import time
 from multiprocessing.synchronize import Event
 from pathlib import Path
@@ -50,6 +53,23 @@ def run_workers(cfg: ServerConfig, workers: int, log_level: str = "info") -> int
     sock, host, port = _reserve(cfg.listen)
     shown = f"[{host}]" if ":" in host else host
     child_cfg = dataclasses.replace(cfg, listen=f"{shown}:{port}", port_file=None, reuse_port=True)
+    metrics_dir = None
+    if cfg.metrics_listen:
+        # Multiprocess metrics: every worker writes its series to files here (the variable must be
+        # set before a worker imports prometheus_client; spawned workers inherit it); this process
+        # serves /metrics over all of them.
+        from decider.server.metrics import MULTIPROC_ENV, serve_multiprocess_metrics
+
+        metrics_dir = tempfile.mkdtemp(prefix="decider-metrics-")
+        os.environ[MULTIPROC_ENV] = metrics_dir
+        child_cfg = dataclasses.replace(child_cfg, metrics_listen=None, metrics=True)
+        try:
+            metrics_port = serve_multiprocess_metrics(cfg.metrics_listen)
+        except BaseException:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+            sock.close()
+            raise
+        log.info("metrics", extra={"address": f"{cfg.metrics_listen.rsplit(':', 1)[0]}:{metrics_port}"})
     ctx = multiprocessing.get_context("spawn")  # a clean interpreter each: no inherited grpc state
     procs: list[multiprocessing.process.BaseProcess] = []
     stopping = False
@@ -77,6 +97,11 @@ def run_workers(cfg: ServerConfig, workers: int, log_level: str = "info") -> int
                                    "pids": [p.pid for p in procs]})
         while not stopping:
             dead = [p for p in procs if not p.is_alive()]
+            if dead and metrics_dir:
+                from prometheus_client import multiprocess
+
+                for p in dead:
+                    multiprocess.mark_process_dead(p.pid)
             if dead:
                 log.error("a worker exited; stopping the others",
                           extra={"pid": dead[0].pid, "exit_code": dead[0].exitcode})
@@ -98,5 +123,7 @@ def run_workers(cfg: ServerConfig, workers: int, log_level: str = "info") -> int
                 p.join(5)
                 code = 1
         sock.close()
+        if metrics_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     log.info("stopped", extra={"workers": workers, "exit_codes": [p.exitcode for p in procs]})
     return code

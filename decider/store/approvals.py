@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -54,6 +54,9 @@ class ApprovalStore:
         self.inline = self._file is not None
         self._open_raw = RawSelect(engine, decisions, _OPEN_FOR_CALL_WHERE) if self._file else None
         self._local = threading.local()
+        # Told of every transition that happened: on_transition(decision_id, from, to, resolved_by)
+        # (server/metrics.py counts resolutions with it).
+        self.on_transition: Callable[[str, str, str, str], None] | None = None
 
     def open_for_call_inline(self, agent_id: str, tool_name: str, tool_server: str,
                              args_hash: str) -> list[dict[str, Any]] | None:
@@ -87,7 +90,10 @@ class ApprovalStore:
             res = conn.execute(update(decisions)
                                .where(c.decision_id == decision_id, c.approval_state == from_state)
                                .values(approval_state=to_state, **values))
-            return res.rowcount == 1
+            moved = res.rowcount == 1
+        if moved and self.on_transition is not None:
+            self.on_transition(decision_id, from_state, to_state, str(values.get("resolved_by") or ""))
+        return moved
 
     def due_for_expiry(self, now: datetime, limit: int = 500) -> list[str]:
         q = (select(c.decision_id)

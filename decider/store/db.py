@@ -27,9 +27,17 @@ def connect(url: str, *, create: bool = True) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
     if create:
         # Import for the side effect of registering every table group on `metadata`.
-        from decider.store import approvals, auth_events, budgets, bundles, decisions, kill_switches  # noqa: F401
-        from decider.store import notifications as _notifications  # noqa: F401 - the console's outbox
-        from decider.store import queries as _queries  # noqa: F401 - its session index
+        from decider.store import (  # noqa: F401 - notifications: the console's outbox; queries: its session index
+            approvals,
+            auth_events,
+            budgets,
+            bundles,
+            decisions,
+            journal,
+            kill_switches,
+            notifications,
+            queries,
+        )
 
         metadata.create_all(engine)
     return engine

@@ -88,6 +88,7 @@ class LogFilter:
     since: datetime | None = None
     until: datetime | None = None
     limit: int | None = None
+    newest_first: bool = False   # `decider log`: with a limit, the newest N
 
 
 class DecisionStore:
@@ -113,8 +114,8 @@ class DecisionStore:
             return set(conn.execute(select(decisions.c.decision_id)).scalars())
 
     def query(self, f: LogFilter) -> Iterator[dict[str, Any]]:
-        q = select(decisions).order_by(decisions.c.decision_id)
         c = decisions.c
+        q = select(decisions).order_by(c.decision_id.desc() if f.newest_first else c.decision_id)
         if f.agent_id:
             q = q.where(c.agent_id == f.agent_id)
         if f.team:

@@ -62,6 +62,8 @@ class GroupCommitWriter:
         self._staged: dict[asyncio.AbstractEventLoop, list[tuple[dict[str, Any], Any]]] = {}
         self.batches = 0
         self.rows = 0
+        # Told of every commit: on_commit(records in it, records still queued) (server/metrics.py).
+        self.on_commit: Callable[[int, int], None] | None = None
         self._thread = threading.Thread(target=self._run, name="decider-writer", daemon=True)
         self._thread.start()
 
@@ -102,6 +104,8 @@ class GroupCommitWriter:
                 self.rows += 1
                 self.batches += 1
                 self._count_commit()
+                if self.on_commit is not None:
+                    self.on_commit(1, 0)
                 return
         fut: asyncio.Future[None] = loop.create_future()
         staged = self._staged.get(loop)
@@ -140,6 +144,11 @@ class GroupCommitWriter:
             self._closed = True
             self._cv.notify()
         self._thread.join()
+
+    def queued(self) -> int:
+        """Records handed to the writer thread and not yet taken into a batch (read without the lock:
+        a gauge)."""
+        return len(self._pending)
 
     def _count_commit(self) -> None:
         # Counted from the loop and the thread without a lock: an increment lost to a race only
@@ -203,6 +212,8 @@ class GroupCommitWriter:
         self.batches += 1
         self.rows += len(batch)
         _notify([w for _, w in batch], None)
+        if self.on_commit is not None:
+            self.on_commit(len(batch), self.queued())
 
 
 def row_completer(table: Table) -> Callable[[dict[str, Any]], dict[str, Any]]:

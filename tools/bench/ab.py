@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -33,18 +34,21 @@ from load import (  # noqa: E402
     format_table,
     run_matrix,
     summarize,
+    write_results,
 )
 from workload import build_workload  # noqa: E402
 
 BUNDLE = HERE / "policies" / "decider"
 
 
-def start(repo: Path, tmp: Path, name: str, extra_env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
+def start(repo: Path, tmp: Path, name: str, extra_env: dict[str, str],
+          extra_args: list[str] | None = None) -> tuple[subprocess.Popen[bytes], int]:
     port_file = tmp / f"{name}.port"
     env = dict(os.environ, PYTHONPATH=str(repo), **extra_env)
     proc = subprocess.Popen(
         [sys.executable, "-m", "decider.cli.main", "serve", "--bundle", str(BUNDLE), "--db",
-         f"sqlite:///{tmp / name}.db", "--listen", "127.0.0.1:0", "--port-file", str(port_file)],
+         f"sqlite:///{tmp / name}.db", "--listen", "127.0.0.1:0", "--port-file", str(port_file),
+         *(extra_args or [])],
         cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / f"{name}.log", "wb"),
         start_new_session=True)
     deadline = time.monotonic() + 30
@@ -72,6 +76,8 @@ def main() -> int:
     ap.add_argument("--stream", action="store_true", help="drive DecideStream instead of unary Decide")
     ap.add_argument("--b-env", action="append", default=[], metavar="NAME=VALUE",
                     help="environment for build B only (A/B of a setting on one checkout)")
+    ap.add_argument("--b-args", default="", metavar="ARGS",
+                    help="extra `decider serve` arguments for build B only, e.g. '--metrics-listen 127.0.0.1:0'")
     add_load_arguments(ap)
     args = ap.parse_args()
     kind = DeciderStreamTarget if args.stream else DeciderTarget
@@ -80,8 +86,9 @@ def main() -> int:
         try:
             targets = []
             b_env = dict(kv.split("=", 1) for kv in args.b_env)
-            for name, repo, env in (("A", args.a.resolve(), {}), ("B", args.b.resolve(), b_env)):
-                proc, port = start(repo, Path(tmp), name, env)
+            b_args = shlex.split(args.b_args)
+            for name, repo, env, extra in (("A", args.a.resolve(), {}, []), ("B", args.b.resolve(), b_env, b_args)):
+                proc, port = start(repo, Path(tmp), name, env, extra)
                 procs.append(proc)
                 targets.append((kind(f"127.0.0.1:{port}", name=name), proc.pid))
             items = build_workload(args.size, args.seed)
@@ -92,6 +99,9 @@ def main() -> int:
                 stop(proc)
     summaries = summarize(results)
     print(format_table(summaries))
+    name = args.name or time.strftime("ab-%Y%m%dT%H%M%S")
+    meta = {"a": str(args.a), "b": str(args.b), "b_env": args.b_env, "b_args": args.b_args, "stream": args.stream}
+    print(f"results: {write_results(name, meta, results)}")
     by = {(s.target, s.concurrency): s for s in summaries}
     print(f"\nB/A ({'DecideStream' if args.stream else 'Decide'}):  C   dec/srv-CPU-s   p50 (A/B, >1 = B faster)")
     for c in args.concurrency:
