@@ -9,7 +9,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "decider"
 CORE = ("api", "bundle", "cel", "engine", "policy", "record", "replay", "verify")
-SHELLS = ("decider.server", "decider.store", "decider.cli", "decider.gateway", "decider.console", "decider.guard")
+SHELLS = ("decider.server", "decider.store", "decider.cli", "decider.gateway", "decider.console", "decider.guard",
+          "decider.export")
 
 
 def imported_modules(path: Path) -> list[tuple[int, str]]:
