@@ -89,7 +89,7 @@ def test_a_batch_keeps_columns_that_only_later_rows_carry(tmp_path: Path) -> Non
     writer = GroupCommitWriter(engine, decisions)
     plain = row()
     approval = dict(row(agent="a2"), approval_id="A-1", approval_state="pending", shadow_outcome="DENY",
-                    shadow_rules='["r"]', shadow_revision="abc")
+                    shadow_rules='["r"]', shadow_bundle_revision="abc")
     assert "approval_id" not in plain and "shadow_outcome" not in plain
     done: list[BaseException | None] = []
     with writer._cv:  # queue both before the writer thread can take the first alone
@@ -99,7 +99,7 @@ def test_a_batch_keeps_columns_that_only_later_rows_carry(tmp_path: Path) -> Non
     assert done == [None, None] and writer.batches == 1
     stored = DecisionStore(engine).get(approval["decision_id"])
     assert stored is not None
-    assert (stored["approval_id"], stored["approval_state"], stored["shadow_outcome"], stored["shadow_revision"]) == (
+    assert (stored["approval_id"], stored["approval_state"], stored["shadow_outcome"], stored["shadow_bundle_revision"]) == (
         "A-1", "pending", "DENY", "abc")
     assert DecisionStore(engine).get(plain["decision_id"])["approval_id"] is None
 
@@ -124,7 +124,7 @@ def test_open_approval_lookup_probes_the_partial_index_not_every_earlier_decisio
 def _approval_row(agent: str, state: str, now: datetime) -> dict:
     return dict(row(agent=agent, tool="payments.refund"), approval_state=state, approvers='["group:finance"]',
                 approval_expires_at=now + timedelta(hours=1), resolved_by="user:ana", resolved_at=now,
-                resolution_comment="ok", dry_run=True, actual_cost=1.25, outcome_status="ok")
+                comment="ok", dry_run=True, actual_cost=1.25, outcome_status="ok")
 
 
 def test_rows_written_on_the_sqlite_driver_read_back_as_if_sqlalchemy_wrote_them(tmp_path: Path) -> None:

@@ -79,13 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("--format", choices=["table", "jsonl"], default="table")
 
     # Command groups that live in their own modules register themselves (set_defaults(func=...)).
-    from decider.cli import approvals, kill, policytest, replay
+    from decider.cli import approvals, db, kill, policytest, replay
 
     policytest.register(sub)
     replay.register(sub)
     bundles.register(sub)  # bundle lifecycle, status, serve/log bundle options
     approvals.register(sub)
     kill.register(sub)
+    db.register(sub)
     return p
 
 
@@ -122,6 +123,11 @@ def _serve(args: argparse.Namespace) -> int:
                        **bundles.serve_options(args))
     if args.workers < 1:
         raise InvalidRequest("--workers", "must be at least 1")
+    # Before any worker starts: create a new database at the newest schema, or refuse an older one
+    # (SchemaOutdated names `decider db upgrade`), once rather than in every worker.
+    from decider.store import connect
+
+    connect(args.db).dispose()
     if args.workers > 1:
         from decider.server.workers import run_workers
 
