@@ -84,6 +84,7 @@ def alembic_config(conn: Connection | None = None) -> Config:
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.set_main_option("file_template", "%%(rev)s")   # versions/0003_add_x.py: the id is the file name
     cfg.attributes["connection"] = conn
     return cfg
 
