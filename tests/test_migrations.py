@@ -332,6 +332,17 @@ def test_a_database_from_a_newer_release_is_refused_and_never_touched(db_url: st
         upgrade(engine)
 
 
+def test_an_unversioned_database_lacking_baseline_columns_is_not_stamped(db_url: str) -> None:
+    engine = make_previous_release_db(db_url)
+    with engine.begin() as conn:
+        conn.execute(text("ALTER TABLE decisions DROP COLUMN outcome_status"))
+    with pytest.raises(SchemaUnknown, match=r"lacks columns of the baseline \(decisions.outcome_status\)"):
+        upgrade(engine)
+    with engine.connect() as conn:
+        assert schema_state(conn).revision is None      # rolled back: nothing stamped, nothing renamed
+        assert "resolution_comment" in {c["name"] for c in inspect(conn).get_columns("decisions")}
+
+
 def test_serve_refuses_an_older_schema_and_names_the_command_then_serves_after_upgrade(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'old.db'}"
     engine = make_previous_release_db(url)

@@ -163,6 +163,25 @@ def ensure_schema(engine: Engine) -> SchemaState:
     return state
 
 
+def _require_baseline_columns(engine: Engine, conn: Connection) -> None:
+    """Before stamping an unversioned database as the baseline: it must have every baseline column
+    (one made by an even older release would otherwise be taken for what it is not)."""
+    from alembic import command
+    from sqlalchemy import create_engine
+
+    scratch = create_engine("sqlite://")   # the baseline revision, made in memory, is the reference
+    with scratch.begin() as ref:
+        command.upgrade(alembic_config(ref), BASELINE)
+        want = {t: {c["name"] for c in inspect(ref).get_columns(t)} for t in BASELINE_TABLES}
+    scratch.dispose()
+    insp = inspect(conn)
+    missing = [f"{t}.{c}" for t in sorted(want) for c in sorted(want[t] - {x["name"] for x in insp.get_columns(t)})]
+    if missing:
+        raise SchemaUnknown(f"database {_where(engine)} has no schema revision and lacks columns of the "
+                            f"baseline ({', '.join(missing)}): not a database decider made, or one from a "
+                            "release older than the one before migrations")
+
+
 def upgrade(engine: Engine) -> tuple[str | None, str]:
     """Bring the database to head: create an empty one, stamp one made before migrations as the
     baseline, then run every migration it lacks. Returns (revision before, revision after)."""
@@ -178,6 +197,7 @@ def upgrade(engine: Engine) -> tuple[str | None, str]:
         if state.revision is None:
             if not state.pre_migrations:
                 _check(engine, state)
+            _require_baseline_columns(engine, conn)
             command.stamp(alembic_config(conn), BASELINE)
         command.upgrade(alembic_config(conn), HEAD)
         return state.revision or BASELINE, HEAD
