@@ -356,6 +356,10 @@ def test_serve_refuses_an_older_schema_and_names_the_command_then_serves_after_u
     assert f"schema revision {BASELINE} (made before schema migrations)" in str(refused.value)
     assert "Traceback" not in str(refused.value)
 
+    workers = decider_cli("serve", "--bundle", str(POLICIES), "--db", url, "--listen", "127.0.0.1:0",
+                          "--workers", "2")     # refused once, before any worker starts
+    assert workers.returncode == 2 and f"decider db upgrade --db {url}" in workers.stderr
+    assert "Traceback" not in workers.stderr
     log = decider_cli("log", "--db", url)          # other commands that open the database say the same
     assert log.returncode != 0 and f"decider db upgrade --db {url}" in log.stderr
 
