@@ -104,12 +104,12 @@ def test_serve_refuses_an_unsigned_bundle_when_signatures_are_required(tmp_path:
         start_server(tmp_path, POLICIES, None, "--require-signature", "--pubkey", str(keys["public"]))
 
 
-def test_tampered_bundle_is_refused_at_reload_and_the_old_one_keeps_serving(tmp_path: Path, db_url: str,
+def test_tampered_bundle_is_refused_at_reload_and_the_old_one_keeps_serving(tmp_path: Path,
                                                                              keys: dict[str, Path]) -> None:
     signed = build(POLICIES, tmp_path / "out", "--sign", str(keys["private"]))
     served = tmp_path / "served.bundle"
     shutil.copy(signed, served)
-    srv = start_server(tmp_path, served, db_url, "--require-signature", "--pubkey", str(keys["public"]), *POLL)
+    srv = start_server(tmp_path, served, None, "--require-signature", "--pubkey", str(keys["public"]), *POLL)
     try:
         assert read_readme(srv).bundle.revision == V1
         # Swap in a bundle of other sources that carries the old (now wrong) signature.
@@ -135,10 +135,10 @@ def test_tampered_bundle_is_refused_at_reload_and_the_old_one_keeps_serving(tmp_
     assert "bundle refused" in srv.log()
 
 
-def test_a_source_that_stops_type_checking_never_replaces_the_active_bundle(tmp_path: Path, db_url: str) -> None:
+def test_a_source_that_stops_type_checking_never_replaces_the_active_bundle(tmp_path: Path) -> None:
     src = tmp_path / "src"
     shutil.copytree(POLICIES, src)
-    srv = start_server(tmp_path, src, db_url, *POLL)
+    srv = start_server(tmp_path, src, None, *POLL)
     try:
         write_atomically(src / "readme.yaml", EXTRA.replace("tool.args.path.endsWith", "tool.agrs.path.endsWith")
                          .encode())
@@ -149,11 +149,10 @@ def test_a_source_that_stops_type_checking_never_replaces_the_active_bundle(tmp_
         srv.stop()
 
 
-def test_reload_under_concurrent_load_fails_no_request_and_each_decision_is_from_one_revision(tmp_path: Path,
-                                                                                             db_url: str) -> None:
+def test_reload_under_concurrent_load_fails_no_request_and_each_decision_is_from_one_revision(tmp_path: Path) -> None:
     src = tmp_path / "src"
     shutil.copytree(POLICIES, src)
-    srv = start_server(tmp_path, src, db_url, *POLL)
+    srv = start_server(tmp_path, src, None, *POLL)
     seen: list[tuple[str, str, int, str]] = []
     failures: list[BaseException] = []
     lock = threading.Lock()
@@ -286,8 +285,8 @@ def test_shadow_outcomes_are_recorded_and_never_in_responses(tmp_path: Path, db_
         srv.stop()
 
 
-def test_status_command_shows_revisions_reload_error_and_counts(tmp_path: Path, db_url: str) -> None:
-    srv = start_server(tmp_path, POLICIES, db_url, *POLL)
+def test_status_command_shows_revisions_reload_error_and_counts(tmp_path: Path) -> None:
+    srv = start_server(tmp_path, POLICIES, None, *POLL)
     try:
         read_readme(srv)
         run = cli("status", "--server", srv.target)
