@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,3 +35,29 @@ def postgres() -> Iterator[PostgresServer]:
         yield srv
     finally:
         srv.stop()
+
+
+# ---- one database per test, on each backend (PostgreSQL parity, issue 10) ----
+
+BACKENDS = ["sqlite", "postgresql"]
+
+
+def fresh_database(request: pytest.FixtureRequest, tmp: Path) -> str:
+    """A new, empty database on the backend named by the fixture's param: an SQLite file in `tmp`,
+    or a new database on the session's PostgreSQL server (skipped when it is unavailable)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp / 'decider.db'}"
+    pg: PostgresServer = request.getfixturevalue("postgres")
+    return pg.create_database(f"t_{uuid.uuid4().hex[:16]}")
+
+
+@pytest.fixture(params=BACKENDS)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh database for this test, once on SQLite and once on PostgreSQL."""
+    return fresh_database(request, tmp_path)
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def module_db_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A fresh database for a module's shared server, once on SQLite and once on PostgreSQL."""
+    return fresh_database(request, tmp_path_factory.mktemp("db"))

@@ -20,9 +20,9 @@ from .stateful import REFUND_BOT, client, write_bundle, write_tokens
 
 
 @pytest.fixture(scope="module")
-def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def srv(tmp_path_factory: pytest.TempPathFactory, module_db_url: str) -> Iterator[ServerProcess]:
     tmp = tmp_path_factory.mktemp("approvals")
-    s = start_server(tmp, write_bundle(tmp), None, "--tokens", str(write_tokens(tmp)), "--poll-interval", "0.2")
+    s = start_server(tmp, write_bundle(tmp), module_db_url, "--tokens", str(write_tokens(tmp)), "--poll-interval", "0.2")
     try:
         yield s
     finally:
@@ -114,9 +114,9 @@ def test_the_asking_agent_its_owner_and_outsiders_cannot_approve(srv: ServerProc
         assert c.get_decision(did).approval.state == pb.APPROVAL_PENDING
 
 
-def test_agent_principal_cannot_approve_its_own_call(tmp_path: Path) -> None:
+def test_agent_principal_cannot_approve_its_own_call(tmp_path: Path, db_url: str) -> None:
     # Without a token file (loopback), the approver is whoever the request names.
-    s = start_server(tmp_path, write_bundle(tmp_path))
+    s = start_server(tmp_path, write_bundle(tmp_path), db_url)
     try:
         with s.client() as c:
             p = c.decide(agent=REFUND_BOT, tool="payments.refund", args={"amount": 9})

@@ -22,9 +22,9 @@ from .stateful import client, write_bundle, write_tokens
 
 
 @pytest.fixture(scope="module")
-def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def srv(tmp_path_factory: pytest.TempPathFactory, module_db_url: str) -> Iterator[ServerProcess]:
     tmp = tmp_path_factory.mktemp("auth")
-    s = start_server(tmp, write_bundle(tmp), None, "--tokens", str(write_tokens(tmp)))
+    s = start_server(tmp, write_bundle(tmp), module_db_url, "--tokens", str(write_tokens(tmp)))
     try:
         yield s
     finally:

@@ -18,7 +18,6 @@ from decider.store.budgets import BudgetKey, BudgetStore, budget_usage
 from decider.v1 import decider_pb2 as pb
 
 from .helpers import ServerProcess, start_server
-from .pg import PostgresServer
 from .stateful import client, write_bundle, write_tokens
 
 
@@ -34,9 +33,9 @@ def agent(name: str, team: str = "ops") -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def srv(tmp_path_factory: pytest.TempPathFactory, module_db_url: str) -> Iterator[ServerProcess]:
     tmp = tmp_path_factory.mktemp("budgets")
-    s = start_server(tmp, write_bundle(tmp), None, "--tokens", str(write_tokens(tmp)), "--poll-interval", "0.2")
+    s = start_server(tmp, write_bundle(tmp), module_db_url, "--tokens", str(write_tokens(tmp)), "--poll-interval", "0.2")
     try:
         yield s
     finally:
@@ -82,8 +81,8 @@ def test_report_outcome_replaces_the_estimate_with_the_actual_cost(srv: ServerPr
     assert "already reported" in str(err.value)
 
 
-def test_unsettled_reservations_are_released_after_the_configured_time(tmp_path: Path) -> None:
-    s = start_server(tmp_path, write_bundle(tmp_path), None, "--reservation-ttl", "1", "--poll-interval", "0.2")
+def test_unsettled_reservations_are_released_after_the_configured_time(tmp_path: Path, db_url: str) -> None:
+    s = start_server(tmp_path, write_bundle(tmp_path), db_url, "--reservation-ttl", "1", "--poll-interval", "0.2")
     try:
         with s.client() as c:
             assert c.decide(agent=agent("a3"), tool="work.do", estimated_cost=100).outcome == pb.ALLOW
@@ -115,31 +114,17 @@ def fifty_concurrent_decides(servers: list[ServerProcess]) -> list[int]:
             c.close()
 
 
-def test_fifty_concurrent_decides_allow_exactly_ten_on_sqlite(tmp_path: Path) -> None:
+def test_fifty_concurrent_decides_on_two_replicas_allow_exactly_ten(tmp_path: Path, db_url: str) -> None:
     bundle = write_bundle(tmp_path)
-    a = start_server(tmp_path, bundle, None, name="a")
-    b = start_server(tmp_path, bundle, None, name="b")   # a second process on the same SQLite file
+    a = start_server(tmp_path, bundle, db_url, name="a")
+    b = start_server(tmp_path, bundle, db_url, name="b")   # a second process on the same database
     try:
         outcomes = fifty_concurrent_decides([a, b])
     finally:
         a.stop()
         b.stop()
     assert outcomes.count(pb.ALLOW) == 10 and outcomes.count(pb.DENY) == 40
-    assert usage(a.db_url)[("agent", "hot")] == (0.0, 100.0)
-
-
-def test_fifty_concurrent_decides_allow_exactly_ten_on_postgresql(tmp_path: Path, postgres: PostgresServer) -> None:
-    url = postgres.create_database("budget_race")
-    bundle = write_bundle(tmp_path)
-    a = start_server(tmp_path, bundle, url, name="a")
-    b = start_server(tmp_path, bundle, url, name="b")
-    try:
-        outcomes = fifty_concurrent_decides([a, b])
-    finally:
-        a.stop()
-        b.stop()
-    assert outcomes.count(pb.ALLOW) == 10 and outcomes.count(pb.DENY) == 40
-    assert usage(url)[("agent", "hot")] == (0.0, 100.0)
+    assert usage(db_url)[("agent", "hot")] == (0.0, 100.0)
 
 
 def race_store(url: str) -> int:
@@ -161,9 +146,5 @@ def race_store(url: str) -> int:
     return held
 
 
-def test_store_reservation_is_atomic_across_engines_on_sqlite(tmp_path: Path) -> None:
-    assert race_store(f"sqlite:///{tmp_path / 'race.db'}") == 10
-
-
-def test_store_reservation_is_atomic_across_engines_on_postgresql(postgres: PostgresServer) -> None:
-    assert race_store(postgres.create_database("store_race")) == 10
+def test_store_reservation_is_atomic_across_engines(db_url: str) -> None:
+    assert race_store(db_url) == 10

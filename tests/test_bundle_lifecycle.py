@@ -198,8 +198,8 @@ def test_reload_under_concurrent_load_fails_no_request_and_each_decision_is_from
         srv.stop()
 
 
-def test_activate_and_rollback_switch_every_replica_sharing_the_database(tmp_path: Path) -> None:
-    db = f"sqlite:///{tmp_path / 'shared.db'}"
+def test_activate_and_rollback_switch_every_replica_sharing_the_database(tmp_path: Path, db_url: str) -> None:
+    db = db_url
     src = tmp_path / "src"
     shutil.copytree(POLICIES, src)
     a = start_server(tmp_path, src, db, *POLL, name="a")
@@ -238,10 +238,10 @@ def test_activate_and_rollback_switch_every_replica_sharing_the_database(tmp_pat
         b.stop()
 
 
-def test_shadow_outcomes_are_recorded_and_never_in_responses(tmp_path: Path) -> None:
+def test_shadow_outcomes_are_recorded_and_never_in_responses(tmp_path: Path, db_url: str) -> None:
     shadow_src = v2_folder(tmp_path)
     v2 = load_bundle(shadow_src).revision
-    srv = start_server(tmp_path, POLICIES, None, "--shadow-bundle", str(shadow_src), *POLL)
+    srv = start_server(tmp_path, POLICIES, db_url, "--shadow-bundle", str(shadow_src), *POLL)
     try:
         with srv.client() as c:
             resp = c.decide(agent=CODER, tool="fs.read", args=README)

@@ -11,9 +11,9 @@ from .helpers import start_server
 from .stateful import REFUND_BOT, client, write_bundle, write_tokens
 
 
-def test_pending_approvals_reservations_and_kill_switches_survive_a_restart(tmp_path: Path) -> None:
+def test_pending_approvals_reservations_and_kill_switches_survive_a_restart(tmp_path: Path, db_url: str) -> None:
     bundle, tokens = write_bundle(tmp_path), str(write_tokens(tmp_path))
-    s = start_server(tmp_path, bundle, None, "--tokens", tokens)
+    s = start_server(tmp_path, bundle, db_url, "--tokens", tokens)
     try:
         with client(s, "gw-token") as gw, client(s, "admin-token") as admin:
             pending = gw.decide(agent=REFUND_BOT, tool="payments.refund", args={"amount": 5})
@@ -21,7 +21,7 @@ def test_pending_approvals_reservations_and_kill_switches_survive_a_restart(tmp_
             ks = admin.set_kill_switch("agent", "rogue", "restart test")
     finally:
         assert s.stop() == 0
-    s = start_server(tmp_path, bundle, None, "--tokens", tokens, name="restarted")
+    s = start_server(tmp_path, bundle, db_url, "--tokens", tokens, name="restarted")
     try:
         with client(s, "gw-token") as gw, client(s, "admin-token") as admin, client(s, "ana-token") as ana:
             again = gw.decide(agent=REFUND_BOT, tool="payments.refund", args={"amount": 5})
@@ -35,10 +35,10 @@ def test_pending_approvals_reservations_and_kill_switches_survive_a_restart(tmp_
         s.stop()
 
 
-def test_approval_resolved_on_one_replica_reaches_a_watcher_on_the_other(tmp_path: Path) -> None:
+def test_approval_resolved_on_one_replica_reaches_a_watcher_on_the_other(tmp_path: Path, db_url: str) -> None:
     bundle, tokens = write_bundle(tmp_path), str(write_tokens(tmp_path))
-    a = start_server(tmp_path, bundle, None, "--tokens", tokens, name="a")
-    b = start_server(tmp_path, bundle, None, "--tokens", tokens, name="b")
+    a = start_server(tmp_path, bundle, db_url, "--tokens", tokens, name="a")
+    b = start_server(tmp_path, bundle, db_url, "--tokens", tokens, name="b")
     try:
         with client(a, "gw-token") as gw:
             pending = gw.decide(agent=REFUND_BOT, tool="payments.refund", args={"amount": 77})

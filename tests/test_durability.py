@@ -13,7 +13,7 @@ import pytest
 from decider.client import DeciderClient
 from decider.store import DecisionStore, connect
 
-from .helpers import start_server
+from .helpers import POLICIES, start_server
 
 CODER = {"id": "coder-7", "team": "platform", "model": "claude-opus-4", "capabilities": ["shell"]}
 MAX_CALLS_PER_CLIENT = 2000
@@ -23,8 +23,8 @@ MAX_SECONDS = 20.0
 # One client: every decision is alone, so it is committed on the event loop (GroupCommitWriter.write
 # with alone=True); eight: group commit on the writer thread. Both must be durable before answering.
 @pytest.mark.parametrize("CLIENTS", [1, 8])
-def test_sigkill_under_load_loses_no_answered_decision(tmp_path: Path, CLIENTS: int) -> None:  # noqa: N803
-    srv = start_server(tmp_path)
+def test_sigkill_under_load_loses_no_answered_decision(tmp_path: Path, db_url: str, CLIENTS: int) -> None:  # noqa: N803
+    srv = start_server(tmp_path, POLICIES, db_url)
     received: list[list[str]] = [[] for _ in range(CLIENTS)]
     failures: list[int] = [0] * CLIENTS
     stop = threading.Event()
@@ -61,8 +61,8 @@ def test_sigkill_under_load_loses_no_answered_decision(tmp_path: Path, CLIENTS: 
     assert len(ids) >= 200 * CLIENTS, "the load never got going"
     assert sum(failures) > 0 or len(ids) < CLIENTS * MAX_CALLS_PER_CLIENT  # the kill happened mid-load
 
-    # Restart on the same file: the server must come up, and every answered id must be there.
-    srv2 = start_server(tmp_path, name="restarted")
+    # Restart on the same database: the server must come up, and every answered id must be there.
+    srv2 = start_server(tmp_path, POLICIES, db_url, name="restarted")
     try:
         stored = DecisionStore(connect(srv.db_url)).ids()
         missing = ids - stored

@@ -19,9 +19,9 @@ from .stateful import REFUND_BOT, client, write_bundle, write_tokens
 
 
 @pytest.fixture(scope="module")
-def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def srv(tmp_path_factory: pytest.TempPathFactory, module_db_url: str) -> Iterator[ServerProcess]:
     tmp = tmp_path_factory.mktemp("kill")
-    s = start_server(tmp, write_bundle(tmp), None, "--tokens", str(write_tokens(tmp)))
+    s = start_server(tmp, write_bundle(tmp), module_db_url, "--tokens", str(write_tokens(tmp)))
     try:
         yield s
     finally:
@@ -109,12 +109,12 @@ def test_cli_kill_and_unkill(srv: ServerProcess) -> None:
     assert cli("unkill", "--scope", "team", "--value", "payments").returncode == 1   # nothing left to clear
 
 
-def test_time_to_effect_across_two_replicas_sharing_one_database(tmp_path: Path) -> None:
+def test_time_to_effect_across_two_replicas_sharing_one_database(tmp_path: Path, db_url: str) -> None:
     """From SetKillSwitch returning on replica A to replica B denying: within B's poll interval
     (default 1 s). The measured figures are printed (run with -s) and reported in docs/controls.md."""
     bundle = write_bundle(tmp_path)
-    a = start_server(tmp_path, bundle, None, name="a")
-    b = start_server(tmp_path, bundle, None, name="b")
+    a = start_server(tmp_path, bundle, db_url, name="a")
+    b = start_server(tmp_path, bundle, db_url, name="b")
     measured: list[float] = []
     try:
         with a.client() as ca, b.client() as cb:

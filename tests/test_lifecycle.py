@@ -16,7 +16,7 @@ import grpc
 from decider.client import DeciderClient
 from decider.store import DecisionStore, connect
 
-from .helpers import ROOT, start_server
+from .helpers import POLICIES, ROOT, start_server
 
 CODER = {"id": "coder-7", "capabilities": ["shell"]}
 
@@ -52,8 +52,8 @@ def test_make_run_serves_decide_on_loopback(tmp_path: Path) -> None:
     assert serving["address"] == f"127.0.0.1:{port}"
 
 
-def test_sigterm_drains_in_flight_calls_and_flushes_every_record(tmp_path: Path) -> None:
-    srv = start_server(tmp_path)
+def test_sigterm_drains_in_flight_calls_and_flushes_every_record(tmp_path: Path, db_url: str) -> None:
+    srv = start_server(tmp_path, POLICIES, db_url)
     answered: list[str] = []
     errors: list[grpc.StatusCode] = []
     lock = threading.Lock()

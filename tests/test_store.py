@@ -8,6 +8,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from sqlalchemy.exc import IntegrityError
 
 from decider.bundle.compile import load_bundle
 from decider.client import build_request
@@ -27,8 +28,8 @@ def row(agent: str = "a1", tool: str = "fs.read") -> dict:
     return build_record(new_id(), req, decide(BUNDLE, req), BUNDLE, datetime.now(timezone.utc))
 
 
-def test_concurrent_writes_are_committed_in_fewer_batches(tmp_path: Path) -> None:
-    engine = connect(f"sqlite:///{tmp_path / 'd.db'}")
+def test_concurrent_writes_are_committed_in_fewer_batches(db_url: str) -> None:
+    engine = connect(db_url)
     writer = GroupCommitWriter(engine, decisions)
     rows = [row(agent=f"a{i}") for i in range(400)]
     threads = [threading.Thread(target=writer.write_sync, args=(r,)) for r in rows]
@@ -42,12 +43,13 @@ def test_concurrent_writes_are_committed_in_fewer_batches(tmp_path: Path) -> Non
     assert DecisionStore(engine).ids() == {r["decision_id"] for r in rows}
 
 
-def test_a_bad_row_fails_alone_and_its_neighbours_commit(tmp_path: Path) -> None:
-    engine = connect(f"sqlite:///{tmp_path / 'd.db'}")
+def test_a_bad_row_fails_alone_and_its_neighbours_commit(db_url: str) -> None:
+    engine = connect(db_url)
     writer = GroupCommitWriter(engine, decisions)
     good = row()
     writer.write_sync(good)
-    with pytest.raises(sqlite3.IntegrityError):  # an SQLite file: the writer uses the stdlib driver
+    # An SQLite file: the writer uses the stdlib driver; PostgreSQL: SQLAlchemy.
+    with pytest.raises((sqlite3.IntegrityError, IntegrityError)):
         writer.write_sync(dict(good))  # same primary key
     other = row()
     writer.write_sync(other)
@@ -55,8 +57,8 @@ def test_a_bad_row_fails_alone_and_its_neighbours_commit(tmp_path: Path) -> None
     assert DecisionStore(engine).ids() == {good["decision_id"], other["decision_id"]}
 
 
-def test_close_flushes_and_refuses_new_rows(tmp_path: Path) -> None:
-    engine = connect(f"sqlite:///{tmp_path / 'd.db'}")
+def test_close_flushes_and_refuses_new_rows(db_url: str) -> None:
+    engine = connect(db_url)
     writer = GroupCommitWriter(engine, decisions)
     done: list[BaseException | None] = []
     r = row()
@@ -68,8 +70,8 @@ def test_close_flushes_and_refuses_new_rows(tmp_path: Path) -> None:
         writer.submit(row(), done.append)
 
 
-def test_log_filters(tmp_path: Path) -> None:
-    engine = connect(f"sqlite:///{tmp_path / 'd.db'}")
+def test_log_filters(db_url: str) -> None:
+    engine = connect(db_url)
     store = DecisionStore(engine)
     store.insert_many([row(agent="x", tool="fs.read"), row(agent="y", tool="shell.exec"), row(agent="x")])
     assert len(list(store.query(LogFilter(agent_id="x")))) == 2
@@ -82,14 +84,14 @@ def test_decision_ids_sort_by_time() -> None:
     assert a < b and id_time_ms(a) == 1_000 and len(a) == 26
 
 
-def test_a_batch_keeps_columns_that_only_later_rows_carry(tmp_path: Path) -> None:
+def test_a_batch_keeps_columns_that_only_later_rows_carry(db_url: str) -> None:
     # An executemany takes its columns from the first row: a plain decision first, then an approval
     # row with approval_id and a shadow outcome, in one batch. Nothing of the second may be lost.
-    engine = connect(f"sqlite:///{tmp_path / 'd.db'}")
+    engine = connect(db_url)
     writer = GroupCommitWriter(engine, decisions)
     plain = row()
     approval = dict(row(agent="a2"), approval_id="A-1", approval_state="pending", shadow_outcome="DENY",
-                    shadow_rules='["r"]', shadow_revision="abc")
+                    shadow_rules='["r"]', shadow_bundle_revision="abc")
     assert "approval_id" not in plain and "shadow_outcome" not in plain
     done: list[BaseException | None] = []
     with writer._cv:  # queue both before the writer thread can take the first alone
@@ -99,7 +101,7 @@ def test_a_batch_keeps_columns_that_only_later_rows_carry(tmp_path: Path) -> Non
     assert done == [None, None] and writer.batches == 1
     stored = DecisionStore(engine).get(approval["decision_id"])
     assert stored is not None
-    assert (stored["approval_id"], stored["approval_state"], stored["shadow_outcome"], stored["shadow_revision"]) == (
+    assert (stored["approval_id"], stored["approval_state"], stored["shadow_outcome"], stored["shadow_bundle_revision"]) == (
         "A-1", "pending", "DENY", "abc")
     assert DecisionStore(engine).get(plain["decision_id"])["approval_id"] is None
 
@@ -124,7 +126,7 @@ def test_open_approval_lookup_probes_the_partial_index_not_every_earlier_decisio
 def _approval_row(agent: str, state: str, now: datetime) -> dict:
     return dict(row(agent=agent, tool="payments.refund"), approval_state=state, approvers='["group:finance"]',
                 approval_expires_at=now + timedelta(hours=1), resolved_by="user:ana", resolved_at=now,
-                resolution_comment="ok", dry_run=True, actual_cost=1.25, outcome_status="ok")
+                comment="ok", dry_run=True, actual_cost=1.25, outcome_status="ok")
 
 
 def test_rows_written_on_the_sqlite_driver_read_back_as_if_sqlalchemy_wrote_them(tmp_path: Path) -> None:

@@ -31,8 +31,8 @@ def instances_seen(target: str, tries: int = 40) -> set[str]:
     return seen
 
 
-def test_two_workers_share_the_port_record_every_decision_and_stop_cleanly(tmp_path: Path) -> None:
-    srv = start_server(tmp_path, POLICIES, None, "--workers", "2")
+def test_two_workers_share_the_port_record_every_decision_and_stop_cleanly(tmp_path: Path, db_url: str) -> None:
+    srv = start_server(tmp_path, POLICIES, db_url, "--workers", "2")
     try:
         assert len(instances_seen(srv.target)) == 2
         ids: list[str] = []

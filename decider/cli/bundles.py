@@ -351,7 +351,7 @@ def shadow_diff(rows: Any, examples: int = 3) -> dict[str, Any]:
         if not row.get("shadow_outcome"):
             continue
         total += 1
-        shadow_revisions[row.get("shadow_revision") or ""] += 1
+        shadow_revisions[row.get("shadow_bundle_revision") or ""] += 1
         active, shadow = row["outcome"], row["shadow_outcome"]
         if active == shadow:
             agree += 1
@@ -365,7 +365,7 @@ def shadow_diff(rows: Any, examples: int = 3) -> dict[str, Any]:
                 "decision_id": row["decision_id"], "agent_id": row["agent_id"], "tool_name": row["tool_name"],
                 "args": json.loads(row["args"]), "active_rule": row["deciding_rule"],
                 "shadow_rules": shadow_rules, "active_revision": row["bundle_revision"],
-                "shadow_revision": row.get("shadow_revision"),
+                "shadow_revision": row.get("shadow_bundle_revision"),
             })
     return {
         "decisions_with_shadow": total,

@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("--format", choices=["table", "jsonl"], default="table")
 
     # Command groups that live in their own modules register themselves (set_defaults(func=...)).
-    from decider.cli import approvals, console, kill, policytest, replay, report, stream
+    from decider.cli import approvals, console, db, kill, policytest, replay, report, stream
 
     policytest.register(sub)
     replay.register(sub)
@@ -97,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     console.register(sub)  # `console`, and `serve --approval-webhook/--console-url`
     stream.register(sub)  # log --follow/--after/--reverse/--create, export
     report.register(sub)
+    db.register(sub)
     return p
 
 
@@ -136,6 +137,11 @@ def _serve(args: argparse.Namespace) -> int:
                        **bundles.serve_options(args), **console.serve_options(args))
     if args.workers < 1:
         raise InvalidRequest("--workers", "must be at least 1")
+    # Before any worker starts: create a new database at the newest schema, or refuse an older one
+    # (SchemaOutdated names `decider db upgrade`), once rather than in every worker.
+    from decider.store import connect
+
+    connect(args.db).dispose()
     if args.workers > 1:
         from decider.server.workers import run_workers
 

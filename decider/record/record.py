@@ -256,7 +256,7 @@ def record_to_proto(row: Any) -> pb.DecisionRecord:
     if r.get("shadow_outcome"):
         rec.shadow_outcome = OUTCOME_BY_NAME.get(r["shadow_outcome"], pb.OUTCOME_UNSPECIFIED)
         rec.shadow_rules.extend(json.loads(r.get("shadow_rules") or "[]"))
-        rec.shadow_bundle.revision = r.get("shadow_revision") or ""
+        rec.shadow_bundle.revision = r.get("shadow_bundle_revision") or ""
     if r.get("approval_state"):
         _approval_into(rec.approval, r)
     return rec
@@ -290,4 +290,4 @@ def _approval_into(ap: pb.Approval, r: dict[str, Any]) -> None:
     ap.resolved_by = r.get("resolved_by") or ""
     if r.get("resolved_at"):
         set_timestamp(ap.resolved_at, r["resolved_at"])
-    ap.comment = r.get("resolution_comment") or ""
+    ap.comment = r.get("comment") or ""

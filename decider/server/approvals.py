@@ -150,7 +150,7 @@ async def resolve_approval(ctrl: Controls, req: pb.ResolveApprovalRequest,
                             f"{who} is not among this approval's approvers {allowed}")
     to_state = "approved" if req.resolution == pb.APPROVE else "rejected"
     won = await asyncio.to_thread(ctrl.approvals.transition, req.decision_id, "pending", to_state,
-                                  resolved_by=who, resolved_at=now, resolution_comment=req.comment)
+                                  resolved_by=who, resolved_at=now, comment=req.comment)
     if not won:
         await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                             f"decision {req.decision_id} was resolved by someone else first")

@@ -174,12 +174,12 @@ class LiveBundles(BundleHolder):
         current = pointers.get(ACTIVE)
         if not known or current is None or current.revision is None:
             act = self.store.point(ACTIVE, loaded.bundle.revision, "load", self.instance)
-            self._set_active(loaded, act.at)
+            self._set_active(loaded, act.activated_at)
         elif current.revision == loaded.bundle.revision:
-            self._set_active(loaded, current.at)
+            self._set_active(loaded, current.activated_at)
         else:
             try:
-                self._set_active(self.load_revision(current.revision), current.at)
+                self._set_active(self.load_revision(current.revision), current.activated_at)
             except (DeciderError, OSError) as e:
                 # The cluster's revision does not load here: serve our own verified source.
                 self._refused(current.revision, e)
@@ -187,12 +187,12 @@ class LiveBundles(BundleHolder):
         if s.shadow:
             shadow = self._shadow_from(s.shadow)
             act = self.store.point(SHADOW, shadow.bundle.revision, "shadow", self.instance)
-            self._set_shadow(shadow, act.at)
+            self._set_shadow(shadow, act.activated_at)
         else:
             sp = pointers.get(SHADOW)
             if sp is not None and sp.revision:
                 try:
-                    self._set_shadow(self.load_revision(sp.revision), sp.at)
+                    self._set_shadow(self.load_revision(sp.revision), sp.activated_at)
                 except (DeciderError, OSError) as e:
                     self._refused(sp.revision, e)
 
@@ -280,14 +280,14 @@ class LiveBundles(BundleHolder):
         self._source_revision = loaded.bundle.revision
         await asyncio.to_thread(self._store, loaded)
         act = await asyncio.to_thread(self.store.point, ACTIVE, loaded.bundle.revision, "load", self.instance)
-        self._set_active(loaded, act.at)
+        self._set_active(loaded, act.activated_at)
 
     async def _follow_pointers(self) -> None:
         pointers = await asyncio.to_thread(self.store.pointers)
         a = pointers.get(ACTIVE)
         if a is not None and a.revision and a.revision != self.active.revision and a.revision not in self._failed:
             try:
-                self._set_active(await asyncio.to_thread(self.load_revision, a.revision), a.at)
+                self._set_active(await asyncio.to_thread(self.load_revision, a.revision), a.activated_at)
                 self.last_reload_error = ""
             except (DeciderError, OSError) as e:
                 self._refused(a.revision, e)
@@ -296,10 +296,10 @@ class LiveBundles(BundleHolder):
         have = self.shadow.revision if self.shadow is not None else None
         if want != have and (want is None or want not in self._failed):
             if want is None:
-                self._set_shadow(None, s.at if s else None)
+                self._set_shadow(None, s.activated_at if s else None)
                 return
             try:
-                self._set_shadow(await asyncio.to_thread(self.load_revision, want), s.at if s else None)
+                self._set_shadow(await asyncio.to_thread(self.load_revision, want), s.activated_at if s else None)
             except (DeciderError, OSError) as e:
                 self._refused(want, e)
 
@@ -309,7 +309,7 @@ class LiveBundles(BundleHolder):
         async with self._lock:
             loaded = await self._resolve_and_load(prefix)
             act = await asyncio.to_thread(self.store.point, ACTIVE, loaded.bundle.revision, action, self.instance)
-            self._set_active(loaded, act.at)
+            self._set_active(loaded, act.activated_at)
             self.last_reload_error = ""
             return loaded
 
@@ -323,11 +323,11 @@ class LiveBundles(BundleHolder):
         async with self._lock:
             if not prefix:
                 act = await asyncio.to_thread(self.store.point, SHADOW, None, "shadow", self.instance)
-                self._set_shadow(None, act.at)
+                self._set_shadow(None, act.activated_at)
                 return
             loaded = await self._resolve_and_load(prefix)
             act = await asyncio.to_thread(self.store.point, SHADOW, loaded.bundle.revision, "shadow", self.instance)
-            self._set_shadow(loaded, act.at)
+            self._set_shadow(loaded, act.activated_at)
 
     async def _resolve_and_load(self, prefix: str) -> Loaded:
         if not prefix:
@@ -367,7 +367,7 @@ class LiveBundles(BundleHolder):
                 _dumps_cache[rules] = cached
         row["shadow_outcome"] = d.outcome_name
         row["shadow_rules"] = cached
-        row["shadow_revision"] = shadow.revision
+        row["shadow_bundle_revision"] = shadow.revision
 
     def count(self, outcome: str) -> None:
         """A decision was recorded and answered (Status: decisions by outcome since start)."""
@@ -409,7 +409,7 @@ class LiveBundles(BundleHolder):
         activated: dict[str, datetime] = {}
         for act in reversed(self.store.history(ACTIVE, limit=1000)):
             if act.revision:
-                activated[act.revision] = act.at
+                activated[act.revision] = act.activated_at
         out = pb.ListBundlesResponse()
         active_rev = self.active.revision
         shadow_rev = self.shadow.revision if self.shadow is not None else ""
@@ -417,7 +417,7 @@ class LiveBundles(BundleHolder):
             info = out.bundles.add(name=sb.name, version=sb.version, revision=sb.revision, source=sb.source,
                                    signed=sb.signed, active=sb.revision == active_rev,
                                    shadow=sb.revision == shadow_rev)
-            info.loaded_at.FromDatetime(sb.stored_at)
+            info.loaded_at.FromDatetime(sb.loaded_at)
             if sb.revision in activated:
                 info.activated_at.FromDatetime(activated[sb.revision])
         return out

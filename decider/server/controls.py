@@ -127,14 +127,14 @@ class Controls:
             won = await asyncio.to_thread(
                 self.approvals.transition, decision_id, "pending", "rejected",
                 resolved_by=f"kill-switch:{switch['id']}", resolved_at=now,
-                resolution_comment=f"killed: {switch['reason']}" if switch["reason"] else "killed")
+                comment=f"killed: {switch['reason']}" if switch["reason"] else "killed")
             if won:
                 self.hub.notify(decision_id)
 
     # ---- approvals -----------------------------------------------------------------------------
     async def expire(self, decision_id: str, now: datetime) -> bool:
         won = await asyncio.to_thread(self.approvals.transition, decision_id, "pending", "expired",
-                                      resolved_by="", resolved_at=now, resolution_comment="approval_ttl elapsed")
+                                      resolved_by="", resolved_at=now, comment="approval_ttl elapsed")
         if won:
             self.hub.notify(decision_id)
         return won
@@ -222,7 +222,7 @@ class Controls:
                 allowed = replace(
                     decision, outcome=pb.ALLOW, deciding_rule=row["deciding_rule"], approvers=(), approval_ttl_s=0,
                     reasons=(Reason("approved", f"approved by {row['resolved_by']} in decision {row['decision_id']}"
-                                    + (f": {row['resolution_comment']}" if row.get("resolution_comment") else ""),
+                                    + (f": {row['comment']}" if row.get("comment") else ""),
                                     "", "allow"),))
                 trial = await self._reserve(Applied(allowed), req, bundle, decision_id, now)
                 if trial.decision.outcome != pb.ALLOW:
@@ -239,7 +239,7 @@ class Controls:
                 applied.row = {"approval_id": row["decision_id"], "approval_state": "consumed",
                                "approvers": row["approvers"], "approval_expires_at": row["approval_expires_at"],
                                "resolved_by": row["resolved_by"], "resolved_at": row["resolved_at"],
-                               "resolution_comment": row["resolution_comment"]}
+                               "comment": row["comment"]}
                 return applied
             applied.row = {"approval_id": decision_id}
             return applied

@@ -47,7 +47,7 @@ bundles = Table(
     Column("source", Text, nullable=False, default=""),        # the file or folder it was first loaded from
     Column("signed", Boolean, nullable=False, default=False),
     Column("archive", LargeBinary, nullable=False),            # the .bundle file (tar.gz)
-    Column("stored_at", DateTime(timezone=True), nullable=False),
+    Column("loaded_at", DateTime(timezone=True), nullable=False),   # BundleInfo.loaded_at: first stored
 )
 
 bundle_activations = Table(
@@ -58,7 +58,7 @@ bundle_activations = Table(
     Column("revision", String(64)),                            # NULL: shadow cleared
     Column("action", String(16), nullable=False),              # load | activate | rollback | shadow
     Column("instance", String(256), nullable=False, default=""),
-    Column("at", DateTime(timezone=True), nullable=False),
+    Column("activated_at", DateTime(timezone=True), nullable=False),
     Index("ix_bundle_activations_role_id", "role", "id"),
 )
 
@@ -74,7 +74,7 @@ class StoredBundle:
     version: str
     source: str
     signed: bool
-    stored_at: datetime
+    loaded_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +84,7 @@ class Activation:
     revision: str | None
     action: str
     instance: str
-    at: datetime
+    activated_at: datetime
 
 
 def _utc(t: datetime) -> datetime:
@@ -92,11 +92,11 @@ def _utc(t: datetime) -> datetime:
 
 
 def _stored(row: Any) -> StoredBundle:
-    return StoredBundle(row.revision, row.name, row.version, row.source, bool(row.signed), _utc(row.stored_at))
+    return StoredBundle(row.revision, row.name, row.version, row.source, bool(row.signed), _utc(row.loaded_at))
 
 
 def _activation(row: Any) -> Activation:
-    return Activation(row.id, row.role, row.revision, row.action, row.instance, _utc(row.at))
+    return Activation(row.id, row.role, row.revision, row.action, row.instance, _utc(row.activated_at))
 
 
 class BundleStore:
@@ -110,7 +110,7 @@ class BundleStore:
         try:
             with self.engine.begin() as conn:
                 conn.execute(insert(bundles).values(revision=revision, name=name, version=version, source=source,
-                                                    signed=signed, archive=archive, stored_at=now))
+                                                    signed=signed, archive=archive, loaded_at=now))
             return True
         except IntegrityError:
             if signed:
@@ -140,14 +140,14 @@ class BundleStore:
     def list(self) -> list[StoredBundle]:
         cols = [c for c in bundles.c if c.name != "archive"]
         with self.engine.connect() as conn:
-            return [_stored(r) for r in conn.execute(select(*cols).order_by(bundles.c.stored_at))]
+            return [_stored(r) for r in conn.execute(select(*cols).order_by(bundles.c.loaded_at))]
 
     def point(self, role: str, revision: str | None, action: str, instance: str) -> Activation:
         """Move a role's pointer (append to the history). Every replica follows within its poll."""
         now = datetime.now(timezone.utc)
         with self.engine.begin() as conn:
             new_id = conn.execute(insert(bundle_activations).values(role=role, revision=revision, action=action,
-                                                                    instance=instance, at=now)).inserted_primary_key
+                                                                    instance=instance, activated_at=now)).inserted_primary_key
         return Activation(int(new_id[0]), role, revision, action, instance, now)
 
     def pointers(self) -> dict[str, Activation]:

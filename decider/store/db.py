@@ -16,7 +16,12 @@ def sqlite_url(path: str) -> str:
 
 
 def connect(url: str, *, create: bool = True) -> Engine:
-    """An Engine for `url` (`sqlite:///file.db` or `postgresql+psycopg://…`), tables created."""
+    """An Engine for `url` (`sqlite:///file.db` or `postgresql+psycopg://…`) whose schema is the code's.
+
+    `create`: an empty database is created at the head revision; a database whose schema is older
+    raises `migrate.SchemaOutdated`, naming `decider db upgrade` (only that command changes an
+    existing schema). `create=False` opens the database as it is.
+    """
     if "://" not in url:  # a bare path means an SQLite file
         url = sqlite_url(url)
     kwargs: dict[str, Any] = {}
@@ -26,20 +31,9 @@ def connect(url: str, *, create: bool = True) -> Engine:
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     if create:
-        # Import for the side effect of registering every table group on `metadata`.
-        from decider.store import (  # noqa: F401 - notifications: the console's outbox; queries: its session index
-            approvals,
-            auth_events,
-            budgets,
-            bundles,
-            decisions,
-            journal,
-            kill_switches,
-            notifications,
-            queries,
-        )
+        from decider.store.migrate import ensure_schema
 
-        metadata.create_all(engine)
+        ensure_schema(engine)
     return engine
 
 

@@ -61,7 +61,7 @@ decisions = Table(
     Column("bundle_revision", String(64), nullable=False),
     Column("shadow_outcome", String(20)),
     Column("shadow_rules", Text),
-    Column("shadow_revision", String(64)),
+    Column("shadow_bundle_revision", String(64)),                # DecisionRecord.shadow_bundle.revision
     Column("eval_us", Integer, nullable=False),
     Column("dry_run", Boolean, nullable=False, default=False),
     Column("approval_state", String(16)),                        # pending | approved | rejected | expired | consumed
@@ -70,7 +70,7 @@ decisions = Table(
     Column("approval_expires_at", DateTime(timezone=True)),
     Column("resolved_by", String(256)),
     Column("resolved_at", DateTime(timezone=True)),
-    Column("resolution_comment", Text),
+    Column("comment", Text),                                     # Approval.comment
     Column("actual_cost", Float),
     Column("outcome_status", String(64)),
     Index("ix_decisions_agent", "agent_id"),
