@@ -164,14 +164,14 @@ class ExtMcpService:
                 state, row = await self._wait_for_resolution(pending.decision_id, self.approval_wait_s)
                 if state != "approved":
                     by = f" by {row['resolved_by']}" if row.get("resolved_by") else ""
-                    said = f' ("{row["resolution_comment"]}")' if row.get("resolution_comment") else ""
+                    said = f' ("{row["comment"]}")' if row.get("comment") else ""
                     return _error(xpb.AuthorizationError.PERMISSION_DENIED,
                                   f"decider: approval {state}{by}{said} for {decide_req.tool.name} "
                                   f"(decision {pending.decision_id}): {_reasons(pending)}",
                                   {"decision_id": pending.decision_id, "outcome": "REQUIRE_APPROVAL",
                                    "approval_state": state, "approvers": list(pending.approval.approvers),
                                    "resolved_by": row.get("resolved_by") or "",
-                                   "comment": row.get("resolution_comment") or ""})
+                                   "comment": row.get("comment") or ""})
                 # Approved: the identical call is now allowed once; asking again consumes it and
                 # gives this call its own ALLOW record (the one the outcome is reported on).
                 resp = await self.svc.decide_bytes(raw)
