@@ -79,13 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("--format", choices=["table", "jsonl"], default="table")
 
     # Command groups that live in their own modules register themselves (set_defaults(func=...)).
-    from decider.cli import approvals, kill, policytest, replay
+    from decider.cli import approvals, gateway, kill, policytest, replay
 
     policytest.register(sub)
     replay.register(sub)
     bundles.register(sub)  # bundle lifecycle, status, serve/log bundle options
     approvals.register(sub)
     kill.register(sub)
+    gateway.register(sub)  # gateway mcp, tools import
     return p
 
 
