@@ -96,7 +96,7 @@ class GatewayConfig:
         if self.listen == "stdio":
             return None
         u = urlsplit(self.listen)
-        return u.hostname or "127.0.0.1", u.port or 80, u.path or "/mcp"
+        return u.hostname or "127.0.0.1", u.port if u.port is not None else 80, u.path or "/mcp"
 
     def agent_for_token(self, token: str) -> dict[str, Any] | None:
         digest = hashlib.sha256(token.encode()).hexdigest()

@@ -62,8 +62,10 @@ async def run_gateway(cfg: GatewayConfig, *, port_file: str | None = None) -> No
     gw = Gateway(cfg, link, ups)
     try:
         async with anyio.create_task_group() as tg:
+            for up in ups:   # connect in parallel; serve once each has connected or failed once
+                tg.start_soon(up.run)
             for up in ups:
-                await tg.start(up.run)
+                await up.started.wait()
             stop: list[Callable[[], None]] = [tg.cancel_scope.cancel]
             tg.start_soon(_stop_on_signal, stop)
             try:

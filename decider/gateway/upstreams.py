@@ -43,6 +43,7 @@ class UpstreamConnection:
         self._ready = anyio.Event()
         self._broken = anyio.Event()
         self._stopping = False
+        self.started = anyio.Event()   # set once the first connection attempt has ended either way
         self._connect_timeout = connect_timeout
         self._errlog = errlog or sys.stderr
         self.last_error = ""
@@ -52,31 +53,28 @@ class UpstreamConnection:
         return self.spec.name
 
     # ---- lifecycle (run in the gateway's task group) ----
-    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        started = False
+    async def run(self) -> None:
         backoff = 0.2
         while not self._stopping:
             try:
-                await self._connect_and_hold(task_status if not started else None)
-                started = True
+                await self._connect_and_hold()
                 backoff = 0.2
             except Exception as e:  # noqa: BLE001 - any transport failure: report it, retry with back-off
                 self.last_error = f"{type(e).__name__}: {e}"
                 log.warning("upstream connection failed", extra={"upstream": self.name, "error": self.last_error})
             finally:
                 self.session = None
-                self._ready = anyio.Event()
-            if not started:
-                # The first connection failed: the gateway still starts (the upstream's calls fail
-                # clearly until it comes up), so unblock the starter once.
-                started = True
-                task_status.started()
+                if self._ready.is_set():   # keep an unset event: requests may already wait on it
+                    self._ready = anyio.Event()
+            # A first connection that failed does not stop the gateway: this upstream's calls fail
+            # clearly until it comes up.
+            self.started.set()
             if self._stopping:
                 break
             await anyio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
 
-    async def _connect_and_hold(self, task_status: anyio.abc.TaskStatus[None] | None) -> None:
+    async def _connect_and_hold(self) -> None:
         self._broken = anyio.Event()
         async with self._transport() as (read, write), ClientSession(read, write) as session:
             with anyio.fail_after(self._connect_timeout):
@@ -87,8 +85,7 @@ class UpstreamConnection:
             self._ready.set()
             self.last_error = ""
             log.info("upstream connected", extra={"upstream": self.name, "tools": len(self.tools)})
-            if task_status is not None:
-                task_status.started()
+            self.started.set()
             await self._broken.wait()
 
     def _transport(self) -> Any:
@@ -103,7 +100,12 @@ class UpstreamConnection:
         self._broken.set()
 
     def mark_broken(self, why: str) -> None:
+        """Called by the request that found the connection dead: later requests wait for the
+        supervisor's reconnection instead of hitting the dead session."""
         self.last_error = why
+        self.session = None
+        if self._ready.is_set():
+            self._ready = anyio.Event()
         self._broken.set()
 
     # ---- requests ----
