@@ -58,6 +58,14 @@ def _import(args: argparse.Namespace) -> int:
                                                     timeout=args.timeout))
     except TimeoutError:
         raise DeciderError(f"the MCP server did not answer tools/list within {args.timeout:g}s") from None
+    except Exception as e:  # noqa: BLE001 - spawn / connection failures, often wrapped in an ExceptionGroup
+        raise DeciderError(f"cannot read tools/list from {args.command or args.url}: {_root_cause(e)}") from None
     sys.stdout.write(catalogue_yaml(info, tools, source=args.command or args.url,
                                     with_args=not args.without_args))
     return 0
+
+
+def _root_cause(e: BaseException) -> str:
+    while isinstance(e, BaseExceptionGroup) and e.exceptions:
+        e = e.exceptions[0]
+    return f"{type(e).__name__}: {e}"
