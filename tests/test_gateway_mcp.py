@@ -62,6 +62,16 @@ def record(setup: Setup, decision_id: str) -> pb.DecisionRecord:
         return c.get_decision(decision_id)
 
 
+def settled(setup: Setup, decision_id: str) -> pb.DecisionRecord:
+    """The record once the gateway's ReportOutcome (sent after the result, off the response path) landed."""
+    for _ in range(200):                      # bounded: ~10 s
+        rec = record(setup, decision_id)
+        if rec.outcome_status:
+            return rec
+        time.sleep(0.05)
+    raise AssertionError(f"no outcome reported for {decision_id}")
+
+
 def approve_when_pending(setup: Setup, tool: str, args: dict[str, str]) -> str:
     """Wait (bounded) for the gateway's pending approval of this call, then `decider approve` it."""
     with DeciderClient(setup.decider.target, token="carol-token") as c:
@@ -90,7 +100,7 @@ def test_stdio_allowed_call_returns_the_upstreams_real_result_and_is_recorded(se
             assert not result.is_error, text_of(result)
             assert result.structured_content["timezone"] == "UTC"
             [decision_id] = decision_ids(result)
-            rec = record(setup, decision_id)
+            rec = settled(setup, decision_id)
             # Policies see the upstream's own name and server, never the gateway prefix.
             assert (rec.outcome, rec.tool_name, rec.tool_server) == (pb.ALLOW, "get_current_time", "mcp://time")
             assert rec.agent.id == AGENT["id"] and rec.agent.team == AGENT["team"]
@@ -132,7 +142,7 @@ def test_stdio_upstream_error_result_is_reported_as_outcome_error(setup: Setup) 
         async with stdio_gateway(setup.config("time")) as gw:
             result = await gw.call_tool("time__get_current_time", {"timezone": "Nowhere/Atlantis"})
             assert result.is_error and "Invalid timezone" in text_of(result)
-            rec = record(setup, decision_ids(result)[0])
+            rec = settled(setup, decision_ids(result)[0])
             assert rec.outcome == pb.ALLOW and rec.outcome_status == "error"
 
     anyio.run(run)
@@ -160,7 +170,7 @@ def test_stdio_approval_needing_call_completes_after_decider_approve(setup: Setu
             first, second = decision_ids(result)
             assert first == approved[0]
             assert record(setup, first).approval.state in (pb.APPROVAL_APPROVED, pb.APPROVAL_CONSUMED)
-            again = record(setup, second)       # the identical call, decided again: the one-shot approval
+            again = settled(setup, second)       # the identical call, decided again: the one-shot approval
             assert again.outcome == pb.ALLOW and again.outcome_status == "ok"
 
     anyio.run(run)
@@ -311,7 +321,7 @@ def test_upstream_crash_mid_call_is_a_clear_error_with_a_record_and_the_gateway_
             assert crashed.is_error and "closed the connection during the call" in text_of(crashed)
             [decision_id] = decision_ids(crashed)
             assert decision_id in text_of(crashed)
-            rec = record(setup, decision_id)
+            rec = settled(setup, decision_id)
             assert rec.outcome == pb.ALLOW and rec.outcome_status == "error"
             # The other upstream never noticed; the crashed one is restarted for the next call.
             assert not (await gw.call_tool("time__get_current_time", {"timezone": "UTC"})).is_error

@@ -45,9 +45,11 @@ class DeciderLink:
         self._reader: asyncio.Task[None] | None = None
         self._pending: dict[str, asyncio.Future[pb.DecideResponse]] = {}
         self._open_lock = asyncio.Lock()
+        self._write_lock = asyncio.Lock()   # grpc.aio allows one write at a time on a stream
         # request ids: unique per gateway process, cheap to make (no uuid per call)
         self._prefix = f"gw-{os.getpid()}-{os.urandom(3).hex()}-"
         self._seq = itertools.count(1)
+        self._reports: set[asyncio.Task[None]] = set()
 
     @property
     def deadline_s(self) -> float:
@@ -88,7 +90,8 @@ class DeciderLink:
         try:
             async with asyncio.timeout(self._cfg.deadline_s):
                 call = await self._stream()
-                await call.write(req)
+                async with self._write_lock:
+                    await call.write(req)
                 resp = await fut
         except TimeoutError:
             raise DecisionUnavailable(f"decider did not answer within {self._cfg.deadline_s:g}s") from None
@@ -127,7 +130,16 @@ class DeciderLink:
         except grpc.aio.AioRpcError as e:
             log.warning("outcome not reported", extra={"decision_id": decision_id, "error": e.details()})
 
-    async def close(self) -> None:
+    def report_later(self, decision_id: str, status: str) -> None:
+        """ReportOutcome off the response path: the client gets its result without waiting for the
+        bookkeeping (a ReportOutcome costs the server several ms). `close()` waits for these."""
+        task = asyncio.get_running_loop().create_task(self.report(decision_id, status))
+        self._reports.add(task)
+        task.add_done_callback(self._reports.discard)
+
+    async def close(self, drain_s: float = 10.0) -> None:
+        if self._reports:
+            await asyncio.wait(set(self._reports), timeout=drain_s)
         if self._call is not None:
             self._call.cancel()
         if self._reader is not None:

@@ -61,6 +61,9 @@ class Gateway:
             on_read_resource=self.read_resource,
             on_list_prompts=self.list_prompts, on_get_prompt=self.get_prompt,
         )
+        # The SDK's default OpenTelemetry middleware is a no-op without an exporter but still runs per
+        # message; the gateway's own record of each call is the decision record.
+        self.server.middleware = []
 
     # ---- identity ----
     def identity(self, ctx: ServerRequestContext[Any]) -> dict[str, Any]:
@@ -144,12 +147,15 @@ class Gateway:
             await ctx.session.report_progress(p, total, message)
 
         try:
-            result = await up.call(lambda s: s.call_tool(tool, args, progress_callback=progress))
+            # send_request rather than call_tool: a pass-through does not validate the upstream's
+            # structured output against its outputSchema (the end client does; it cost ~1 ms here).
+            request = types.CallToolRequest(params=types.CallToolRequestParams(name=tool, arguments=args))
+            result = await up.call(lambda s: s.send_request(request, types.CallToolResult, progress_callback=progress))
         except UpstreamUnavailable as e:
-            await self.link.report(decision_id, "error")
+            self.link.report_later(decision_id, "error")
             return _error(f"{e}. Decision {decision_id} allowed the call; its outcome is recorded as error.", ids)
         except MCPError as e:
-            await self.link.report(decision_id, "error")
+            self.link.report_later(decision_id, "error")
             raise MCPError(e.code, f"{e.message} (decision {decision_id})", e.data) from None
         except BaseException:
             # Cancelled by the client (notifications/cancelled) or the gateway stopping: the SDK has
@@ -157,7 +163,7 @@ class Gateway:
             with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                 await self.link.report(decision_id, "cancelled")
             raise
-        await self.link.report(decision_id, "error" if result.is_error else "ok")
+        self.link.report_later(decision_id, "error" if result.is_error else "ok")
         meta = dict(result.meta or {})
         meta[META_KEY] = {"decision_ids": ids, "outcome": "ALLOW"}
         return result.model_copy(update={"meta": meta})
