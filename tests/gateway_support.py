@@ -66,6 +66,9 @@ spec:
     - id: git-reads
       effect: allow
       when: tool.server == "mcp://git" && tool.name in ["git_status", "git_log"]
+    - id: remote-echo
+      effect: allow
+      when: tool.server == "mcp://remote" && tool.name == "echo"
     - id: crashy-allowed
       effect: allow
       when: tool.server == "mcp://crashy" && tool.name in ["echo", "crash", "slow"]
@@ -110,13 +113,14 @@ class Setup:
         return [all_[n] for n in names]
 
     def config(self, *names: str, listen: str = "stdio", approval_wait: str = "3s", deadline: str = "5s",
-               target: str | None = None, file: str = "gateway.yaml") -> Path:
+               target: str | None = None, file: str = "gateway.yaml",
+               extra_upstreams: list[dict[str, Any]] | None = None) -> Path:
         cfg: dict[str, Any] = {
             "decider": {"target": target or self.decider.target, "token": "gw-token", "deadline": deadline},
             "agent": AGENT,
             "listen": listen,
             "approval_wait": approval_wait,
-            "upstreams": self.upstreams(*names),
+            "upstreams": self.upstreams(*names) + (extra_upstreams or []),
         }
         if listen != "stdio":
             cfg["clients"] = [{"token": HTTP_CLIENT_TOKEN, "agent": HTTP_AGENT}]
@@ -198,6 +202,36 @@ def start_http_gateway(config: Path, name: str = "gw-http") -> HttpGateway:
         time.sleep(0.05)
     proc.kill()
     raise RuntimeError(f"gateway did not start:\n{log_path.read_text()}")
+
+
+@dataclass
+class HttpUpstream:
+    proc: subprocess.Popen[bytes]
+    url: str
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+def start_http_upstream(tmp: Path) -> HttpUpstream:
+    """The fixture MCP server over streamable HTTP on an ephemeral loopback port."""
+    port_file = tmp / "upstream-http.port"
+    port_file.unlink(missing_ok=True)
+    proc = subprocess.Popen([sys.executable, str(CRASHY), "--http-port-file", str(port_file)],
+                            stdout=subprocess.DEVNULL, stderr=(tmp / "upstream-http.log").open("wb"))
+    for _ in range(1200):                       # bounded: ~60 s
+        if proc.poll() is not None:
+            raise RuntimeError(f"upstream exited: {(tmp / 'upstream-http.log').read_text()}")
+        if port_file.exists() and port_file.read_text().strip():
+            return HttpUpstream(proc, f"http://127.0.0.1:{int(port_file.read_text())}/mcp")
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("upstream did not start")
 
 
 @asynccontextmanager

@@ -29,6 +29,7 @@ from .gateway_support import (
     http_session,
     make_setup,
     start_http_gateway,
+    start_http_upstream,
     stdio_gateway,
     text_of,
 )
@@ -189,6 +190,26 @@ def test_stdio_approval_needing_call_fails_with_pending_when_nobody_approves(set
             assert rec.outcome == pb.REQUIRE_APPROVAL and rec.approval.state == pb.APPROVAL_PENDING
 
     anyio.run(run)
+
+
+def test_upstream_reached_by_url_is_proxied_and_decided(setup: Setup) -> None:
+    upstream = start_http_upstream(setup.tmp)
+    try:
+        async def run() -> None:
+            cfg = setup.config("time", extra_upstreams=[{"name": "remote", "url": upstream.url}], file="gw-url.yaml")
+            async with stdio_gateway(cfg) as gw:
+                names = {t.name for t in (await gw.list_tools()).tools}
+                assert {"remote__echo", "remote__slow", "time__get_current_time"} <= names
+                echo = await gw.call_tool("remote__echo", {"text": "over http"})
+                assert not echo.is_error and "echo: over http" in text_of(echo)
+                assert record(setup, decision_ids(echo)[0]).tool_server == "mcp://remote"
+                # no rule allows it: the bundle's default (deny) applies, and the upstream never runs it
+                slow = await gw.call_tool("remote__slow", {"seconds": 60})
+                assert slow.is_error and record(setup, decision_ids(slow)[0]).deciding_rule == "default"
+
+        anyio.run(run)
+    finally:
+        upstream.stop()
 
 
 # ---- over streamable HTTP ----

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import yaml
 
+from .gateway_support import start_http_upstream
 from .helpers import ROOT
 
 
@@ -41,6 +42,18 @@ def test_imported_entries_without_schemas_are_accepted_by_decider_check(tmp_path
         "spec": {"default": "deny", "tools": entries}}, sort_keys=False))
     check = run("check", str(bundle))
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_import_from_a_url(tmp_path: Path) -> None:
+    upstream = start_http_upstream(tmp_path)
+    try:
+        out = run("tools", "import", "--url", upstream.url)
+    finally:
+        upstream.stop()
+    assert out.returncode == 0, out.stderr
+    tools = yaml.safe_load(out.stdout)["tools"]
+    assert set(tools) == {"echo", "crash", "slow"}
+    assert tools["echo"] == {"risk_tier": 3, "args": {"type": "object", "properties": {"text": {"type": "string"}}}}
 
 
 def test_a_server_that_cannot_start_is_a_clear_error() -> None:

@@ -11,11 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
-import httpx2
 import mcp_types as types
 import yaml
 from mcp import ClientSession, StdioServerParameters, stdio_client
-from mcp.client.streamable_http import streamable_http_client
+
+from decider.gateway.upstreams import http_transport
 
 __all__ = ["catalogue_yaml", "fetch_tools", "guess_risk_tier"]
 
@@ -36,8 +36,7 @@ async def fetch_tools(*, command: list[str] | None = None, url: str | None = Non
         if command:
             transport: Any = stdio_client(StdioServerParameters(command=command[0], args=command[1:]))
         else:
-            headers = {"Authorization": f"Bearer {token}"} if token else None
-            transport = streamable_http_client(str(url), http_client=httpx2.AsyncClient(headers=headers))
+            transport = http_transport(str(url), token)
         async with transport as (read, write), ClientSession(read, write) as session:
             init = await session.initialize()
             tools: list[types.Tool] = []

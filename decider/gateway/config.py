@@ -9,7 +9,7 @@ clients:                                      # HTTP only: bearer token → agen
 approval_wait: 30s
 upstreams:
   - {name: time, command: [python, -m, mcp_server_time]}
-  - {name: docs, url: http://127.0.0.1:9000/mcp}
+  - {name: docs, url: http://127.0.0.1:9000/mcp, token_env: DOCS_TOKEN}
 ```
 
 Every mistake is reported at once as `file:line:col: message`, like policy files.
@@ -65,6 +65,7 @@ class Upstream:
     url: str = ""
     env: dict[str, str] = field(default_factory=dict)
     cwd: str | None = None
+    token: str | None = None        # url upstreams: sent as Authorization: Bearer …
 
     @property
     def server(self) -> str:
@@ -279,7 +280,7 @@ def parse_config(text: str, source: str = "<config>", environ: dict[str, str] | 
             err(doc, "upstreams", "upstreams: each entry is a mapping with name and command or url")
             continue
         for k in u:
-            if k not in {"name", "command", "url", "env", "cwd"}:
+            if k not in {"name", "command", "url", "env", "cwd", "token", "token_env"}:
                 err(u, k, f"upstreams: unknown key '{k}'")
         name = str(u.get("name", ""))
         if not _UPSTREAM_NAME.match(name):
@@ -299,9 +300,12 @@ def parse_config(text: str, source: str = "<config>", environ: dict[str, str] | 
         if url is not None and urlsplit(str(url)).scheme not in ("http", "https"):
             err(u, "url", f"upstreams '{name}': url must be http(s)://…")
             continue
+        token = secret(u, f"upstreams '{name}'")
+        if token and url is None:
+            err(u, "token" if "token" in u else "token_env", f"upstreams '{name}': a token is for url upstreams")
         ups.append(Upstream(name=name, command=tuple(str(x) for x in cmd or ()), url=str(url or ""),
                             env={str(a): str(b) for a, b in (u.get("env") or {}).items()},
-                            cwd=str(u["cwd"]) if "cwd" in u else None))
+                            cwd=str(u["cwd"]) if "cwd" in u else None, token=token))
 
     tool_names = str(doc.get("tool_names", "prefixed"))
     if tool_names not in ("prefixed", "plain"):

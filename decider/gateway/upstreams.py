@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any, TextIO
 
 import anyio
+import httpx2
 import mcp_types as types
 from mcp import ClientSession, StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
@@ -22,12 +24,22 @@ from mcp.shared.exceptions import MCPError
 
 from decider.gateway.config import Upstream
 
-__all__ = ["UpstreamConnection", "UpstreamUnavailable"]
+__all__ = ["UpstreamConnection", "UpstreamUnavailable", "http_transport"]
 
 log = logging.getLogger("decider.gateway")
 
 ProgressFn = Callable[[float, float | None, str | None], Awaitable[None]]
 _BROKEN = (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream, OSError)
+
+
+@asynccontextmanager
+async def http_transport(url: str, token: str | None) -> AsyncIterator[Any]:
+    """streamable HTTP with an optional bearer token; the httpx client is closed with the transport."""
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    # no read timeout: a tool call may run long; cancellation (client or gateway) ends it instead.
+    async with httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30.0, read=None)) as client, \
+            streamable_http_client(url, http_client=client) as streams:
+        yield streams
 
 
 class UpstreamUnavailable(Exception):
@@ -90,7 +102,7 @@ class UpstreamConnection:
 
     def _transport(self) -> Any:
         if self.spec.url:
-            return streamable_http_client(self.spec.url)
+            return http_transport(self.spec.url, self.spec.token)
         params = StdioServerParameters(command=self.spec.command[0], args=list(self.spec.command[1:]),
                                        env=self.spec.env or None, cwd=self.spec.cwd)
         return stdio_client(params, errlog=self._errlog)
