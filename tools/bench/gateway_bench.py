@@ -11,6 +11,7 @@ C concurrent calls are C callers sharing one client session (stdio carries one s
 Latency is client side per call. Server CPU-ms per call = utime+stime of the gateway process and of
 the decider server process (from /proc/<pid>/stat, 10 ms ticks) over the measured calls / calls;
 the upstream's CPU is shown apart (it is the same work in both modes).
+Then decider's server CPU per Decide (on the stream) and per ReportOutcome, measured apart.
 Prints a table; writes tools/bench/results/gateway.json.
 """
 
@@ -150,6 +151,32 @@ async def measure(mode: str, cfg: Path, conc: int, calls: int, decider_pid: int)
             "upstream_cpu_ms_per_call": (cpu1["up"] - cpu0["up"]) * 1000 / n}
 
 
+async def breakdown(target: str, decider_pid: int, n: int) -> dict[str, float]:
+    """decider's server CPU per Decide on the gateway's DecideStream and per ReportOutcome (the two
+    RPCs a forwarded call costs), measured apart with the gateway's own DeciderLink."""
+    from decider.client import build_request
+    from decider.gateway.config import DeciderTarget
+    from decider.gateway.decisions import DeciderLink
+
+    link = DeciderLink(DeciderTarget(target=target, deadline_s=10))
+
+    def req(i: int) -> Any:
+        return build_request(agent={"id": "bench-agent"}, tool="get_current_time", server="mcp://time",
+                             args={"timezone": "UTC"}, call_id=f"b{i}")
+
+    for i in range(20):
+        await link.report((await link.decide(req(i))).decision_id, "ok")
+    c0, t0 = cpu_s(decider_pid), time.perf_counter()
+    ids = [(await link.decide(req(i))).decision_id for i in range(n)]
+    c1, t1 = cpu_s(decider_pid), time.perf_counter()
+    for d in ids:
+        await link.report(d, "ok")
+    c2, t2 = cpu_s(decider_pid), time.perf_counter()
+    await link.close()
+    return {"decide_stream_cpu_ms": (c1 - c0) * 1000 / n, "decide_stream_latency_ms": (t1 - t0) * 1000 / n,
+            "report_outcome_cpu_ms": (c2 - c1) * 1000 / n, "report_outcome_latency_ms": (t2 - t1) * 1000 / n}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--calls", type=int, default=400, help="measured calls per cell")
@@ -167,6 +194,7 @@ def main() -> None:
             for conc in args.concurrency:
                 for mode in ("direct", "gateway"):
                     rows.append(anyio.run(measure, mode, cfg, conc, args.calls, decider.pid))
+            parts = anyio.run(breakdown, target, decider.pid, args.calls)
         finally:
             decider.terminate()
             decider.wait(20)
@@ -185,11 +213,15 @@ def main() -> None:
         summary.append({"concurrency": conc, "added_p50_ms": added, "server_cpu_ms_per_call": cpu})
         print(f"C={conc}: gateway adds {added:.2f} ms at p50 (target ≤ 2); gateway + decider CPU "
               f"{cpu:.2f} ms per call (target ≤ 1)")
+    print(f"decider server CPU per RPC (one at a time): Decide on the stream {parts['decide_stream_cpu_ms']:.2f} ms "
+          f"({parts['decide_stream_latency_ms']:.2f} ms round trip), ReportOutcome {parts['report_outcome_cpu_ms']:.2f} ms "
+          f"({parts['report_outcome_latency_ms']:.2f} ms round trip)")
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "gateway.json"
     out.write_text(json.dumps({"machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
                                            "platform": platform.platform()},
-                               "args": vars(args), "rows": rows, "summary": summary}, indent=2))
+                               "args": vars(args), "rows": rows, "summary": summary,
+                               "decider_rpc_breakdown": parts}, indent=2))
     print(f"wrote {out.relative_to(ROOT)}")
 
 
