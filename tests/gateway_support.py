@@ -71,7 +71,7 @@ spec:
       when: tool.server == "mcp://remote" && tool.name == "echo"
     - id: crashy-allowed
       effect: allow
-      when: tool.server == "mcp://crashy" && tool.name in ["echo", "crash", "slow"]
+      when: tool.server == "mcp://crashy" && tool.name in ["echo", "crash", "slow", "steps"]
 """
 
 TOKENS = """\

@@ -212,6 +212,30 @@ def test_upstream_reached_by_url_is_proxied_and_decided(setup: Setup) -> None:
         upstream.stop()
 
 
+def test_resources_prompts_and_progress_pass_through(setup: Setup) -> None:
+    progress: list[tuple[float, float | None, str | None]] = []
+
+    async def on_progress(p: float, total: float | None, message: str | None) -> None:
+        progress.append((p, total, message))
+
+    async def run() -> None:
+        async with stdio_gateway(setup.config("crashy", "time", file="gw-pass.yaml")) as gw:
+            assert [str(r.uri) for r in (await gw.list_resources()).resources] == ["crashy://readme"]
+            read = await gw.read_resource("crashy://readme")
+            assert read.contents[0].text == "crashy's readme"
+            with pytest.raises(MCPError):
+                await gw.read_resource("crashy://nothing")
+            prompts = {p.name for p in (await gw.list_prompts()).prompts}
+            assert "crashy__greet" in prompts
+            got = await gw.get_prompt("crashy__greet", {"who": "Ana"})
+            assert got.messages[0].content.text == "Hello Ana"
+            steps = await gw.call_tool("crashy__steps", {}, progress_callback=on_progress)
+            assert not steps.is_error
+
+    anyio.run(run)
+    assert [(p, t) for p, t, _ in progress] == [(1, 3), (2, 3), (3, 3)]   # relayed from the upstream
+
+
 # ---- over streamable HTTP ----
 
 def test_http_allowed_denied_and_identity_from_the_bearer_token(setup: Setup, http_gw: HttpGateway) -> None:
@@ -365,7 +389,7 @@ def test_cancelled_call_is_cancelled_upstream_and_recorded(setup: Setup) -> None
     out = subprocess.run([sys.executable, "-m", "decider", "log", "--db", setup.decider.db_url, "--tool", "slow",
                           "--format", "jsonl"], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert out.returncode == 0, out.stderr
-    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    rows = [r for line in out.stdout.splitlines() if (r := json.loads(line))["tool_server"] == "mcp://crashy"]
     assert rows and all(r["outcome"] == "ALLOW" for r in rows)
     assert [r for r in rows if r.get("outcome_status") == "cancelled"], rows
 

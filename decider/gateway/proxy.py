@@ -40,7 +40,7 @@ log = logging.getLogger("decider.gateway")
 META_KEY = "dev.decider/decision"
 _STATE_WORD = {pb.APPROVAL_PENDING: "pending", pb.APPROVAL_REJECTED: "rejected", pb.APPROVAL_EXPIRED: "expired",
                pb.APPROVAL_APPROVED: "approved", pb.APPROVAL_CONSUMED: "consumed"}
-ProgressTick = 1.0  # seconds between progress notifications while a call waits for an approver
+PROGRESS_EVERY_S = 1.0  # between progress notifications while a call waits for an approver
 
 
 class Gateway:
@@ -177,13 +177,11 @@ class Gateway:
         started = anyio.current_time()
 
         async def tick() -> None:
-            n = 0
             while True:
-                n += 1
                 await ctx.session.report_progress(
                     min(anyio.current_time() - started, wait), wait,
                     f"waiting for an approver: decision {decision_id} (tool {exposed})")
-                await anyio.sleep(ProgressTick)
+                await anyio.sleep(PROGRESS_EVERY_S)
 
         try:
             async with anyio.create_task_group() as tg:
