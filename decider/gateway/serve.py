@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from mcp.server.stdio import stdio_server
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from decider.gateway.config import GatewayConfig
 from decider.gateway.decisions import DeciderLink
 from decider.gateway.proxy import Gateway
+from decider.gateway.stdio import serve_stdio
 from decider.gateway.upstreams import UpstreamConnection
 
 __all__ = ["BearerAuth", "run_gateway"]
@@ -70,7 +70,7 @@ async def run_gateway(cfg: GatewayConfig, *, port_file: str | None = None) -> No
             tg.start_soon(_stop_on_signal, stop)
             try:
                 if cfg.http is None:
-                    async with stdio_server() as (read, write):
+                    async with serve_stdio() as (read, write):
                         await gw.server.run(read, write, gw.server.create_initialization_options())
                 else:
                     await _serve_http(gw, cfg, port_file, stop)
