@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -78,3 +81,14 @@ def test_exposed_names_map_back_to_exactly_one_upstream_and_tool(upstream: str, 
 def test_names_without_an_upstream_prefix_do_not_route() -> None:
     assert naming.split("get_current_time", None) is None
     assert naming.split("__x", None) is None and naming.split("time__", None) is None
+
+
+def test_gateway_command_refuses_a_bad_config_with_every_error(tmp_path: Path) -> None:
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text("decider: {target: 127.0.0.1:1}\nlisten: stdio\nupstreams: []\n")
+    out = subprocess.run([sys.executable, "-m", "decider", "gateway", "mcp", "--config", str(cfg)],
+                         capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert out.returncode == 2
+    assert f"{cfg}:1:1: agent: required when listen is stdio" in out.stderr
+    assert f"{cfg}:3:1: upstreams: a non-empty list is required" in out.stderr
+    assert "Traceback" not in out.stderr

@@ -5,6 +5,8 @@ subprocess, real upstream MCP servers (mcp-server-time, mcp-server-git from PyPI
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -33,7 +35,7 @@ from .gateway_support import (
     stdio_gateway,
     text_of,
 )
-from .helpers import ROOT
+from .helpers import ROOT, start_server
 
 pytestmark = pytest.mark.slow
 
@@ -408,6 +410,35 @@ def test_decider_unreachable_fails_closed(setup: Setup) -> None:
 
     anyio.run(run)
     assert not inside.exists()
+
+
+def test_decider_answering_late_fails_closed_then_recovers(setup: Setup, tmp_path: Path) -> None:
+    """A real decider, frozen with SIGSTOP: the call waits `deadline`, is not forwarded, and once
+    decider runs again the next call is decided and forwarded over the same gateway."""
+    late = setup.workspace / "late.txt"
+    bundle = setup.tmp / "bundle"
+    (tmp_path / "tokens.yaml").write_text((setup.tmp / "tokens.yaml").read_text())
+    frozen = start_server(tmp_path, bundle, None, "--tokens", str(tmp_path / "tokens.yaml"), name="frozen")
+    try:
+        async def run() -> None:
+            cfg = setup.config("fs", target=frozen.target, deadline="1s", file="gateway-late.yaml")
+            async with stdio_gateway(cfg) as gw:
+                first = await gw.call_tool("fs__list_allowed_directories", {})
+                assert not first.is_error, text_of(first)            # the stream is open and working
+                os.kill(frozen.proc.pid, signal.SIGSTOP)
+                try:
+                    result = await gw.call_tool("fs__write_file", {"path": str(late), "content": "x"})
+                finally:
+                    os.kill(frozen.proc.pid, signal.SIGCONT)
+                assert result.is_error and "did not answer within 1s" in text_of(result)
+                assert "fails closed" in text_of(result)
+                again = await gw.call_tool("fs__list_allowed_directories", {})
+                assert not again.is_error, text_of(again)
+
+        anyio.run(run)
+    finally:
+        frozen.stop()
+    assert not late.exists()
 
 
 def _children(pid: int) -> set[int]:
