@@ -75,8 +75,9 @@ def settled(setup: Setup, decision_id: str) -> pb.DecisionRecord:
     raise AssertionError(f"no outcome reported for {decision_id}")
 
 
-def approve_when_pending(setup: Setup, tool: str, args: dict[str, str]) -> str:
-    """Wait (bounded) for the gateway's pending approval of this call, then `decider approve` it."""
+def approve_when_pending(setup: Setup, tool: str, args: dict[str, str], verb: str = "approve") -> str:
+    """Wait (bounded) for the gateway's pending approval of this call, then `decider approve` (or
+    `reject`) it."""
     with DeciderClient(setup.decider.target, token="carol-token") as c:
         for _ in range(200):
             pending = [r for r in c.list_approvals() if r.tool_name == tool and dict(r.args) == args]
@@ -86,7 +87,7 @@ def approve_when_pending(setup: Setup, tool: str, args: dict[str, str]) -> str:
         else:
             raise AssertionError(f"no pending approval for {tool}")
     decision_id = pending[0].decision_id
-    out = subprocess.run([sys.executable, "-m", "decider", "approve", decision_id, "--server", setup.decider.target,
+    out = subprocess.run([sys.executable, "-m", "decider", verb, decision_id, "--server", setup.decider.target,
                           "--token", "carol-token"], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     return decision_id
@@ -285,6 +286,21 @@ def test_http_approval_completes_after_decider_approve(setup: Setup, http_gw: Ht
                 result = await gw.call_tool("time__convert_time", args)
             assert not result.is_error, text_of(result)
             assert len(decision_ids(result)) == 2
+
+    anyio.run(run)
+
+
+def test_http_rejected_approval_is_an_error_naming_the_state(setup: Setup, http_gw: HttpGateway) -> None:
+    async def run() -> None:
+        async with http_session(http_gw.url) as gw:
+            args = {"source_timezone": "UTC", "time": "23:45", "target_timezone": "Australia/Sydney"}
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(anyio.to_thread.run_sync, approve_when_pending, setup, "convert_time", args, "reject")
+                result = await gw.call_tool("time__convert_time", args)
+            assert result.is_error and "approval rejected" in text_of(result)
+            [decision_id] = decision_ids(result)
+            assert decision_id in text_of(result)
+            assert record(setup, decision_id).approval.state == pb.APPROVAL_REJECTED
 
     anyio.run(run)
 
