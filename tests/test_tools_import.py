@@ -52,7 +52,7 @@ def test_import_from_a_url(tmp_path: Path) -> None:
         upstream.stop()
     assert out.returncode == 0, out.stderr
     tools = yaml.safe_load(out.stdout)["tools"]
-    assert set(tools) == {"echo", "crash", "slow"}
+    assert set(tools) == {"echo", "crash", "slow", "steps"}
     assert tools["echo"] == {"risk_tier": 3, "args": {"type": "object", "properties": {"text": {"type": "string"}}}}
 
 
