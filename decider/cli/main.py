@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("--format", choices=["table", "jsonl"], default="table")
 
     # Command groups that live in their own modules register themselves (set_defaults(func=...)).
-    from decider.cli import approvals, console, db, kill, policytest, replay, report, stream
+    from decider.cli import approvals, console, db, gateway, kill, policytest, replay, report, stream
 
     policytest.register(sub)
     replay.register(sub)
@@ -98,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     stream.register(sub)  # log --follow/--after/--reverse/--create, export
     report.register(sub)
     db.register(sub)
+    gateway.register(sub)  # gateway mcp, tools import
     return p
 
 

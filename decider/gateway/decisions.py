@@ -1,0 +1,163 @@
+"""The gateway's link to decider: one long-lived `DecideStream` for every tools/call, plus
+`WatchDecision` for approvals and `ReportOutcome` after forwarding. Uses only the public API.
+
+A message on an open stream costs the server a fraction of a unary call (PERF-NOTES), so decisions
+go over one stream, matched to their caller by `request.id`. The stream is opened lazily and
+re-opened after a failure; any failure or a reply later than `deadline_s` fails closed
+(`DecisionUnavailable`), and the caller turns that into a refusal, never a forwarded call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+from collections.abc import AsyncIterator
+
+import grpc
+
+from decider.gateway.config import DeciderTarget
+from decider.v1 import decider_pb2 as pb
+from decider.v1 import decider_pb2_grpc as pb_grpc
+
+__all__ = ["DecisionUnavailable", "DeciderLink"]
+
+log = logging.getLogger("decider.gateway")
+
+
+class DecisionUnavailable(Exception):
+    """decider could not be asked or did not answer in time: the call must not be forwarded."""
+
+
+class DeciderLink:
+    def __init__(self, target: DeciderTarget) -> None:
+        self._cfg = target
+        if target.tls_ca is not None or target.tls_cert is not None:
+            creds = grpc.ssl_channel_credentials(root_certificates=target.tls_ca, private_key=target.tls_key,
+                                                 certificate_chain=target.tls_cert)
+            self._channel = grpc.aio.secure_channel(target.target, creds)
+        else:
+            self._channel = grpc.aio.insecure_channel(target.target)
+        self._stub = pb_grpc.DeciderStub(self._channel)
+        self._metadata = (("authorization", f"Bearer {target.token}"),) if target.token else None
+        self._call: grpc.aio.StreamStreamCall | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._pending: dict[str, asyncio.Future[pb.DecideResponse]] = {}
+        self._open_lock = asyncio.Lock()
+        self._write_lock = asyncio.Lock()   # grpc.aio allows one write at a time on a stream
+        # request ids: unique per gateway process, cheap to make (no uuid per call)
+        self._prefix = f"gw-{os.getpid()}-{os.urandom(3).hex()}-"
+        self._seq = itertools.count(1)
+        self._reports: set[asyncio.Task[None]] = set()
+
+    @property
+    def deadline_s(self) -> float:
+        return self._cfg.deadline_s
+
+    async def _stream(self) -> grpc.aio.StreamStreamCall:
+        async with self._open_lock:
+            if self._call is None or self._call.done():
+                self._call = self._stub.DecideStream(metadata=self._metadata)
+                self._reader = asyncio.create_task(self._read(self._call))
+            return self._call
+
+    async def _read(self, call: grpc.aio.StreamStreamCall) -> None:
+        try:
+            async for resp in call:
+                fut = self._pending.pop(resp.request_id, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(resp)
+            why = "decider closed the decision stream"
+        except grpc.aio.AioRpcError as e:
+            why = f"decider is unavailable ({e.code().name}: {e.details()})"
+        except asyncio.CancelledError:
+            why = "the gateway is shutting down"
+        # Everything still waiting on this stream fails closed; the next call opens a new stream.
+        for rid, fut in list(self._pending.items()):
+            if not fut.done():
+                fut.set_exception(DecisionUnavailable(why))
+            self._pending.pop(rid, None)
+        if self._call is call:
+            self._call = None
+
+    async def decide(self, req: pb.DecideRequest) -> pb.DecideResponse:
+        """One decision, or DecisionUnavailable (unreachable, refused, late). Never forwards on doubt."""
+        rid = f"{self._prefix}{next(self._seq)}"
+        req.request.id = rid
+        fut: asyncio.Future[pb.DecideResponse] = asyncio.get_running_loop().create_future()
+        self._pending[rid] = fut
+        try:
+            async with asyncio.timeout(self._cfg.deadline_s):
+                call = await self._stream()
+                async with self._write_lock:
+                    await call.write(req)
+                resp = await fut
+        except TimeoutError:
+            raise DecisionUnavailable(f"decider did not answer within {self._cfg.deadline_s:g}s") from None
+        except grpc.aio.AioRpcError as e:
+            raise DecisionUnavailable(f"decider is unavailable ({e.code().name}: {e.details()})") from None
+        except (grpc.aio.UsageError, asyncio.InvalidStateError) as e:
+            raise DecisionUnavailable(f"decider stream failed: {e}") from None
+        finally:
+            self._pending.pop(rid, None)
+        if resp.HasField("error"):
+            raise DecisionRefused(grpc.StatusCode(_code(resp.error.code)), resp.error.message)
+        return resp
+
+    async def watch(self, decision_id: str, timeout: float) -> AsyncIterator[pb.DecisionRecord]:
+        """The decision's record now and at every change, for at most `timeout` seconds."""
+        call = self._stub.WatchDecision(pb.GetDecisionRequest(decision_id=decision_id), timeout=timeout,
+                                        metadata=self._metadata)
+        try:
+            async for rec in call:
+                yield rec
+        except grpc.aio.AioRpcError as e:
+            if e.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise DecisionUnavailable(f"watching {decision_id} failed ({e.code().name}: {e.details()})") from None
+        finally:
+            call.cancel()
+
+    async def get(self, decision_id: str) -> pb.DecisionRecord:
+        return await self._stub.GetDecision(pb.GetDecisionRequest(decision_id=decision_id),
+                                            timeout=self._cfg.deadline_s, metadata=self._metadata)
+
+    async def report(self, decision_id: str, status: str) -> None:
+        """ReportOutcome; a failure is logged, not raised (the call already happened)."""
+        try:
+            await self._stub.ReportOutcome(pb.ReportOutcomeRequest(decision_id=decision_id, status=status),
+                                           timeout=max(self._cfg.deadline_s, 5.0), metadata=self._metadata)
+        except grpc.aio.AioRpcError as e:
+            log.warning("outcome not reported", extra={"decision_id": decision_id, "error": e.details()})
+
+    def report_later(self, decision_id: str, status: str) -> None:
+        """ReportOutcome off the response path: the client gets its result without waiting for the
+        bookkeeping (a ReportOutcome costs the server several ms). `close()` waits for these."""
+        task = asyncio.get_running_loop().create_task(self.report(decision_id, status))
+        self._reports.add(task)
+        task.add_done_callback(self._reports.discard)
+
+    async def close(self, drain_s: float = 10.0) -> None:
+        if self._reports:
+            await asyncio.wait(set(self._reports), timeout=drain_s)
+        if self._call is not None:
+            self._call.cancel()
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+        await self._channel.close()
+
+
+class DecisionRefused(DecisionUnavailable):
+    """decider answered this request with an error (e.g. INVALID_ARGUMENT naming the field)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        self.code = code
+        super().__init__(f"decider refused the request ({code.name}: {message})")
+
+
+def _code(value: int) -> tuple[int, str]:
+    for c in grpc.StatusCode:
+        if c.value[0] == value:
+            return c.value
+    return grpc.StatusCode.UNKNOWN.value

@@ -1,0 +1,288 @@
+"""The MCP server the gateway's clients see: every tools/call is decided by decider first.
+
+Per tools/call (SPEC §8): Decide with tool.name = the upstream's own name, tool.server =
+mcp://<upstream>, tool.args, tool.call_id = the JSON-RPC id.
+- ALLOW → forwarded; then ReportOutcome with status "ok" / "error" (from the result's isError).
+- DENY → not forwarded: a tool result with isError naming the reason and the decision id (a policy
+  refusal is something the model can read, not a protocol error).
+- REQUIRE_APPROVAL → WatchDecision up to approval_wait, with progress notifications; approved →
+  the identical call is decided again (which consumes the one-shot approval, SPEC §4) and forwarded;
+  otherwise isError naming the state (pending / rejected / expired) and the decision id.
+- decider unreachable, refusing or late → not forwarded (fail closed).
+tools/list, resources/*, prompts/* pass through, merged over upstreams (naming.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import mcp_types as types
+from mcp.server.context import ServerRequestContext
+from mcp.server.lowlevel import Server
+from mcp.shared.exceptions import MCPError
+
+from decider.client import build_request
+from decider.gateway import naming
+from decider.gateway.config import GatewayConfig
+from decider.gateway.decisions import DeciderLink, DecisionUnavailable
+from decider.gateway.upstreams import UpstreamConnection, UpstreamUnavailable
+from decider.v1 import decider_pb2 as pb
+
+__all__ = ["Gateway", "META_KEY"]
+
+log = logging.getLogger("decider.gateway")
+
+# `_meta` key on every result the gateway decided: the decision ids, so a client can look them up.
+META_KEY = "dev.decider/decision"
+_STATE_WORD = {pb.APPROVAL_PENDING: "pending", pb.APPROVAL_REJECTED: "rejected", pb.APPROVAL_EXPIRED: "expired",
+               pb.APPROVAL_APPROVED: "approved", pb.APPROVAL_CONSUMED: "consumed"}
+PROGRESS_EVERY_S = 1.0  # between progress notifications while a call waits for an approver
+
+
+class Gateway:
+    def __init__(self, cfg: GatewayConfig, link: DeciderLink, upstreams: list[UpstreamConnection]) -> None:
+        self.cfg = cfg
+        self.link = link
+        self.upstreams = {u.name: u for u in upstreams}
+        self._plain = upstreams[0].name if cfg.tool_names == "plain" else None
+        self._resource_owner: dict[str, str] = {}   # uri → upstream, learnt from resources/list
+        # stdio clients without a configured session id share one per gateway process, so
+        # session-aware policies (SPEC §10) see one session per run.
+        self._stdio_session = f"gw-{os.getpid()}-{os.urandom(4).hex()}"
+        self.server: Server[Any] = Server(
+            "decider-gateway", version="1",
+            instructions="Tool calls pass through decider (policy decision point) before they reach a server.",
+            on_list_tools=self.list_tools, on_call_tool=self.call_tool,
+            on_list_resources=self.list_resources, on_list_resource_templates=self.list_resource_templates,
+            on_read_resource=self.read_resource,
+            on_list_prompts=self.list_prompts, on_get_prompt=self.get_prompt,
+        )
+        # The SDK's default OpenTelemetry middleware is a no-op without an exporter but still runs per
+        # message; the gateway's own record of each call is the decision record.
+        self.server.middleware = []
+
+    # ---- identity ----
+    def identity(self, ctx: ServerRequestContext[Any]) -> dict[str, Any]:
+        """stdio: the config's agent. HTTP: the agent mapped to the request's bearer token (already
+        checked by the HTTP layer; looked up again here so an unauthenticated request can never
+        borrow the config's identity)."""
+        request = ctx.request
+        headers = getattr(request, "headers", None)
+        if self.cfg.http is None:
+            agent = dict(self.cfg.agent)
+            agent.setdefault("session_id", self._stdio_session)
+            return agent
+        auth = headers.get("authorization", "") if headers is not None else ""
+        scheme, _, token = auth.partition(" ")
+        agent = self.cfg.agent_for_token(token.strip()) if scheme.lower() == "bearer" else None
+        if agent is None:
+            raise MCPError(types.INVALID_REQUEST, "no authenticated client identity (send Authorization: Bearer …)")
+        agent = dict(agent)
+        sid = headers.get("mcp-session-id") if headers is not None else None
+        if sid:
+            agent.setdefault("session_id", sid)
+        return agent
+
+    # ---- tools ----
+    def _route(self, exposed: str) -> tuple[UpstreamConnection, str]:
+        parts = naming.split(exposed, self._plain)
+        up = self.upstreams.get(parts[0]) if parts else None
+        if parts is None or up is None:
+            raise MCPError(types.INVALID_PARAMS, f"Unknown tool: {exposed} (tools are named "
+                           f"<upstream>{naming.SEPARATOR}<tool>; upstreams: {', '.join(self.upstreams)})")
+        return up, parts[1]
+
+    async def list_tools(self, ctx: ServerRequestContext[Any],
+                         params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
+        tools: list[types.Tool] = []
+        for up in self.upstreams.values():
+            if not up.supports("tools"):
+                continue
+            try:
+                listed = await up.list_tools()
+            except UpstreamUnavailable as e:
+                log.warning("tools/list skipped an upstream", extra={"upstream": up.name, "error": str(e)})
+                continue
+            tools += [t.model_copy(update={"name": naming.expose(up.name, t.name, self._plain is not None)})
+                      for t in listed]
+        return types.ListToolsResult(tools=tools)
+
+    async def call_tool(self, ctx: ServerRequestContext[Any],
+                        params: types.CallToolRequestParams) -> types.CallToolResult:
+        up, tool = self._route(params.name)
+        if tool not in up.tools:
+            try:
+                await up.list_tools()   # the upstream may have added it since
+            except UpstreamUnavailable as e:
+                return _error(f"Tool {params.name} was not called: {e}.")
+            if tool not in up.tools:
+                raise MCPError(types.INVALID_PARAMS, f"Unknown tool: {params.name} "
+                               f"(upstream '{up.name}' has no tool '{tool}')")
+        args = params.arguments or {}
+        req = build_request(agent=self.identity(ctx), tool=tool, server=up.spec.server,
+                            call_id="" if ctx.request_id is None else str(ctx.request_id), args=args)
+        try:
+            resp = await self.link.decide(req)
+        except DecisionUnavailable as e:
+            log.warning("call refused: no decision", extra={"tool": tool, "upstream": up.name, "error": str(e)})
+            return _error(f"Tool {params.name} was not called: {e}. The gateway fails closed.")
+        ids = [resp.decision_id]
+        if resp.outcome == pb.REQUIRE_APPROVAL:
+            resp = await self._await_approval(ctx, req, resp, params.name)
+            if resp.decision_id not in ids:
+                ids.append(resp.decision_id)
+            if resp.outcome != pb.ALLOW:
+                return _error(_refusal_text(params.name, resp), ids)
+        if resp.outcome != pb.ALLOW:
+            return _error(_refusal_text(params.name, resp), ids)
+        return await self._forward(ctx, up, tool, args, resp.decision_id, ids)
+
+    async def _forward(self, ctx: ServerRequestContext[Any], up: UpstreamConnection, tool: str,
+                       args: dict[str, Any], decision_id: str, ids: list[str]) -> types.CallToolResult:
+        async def progress(p: float, total: float | None, message: str | None) -> None:
+            await ctx.session.report_progress(p, total, message)
+
+        try:
+            # send_request rather than call_tool: a pass-through does not validate the upstream's
+            # structured output against its outputSchema (the end client does; it cost ~1 ms here).
+            request = types.CallToolRequest(params=types.CallToolRequestParams(name=tool, arguments=args))
+            result = await up.call(lambda s: s.send_request(request, types.CallToolResult, progress_callback=progress))
+        except UpstreamUnavailable as e:
+            self.link.report_later(decision_id, "error")
+            return _error(f"{e}. Decision {decision_id} allowed the call; its outcome is recorded as error.", ids)
+        except MCPError as e:
+            self.link.report_later(decision_id, "error")
+            raise MCPError(e.code, f"{e.message} (decision {decision_id})", e.data) from None
+        except BaseException:
+            # Cancelled by the client (notifications/cancelled) or the gateway stopping: the SDK has
+            # told the upstream to cancel; record what happened before unwinding.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                await self.link.report(decision_id, "cancelled")
+            raise
+        self.link.report_later(decision_id, "error" if result.is_error else "ok")
+        meta = dict(result.meta or {})
+        meta[META_KEY] = {"decision_ids": ids, "outcome": "ALLOW"}
+        return result.model_copy(update={"meta": meta})
+
+    async def _await_approval(self, ctx: ServerRequestContext[Any], req: pb.DecideRequest,
+                              pending: pb.DecideResponse, exposed: str) -> pb.DecideResponse:
+        """Wait for an approver; then decide the identical call again (consuming the approval)."""
+        wait = self.cfg.approval_wait_s
+        state = pb.APPROVAL_PENDING
+        decision_id = pending.decision_id
+        started = anyio.current_time()
+
+        async def tick() -> None:
+            while True:
+                await ctx.session.report_progress(
+                    min(anyio.current_time() - started, wait), wait,
+                    f"waiting for an approver: decision {decision_id} (tool {exposed})")
+                await anyio.sleep(PROGRESS_EVERY_S)
+
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(tick)
+                async for rec in self.link.watch(decision_id, wait):
+                    state = rec.approval.state
+                    if state != pb.APPROVAL_PENDING:
+                        break
+                tg.cancel_scope.cancel()
+        except DecisionUnavailable as e:
+            return _synthetic(decision_id, pb.DENY, f"approval state unknown: {e}")
+        if state != pb.APPROVAL_APPROVED:
+            word = _STATE_WORD.get(state, "pending")
+            text = (f"approval still pending after {wait:g}s" if word == "pending" else f"approval {word}")
+            return _synthetic(decision_id, pb.DENY, text, state=word)
+        try:
+            again = await self.link.decide(req)   # the approved identical call: ALLOW once, reason "approved"
+        except DecisionUnavailable as e:
+            return _synthetic(decision_id, pb.DENY, f"approved, but {e}")
+        return again
+
+    # ---- resources ----
+    async def list_resources(self, ctx: ServerRequestContext[Any],
+                             params: types.PaginatedRequestParams | None) -> types.ListResourcesResult:
+        out: list[types.Resource] = []
+        for up in self._with("resources"):
+            res = await self._safe(up, lambda s: s.list_resources())
+            if res is not None:
+                for r in res.resources:
+                    self._resource_owner[str(r.uri)] = up.name
+                out += res.resources
+        return types.ListResourcesResult(resources=out)
+
+    async def list_resource_templates(self, ctx: ServerRequestContext[Any],
+                                      params: types.PaginatedRequestParams | None) -> types.ListResourceTemplatesResult:
+        out: list[types.ResourceTemplate] = []
+        for up in self._with("resources"):
+            res = await self._safe(up, lambda s: s.list_resource_templates())
+            if res is not None:
+                out += res.resource_templates
+        return types.ListResourceTemplatesResult(resource_templates=out)
+
+    async def read_resource(self, ctx: ServerRequestContext[Any],
+                            params: types.ReadResourceRequestParams) -> types.ReadResourceResult:
+        owner = self._resource_owner.get(params.uri)
+        candidates = [self.upstreams[owner]] if owner else self._with("resources")
+        last: MCPError | None = None
+        for up in candidates:
+            try:
+                return await up.call(lambda s: s.read_resource(params.uri))
+            except MCPError as e:
+                last = e
+            except UpstreamUnavailable as e:
+                last = MCPError(types.INTERNAL_ERROR, str(e))
+        raise last or MCPError(types.INVALID_PARAMS, f"Unknown resource: {params.uri}")
+
+    # ---- prompts ----
+    async def list_prompts(self, ctx: ServerRequestContext[Any],
+                           params: types.PaginatedRequestParams | None) -> types.ListPromptsResult:
+        out: list[types.Prompt] = []
+        for up in self._with("prompts"):
+            res = await self._safe(up, lambda s: s.list_prompts())
+            if res is not None:
+                out += [p.model_copy(update={"name": naming.expose(up.name, p.name, self._plain is not None)})
+                        for p in res.prompts]
+        return types.ListPromptsResult(prompts=out)
+
+    async def get_prompt(self, ctx: ServerRequestContext[Any],
+                         params: types.GetPromptRequestParams) -> types.GetPromptResult:
+        parts = naming.split(params.name, self._plain)
+        up = self.upstreams.get(parts[0]) if parts else None
+        if parts is None or up is None:
+            raise MCPError(types.INVALID_PARAMS, f"Unknown prompt: {params.name}")
+        try:
+            return await up.call(lambda s: s.get_prompt(parts[1], params.arguments))
+        except UpstreamUnavailable as e:
+            raise MCPError(types.INTERNAL_ERROR, str(e)) from None
+
+    def _with(self, capability: str) -> list[UpstreamConnection]:
+        return [u for u in self.upstreams.values() if u.supports(capability)]
+
+    @staticmethod
+    async def _safe(up: UpstreamConnection, fn: Callable[[Any], Any]) -> Any:
+        try:
+            return await up.call(fn)
+        except (UpstreamUnavailable, MCPError) as e:
+            log.warning("list skipped an upstream", extra={"upstream": up.name, "error": str(e)})
+            return None
+
+
+def _synthetic(decision_id: str, outcome: int, text: str, state: str = "") -> pb.DecideResponse:
+    resp = pb.DecideResponse(decision_id=decision_id, outcome=outcome)  # type: ignore[arg-type]
+    resp.reasons.add(rule_id=f"approval_{state}" if state else "gateway", text=text)
+    return resp
+
+
+def _refusal_text(exposed: str, resp: pb.DecideResponse) -> str:
+    why = "; ".join(f"{r.text or r.rule_id} [{r.rule_id}]" if r.text else r.rule_id for r in resp.reasons)
+    return f"decider refused tool {exposed}: {why or 'denied'} (decision {resp.decision_id}). The call was not made."
+
+
+def _error(text: str, ids: list[str] | None = None) -> types.CallToolResult:
+    meta = {META_KEY: {"decision_ids": ids, "outcome": "DENY"}} if ids else None
+    return types.CallToolResult(content=[types.TextContent(text=text)], is_error=True, _meta=meta)
