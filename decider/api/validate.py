@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import math
 
-from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2
 from google.protobuf import unknown_fields as _unknown
-from google.protobuf.internal import decoder as _decoder
 
+from decider.api.wire import decode_message
 from decider.errors import InvalidRequest
 from decider.v1 import decider_pb2 as pb
 
@@ -26,60 +25,7 @@ MAX_RISK_TIER = 4
 
 def decode_request(raw: bytes) -> pb.DecideRequest:
     """Parse wire bytes; InvalidRequest naming the field when they do not parse."""
-    try:
-        return pb.DecideRequest.FromString(raw)
-    except _message.DecodeError as e:
-        field = _find_bad_field(pb.DecideRequest.DESCRIPTOR, raw, "") or "request"
-        raise InvalidRequest(field, f"cannot be decoded ({e}); nesting is limited to about 30 levels") from None
-
-
-def _find_bad_field(desc: _descriptor.Descriptor, raw: bytes, prefix: str) -> str | None:
-    """Walk top-level fields of `raw`; return the dotted path of the deepest one that fails to parse."""
-    pos, end = 0, len(raw)
-    try:
-        while pos < end:
-            tag, pos = _decoder._DecodeVarint(raw, pos)
-            number, wire = tag >> 3, tag & 7
-            if wire == 0:
-                _, pos = _decoder._DecodeVarint(raw, pos)
-                continue
-            if wire == 1:
-                pos += 8
-                continue
-            if wire == 5:
-                pos += 4
-                continue
-            if wire != 2:
-                return prefix or None
-            size, pos = _decoder._DecodeVarint(raw, pos)
-            chunk = raw[pos:pos + size]
-            pos += size
-            fd = desc.fields_by_number.get(number)
-            if fd is None or fd.message_type is None:
-                continue
-            name = f"{prefix}.{fd.name}" if prefix else fd.name
-            cls = _message_class(fd.message_type)
-            if cls is None:
-                continue
-            try:
-                cls.FromString(chunk)
-            except _message.DecodeError:
-                # Struct internals (fields/value/struct_value) are not user-facing: stop at the Struct.
-                if fd.message_type.full_name.startswith("google.protobuf."):
-                    return name
-                return _find_bad_field(fd.message_type, chunk, name) or name
-    except Exception:  # noqa: BLE001 - a truncated varint: blame the enclosing field
-        return prefix or None
-    return None
-
-
-def _message_class(desc: _descriptor.Descriptor) -> type[_message.Message] | None:
-    if desc.full_name == "google.protobuf.Struct":
-        return struct_pb2.Struct
-    for cls in (pb.Agent, pb.ToolCall, pb.Request):
-        if cls.DESCRIPTOR.full_name == desc.full_name:
-            return cls
-    return None
+    return decode_message(pb.DecideRequest, raw, "; nesting is limited to about 30 levels")
 
 
 def _check_name(field: str, value: str, required: bool) -> None:

@@ -18,6 +18,7 @@ from decider.server.auth import AuthInterceptor, is_loopback, load_token_file, r
 from decider.server.bundles import CONTROL_SERVICE_NAME, BundleSettings, LiveBundles
 from decider.server.bundles import control_handlers as bundle_control_handlers
 from decider.server.controls import DEFAULT_POLL_INTERVAL_S, DEFAULT_RESERVATION_TTL_S, Controls
+from decider.server.decoding import strict_decoding
 from decider.server.service import SERVICE_NAME, DeciderService, generic_handler
 from decider.store import DecisionStore, GroupCommitWriter, connect
 from decider.store.bundles import BundleStore
@@ -105,11 +106,13 @@ async def start_server(cfg: ServerConfig) -> RunningServer:
     )
     # Every module's Control RPCs, merged into the one decider.v1.Control service.
     control: dict[str, grpc.RpcMethodHandler] = {**controls.control_handlers(), **bundle_control_handlers(live)}
-    server.add_generic_rpc_handlers((
+    # strict_decoding: a request that does not parse gets INVALID_ARGUMENT naming the field, for
+    # every method listed here (add new services to this tuple to get it too).
+    server.add_generic_rpc_handlers((strict_decoding((
         generic_handler(svc),
         grpc.method_handlers_generic_handler(SERVICE_NAME, controls.decider_handlers()),
         grpc.method_handlers_generic_handler(CONTROL_SERVICE_NAME, control),
-    ))
+    )),))
     health_svc = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_svc, server)
     names = (SERVICE_NAME, CONTROL_SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
