@@ -7,6 +7,7 @@ re-parsing the wire bytes field by field, so even that error names `tool.args`.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2
@@ -16,10 +17,11 @@ from decider.api.wire import decode_message
 from decider.errors import InvalidRequest
 from decider.v1 import decider_pb2 as pb
 
-__all__ = ["MAX_ARGS_BYTES", "MAX_NAME_LEN", "validate_request", "decode_request"]
+__all__ = ["MAX_ARGS_BYTES", "MAX_ENTRIES", "MAX_NAME_LEN", "validate_request", "decode_request"]
 
 MAX_ARGS_BYTES = 1 << 20     # per Struct (tool.args, context): 1 MiB
-MAX_NAME_LEN = 256
+MAX_NAME_LEN = 256           # every string of Agent, ToolCall, Request; each label key/value and capability
+MAX_ENTRIES = 64             # agent.labels, agent.capabilities, request.labels
 MAX_RISK_TIER = 4
 
 
@@ -34,7 +36,33 @@ def _check_name(field: str, value: str, required: bool) -> None:
     if len(value) > MAX_NAME_LEN:
         raise InvalidRequest(field, f"is {len(value)} characters; the limit is {MAX_NAME_LEN}")
     if value and not value.isprintable():
-        raise InvalidRequest(field, "contains control characters")
+        bad = next(c for c in value if not c.isprintable())
+        raise InvalidRequest(field, f"contains a control or non-printable character (U+{ord(bad):04X})")
+
+
+# Every string field of Agent, ToolCall and Request, in the order `validate_request` reads them.
+_NAME_FIELDS = ("tool.name", "agent.id", "tool.server", "tool.call_id", "request.id", "agent.instance_id",
+                "agent.owner", "agent.team", "agent.workflow", "agent.model", "agent.session_id",
+                "request.environment")
+_REQUIRED = frozenset({"tool.name", "agent.id"})
+
+
+def _check_collections(a_labels: Mapping[str, str], caps: Sequence[str], r_labels: Mapping[str, str]) -> None:
+    """Counts first (a 300k-entry list is refused without walking it), then one test over every
+    entry; the entry-by-entry checks run only to name the one that fails."""
+    for field, n in (("agent.labels", len(a_labels)), ("agent.capabilities", len(caps)),
+                     ("request.labels", len(r_labels))):
+        if n > MAX_ENTRIES:
+            raise InvalidRequest(field, f"has {n} entries; the limit is {MAX_ENTRIES}")
+    strings = [*caps, *a_labels, *a_labels.values(), *r_labels, *r_labels.values()]
+    if max(map(len, strings)) <= MAX_NAME_LEN and "".join(strings).isprintable():
+        return
+    for i, cap in enumerate(caps):
+        _check_name(f"agent.capabilities[{i}]", cap, required=False)
+    for field, labels in (("agent.labels", a_labels), ("request.labels", r_labels)):
+        for key, value in labels.items():
+            _check_name(f"{field} key", key, required=False)
+            _check_name(f"{field}.{key}", value, required=False)
 
 
 def _check_struct(field: str, value: struct_pb2.Struct) -> None:
@@ -73,15 +101,16 @@ def validate_request(req: pb.DecideRequest) -> None:
     if not req.HasField("agent"):
         raise InvalidRequest("agent", "is required")
     tool, agent, request = req.tool, req.agent, req.request
-    names = (tool.name, agent.id, tool.server, tool.call_id, request.id)
+    names = (tool.name, agent.id, tool.server, tool.call_id, request.id, agent.instance_id, agent.owner,
+             agent.team, agent.workflow, agent.model, agent.session_id, request.environment)
     # One test for the common case (all present, short, printable); the field-by-field checks run
     # only to name the field that fails it.
     if not (names[0] and names[1] and max(map(len, names)) <= MAX_NAME_LEN and "".join(names).isprintable()):
-        _check_name("tool.name", names[0], required=True)
-        _check_name("agent.id", names[1], required=True)
-        _check_name("tool.server", names[2], required=False)
-        _check_name("tool.call_id", names[3], required=False)
-        _check_name("request.id", names[4], required=False)
+        for field, value in zip(_NAME_FIELDS, names, strict=True):
+            _check_name(field, value, required=field in _REQUIRED)
+    a_labels, caps, r_labels = agent.labels, agent.capabilities, request.labels
+    if a_labels or caps or r_labels:
+        _check_collections(a_labels, caps, r_labels)
     if req.tool.HasField("risk_tier") and not 0 <= req.tool.risk_tier <= MAX_RISK_TIER:
         raise InvalidRequest("tool.risk_tier", f"is {req.tool.risk_tier}; must be 0..{MAX_RISK_TIER}")
     cost = req.request.estimated_cost
