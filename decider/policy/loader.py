@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from decider.errors import PolicyLoadError, SourceError
 from decider.policy.models import API_VERSION, BundleDoc, PolicyDoc, Rule
 
-__all__ = ["Source", "LoadedPolicy", "PartialPolicy", "LoadedSource", "load_source", "load_files", "source_files", "locate"]
+__all__ = ["MAX_FILE_BYTES", "MAX_DEPTH", "too_large", "Source", "LoadedPolicy", "PartialPolicy", "LoadedSource", "load_source", "load_files", "source_files", "locate"]
 
 BUNDLE_FILE = "bundle.yaml"
 
@@ -86,8 +86,17 @@ def load_source(root: str | Path) -> LoadedSource:
     root = Path(root)
     if not root.is_dir():
         raise PolicyLoadError([SourceError(str(root), 1, 1, "bundle source is not a folder")])
-    files = {path.relative_to(root).as_posix(): path.read_bytes() for path in source_files(root)}
-    return load_files(files, root, lambda rel: str(root / rel))
+    files: dict[str, bytes] = {}
+    oversized: list[SourceError] = []
+    for path in source_files(root):
+        rel = path.relative_to(root).as_posix()
+        if (err := too_large(str(path), path.stat().st_size)) is not None:
+            oversized.append(err)   # never read into memory
+            continue
+        files[rel] = path.read_bytes()
+    loaded = load_files(files, root, lambda rel: str(root / rel))
+    loaded.errors[:0] = oversized
+    return loaded
 
 
 def load_files(files: dict[str, bytes], root: Path, display: Callable[[str], str]) -> LoadedSource:
@@ -115,14 +124,54 @@ def load_files(files: dict[str, bytes], root: Path, display: Callable[[str], str
     return LoadedSource(root, bundle_doc, bundle_src, policies, dict(files), errors, partial, texts)
 
 
+# A policy file is hand-written text: kilobytes. The caps keep a hostile file from costing more than
+# a moment of CPU and a few MB: no file above MAX_FILE_BYTES is parsed, nesting stops at MAX_DEPTH,
+# and aliases (`*name`) are refused outright — nine levels of nine aliases expand to 387 million
+# nodes from a few hundred bytes (the "billion laughs"), and nothing in a policy needs them.
+MAX_FILE_BYTES = 1 << 20
+MAX_DEPTH = 64
+
+
+class _PolicyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses aliases and bounds nesting while composing, with the position."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not allowed in policy files; write the value out", mark)
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested more than {MAX_DEPTH} levels deep", self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def too_large(file: str, size: int) -> SourceError | None:
+    """The error for a policy file above MAX_FILE_BYTES (checked before it is read), else None."""
+    if size <= MAX_FILE_BYTES:
+        return None
+    return SourceError(file, 1, 1, f"file is {size} bytes; the limit for a policy file is {MAX_FILE_BYTES} bytes")
+
+
 def _compose_all(file: str, data: bytes, errors: list[SourceError]) -> list[yaml.Node]:
+    if (err := too_large(file, len(data))) is not None:
+        errors.append(err)
+        return []
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         errors.append(SourceError(file, 1, 1, f"not UTF-8 text: {e.reason} at byte {e.start}"))
         return []
     try:
-        return [n for n in yaml.compose_all(text, Loader=yaml.SafeLoader) if n is not None]
+        return [n for n in yaml.compose_all(text, Loader=_PolicyLoader) if n is not None]
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
