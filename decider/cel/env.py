@@ -15,6 +15,7 @@ from cel_expr_python import cel
 from google.protobuf import descriptor_pool
 
 from decider.cel import functions, regex
+from decider.cel.syntax import describe_syntax_error
 from decider.v1 import decider_pb2  # noqa: F401 - registers decider.v1 types in the default pool
 
 __all__ = ["environment", "compile_condition", "compile_combined", "CelError", "CEL_VARIABLES"]
@@ -56,6 +57,12 @@ def compile_condition(expression: str) -> cel.Expression | list[CelError]:
         program = environment().compile(expression)
     except RuntimeError as e:
         found = [CelError(int(m[1]), int(m[2]), " ".join(m[3].split())) for m in _ERROR.finditer(str(e))]
+        if found and found[0].message.startswith("Syntax error: "):
+            # The parser's recovery after the first syntax error mostly reports its consequences
+            # (an unclosed string, then "mismatched '<EOF>'"): the first one, in words, is the one to fix.
+            first = found[0]
+            return [CelError(first.line, first.column,
+                             describe_syntax_error(expression, first.line, first.column, first.message))]
         return found or [CelError(1, 1, str(e))]
     rtype = program.return_type()
     if rtype != cel.Type.BOOL and rtype != cel.Type.DYN:

@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from decider.errors import PolicyLoadError, SourceError
 from decider.policy.models import API_VERSION, BundleDoc, PolicyDoc, Rule
+from decider.policy.suggest import did_you_mean, valid_keys
 
 __all__ = ["MAX_FILE_BYTES", "MAX_DEPTH", "too_large", "Source", "LoadedPolicy", "PartialPolicy", "LoadedSource", "load_source", "load_files", "source_files", "locate"]
 
@@ -108,13 +109,14 @@ def load_files(files: dict[str, bytes], root: Path, display: Callable[[str], str
     policies: list[LoadedPolicy] = []
     partial: list[PartialPolicy] = []
     texts: dict[str, bytes] = {}
+    kinds: list[str | None] = []
     for rel in sorted(files):
         name = display(rel)
         data = files[rel]
         texts[name] = data
         for node in _compose_all(name, data, errors):
-            _load_document(name, node, errors, bundles, policies, partial)
-    if not bundles:
+            kinds.append(_load_document(name, node, errors, bundles, policies, partial))
+    if not bundles and "Bundle" not in kinds:   # a Bundle that failed validation has its own errors
         errors.append(SourceError(display(BUNDLE_FILE), 1, 1, "no document of kind Bundle found"))
     elif len(bundles) > 1:
         for _, src in bundles[1:]:
@@ -186,21 +188,22 @@ def _load_document(
     bundles: list[tuple[BundleDoc, Source]],
     policies: list[LoadedPolicy],
     partial: list[PartialPolicy],
-) -> None:
+) -> str | None:
+    """Validate one document into `bundles` or `policies` (errors into `errors`); returns its kind."""
     value = _to_python(file, node, errors)
     if value is None:
-        return
+        return None
     src = Source(file, node)
     if not isinstance(value, dict):
         line, col = _mark(node)
         errors.append(SourceError(file, line, col, "a document must be a mapping with apiVersion and kind"))
-        return
+        return None
     kind = value.get("kind")
     if value.get("apiVersion") != API_VERSION:
         n = _child(node, "apiVersion") or node
         line, col = _mark(n)
         errors.append(SourceError(file, line, col, f"apiVersion must be {API_VERSION!r}"))
-        return
+        return None
     model: type[BundleDoc] | type[PolicyDoc]
     if kind == "Bundle":
         model = BundleDoc
@@ -210,19 +213,20 @@ def _load_document(
         n = _child(node, "kind") or node
         line, col = _mark(n)
         errors.append(SourceError(file, line, col, f"unknown kind {kind!r}: use Bundle or Policy"))
-        return
+        return None
     try:
         doc = model.model_validate(value)
     except ValidationError as e:
         for err in e.errors():
-            errors.append(_validation_error(file, node, err))
+            errors.append(_validation_error(file, node, err, model))
         if model is PolicyDoc:
             partial.append(_salvage_rules(value, src))
-        return
+        return str(kind)
     if isinstance(doc, BundleDoc):
         bundles.append((doc, src))
     else:
         policies.append(LoadedPolicy(doc, src))
+    return str(kind)
 
 
 def _salvage_rules(value: dict[str, Any], src: Source) -> PartialPolicy:
@@ -239,12 +243,13 @@ def _salvage_rules(value: dict[str, Any], src: Source) -> PartialPolicy:
     return PartialPolicy(name, src, good)
 
 
-def _validation_error(file: str, node: yaml.Node, err: Any) -> SourceError:
+def _validation_error(file: str, node: yaml.Node, err: Any, model: type[BaseModel] | None = None) -> SourceError:
     loc = tuple(err["loc"])
     kind = err["type"]
     if kind == "extra_forbidden":
         target = locate(node, loc, key=True)
-        message = f"unknown key {loc[-1]!r}"
+        hint = did_you_mean(str(loc[-1]), valid_keys(model, loc)) if model is not None else ""
+        message = f"unknown key {loc[-1]!r}{hint}"
     elif kind == "missing":
         target = locate(node, loc[:-1])
         message = f"missing required key {loc[-1]!r}"
