@@ -82,9 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("--format", choices=["table", "jsonl"], default="table")
 
     # Command groups that live in their own modules register themselves (set_defaults(func=...)).
-    from decider.cli import approvals, kill, policytest, replay
+    from decider.cli import approvals, evaluate, kill, policytest, replay
 
     policytest.register(sub)
+    evaluate.register(sub)
     replay.register(sub)
     bundles.register(sub)  # bundle lifecycle, status, serve/log bundle options
     approvals.register(sub)
