@@ -55,7 +55,9 @@ def _check_collections(a_labels: Mapping[str, str], caps: Sequence[str], r_label
         if n > MAX_ENTRIES:
             raise InvalidRequest(field, f"has {n} entries; the limit is {MAX_ENTRIES}")
     strings = [*caps, *a_labels, *a_labels.values(), *r_labels, *r_labels.values()]
-    if max(map(len, strings)) <= MAX_NAME_LEN and "".join(strings).isprintable():
+    joined = "".join(strings)
+    # All together within one entry's limit (the usual case): no entry can exceed it.
+    if (len(joined) <= MAX_NAME_LEN or max(map(len, strings)) <= MAX_NAME_LEN) and joined.isprintable():
         return
     for i, cap in enumerate(caps):
         _check_name(f"agent.capabilities[{i}]", cap, required=False)
@@ -105,7 +107,9 @@ def validate_request(req: pb.DecideRequest) -> None:
              agent.team, agent.workflow, agent.model, agent.session_id, request.environment)
     # One test for the common case (all present, short, printable); the field-by-field checks run
     # only to name the field that fails it.
-    if not (names[0] and names[1] and max(map(len, names)) <= MAX_NAME_LEN and "".join(names).isprintable()):
+    joined = "".join(names)
+    if not (names[0] and names[1] and (len(joined) <= MAX_NAME_LEN or max(map(len, names)) <= MAX_NAME_LEN)
+            and joined.isprintable()):
         for field, value in zip(_NAME_FIELDS, names, strict=True):
             _check_name(field, value, required=field in _REQUIRED)
     a_labels, caps, r_labels = agent.labels, agent.capabilities, request.labels
