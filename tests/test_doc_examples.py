@@ -14,6 +14,7 @@ from the scratch folder, with the virtualenv's `decider` on PATH — as a user w
 ids, times, hex revisions/key ids and `evalUs` replaced by placeholders; a decision id that the
 page shows in one output and uses in a later command is mapped to the real one. Blocks of one page
 share the scratch folder and the server, in page order. Unmarked blocks are not touched.
+`tools/scripts/update_doc_examples.py PAGE [--write]` shows (or stores) what the examples print now.
 """
 
 from __future__ import annotations
