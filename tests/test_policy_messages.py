@@ -60,3 +60,15 @@ def test_a_syntax_error_in_a_policy_file_keeps_its_position_and_unknown_keys_sug
         "p.yaml:9:36: syntax error: expected an expression after '&&', found the end of the condition",
         "p.yaml:12:7: unknown key 'resaon'; did you mean 'reason'?",
     ]
+
+
+@pytest.mark.parametrize(("expression", "suggestion"), [
+    ('agent.teem == "x"', "undefined field 'teem' not found in struct 'decider.v1.Agent'; did you mean 'team'?"),
+    ("tool.agrs.amount > 1", "undefined field 'agrs' not found in struct 'decider.v1.ToolCall'; did you mean 'args'?"),
+    ('request.enviroment == "x"', "; did you mean 'environment'?"),
+    ('agent.zzzzzz == "x"', "undefined field 'zzzzzz' not found in struct 'decider.v1.Agent'"),
+])
+def test_an_unknown_field_of_a_typed_variable_suggests_the_closest(expression: str, suggestion: str) -> None:
+    errors = compile_condition(expression)
+    assert isinstance(errors, list)
+    assert errors[0].message.endswith(suggestion), errors[0].message
