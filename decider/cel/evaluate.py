@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from cel_expr_python import cel
 from google.protobuf import json_format
 from google.protobuf import message as _message
 
@@ -39,16 +40,18 @@ class Evaluated:
 
 
 def evaluate(expression: str, request: pb.DecideRequest | None = None,
-             budget: Mapping[str, Mapping[str, float]] | None = None) -> Evaluated:
-    """Compile `expression` in the policy environment and evaluate it against `request`."""
-    env = environment()
+             budget: Mapping[str, Mapping[str, float]] | None = None, *,
+             env: cel.Env | None = None, extra: Mapping[str, Any] | None = None) -> Evaluated:
+    """Compile `expression` in the policy environment (or `env`, e.g. a bundle's, which may declare
+    more variables) and evaluate it against `request`; `extra` binds those further variables."""
+    env = env or environment()
     try:
         program = env.compile(expression)
     except RuntimeError as e:
         raise ExpressionError(compile_errors(expression, e)) from None
     req = request if request is not None else pb.DecideRequest()
     act = env.Activation(data={"agent": req.agent, "tool": req.tool, "request": req.request,
-                               "context": req.context, "budget": dict(budget or {})})
+                               "context": req.context, "budget": dict(budget or {}), **(extra or {})})
     try:
         value = program.eval(act)
     except RuntimeError as e:   # cost or iteration limits
