@@ -114,3 +114,19 @@ def test_a_broken_token_file_is_refused_with_the_reason(tmp_path: Path) -> None:
                           "--db", f"sqlite:///{tmp_path / 'x.db'}", "--tokens", str(bad)],
                          capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert out.returncode == 2 and "tokens[0]: roles must be" in out.stderr
+
+
+def test_two_authorization_headers_are_unauthenticated_even_if_one_is_valid(srv: ServerProcess) -> None:
+    with grpc.insecure_channel(srv.target) as ch:
+        get = ch.unary_unary("/decider.v1.Decider/GetDecision",
+                             request_serializer=pb.GetDecisionRequest.SerializeToString,
+                             response_deserializer=pb.DecisionRecord.FromString)
+        for pair in (("Bearer not-a-token", "Bearer admin-token"), ("Bearer admin-token", "Bearer not-a-token"),
+                     ("Bearer admin-token", "Bearer admin-token")):
+            with pytest.raises(grpc.RpcError) as err:
+                get(pb.GetDecisionRequest(decision_id="x"), timeout=10,
+                    metadata=[("authorization", pair[0]), ("authorization", pair[1])])
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED, pair
+            assert "more than one 'authorization' header" in err.value.details()
+    events = AuthEventStore(connect(srv.db_url)).all()
+    assert sum("more than one" in e["detail"] for e in events) == 3

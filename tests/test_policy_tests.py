@@ -119,3 +119,42 @@ def test_junit_output_lists_failures(tmp_path: Path) -> None:
     assert (root.get("tests"), root.get("failures")) == ("2", "1")
     failed = [tc.get("name") for tc in root.iter("testcase") if tc.find("failure") is not None]
     assert failed == ["fails"]
+
+
+def test_a_rule_whose_condition_only_errored_is_not_covered_and_is_listed(tmp_path: Path) -> None:
+    src = tmp_path / "typo"
+    src.mkdir()
+    (src / "bundle.yaml").write_text("apiVersion: decider/v1\nkind: Bundle\nmetadata: {name: typo, version: 1.0.0}\n"
+                                     "spec: {default: allow, on_error: deny}\n")
+    # `tool.args.bsae` is a typo for `base`: dyn, so it type-checks, and errors on every call.
+    (src / "p.yaml").write_text(textwrap.dedent("""\
+        apiVersion: decider/v1
+        kind: Policy
+        metadata: {name: p}
+        spec:
+          rules:
+            - id: deny-big
+              effect: deny
+              when: tool.args.bsae > 100
+            - id: deny-root
+              effect: deny
+              when: tool.args.user == "root"
+        """))
+    path = suite(tmp_path, """\
+        - name: big base is denied (by the error, not the condition)
+          agent: refunds
+          tool: x
+          args: {base: 500, user: ana}
+          expect: {outcome: deny}
+        - name: root is denied
+          agent: refunds
+          tool: x
+          args: {bsae: 1, user: root}
+          expect: {outcome: deny, rule: deny-root}
+        """)
+    run = cli("test", str(src), str(path), "--coverage")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "rule coverage: 1/2 rules decided at least one case (50.0%)" in run.stdout
+    assert "condition only errored (never held): deny-big" in run.stdout
+    report = json.loads(cli("test", str(src), str(path), "--format", "json", "--coverage").stdout)
+    assert report["coverage"]["decided"] == ["deny-root"] and report["coverage"]["errored_only"] == ["deny-big"]

@@ -7,79 +7,27 @@ re-parsing the wire bytes field by field, so even that error names `tool.args`.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 
-from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2
 from google.protobuf import unknown_fields as _unknown
-from google.protobuf.internal import decoder as _decoder
 
+from decider.api.wire import decode_message
 from decider.errors import InvalidRequest
 from decider.v1 import decider_pb2 as pb
 
-__all__ = ["MAX_ARGS_BYTES", "MAX_NAME_LEN", "validate_request", "decode_request"]
+__all__ = ["MAX_ARGS_BYTES", "MAX_ENTRIES", "MAX_NAME_LEN", "validate_request", "decode_request"]
 
 MAX_ARGS_BYTES = 1 << 20     # per Struct (tool.args, context): 1 MiB
-MAX_NAME_LEN = 256
+MAX_NAME_LEN = 256           # every string of Agent, ToolCall, Request; each label key/value and capability
+MAX_ENTRIES = 64             # agent.labels, agent.capabilities, request.labels
 MAX_RISK_TIER = 4
 
 
 def decode_request(raw: bytes) -> pb.DecideRequest:
     """Parse wire bytes; InvalidRequest naming the field when they do not parse."""
-    try:
-        return pb.DecideRequest.FromString(raw)
-    except _message.DecodeError as e:
-        field = _find_bad_field(pb.DecideRequest.DESCRIPTOR, raw, "") or "request"
-        raise InvalidRequest(field, f"cannot be decoded ({e}); nesting is limited to about 30 levels") from None
-
-
-def _find_bad_field(desc: _descriptor.Descriptor, raw: bytes, prefix: str) -> str | None:
-    """Walk top-level fields of `raw`; return the dotted path of the deepest one that fails to parse."""
-    pos, end = 0, len(raw)
-    try:
-        while pos < end:
-            tag, pos = _decoder._DecodeVarint(raw, pos)
-            number, wire = tag >> 3, tag & 7
-            if wire == 0:
-                _, pos = _decoder._DecodeVarint(raw, pos)
-                continue
-            if wire == 1:
-                pos += 8
-                continue
-            if wire == 5:
-                pos += 4
-                continue
-            if wire != 2:
-                return prefix or None
-            size, pos = _decoder._DecodeVarint(raw, pos)
-            chunk = raw[pos:pos + size]
-            pos += size
-            fd = desc.fields_by_number.get(number)
-            if fd is None or fd.message_type is None:
-                continue
-            name = f"{prefix}.{fd.name}" if prefix else fd.name
-            cls = _message_class(fd.message_type)
-            if cls is None:
-                continue
-            try:
-                cls.FromString(chunk)
-            except _message.DecodeError:
-                # Struct internals (fields/value/struct_value) are not user-facing: stop at the Struct.
-                if fd.message_type.full_name.startswith("google.protobuf."):
-                    return name
-                return _find_bad_field(fd.message_type, chunk, name) or name
-    except Exception:  # noqa: BLE001 - a truncated varint: blame the enclosing field
-        return prefix or None
-    return None
-
-
-def _message_class(desc: _descriptor.Descriptor) -> type[_message.Message] | None:
-    if desc.full_name == "google.protobuf.Struct":
-        return struct_pb2.Struct
-    for cls in (pb.Agent, pb.ToolCall, pb.Request):
-        if cls.DESCRIPTOR.full_name == desc.full_name:
-            return cls
-    return None
+    return decode_message(pb.DecideRequest, raw, "; nesting is limited to about 30 levels")
 
 
 def _check_name(field: str, value: str, required: bool) -> None:
@@ -88,7 +36,35 @@ def _check_name(field: str, value: str, required: bool) -> None:
     if len(value) > MAX_NAME_LEN:
         raise InvalidRequest(field, f"is {len(value)} characters; the limit is {MAX_NAME_LEN}")
     if value and not value.isprintable():
-        raise InvalidRequest(field, "contains control characters")
+        bad = next(c for c in value if not c.isprintable())
+        raise InvalidRequest(field, f"contains a control or non-printable character (U+{ord(bad):04X})")
+
+
+# Every string field of Agent, ToolCall and Request, in the order `validate_request` reads them.
+_NAME_FIELDS = ("tool.name", "agent.id", "tool.server", "tool.call_id", "request.id", "agent.instance_id",
+                "agent.owner", "agent.team", "agent.workflow", "agent.model", "agent.session_id",
+                "request.environment")
+_REQUIRED = frozenset({"tool.name", "agent.id"})
+
+
+def _check_collections(a_labels: Mapping[str, str], caps: Sequence[str], r_labels: Mapping[str, str]) -> None:
+    """Counts first (a 300k-entry list is refused without walking it), then one test over every
+    entry; the entry-by-entry checks run only to name the one that fails."""
+    for field, n in (("agent.labels", len(a_labels)), ("agent.capabilities", len(caps)),
+                     ("request.labels", len(r_labels))):
+        if n > MAX_ENTRIES:
+            raise InvalidRequest(field, f"has {n} entries; the limit is {MAX_ENTRIES}")
+    strings = [*caps, *a_labels, *a_labels.values(), *r_labels, *r_labels.values()]
+    joined = "".join(strings)
+    # All together within one entry's limit (the usual case): no entry can exceed it.
+    if (len(joined) <= MAX_NAME_LEN or max(map(len, strings)) <= MAX_NAME_LEN) and joined.isprintable():
+        return
+    for i, cap in enumerate(caps):
+        _check_name(f"agent.capabilities[{i}]", cap, required=False)
+    for field, labels in (("agent.labels", a_labels), ("request.labels", r_labels)):
+        for key, value in labels.items():
+            _check_name(f"{field} key", key, required=False)
+            _check_name(f"{field}.{key}", value, required=False)
 
 
 def _check_struct(field: str, value: struct_pb2.Struct) -> None:
@@ -127,15 +103,18 @@ def validate_request(req: pb.DecideRequest) -> None:
     if not req.HasField("agent"):
         raise InvalidRequest("agent", "is required")
     tool, agent, request = req.tool, req.agent, req.request
-    names = (tool.name, agent.id, tool.server, tool.call_id, request.id)
+    names = (tool.name, agent.id, tool.server, tool.call_id, request.id, agent.instance_id, agent.owner,
+             agent.team, agent.workflow, agent.model, agent.session_id, request.environment)
     # One test for the common case (all present, short, printable); the field-by-field checks run
     # only to name the field that fails it.
-    if not (names[0] and names[1] and max(map(len, names)) <= MAX_NAME_LEN and "".join(names).isprintable()):
-        _check_name("tool.name", names[0], required=True)
-        _check_name("agent.id", names[1], required=True)
-        _check_name("tool.server", names[2], required=False)
-        _check_name("tool.call_id", names[3], required=False)
-        _check_name("request.id", names[4], required=False)
+    joined = "".join(names)
+    if not (names[0] and names[1] and (len(joined) <= MAX_NAME_LEN or max(map(len, names)) <= MAX_NAME_LEN)
+            and joined.isprintable()):
+        for field, value in zip(_NAME_FIELDS, names, strict=True):
+            _check_name(field, value, required=field in _REQUIRED)
+    a_labels, caps, r_labels = agent.labels, agent.capabilities, request.labels
+    if a_labels or caps or r_labels:
+        _check_collections(a_labels, caps, r_labels)
     if req.tool.HasField("risk_tier") and not 0 <= req.tool.risk_tier <= MAX_RISK_TIER:
         raise InvalidRequest("tool.risk_tier", f"is {req.tool.risk_tier}; must be 0..{MAX_RISK_TIER}")
     cost = req.request.estimated_cost

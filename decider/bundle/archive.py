@@ -26,6 +26,8 @@ import io
 import json
 import os
 import tarfile
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -50,6 +52,7 @@ __all__ = [
     "key_id",
     "load_private_key",
     "load_public_key",
+    "read_archive_bytes",
     "read_bundle_bytes",
     "read_bundle_file",
     "sign_archive",
@@ -59,10 +62,16 @@ FORMAT = "decider-bundle/1"
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
 SRC = "src/"
-# A bundle is policy text: kilobytes. Refuse archives that would expand to something absurd.
+# A bundle is policy text: kilobytes. Refuse archives that would expand to something absurd. Every
+# size is checked before anything of that size is read (see `_scan`), so a hostile archive costs at
+# most about MAX_TOTAL_BYTES of memory whatever its headers claim.
 MAX_MEMBER_BYTES = 8 << 20
-MAX_TOTAL_BYTES = 64 << 20
+MAX_TOTAL_BYTES = 32 << 20        # all members together
 MAX_MEMBERS = 10_000
+MAX_HEADER_BYTES = 64 << 10       # a PAX or GNU long-name header: a path and a few keys
+MAX_TAR_BYTES = MAX_TOTAL_BYTES + (16 << 20)   # the whole uncompressed tar: members, headers, padding
+MAX_ARCHIVE_BYTES = MAX_TOTAL_BYTES           # the .bundle file itself (compressed)
+_EXTENDED_HEADERS = {b"x": "PAX header", b"g": "PAX global header", b"L": "GNU long name", b"K": "GNU long link"}
 
 
 class BundleVerifyError(DeciderError):
@@ -222,13 +231,21 @@ def sign_archive(data: bytes, key: Ed25519PrivateKey, source: str = "bundle") ->
 
 # ---- reading and verifying ----
 
-def read_bundle_file(path: str | Path, pubkey: Ed25519PublicKey | None = None,
-                     require_signature: bool = False) -> BundleFile:
+def read_archive_bytes(path: str | Path) -> bytes:
+    """A .bundle file's bytes; refused before reading when it is larger than any bundle can be."""
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_ARCHIVE_BYTES:
+                raise BundleVerifyError(str(path), [f"file is {size} bytes; the limit is {MAX_ARCHIVE_BYTES}"])
+            return f.read(MAX_ARCHIVE_BYTES + 1)
     except OSError as e:
         raise BundleVerifyError(str(path), [f"cannot read: {e.strerror or e}"]) from None
-    return read_bundle_bytes(data, str(path), pubkey, require_signature)
+
+
+def read_bundle_file(path: str | Path, pubkey: Ed25519PublicKey | None = None,
+                     require_signature: bool = False) -> BundleFile:
+    return read_bundle_bytes(read_archive_bytes(path), str(path), pubkey, require_signature)
 
 
 def read_bundle_bytes(data: bytes, source: str, pubkey: Ed25519PublicKey | None = None,
@@ -319,6 +336,7 @@ def read_bundle_bytes(data: bytes, source: str, pubkey: Ed25519PublicKey | None 
 def _unpack(data: bytes, source: str) -> dict[str, bytes]:
     """Every regular file in the archive, by name. Anything else (links, devices, absolute or
     `..` paths, duplicates, oversized members) is refused: a bundle is only text files."""
+    _scan(data, source)   # every header and member size bounded before tarfile reads anything
     out: dict[str, bytes] = {}
     total = 0
     try:
@@ -330,7 +348,7 @@ def _unpack(data: bytes, source: str) -> dict[str, bytes]:
                 if info.isdir():
                     continue
                 parts = name.split("/")
-                if not info.isreg() or name.startswith("/") or ".." in parts or "" in parts:
+                if not info.isreg() or info.issparse() or name.startswith("/") or ".." in parts or "" in parts:
                     raise BundleVerifyError(source, [f"{name}: not a plain relative file (refused)"])
                 if info.size > MAX_MEMBER_BYTES or total + info.size > MAX_TOTAL_BYTES:
                     raise BundleVerifyError(source, [f"{name}: too large ({info.size} bytes)"])
@@ -342,3 +360,71 @@ def _unpack(data: bytes, source: str) -> dict[str, bytes]:
     except (tarfile.TarError, OSError, EOFError, gzip.BadGzipFile) as e:
         raise BundleVerifyError(source, [f"not a bundle file (tar.gz): {e}"]) from None
     return out
+
+
+def _gunzip(data: bytes, source: str) -> Iterator[bytes]:
+    """The decompressed stream in chunks of at most 1 MiB, never more than MAX_TAR_BYTES in all
+    (a gzip bomb stops here). Concatenated gzip members are followed, as gzip itself does."""
+    total = 0
+    rest = data
+    try:
+        while rest[:2] == b"\x1f\x8b":
+            d = zlib.decompressobj(wbits=31)
+            buf = rest
+            while not d.eof:
+                chunk = d.decompress(buf, 1 << 20)
+                buf = d.unconsumed_tail
+                total += len(chunk)
+                if total > MAX_TAR_BYTES:
+                    raise BundleVerifyError(source, [f"expands to more than {MAX_TAR_BYTES} bytes (refused)"])
+                if chunk:
+                    yield chunk
+                elif not buf:
+                    return   # truncated: tarfile reports it below
+            rest = d.unused_data
+    except zlib.error as e:
+        raise BundleVerifyError(source, [f"not a bundle file (tar.gz): {e}"]) from None
+
+
+def _scan(data: bytes, source: str) -> None:
+    """Walk the tar headers of the decompressed stream, keeping none of it, and refuse the archive
+    as soon as a header claims a size above its limit: tarfile would otherwise read a PAX header
+    of any claimed size into memory before we could look at it (1.5 GB from a 1.5 MB file)."""
+    pending = b""
+    skip = 0
+    members = 0
+    total = 0
+    for chunk in _gunzip(data, source):
+        i, n = 0, len(chunk)
+        while i < n:
+            if skip:
+                step = min(skip, n - i)
+                skip -= step
+                i += step
+                continue
+            take = 512 - len(pending)
+            pending += chunk[i:i + take]
+            i += take
+            if len(pending) < 512:
+                break
+            header, pending = pending, b""
+            if header.count(0) == 512:
+                continue   # end-of-archive blocks
+            name = header[:100].split(b"\0", 1)[0].decode("latin-1")
+            try:
+                size = tarfile.nti(header[124:136])
+            except tarfile.TarError:
+                raise BundleVerifyError(source, [f"{name}: not a bundle file (bad tar header)"]) from None
+            kind = _EXTENDED_HEADERS.get(header[156:157])
+            if kind is not None and size > MAX_HEADER_BYTES:
+                raise BundleVerifyError(source, [f"{name}: {kind} of {size} bytes; the limit is {MAX_HEADER_BYTES}"])
+            if kind is None:
+                members += 1
+                total += max(size, 0)
+                if members > MAX_MEMBERS:
+                    raise BundleVerifyError(source, [f"more than {MAX_MEMBERS} entries"])
+                if size > MAX_MEMBER_BYTES or total > MAX_TOTAL_BYTES:
+                    raise BundleVerifyError(source, [f"{name}: too large ({size} bytes)"])
+            if size < 0:
+                raise BundleVerifyError(source, [f"{name}: negative size"])
+            skip = (size + 511) // 512 * 512

@@ -15,9 +15,11 @@ from cel_expr_python import cel
 from google.protobuf import descriptor_pool
 
 from decider.cel import functions, regex
+from decider.cel.syntax import describe_syntax_error
+from decider.policy.suggest import did_you_mean
 from decider.v1 import decider_pb2  # noqa: F401 - registers decider.v1 types in the default pool
 
-__all__ = ["environment", "compile_condition", "compile_combined", "CelError", "CEL_VARIABLES", "EXTENSIONS",
+__all__ = ["environment", "compile_condition", "compile_errors", "compile_combined", "CelError", "CEL_VARIABLES", "EXTENSIONS",
            "ListDecl"]
 
 CEL_VARIABLES = ("agent", "tool", "request", "context", "budget")
@@ -68,14 +70,41 @@ def environment(lists: ListDecl = ()) -> cel.Env:
     )
 
 
+_UNDEFINED_FIELD = re.compile(r"^undefined field '([^']+)' not found in struct '([\w.]+)'$")
+
+
+def _suggest_field(message: str) -> str:
+    """`undefined field 'teem' …` → the same, plus "; did you mean 'team'?" from the message's fields."""
+    m = _UNDEFINED_FIELD.match(message)
+    if not m:
+        return message
+    try:
+        fields = [f.name for f in descriptor_pool.Default().FindMessageTypeByName(m[2]).fields]
+    except KeyError:
+        return message
+    return message + did_you_mean(m[1], fields)
+
+
+def compile_errors(expression: str, exc: RuntimeError) -> list[CelError]:
+    """The located problems in cel-expr-python's compile exception for `expression`."""
+    found = [CelError(int(m[1]), int(m[2]), _suggest_field(" ".join(m[3].split())))
+             for m in _ERROR.finditer(str(exc))]
+    if found and found[0].message.startswith("Syntax error: "):
+        # The parser's recovery after the first syntax error mostly reports its consequences
+        # (an unclosed string, then "mismatched '<EOF>'"): the first one, in words, is the one to fix.
+        first = found[0]
+        return [CelError(first.line, first.column,
+                         describe_syntax_error(expression, first.line, first.column, first.message))]
+    return found or [CelError(1, 1, " ".join(str(exc).split()))]
+
+
 def compile_condition(expression: str, env: cel.Env | None = None) -> cel.Expression | list[CelError]:
     """Compile and type-check one condition; a list of errors if it is not a valid bool condition."""
     env = env or environment()
     try:
         program = env.compile(expression)
     except RuntimeError as e:
-        found = [CelError(int(m[1]), int(m[2]), " ".join(m[3].split())) for m in _ERROR.finditer(str(e))]
-        return found or [CelError(1, 1, str(e))]
+        return compile_errors(expression, e)
     rtype = program.return_type()
     if rtype != cel.Type.BOOL and rtype != cel.Type.DYN:
         return [CelError(1, 1, f"a condition must be a bool, this one is {rtype.name()}")]

@@ -57,9 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--format", choices=["text", "json"], default="text")
 
     d = sub.add_parser("decide", help="decide one request (locally on a bundle, or by asking a server)")
-    where = d.add_mutually_exclusive_group(required=True)
+    where = d.add_mutually_exclusive_group()
     where.add_argument("--bundle", help="evaluate locally on this bundle folder (nothing is recorded)")
-    where.add_argument("--server", help="ask a running server at host:port (the decision is recorded)")
+    where.add_argument("--server", help="ask a running server at host:port (the decision is recorded); "
+                       "the default when --bundle is not given: $DECIDER_SERVER, else 127.0.0.1:50051")
+    d.add_argument("--fail-on", default="", metavar="OUTCOMES",
+                   help="exit 1 when the outcome is one of these (comma-separated: deny,require_approval,allow)")
     d.add_argument("--request", help="a DecideRequest as JSON (file path, or - for stdin)")
     d.add_argument("--agent", dest="agent_id", help="agent.id")
     d.add_argument("--team", default="")
@@ -87,9 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("--format", choices=["table", "jsonl"], default="table")
 
     # Command groups that live in their own modules register themselves (set_defaults(func=...)).
-    from decider.cli import approvals, console, db, gateway, kill, policytest, replay, report, stream
+    from decider.cli import approvals, console, db, evaluate, gateway, kill, policytest, replay, report, stream
 
     policytest.register(sub)
+    evaluate.register(sub)
     replay.register(sub)
     bundles.register(sub)  # bundle lifecycle, status, serve/log bundle options
     approvals.register(sub)
@@ -216,9 +220,23 @@ def _request_from_args(args: argparse.Namespace) -> Any:
     )
 
 
+_OUTCOMES = ("allow", "deny", "require_approval")
+
+
+def _fail_on(text: str) -> set[str]:
+    wanted = {w.strip().lower() for w in text.split(",") if w.strip()}
+    if bad := sorted(wanted - set(_OUTCOMES)):
+        raise InvalidRequest("--fail-on", f"unknown outcome(s) {', '.join(bad)}; use {', '.join(_OUTCOMES)}")
+    return wanted
+
+
 def _decide(args: argparse.Namespace) -> int:
     from decider.api.validate import validate_request
 
+    fail_on = _fail_on(args.fail_on)
+    if not args.bundle and not args.server:
+        # Like every other command that talks to a server (cli/remote.py).
+        args.server = os.environ.get("DECIDER_SERVER") or "127.0.0.1:50051"
     req = _request_from_args(args)
     validate_request(req)
     if args.server:
@@ -248,7 +266,7 @@ def _decide(args: argparse.Namespace) -> int:
         if d.approvers:
             out["approvers"] = list(d.approvers)
     print(json.dumps(out, indent=2))
-    return EXIT_OK
+    return EXIT_FAIL if str(out.get("outcome", "")).lower() in fail_on else EXIT_OK
 
 
 def _log(args: argparse.Namespace) -> int:

@@ -83,6 +83,8 @@ def _table(results: list[SuiteResult], cov: Coverage | None, verbose: bool) -> N
             print(f"  matched but always overridden: {', '.join(cov.overridden)}")
         if cov.never_matched:
             print(f"  never matched: {', '.join(cov.never_matched)}")
+        if cov.errored_only:
+            print(f"  condition only errored (never held): {', '.join(cov.errored_only)}")
     print(f"\n{total - failed} passed, {failed} failed")
 
 
@@ -104,7 +106,8 @@ def _json(results: list[SuiteResult], cov: Coverage | None) -> dict[str, Any]:
     }
     if cov is not None:
         out["coverage"] = {"percent": round(cov.percent, 2), "total_rules": cov.total, "decided": list(cov.decided),
-                           "overridden": list(cov.overridden), "never_matched": list(cov.never_matched)}
+                           "overridden": list(cov.overridden), "never_matched": list(cov.never_matched),
+                           "errored_only": list(cov.errored_only)}
     return out
 
 

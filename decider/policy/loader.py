@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from decider.errors import PolicyLoadError, SourceError
 from decider.policy.lists import list_paths, read_lists
 from decider.policy.models import API_VERSION, BundleDoc, ListItem, PolicyDoc, Rule
+from decider.policy.suggest import did_you_mean, valid_keys
 
-__all__ = ["Source", "LoadedPolicy", "PartialPolicy", "LoadedSource", "load_source", "load_files", "source_files", "locate"]
+__all__ = ["MAX_FILE_BYTES", "MAX_DEPTH", "too_large", "Source", "LoadedPolicy", "PartialPolicy", "LoadedSource", "load_source", "load_files", "source_files", "locate"]
 
 BUNDLE_FILE = "bundle.yaml"
 
@@ -89,8 +90,17 @@ def load_source(root: str | Path) -> LoadedSource:
     root = Path(root)
     if not root.is_dir():
         raise PolicyLoadError([SourceError(str(root), 1, 1, "bundle source is not a folder")])
-    files = {path.relative_to(root).as_posix(): path.read_bytes() for path in source_files(root)}
-    return load_files(files, root, lambda rel: str(root / rel))
+    files: dict[str, bytes] = {}
+    oversized: list[SourceError] = []
+    for path in source_files(root):
+        rel = path.relative_to(root).as_posix()
+        if (err := too_large(str(path), path.stat().st_size)) is not None:
+            oversized.append(err)   # never read into memory
+            continue
+        files[rel] = path.read_bytes()
+    loaded = load_files(files, root, lambda rel: str(root / rel))
+    loaded.errors[:0] = oversized
+    return loaded
 
 
 def load_files(files: dict[str, bytes], root: Path, display: Callable[[str], str]) -> LoadedSource:
@@ -110,12 +120,13 @@ def load_files(files: dict[str, bytes], root: Path, display: Callable[[str], str
             composed[rel] = _compose_all(name, files[rel], errors)
     # Files named by `spec.lists` are data, not documents.
     data_files = list_paths(composed.values())
+    kinds: list[str | None] = []
     for rel, nodes in composed.items():
         if rel in data_files:
             continue
         for node in nodes:
-            _load_document(display(rel), node, errors, bundles, policies, partial)
-    if not bundles:
+            kinds.append(_load_document(display(rel), node, errors, bundles, policies, partial))
+    if not bundles and "Bundle" not in kinds:   # a Bundle that failed validation has its own errors
         errors.append(SourceError(display(BUNDLE_FILE), 1, 1, "no document of kind Bundle found"))
     elif len(bundles) > 1:
         for _, src in bundles[1:]:
@@ -127,14 +138,54 @@ def load_files(files: dict[str, bytes], root: Path, display: Callable[[str], str
     return LoadedSource(root, bundle_doc, bundle_src, policies, dict(files), errors, partial, texts, lists)
 
 
+# A policy file is hand-written text: kilobytes. The caps keep a hostile file from costing more than
+# a moment of CPU and a few MB: no file above MAX_FILE_BYTES is parsed, nesting stops at MAX_DEPTH,
+# and aliases (`*name`) are refused outright — nine levels of nine aliases expand to 387 million
+# nodes from a few hundred bytes (the "billion laughs"), and nothing in a policy needs them.
+MAX_FILE_BYTES = 1 << 20
+MAX_DEPTH = 64
+
+
+class _PolicyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses aliases and bounds nesting while composing, with the position."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not allowed in policy files; write the value out", mark)
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested more than {MAX_DEPTH} levels deep", self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def too_large(file: str, size: int) -> SourceError | None:
+    """The error for a policy file above MAX_FILE_BYTES (checked before it is read), else None."""
+    if size <= MAX_FILE_BYTES:
+        return None
+    return SourceError(file, 1, 1, f"file is {size} bytes; the limit for a policy file is {MAX_FILE_BYTES} bytes")
+
+
 def _compose_all(file: str, data: bytes, errors: list[SourceError]) -> list[yaml.Node]:
+    if (err := too_large(file, len(data))) is not None:
+        errors.append(err)
+        return []
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         errors.append(SourceError(file, 1, 1, f"not UTF-8 text: {e.reason} at byte {e.start}"))
         return []
     try:
-        return [n for n in yaml.compose_all(text, Loader=yaml.SafeLoader) if n is not None]
+        return [n for n in yaml.compose_all(text, Loader=_PolicyLoader) if n is not None]
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
@@ -149,21 +200,22 @@ def _load_document(
     bundles: list[tuple[BundleDoc, Source]],
     policies: list[LoadedPolicy],
     partial: list[PartialPolicy],
-) -> None:
+) -> str | None:
+    """Validate one document into `bundles` or `policies` (errors into `errors`); returns its kind."""
     value = _to_python(file, node, errors)
     if value is None:
-        return
+        return None
     src = Source(file, node)
     if not isinstance(value, dict):
         line, col = _mark(node)
         errors.append(SourceError(file, line, col, "a document must be a mapping with apiVersion and kind"))
-        return
+        return None
     kind = value.get("kind")
     if value.get("apiVersion") != API_VERSION:
         n = _child(node, "apiVersion") or node
         line, col = _mark(n)
         errors.append(SourceError(file, line, col, f"apiVersion must be {API_VERSION!r}"))
-        return
+        return None
     model: type[BundleDoc] | type[PolicyDoc]
     if kind == "Bundle":
         model = BundleDoc
@@ -173,19 +225,20 @@ def _load_document(
         n = _child(node, "kind") or node
         line, col = _mark(n)
         errors.append(SourceError(file, line, col, f"unknown kind {kind!r}: use Bundle or Policy"))
-        return
+        return None
     try:
         doc = model.model_validate(value)
     except ValidationError as e:
         for err in e.errors():
-            errors.append(_validation_error(file, node, err))
+            errors.append(_validation_error(file, node, err, model))
         if model is PolicyDoc:
             partial.append(_salvage_rules(value, src))
-        return
+        return str(kind)
     if isinstance(doc, BundleDoc):
         bundles.append((doc, src))
     else:
         policies.append(LoadedPolicy(doc, src))
+    return str(kind)
 
 
 def _salvage_rules(value: dict[str, Any], src: Source) -> PartialPolicy:
@@ -202,12 +255,13 @@ def _salvage_rules(value: dict[str, Any], src: Source) -> PartialPolicy:
     return PartialPolicy(name, src, good)
 
 
-def _validation_error(file: str, node: yaml.Node, err: Any) -> SourceError:
+def _validation_error(file: str, node: yaml.Node, err: Any, model: type[BaseModel] | None = None) -> SourceError:
     loc = tuple(err["loc"])
     kind = err["type"]
     if kind == "extra_forbidden":
         target = locate(node, loc, key=True)
-        message = f"unknown key {loc[-1]!r}"
+        hint = did_you_mean(str(loc[-1]), valid_keys(model, loc)) if model is not None else ""
+        message = f"unknown key {loc[-1]!r}{hint}"
     elif kind == "missing":
         target = locate(node, loc[:-1])
         message = f"missing required key {loc[-1]!r}"

@@ -18,6 +18,7 @@ from decider.server.auth import AuthInterceptor, is_loopback, load_token_file, r
 from decider.server.bundles import CONTROL_SERVICE_NAME, BundleSettings, LiveBundles
 from decider.server.bundles import control_handlers as bundle_control_handlers
 from decider.server.controls import DEFAULT_POLL_INTERVAL_S, DEFAULT_RESERVATION_TTL_S, Controls
+from decider.server.decoding import strict_decoding
 from decider.server.notify import ApprovalNotifier, WebhookSettings
 from decider.server.observability import Observability
 from decider.server.queries import QUERIES_SERVICE_NAME, DecisionFeed
@@ -136,17 +137,20 @@ async def start_server(cfg: ServerConfig) -> RunningServer:
     control: dict[str, grpc.RpcMethodHandler] = {**controls.control_handlers(), **bundle_control_handlers(live)}
     queries = QueryStore(engine)
     feed = DecisionFeed(queries)
-    server.add_generic_rpc_handlers((
+    # strict_decoding: a request that does not parse gets INVALID_ARGUMENT naming the field, for
+    # every method listed here (add new services to this tuple to get it too).
+    handlers: list[grpc.GenericRpcHandler] = [
         generic_handler(svc),
         grpc.method_handlers_generic_handler(SERVICE_NAME, controls.decider_handlers()),
         grpc.method_handlers_generic_handler(CONTROL_SERVICE_NAME, control),
         grpc.method_handlers_generic_handler(
             QUERIES_SERVICE_NAME, query_handlers(queries, feed, lambda: live.active, lambda: live.shadow, controls.groups_of)),
-    ))
+    ]
     if cfg.ext_mcp:
         from decider.server.ext_mcp import SERVICE_NAME as EXT_MCP
         from decider.server.ext_mcp import ext_mcp_handler
-        server.add_generic_rpc_handlers((ext_mcp_handler(svc, controls, cfg.ext_mcp_approval_wait_s),))
+        handlers.append(ext_mcp_handler(svc, controls, cfg.ext_mcp_approval_wait_s))
+    server.add_generic_rpc_handlers((strict_decoding(handlers),))
     health_svc = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_svc, server)
     names = (SERVICE_NAME, CONTROL_SERVICE_NAME, QUERIES_SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,

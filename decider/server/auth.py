@@ -204,10 +204,12 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
     def _check(self, details: grpc.HandlerCallDetails,
                roles: frozenset[str]) -> tuple[Principal | None, grpc.StatusCode | None, str]:
-        header = ""
-        for key, value in details.invocation_metadata or ():
-            if key == "authorization":
-                header = value if isinstance(value, str) else value.decode("latin-1")
+        headers = [value if isinstance(value, str) else value.decode("latin-1")
+                   for key, value in details.invocation_metadata or () if key == "authorization"]
+        if len(headers) > 1:
+            # Which one would a proxy in front of us have checked? Ambiguity is refused, not resolved.
+            return None, grpc.StatusCode.UNAUTHENTICATED, "more than one 'authorization' header"
+        header = headers[0] if headers else ""
         scheme, _, token = header.partition(" ")
         if not header:
             return None, grpc.StatusCode.UNAUTHENTICATED, "missing bearer token (metadata 'authorization: Bearer …')"

@@ -36,6 +36,7 @@ from decider.bundle.archive import (
     build_archive,
     build_manifest,
     load_public_key,
+    read_archive_bytes,
     read_bundle_bytes,
 )
 from decider.bundle.compile import Bundle, compile_bundle, load_bundle_files
@@ -118,7 +119,7 @@ class LiveBundles(BundleHolder):
         p = Path(path)
         s = self.settings
         if p.is_file():
-            data = p.read_bytes()
+            data = read_archive_bytes(p)   # size-checked before it is read
             bf = read_bundle_bytes(data, str(p), self.pubkey, s.require_signature)
             bundle = compile_bundle(load_bundle_files(bf.files, str(p)))
             return Loaded(bundle, str(p), bf.signed, data, _now())

@@ -179,6 +179,7 @@ class Coverage:
     decided: tuple[str, ...]             # decided at least one case
     overridden: tuple[str, ...]          # matched some case, never decided one
     never_matched: tuple[str, ...]
+    errored_only: tuple[str, ...] = ()   # their condition errored in some case and never held: not covered
 
     @property
     def percent(self) -> float:
@@ -334,18 +335,24 @@ def run_suites(bundle: Bundle, suites: Sequence[LoadedSuite]) -> list[SuiteResul
 
 
 def coverage(bundle: Bundle, results: Sequence[SuiteResult]) -> Coverage:
+    """A rule counts only when its condition held without error in some case: a rule that decided a
+    case because its condition *errored* (on_error: deny) proves nothing about the condition."""
     decided: set[str] = set()
     matched: set[str] = set()
+    errored: set[str] = set()
     for s in results:
         for c in s.cases:
-            decided.add(c.actual_rule)
+            if c.actual_rule in c.matched_rules:   # held; not an error that failed closed
+                decided.add(c.actual_rule)
             matched.update(c.matched_rules)
+            errored.update(e.split(": ", 1)[0] for e in c.errors)   # "rule-id: message"
     ids = [r.id for r in bundle.rules]
     return Coverage(
         total=len(ids),
         decided=tuple(i for i in ids if i in decided),
         overridden=tuple(i for i in ids if i in matched and i not in decided),
         never_matched=tuple(i for i in ids if i not in matched and i not in decided),
+        errored_only=tuple(i for i in ids if i in errored and i not in matched),
     )
 
 
