@@ -57,3 +57,11 @@ def test_eval_runs_as_a_command() -> None:
     done = subprocess.run([sys.executable, "-m", "decider", "eval", 'url.host("https://user@Api.GitHub.com:443/x")'],
                           capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert (done.returncode, done.stdout) == (0, '"api.github.com"\n'), done.stderr
+
+
+def test_eval_with_a_bundle_sees_its_named_lists(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, '"bit.ly" in lists.shorteners && lists.fetch_hosts.size() > 0',
+                       "--bundle", str(POLICIES))
+    assert (code, out.strip()) == (0, "true")
+    code, _, err = run(capsys, "lists.shortners", "--bundle", str(POLICIES))
+    assert code == 2 and "lists.shortners" in err

@@ -61,15 +61,21 @@ def _request(args: argparse.Namespace):  # noqa: ANN202 - pb.DecideRequest
 def _eval(args: argparse.Namespace) -> int:
     from decider.cel.evaluate import ExpressionError, evaluate, to_json
 
-    budget = {}
+    budget: dict = {}
+    env, lists = None, {}
     if args.bundle:
-        from decider.bundle.compile import load_bundle
+        from decider.bundle.compile import bundle_lists, list_declarations, load_bundle
+        from decider.cel.env import environment
         from decider.engine.decide import budget_views
         from decider.engine.state import State
 
-        budget = budget_views(load_bundle(args.bundle), State())
+        bundle = load_bundle(args.bundle)
+        budget = budget_views(bundle, State())
+        # The bundle's named lists, bound as the engine binds them: `lists.<name>`.
+        env = environment(list_declarations(bundle.lists))
+        lists = {f"lists.{name}": items for name, items in bundle_lists(bundle).items()}
     try:
-        result = evaluate(args.expression, _request(args), budget)
+        result = evaluate(args.expression, _request(args), budget, env=env, extra=lists)
     except ExpressionError as e:
         if args.format == "json":
             print(json.dumps({"errors": [{"line": x.line, "column": x.column, "message": x.message}
