@@ -24,7 +24,7 @@ BUNDLE = load_bundle(POLICIES)
 
 def row(agent: str = "a1", tool: str = "fs.read") -> dict:
     req = build_request(agent={"id": agent}, tool=tool, args={"path": "/workspace/x"})
-    return build_record(new_id(), req, decide(BUNDLE, req), BUNDLE, datetime.now(timezone.utc))
+    return build_record(new_id(), req, decide(BUNDLE, req), BUNDLE, datetime.now(timezone.utc), b"test-key")
 
 
 def test_concurrent_writes_are_committed_in_fewer_batches(tmp_path: Path) -> None:
@@ -163,9 +163,10 @@ def test_open_approval_lookup_on_the_sqlite_driver_matches_sqlalchemy(tmp_path: 
     assert approvals.inline
     key = (rows[0]["agent_id"], rows[0]["tool_name"], rows[0]["tool_server"], rows[0]["args_hash"])
     got = approvals.open_for_call_inline(*key)
-    # pending and approved only, oldest first, each exactly as SQLAlchemy reads it
+    # pending, approved and rejected (a rejection binds until its ttl), never consumed; oldest
+    # first, each exactly as SQLAlchemy reads it
     assert got is not None
-    assert [g["decision_id"] for g in got] == sorted(r["decision_id"] for r in rows[:2])
+    assert [g["decision_id"] for g in got] == sorted(r["decision_id"] for r in (rows[0], rows[1], rows[3]))
     assert got == approvals.open_for_call(*key)
     store = DecisionStore(engine)
     assert got == [store.get(g["decision_id"]) for g in got]

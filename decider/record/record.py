@@ -6,18 +6,16 @@ Pure: the server, the CLI and tests build records the same way; the store only p
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
-import json.encoder as _json_encoder
-from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from google.protobuf import struct_pb2
-
 from decider.bundle.compile import EFFECT_PB, Bundle
-from decider.engine.decide import OUTCOME_NAMES, Decision, Reason
+from decider.engine.decision import Decision, Reason
+from decider.record.canonical import binding_hash, struct_to_dict
+from decider.record.canonical import dumps as _dumps
 from decider.record.masking import mask_json, split_mask_paths
+from decider.times import utc as _utc
 from decider.v1 import decider_pb2 as pb
 
 __all__ = [
@@ -25,13 +23,16 @@ __all__ = [
     "record_to_proto",
     "response_from_row",
     "decision_response",
-    "canonical_args_hash",
     "struct_to_dict",
     "set_timestamp",
-    "OUTCOME_BY_NAME",
+    "outcome_of",
 ]
 
-OUTCOME_BY_NAME = {v: k for k, v in OUTCOME_NAMES.items()}
+
+def outcome_of(name: str | None) -> int:
+    """A stored outcome name → pb.Outcome (OUTCOME_UNSPECIFIED for none)."""
+    return pb.Outcome.Value(name) if name else pb.OUTCOME_UNSPECIFIED
+
 _APPROVAL_PB = {
     "pending": pb.APPROVAL_PENDING,
     "approved": pb.APPROVAL_APPROVED,
@@ -39,56 +40,6 @@ _APPROVAL_PB = {
     "expired": pb.APPROVAL_EXPIRED,
     "consumed": pb.APPROVAL_CONSUMED,
 }
-
-
-def struct_to_dict(s: struct_pb2.Struct) -> dict[str, Any]:
-    """The Struct as plain Python, exactly what `json_format.MessageToDict` gives (numbers stay
-    floats, NaN/Infinity raise ValueError) at a fraction of its cost: it runs on every decision."""
-    return {k: _value(v) for k, v in s.fields.items()}
-
-
-def _value(v: struct_pb2.Value) -> Any:
-    kind = v.WhichOneof("kind")
-    if kind == "string_value":
-        return v.string_value
-    if kind == "number_value":
-        x = v.number_value
-        if x != x or x in _INFINITIES:
-            raise ValueError(f"Fail to serialize {x} for Value.number_value, which would parse as string_value")
-        return x
-    if kind == "bool_value":
-        return v.bool_value
-    if kind == "struct_value":
-        return {k: _value(x) for k, x in v.struct_value.fields.items()}
-    if kind == "list_value":
-        return [_value(x) for x in v.list_value.values]
-    return None  # null_value, or no kind set
-
-
-_INFINITIES = (float("inf"), float("-inf"))
-
-
-def _encoder(sort_keys: bool) -> Callable[[Any], str]:
-    """Compact JSON (`separators=(",", ":")`, `ensure_ascii=False`), byte-identical to `json.dumps`.
-
-    Eight encodes run per decision; `json.dumps` with options builds a new encoder and a new C
-    encoder on each call (~2 µs). The C encoder is built once here. No circular-reference check:
-    every value encoded here is a tree built from a protobuf message or the decision.
-    """
-    c_make = getattr(_json_encoder, "c_make_encoder", None)
-    if c_make is None:  # a Python without the C accelerator
-        return json.JSONEncoder(sort_keys=sort_keys, separators=(",", ":"), ensure_ascii=False).encode
-    chunks = c_make(None, None, _json_encoder.encode_basestring, None, ":", ",", sort_keys, False, True)
-    return lambda value: "".join(chunks(value, 0))
-
-
-_dumps = _encoder(sort_keys=False)
-_canonical = _encoder(sort_keys=True)
-
-
-def canonical_args_hash(args: dict[str, Any]) -> str:
-    """sha256 of the canonical JSON of the arguments: binds an approval to the exact call."""
-    return hashlib.sha256(_canonical(args).encode("utf-8")).hexdigest()
 
 
 def _reasons_json(reasons: tuple[Reason, ...]) -> list[dict[str, str]]:
@@ -101,6 +52,7 @@ def build_record(
     decision: Decision,
     bundle: Bundle,
     now: datetime,
+    binding_key: bytes,
 ) -> dict[str, Any]:
     """The row for the `decisions` table; masked per the bundle before it leaves this function."""
     args_paths, ctx_paths = _mask_paths(bundle.mask)
@@ -128,7 +80,7 @@ def build_record(
         "tool_server": tool.server,
         "call_id": tool.call_id,
         "args": _dumps(mask_json(args, args_paths)),
-        "args_hash": canonical_args_hash(args),
+        "args_hash": binding_hash(req, binding_key, args),   # keyed: see record/canonical.py
         "context": context_json,
         "risk_tier": decision.risk_tier,
         "environment": r.environment,
@@ -186,11 +138,6 @@ def set_timestamp(ts: Any, t: datetime) -> None:
     ts.nanos = micros * 1000
 
 
-def _utc(t: datetime) -> datetime:
-    # SQLite returns naive datetimes; every time we store is UTC.
-    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
-
-
 def decision_response(decision_id: str, req: pb.DecideRequest, decision: Decision, bundle: Bundle,
                       row: dict[str, Any]) -> pb.DecideResponse:
     resp = pb.DecideResponse()
@@ -235,9 +182,8 @@ def record_to_proto(row: Any) -> pb.DecisionRecord:
         tool_name=r["tool_name"],
         tool_server=r["tool_server"],
         call_id=r["call_id"],
-        args_hash=r["args_hash"],
         risk_tier=r["risk_tier"],
-        outcome=OUTCOME_BY_NAME.get(r["outcome"], pb.OUTCOME_UNSPECIFIED),
+        outcome=outcome_of(r["outcome"]),
         reasons=_reasons_pb(json.loads(r["reasons"])),
         matched_rules=json.loads(r["matched_rules"]),
         deciding_rule=r["deciding_rule"],
@@ -254,7 +200,7 @@ def record_to_proto(row: Any) -> pb.DecisionRecord:
     rec.args.update(json.loads(r["args"]))
     rec.context.update(json.loads(r["context"]))
     if r.get("shadow_outcome"):
-        rec.shadow_outcome = OUTCOME_BY_NAME.get(r["shadow_outcome"], pb.OUTCOME_UNSPECIFIED)
+        rec.shadow_outcome = outcome_of(r["shadow_outcome"])
         rec.shadow_rules.extend(json.loads(r.get("shadow_rules") or "[]"))
         rec.shadow_bundle.revision = r.get("shadow_revision") or ""
     if r.get("approval_state"):
@@ -267,7 +213,7 @@ def response_from_row(row: dict[str, Any], req: pb.DecideRequest) -> pb.DecideRe
     pending gets the earlier decision): the response fields of `record_to_proto`, nothing else."""
     resp = pb.DecideResponse(
         decision_id=row["decision_id"],
-        outcome=OUTCOME_BY_NAME.get(row["outcome"], pb.OUTCOME_UNSPECIFIED),
+        outcome=outcome_of(row["outcome"]),
         reasons=_reasons_pb(json.loads(row["reasons"])),
         bundle=pb.BundleRef(name=row["bundle_name"], version=row["bundle_version"], revision=row["bundle_revision"]),
         matched_rules=json.loads(row["matched_rules"]),

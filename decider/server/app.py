@@ -92,6 +92,7 @@ async def start_server(cfg: ServerConfig) -> RunningServer:
     controls = Controls(engine, tokens=tokens, poll_interval_s=cfg.poll_interval_s,
                         reservation_ttl_s=cfg.reservation_ttl_s)
     live.active_kill_switches = lambda: len(controls.kill_switches)
+    controls.active_bundle = lambda: live.active
     svc = DeciderService(live, store, writer, controls)
     interceptors = [AuthInterceptor(tokens, record_to_thread(controls.auth_events.record))] if tokens else []
     server = grpc.aio.server(

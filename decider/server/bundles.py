@@ -336,23 +336,18 @@ class LiveBundles(BundleHolder):
 
     # ---- per decision (hot path) ----
 
-    def shadow_into(self, row: dict[str, Any], req: pb.DecideRequest, state: State, caller_tier: bool) -> None:
+    def shadow_into(self, row: dict[str, Any], req: pb.DecideRequest, state: State) -> None:
         """Evaluate the shadow bundle (if any) and put its outcome into the record row, never into
-        the response. A pure in-process `decide`; any failure is logged, never fails the call."""
+        the response. The same pure `decide` as the active bundle, on the same state snapshot; its
+        effects are never applied. Any failure is logged, never fails the call."""
         shadow = self.shadow  # read once, like the active bundle
         if shadow is None:
             return
-        tool = req.tool
-        applied = tool.risk_tier
         try:
-            if not caller_tier:
-                tool.ClearField("risk_tier")  # the shadow applies its own tool catalogue
             d = decide(shadow, req, state)
         except Exception as e:  # noqa: BLE001 - the shadow must never affect the real decision
             log.warning("shadow evaluation failed", extra={"error": str(e), "revision": shadow.revision})
             return
-        finally:
-            tool.risk_tier = applied
         rules = d.matched_rules
         cached = _dumps_cache.get(rules)
         if cached is None:

@@ -12,7 +12,7 @@ import grpc
 
 from decider.api.validate import decode_request, validate_request
 from decider.bundle.compile import Bundle
-from decider.engine.decide import decide
+from decider.engine.decide import evaluate
 from decider.engine.state import State
 from decider.errors import InvalidRequest
 from decider.record.ids import new_id
@@ -50,7 +50,7 @@ class BundleHolder:
 
     # Hooks for the bundle lifecycle (issue 4): `server.bundles.LiveBundles` evaluates the shadow
     # bundle into the record and counts outcomes for Status; a plain holder does neither.
-    def shadow_into(self, row: dict[str, Any], req: pb.DecideRequest, state: State, caller_tier: bool) -> None:
+    def shadow_into(self, row: dict[str, Any], req: pb.DecideRequest, state: State) -> None:
         return None
 
     def count(self, outcome: str) -> None:
@@ -104,14 +104,14 @@ class DeciderService:
         if not req.request.HasField("time"):
             set_timestamp(req.request.time, now)
         bundle = self.bundles.active  # read once: the whole decision uses this revision
-        caller_tier = req.tool.HasField("risk_tier")  # the shadow applies its own catalogue otherwise
         state = await self.state_for(req, bundle, now)
-        decision = decide(bundle, req, state)
+        # engine.decide in two halves: the rules, then (with the call's approvals read only when the
+        # rules ask for approval) the stateful controls, whose effects the store applies.
+        evaluated = evaluate(bundle, req, state)
         decision_id = new_id()
-        # --- stateful controls (approvals, budgets): may replace the decision, or answer with the
-        # identical call's pending decision. `applied.done(written)` must run on every path.
+        # `applied.done(written)` must run on every path.
         try:
-            applied = await self.controls.apply(req, decision, bundle, decision_id, now)
+            applied = await self.controls.settle(req, evaluated, bundle, state, decision_id, now)
         except Exception as exc:  # noqa: BLE001 - e.g. a replica won the race for the same approval
             log.error("stateful controls failed", extra={"decision_id": decision_id, "error": str(exc)})
             raise DecisionFailed(grpc.StatusCode.UNAVAILABLE, f"decision could not be made: {exc}",
@@ -120,9 +120,9 @@ class DeciderService:
             applied.existing.request_id = req.request.id
             return applied.existing
         decision = applied.decision
-        row = build_record(decision_id, req, decision, bundle, now)
+        row = build_record(decision_id, req, decision, bundle, now, self.controls.binding_key)
         row.update(applied.row)
-        self.bundles.shadow_into(row, req, state, caller_tier)  # into the record only, never the response
+        self.bundles.shadow_into(row, req, state)  # into the record only, never the response
         written = False
         try:
             alone = self._alone()

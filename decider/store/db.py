@@ -27,7 +27,7 @@ def connect(url: str, *, create: bool = True) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
     if create:
         # Import for the side effect of registering every table group on `metadata`.
-        from decider.store import approvals, auth_events, budgets, bundles, decisions, kill_switches  # noqa: F401
+        from decider.store import approvals, auth_events, budgets, bundles, decisions, kill_switches, secrets  # noqa: F401
 
         metadata.create_all(engine)
     return engine
