@@ -244,10 +244,19 @@ _JSON_COLUMNS = ("agent_labels", "agent_capabilities", "args", "context", "reaso
                  "shadow_rules", "approvers")
 
 
+# Stored column → the API's (proto DecisionRecord / Approval) name, for the export.
+_API_NAMES = {"resolution_comment": "comment"}
+# Never exported: the keyed binding hash stays in the store (issue 12.6).
+_PRIVATE = frozenset({"args_hash"})
+
+
 def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
     """A record as an export line: JSON columns decoded, times ISO-8601, agent fields grouped."""
     out: dict[str, Any] = {}
     for k, v in row.items():
+        if k in _PRIVATE:
+            continue
+        k = _API_NAMES.get(k, k)
         if k in _JSON_COLUMNS and isinstance(v, str):
             v = json.loads(v)
         elif isinstance(v, datetime):

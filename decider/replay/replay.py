@@ -300,12 +300,15 @@ class DiffReport:
 
 
 def diff(old: Bundle, new: Bundle, calls: Iterable[TraceCall], mapping: IdentityMapping | None = None) -> DiffReport:
-    """Every call whose outcome or deciding rule differs between two bundles."""
+    """Every call whose outcome or deciding rule differs between two bundles (each bundle on its
+    own simulated state: a budget one bundle exhausts need not be exhausted under the other)."""
     m = mapping or IdentityMapping()
     report = DiffReport()
+    sim_old, sim_new = MemoryState(), MemoryState()
     for call in calls:
         report.total += 1
-        a, b = _evaluate(old, call, m), _evaluate(new, call, m)
+        a = Replayed(call, *_simulated(old, call, m, sim_old))
+        b = Replayed(call, *_simulated(new, call, m, sim_new))
         if (a.outcome, a.rule) != (b.outcome, b.rule):
             report.changes.append(Change(call, a, b))
     return report
