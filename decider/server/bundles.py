@@ -33,16 +33,13 @@ import grpc
 
 from decider.bundle.archive import (
     BundleVerifyError,
-    build_archive,
-    build_manifest,
     load_public_key,
-    read_bundle_bytes,
 )
-from decider.bundle.compile import Bundle, compile_bundle, load_bundle_files
+from decider.bundle.compile import Bundle, open_bundle, open_bundle_bytes
 from decider.engine.decide import decide
 from decider.engine.state import State
 from decider.errors import DeciderError, PolicyLoadError
-from decider.policy.loader import load_source, source_files
+from decider.policy.loader import source_files
 from decider.server.service import BundleHolder
 from decider.store.bundles import ACTIVE, SHADOW, AmbiguousRevision, BundleStore
 from decider.v1 import decider_pb2 as pb
@@ -113,20 +110,9 @@ class LiveBundles(BundleHolder):
 
     def load_path(self, path: str) -> Loaded:
         """Load a bundle file or folder, verified per this server's signature settings."""
-        p = Path(path)
-        s = self.settings
-        if p.is_file():
-            data = p.read_bytes()
-            bf = read_bundle_bytes(data, str(p), self.pubkey, s.require_signature)
-            bundle = compile_bundle(load_bundle_files(bf.files, str(p)))
-            return Loaded(bundle, str(p), bf.signed, data, _now())
-        if s.require_signature:
-            raise BundleVerifyError(str(p), ["a folder cannot carry a signature: serve a signed .bundle file"])
-        src = load_source(p)
-        bundle = compile_bundle(src)
-        archive = build_archive(build_manifest(bundle.name, bundle.version, bundle.revision, src.files, None),
-                                src.files)
-        return Loaded(bundle, str(p), False, archive, _now())
+        o = open_bundle(path, pubkey=self.pubkey, require_signature=self.settings.require_signature,
+                        with_archive=True)
+        return Loaded(o.bundle, str(Path(path)), o.signed, o.archive, _now())
 
     def load_revision(self, revision: str) -> Loaded:
         """A stored revision, from cache or from its stored bundle file (verified again here)."""
@@ -138,11 +124,11 @@ class LiveBundles(BundleHolder):
             raise DeciderError(f"revision {revision[:12]} is not in the store")
         meta, data = found
         display = f"{meta.source or 'store'}@{revision[:12]}"
-        bf = read_bundle_bytes(data, display, self.pubkey, self.settings.require_signature)
-        bundle = compile_bundle(load_bundle_files(bf.files, display))
+        o = open_bundle_bytes(data, display, pubkey=self.pubkey, require_signature=self.settings.require_signature)
+        bundle = o.bundle
         if bundle.revision != revision:
             raise BundleVerifyError(display, [f"sources hash to {bundle.revision[:12]}, not {revision[:12]}"])
-        loaded = Loaded(bundle, meta.source, bf.signed, data, _now())
+        loaded = Loaded(bundle, meta.source, o.signed, data, _now())
         self._remember(loaded)
         return loaded
 
