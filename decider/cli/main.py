@@ -229,8 +229,11 @@ def _log(args: argparse.Namespace) -> int:
     if args.shadow_diff:  # issue 4
         return bundles.print_shadow_diff(bundles.shadow_diff(rows, args.examples), args.format)
     if args.format == "jsonl":
+        from decider.record.record import DecisionRecord
+
+        # The typed record's own export form: the API's field names, no args_hash.
         for row in rows:
-            print(json.dumps(_jsonable(row), separators=(",", ":")))
+            print(json.dumps(DecisionRecord.from_row(row).to_json(), separators=(",", ":"), ensure_ascii=False))
         return EXIT_OK
     print(f"{'decision_id':26}  {'time (UTC)':19}  {'agent':14}  {'tool':18}  {'outcome':16}  rule")
     for row in rows:
@@ -238,36 +241,6 @@ def _log(args: argparse.Namespace) -> int:
         print(f"{row['decision_id']:26}  {t:19}  {row['agent_id'][:14]:14}  {row['tool_name'][:18]:18}  "
               f"{row['outcome']:16}  {row['deciding_rule']}")
     return EXIT_OK
-
-
-_JSON_COLUMNS = ("agent_labels", "agent_capabilities", "args", "context", "reasons", "matched_rules", "errors",
-                 "shadow_rules", "approvers")
-
-
-# Stored column → the API's (proto DecisionRecord / Approval) name, for the export.
-_API_NAMES = {"resolution_comment": "comment"}
-# Never exported: the keyed binding hash stays in the store (issue 12.6).
-_PRIVATE = frozenset({"args_hash"})
-
-
-def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
-    """A record as an export line: JSON columns decoded, times ISO-8601, agent fields grouped."""
-    out: dict[str, Any] = {}
-    for k, v in row.items():
-        if k in _PRIVATE:
-            continue
-        k = _API_NAMES.get(k, k)
-        if k in _JSON_COLUMNS and isinstance(v, str):
-            v = json.loads(v)
-        elif isinstance(v, datetime):
-            v = (v if v.tzinfo else v.replace(tzinfo=timezone.utc)).isoformat()
-        out[k] = v
-    out["agent"] = {k: row[c] for k, c in (("id", "agent_id"), ("instance_id", "instance_id"), ("owner", "owner"),
-                                           ("team", "team"), ("workflow", "workflow"), ("model", "model"),
-                                           ("session_id", "session_id"))}
-    out["agent"]["labels"] = out["agent_labels"]
-    out["agent"]["capabilities"] = out["agent_capabilities"]
-    return out
 
 
 def _parse_time(text: str | None) -> datetime | None:

@@ -20,6 +20,7 @@ already knows it, the store's pointer wins, so restarting a replica does not und
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import socket
@@ -40,6 +41,7 @@ from decider.engine.decide import decide
 from decider.engine.state import State
 from decider.errors import DeciderError, PolicyLoadError
 from decider.policy.loader import source_files
+from decider.record.record import BundleRef, DecisionRecord
 from decider.server.service import BundleHolder
 from decider.store.bundles import ACTIVE, SHADOW, AmbiguousRevision, BundleStore
 from decider.v1 import decider_pb2 as pb
@@ -49,7 +51,6 @@ __all__ = ["Loaded", "LiveBundles", "BundleSettings", "control_handlers", "CONTR
 log = logging.getLogger("decider.server.bundles")
 CONTROL_SERVICE_NAME = "decider.v1.Control"
 _CACHE_MAX = 8
-_dumps_cache: dict[tuple[str, ...], str] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,8 +323,8 @@ class LiveBundles(BundleHolder):
 
     # ---- per decision (hot path) ----
 
-    def shadow_into(self, row: dict[str, Any], req: pb.DecideRequest, state: State) -> None:
-        """Evaluate the shadow bundle (if any) and put its outcome into the record row, never into
+    def shadow_into(self, record: DecisionRecord, req: pb.DecideRequest, state: State) -> None:
+        """Evaluate the shadow bundle (if any) and put its outcome into the record, never into
         the response. The same pure `decide` as the active bundle, on the same state snapshot; its
         effects are never applied. Any failure is logged, never fails the call."""
         shadow = self.shadow  # read once, like the active bundle
@@ -334,15 +335,9 @@ class LiveBundles(BundleHolder):
         except Exception as e:  # noqa: BLE001 - the shadow must never affect the real decision
             log.warning("shadow evaluation failed", extra={"error": str(e), "revision": shadow.revision})
             return
-        rules = d.matched_rules
-        cached = _dumps_cache.get(rules)
-        if cached is None:
-            cached = "[" + ",".join(_json_str(r) for r in rules) + "]"
-            if len(_dumps_cache) < 4096:
-                _dumps_cache[rules] = cached
-        row["shadow_outcome"] = d.outcome_name
-        row["shadow_rules"] = cached
-        row["shadow_revision"] = shadow.revision
+        record.shadow_outcome = d.outcome_name
+        record.shadow_rules = d.matched_rules
+        record.shadow_bundle = _shadow_ref(shadow.revision)
 
     def count(self, outcome: str) -> None:
         """A decision was recorded and answered (Status: decisions by outcome since start)."""
@@ -398,10 +393,9 @@ class LiveBundles(BundleHolder):
         return out
 
 
-def _json_str(s: str) -> str:
-    import json
-
-    return json.dumps(s, ensure_ascii=False)
+@functools.lru_cache(maxsize=16)
+def _shadow_ref(revision: str) -> BundleRef:
+    return BundleRef(revision=revision)
 
 
 def _fingerprint(path: str) -> object:

@@ -35,7 +35,7 @@ from decider.engine.controls import settle as engine_settle
 from decider.engine.decision import Decision, Effects
 from decider.engine.state import ApprovalView, BudgetUsage, KillSwitch, State
 from decider.record.canonical import binding_hash
-from decider.record.record import record_to_proto, response_from_row
+from decider.record.record import Approval, DecisionRecord, record_to_proto, response_from_row
 from decider.server import approvals as approvals_rpc
 from decider.server import kill_switches as kill_rpc
 from decider.server.approvals import WatchHub
@@ -62,7 +62,7 @@ class Applied:
     """What the controls made of the engine's decision."""
 
     decision: Decision
-    row: dict[str, Any] = field(default_factory=dict)         # extra columns for the record
+    approval: Approval | None = None                          # the approval an ALLOW consumed, for its record
     existing: pb.DecideResponse | None = None                 # answer with this earlier decision instead
     _on_done: list[Callable[[bool], None]] = field(default_factory=list)
 
@@ -222,14 +222,11 @@ class Controls:
                 return False
             self.hub.notify(effects.consume)
             applied._on_done.extend(trial._on_done)
-            row = by_id[effects.consume]
-            applied.row = {"approval_id": row["decision_id"], "approval_state": "consumed",
-                           "approvers": row["approvers"], "approval_expires_at": row["approval_expires_at"],
-                           "resolved_by": row["resolved_by"], "resolved_at": row["resolved_at"],
-                           "resolution_comment": row["resolution_comment"]}
+            used = DecisionRecord.from_row(by_id[effects.consume]).approval
+            if used is not None:
+                used.state = "consumed"
+            applied.approval = used
             return True
-        if effects.open_approval:
-            applied.row = {"approval_id": decision_id}
         return True
 
     async def _reserve(self, applied: Applied, effects: Effects, decision_id: str, now: datetime) -> Applied:

@@ -6,7 +6,6 @@ import asyncio
 import logging
 import time
 from datetime import datetime, timezone
-from typing import Any
 
 import grpc
 
@@ -16,7 +15,7 @@ from decider.engine.decide import evaluate
 from decider.engine.state import State
 from decider.errors import InvalidRequest
 from decider.record.ids import new_id
-from decider.record.record import build_record, decision_response, record_to_proto, set_timestamp
+from decider.record.record import DecisionRecord, build_record, record_to_proto, set_timestamp
 from decider.server.controls import Controls
 from decider.store import DecisionStore, GroupCommitWriter
 from decider.v1 import decider_pb2 as pb
@@ -50,7 +49,7 @@ class BundleHolder:
 
     # Hooks for the bundle lifecycle (issue 4): `server.bundles.LiveBundles` evaluates the shadow
     # bundle into the record and counts outcomes for Status; a plain holder does neither.
-    def shadow_into(self, row: dict[str, Any], req: pb.DecideRequest, state: State) -> None:
+    def shadow_into(self, record: DecisionRecord, req: pb.DecideRequest, state: State) -> None:
         return None
 
     def count(self, outcome: str) -> None:
@@ -120,9 +119,11 @@ class DeciderService:
             applied.existing.request_id = req.request.id
             return applied.existing
         decision = applied.decision
-        row = build_record(decision_id, req, decision, bundle, now, self.controls.binding_key)
-        row.update(applied.row)
-        self.bundles.shadow_into(row, req, state)  # into the record only, never the response
+        record = build_record(decision_id, req, decision, bundle, now, self.controls.binding_key)
+        if applied.approval is not None:
+            record.approval = applied.approval   # the approval this ALLOW consumed
+        self.bundles.shadow_into(record, req, state)  # into the record only, never the response
+        row = record.to_row()
         written = False
         try:
             alone = self._alone()
@@ -145,9 +146,7 @@ class DeciderService:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("decided", extra={"decision_id": decision_id, "outcome": decision.outcome_name,
                                         "tool": req.tool.name, "agent": req.agent.id})
-        resp = decision_response(decision_id, req, decision, bundle, row)
-        resp.request_id = req.request.id
-        return resp
+        return record.response(req)
 
     def _alone(self) -> bool:
         """Nothing else in flight now, no other stream open, and no concurrency seen lately: then
