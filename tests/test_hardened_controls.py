@@ -125,10 +125,15 @@ def test_actual_cost_is_charged_without_an_estimate_and_overspend_denies_the_nex
             c.report_outcome(d.decision_id, 100.0)
         with sqlite3.connect(db_file(srv)) as db:
             spent = db.execute("SELECT spent FROM budget_usage WHERE scope = 'team' AND scope_key = 'spenders'").fetchone()
-        assert spent == (1000.0,)      # beyond the limit of 500, and visible
+        assert spent == (1000.0,)      # beyond the limit of 500
+        over = [b for b in c.status().budgets if b.scope_key == "spenders"]
+        assert [(b.scope, b.spent, b.limit, b.remaining) for b in over] == [("team", 1000.0, 500.0, -500.0)]
         later = c.decide(agent=agent, tool="llm.call", args={"n": "big"}, estimated_cost=400.0)
     assert later.outcome == pb.DENY and later.deciding_rule == "budget_exceeded"
     assert "spent 1000" in later.reasons[0].text
+    shown = subprocess.run([sys.executable, "-m", "decider", "status", "--server", srv.target],
+                           capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert "over:    team 'spenders' (total) spent 1000 + reserved 0 of 500" in shown.stdout, shown.stdout
 
 
 def test_report_outcome_on_a_deny_is_a_failed_precondition(srv: ServerProcess) -> None:

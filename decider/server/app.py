@@ -93,6 +93,7 @@ async def start_server(cfg: ServerConfig) -> RunningServer:
                         reservation_ttl_s=cfg.reservation_ttl_s)
     live.active_kill_switches = lambda: len(controls.kill_switches)
     controls.active_bundle = lambda: live.active
+    live.budget_status = lambda: controls.budget_status(live.active)
     svc = DeciderService(live, store, writer, controls)
     interceptors = [AuthInterceptor(tokens, record_to_thread(controls.auth_events.record))] if tokens else []
     server = grpc.aio.server(

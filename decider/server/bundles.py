@@ -359,6 +359,8 @@ class LiveBundles(BundleHolder):
 
     # Set by the server to count the kill switches in force (they live with the stateful controls).
     active_kill_switches: Callable[[], int] = staticmethod(lambda: 0)
+    # Set by the server: the budget counters of the active bundle (read from the store, off the loop).
+    budget_status: Callable[[], list[pb.BudgetStatus]] = staticmethod(lambda: [])
 
     def status(self) -> pb.StatusResponse:
         out = pb.StatusResponse(
@@ -461,7 +463,9 @@ def control_handlers(live: LiveBundles) -> dict[str, grpc.RpcMethodHandler]:
         return await asyncio.to_thread(live.list_bundles)
 
     async def status(req: pb.StatusRequest, context: grpc.aio.ServicerContext) -> pb.StatusResponse:
-        return live.status()
+        out = live.status()
+        out.budgets.extend(await asyncio.to_thread(live.budget_status))
+        return out
 
     def unary(fn: Handler, req_type: Any, resp_type: Any) -> grpc.RpcMethodHandler:
         return grpc.unary_unary_rpc_method_handler(fn, request_deserializer=req_type.FromString,

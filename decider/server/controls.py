@@ -29,7 +29,7 @@ import grpc
 from sqlalchemy import Engine
 
 from decider.bundle.compile import Bundle
-from decider.engine.budgets import applicable_budgets, mentions_budget
+from decider.engine.budgets import applicable_budgets, mentions_budget, window_start
 from decider.engine.controls import budget_denial, deny, needs_approvals
 from decider.engine.controls import settle as engine_settle
 from decider.engine.decision import Decision, Effects
@@ -295,6 +295,24 @@ class Controls:
         agent = pb.Agent(id=row["agent_id"], owner=row["owner"], team=row["team"], workflow=row["workflow"],
                          session_id=row["session_id"])
         return applicable_budgets(bundle, agent, utc(row["time"]))
+
+    def budget_status(self, bundle: Bundle) -> list[pb.BudgetStatus]:
+        """The bundle's budget counters in their current window, overspent first (for Status)."""
+        if not bundle.budgets:
+            return []
+        now = datetime.now(timezone.utc)
+        current = {b.scope: (b.window, window_start(b.window, now), float(b.limit)) for b in bundle.budgets}
+        out = []
+        for row in self.budgets.all_usage():
+            want = current.get(row["scope"])
+            if want is None or (row["window"], row["window_start"]) != want[:2]:
+                continue
+            limit = want[2]
+            out.append(pb.BudgetStatus(scope=row["scope"], scope_key=row["scope_key"], window=row["window"],
+                                       window_start=row["window_start"], limit=limit, spent=row["spent"],
+                                       reserved=row["reserved"], remaining=limit - row["spent"] - row["reserved"]))
+        out.sort(key=lambda b: (b.remaining >= 0, b.scope, b.scope_key))
+        return out[:1000]
 
     # ---- handlers ------------------------------------------------------------------------------
     def decider_handlers(self) -> dict[str, grpc.RpcMethodHandler]:
