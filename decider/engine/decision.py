@@ -18,9 +18,20 @@ from decider.v1 import decider_pb2 as pb
 
 __all__ = ["Reason", "Decision", "Effects", "NO_EFFECTS", "outcome_name", "outcome_value"]
 
-# The one enum ↔ string mapping: the generated enum's own.
-outcome_name = pb.Outcome.Name       # pb.ALLOW → "ALLOW"
-outcome_value = pb.Outcome.Value     # "ALLOW" → pb.ALLOW
+# The one enum ↔ string mapping: the generated enum's own names, read once from its descriptor
+# (`pb.Outcome.Name()` costs a wrapper call and a try per use; this runs several times a decision).
+_NAMES = {v.number: v.name for v in pb.Outcome.DESCRIPTOR.values}
+_VALUES = {v.name: v.number for v in pb.Outcome.DESCRIPTOR.values}
+
+
+def outcome_name(outcome: int) -> str:
+    """pb.ALLOW → "ALLOW" (as `pb.Outcome.Name`)."""
+    return _NAMES[outcome]
+
+
+def outcome_value(name: str) -> int:
+    """"ALLOW" → pb.ALLOW (as `pb.Outcome.Value`)."""
+    return _VALUES[name]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,4 +70,4 @@ class Decision:
 
     @property
     def outcome_name(self) -> str:
-        return outcome_name(self.outcome)
+        return _NAMES[self.outcome]

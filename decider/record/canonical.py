@@ -10,8 +10,8 @@ arguments (an unkeyed sha256 of a 4-digit PIN is reversed in milliseconds).
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import hmac
 import json
 import json.encoder as _json_encoder
 from collections.abc import Callable
@@ -77,4 +77,20 @@ def binding_hash(req: pb.DecideRequest, key: bytes, args: dict[str, Any] | None 
     if args is None:
         args = struct_to_dict(t.args)
     msg = _canonical([a.id, a.owner, a.team, a.workflow, req.request.environment, t.name, t.server, args])
-    return hmac.new(key, msg.encode("utf-8"), hashlib.sha256).hexdigest()
+    inner, outer = _pads(key)
+    h = inner.copy()
+    h.update(msg.encode("utf-8"))
+    o = outer.copy()
+    o.update(h.digest())
+    return o.hexdigest()
+
+
+@functools.lru_cache(maxsize=8)
+def _pads(key: bytes) -> tuple[Any, Any]:
+    """HMAC-SHA256 (RFC 2104) with the key's inner and outer pads hashed once: `hmac.new` per call
+    costs ~7 µs (OpenSSL looks the digest up each time), the copies ~2 µs. Same bytes out."""
+    block = 64
+    if len(key) > block:
+        key = hashlib.sha256(key).digest()
+    key = key.ljust(block, b"\0")
+    return (hashlib.sha256(bytes(b ^ 0x36 for b in key)), hashlib.sha256(bytes(b ^ 0x5C for b in key)))

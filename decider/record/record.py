@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from decider.bundle.compile import EFFECT_PB, Bundle
-from decider.engine.decision import Decision, Reason
+from decider.engine.decision import Decision, Reason, outcome_value
 from decider.record.canonical import binding_hash, struct_to_dict
 from decider.record.canonical import dumps as _dumps
 from decider.record.masking import mask_json, split_mask_paths
@@ -35,7 +35,7 @@ __all__ = [
 
 def outcome_of(name: str | None) -> int:
     """A stored outcome name → pb.Outcome (OUTCOME_UNSPECIFIED for none)."""
-    return pb.Outcome.Value(name) if name else pb.OUTCOME_UNSPECIFIED
+    return outcome_value(name) if name else pb.OUTCOME_UNSPECIFIED
 
 _APPROVAL_PB = {
     "pending": pb.APPROVAL_PENDING,
@@ -276,9 +276,11 @@ def build_record(
     bundle: Bundle,
     now: datetime,
     binding_key: bytes,
+    args_hash: str = "",
 ) -> DecisionRecord:
     """The record of one decision, built once; masked per the bundle before it leaves this function.
-    A REQUIRE_APPROVAL decision (not a dry run) opens its own pending approval."""
+    A REQUIRE_APPROVAL decision (not a dry run) opens its own pending approval. `args_hash`: the
+    binding hash when the caller computed it already (an approval look-up did)."""
     args_paths, ctx_paths = _mask_paths(bundle.mask)
     tool = req.tool
     args = struct_to_dict(tool.args)
@@ -293,7 +295,7 @@ def build_record(
                     dict(a.labels) if a.labels else {}, list(a.capabilities) if a.capabilities else []),
         tool_name=tool.name, tool_server=tool.server, call_id=tool.call_id,
         args=mask_json(args, args_paths) if args else {},
-        args_hash=binding_hash(req, binding_key, args),   # keyed: see record/canonical.py
+        args_hash=args_hash or binding_hash(req, binding_key, args),   # keyed: see record/canonical.py
         # Empty maps are the common case: skip the conversion for them.
         context=mask_json(struct_to_dict(req.context), ctx_paths) if req.context.fields else {},
         risk_tier=decision.risk_tier, environment=r.environment, estimated_cost=r.estimated_cost,

@@ -63,6 +63,7 @@ class Applied:
 
     decision: Decision
     approval: Approval | None = None                          # the approval an ALLOW consumed, for its record
+    args_hash: str = ""                                       # the binding hash, when the approvals needed it
     existing: pb.DecideResponse | None = None                 # answer with this earlier decision instead
     _on_done: list[Callable[[bool], None]] = field(default_factory=list)
 
@@ -181,7 +182,7 @@ class Controls:
         await lock.acquire()
         # Held until this decision's record is written, so an identical call arriving meanwhile in
         # this process finds it (across replicas, the unique pending index is the guard).
-        applied = Applied(evaluated)
+        applied = Applied(evaluated, args_hash=key)
         applied._on_done.append(lambda _w: self._unlock(key, lock))
         try:
             for _attempt in range(3):

@@ -119,7 +119,7 @@ class DeciderService:
             applied.existing.request_id = req.request.id
             return applied.existing
         decision = applied.decision
-        record = build_record(decision_id, req, decision, bundle, now, self.controls.binding_key)
+        record = build_record(decision_id, req, decision, bundle, now, self.controls.binding_key, applied.args_hash)
         if applied.approval is not None:
             record.approval = applied.approval   # the approval this ALLOW consumed
         self.bundles.shadow_into(record, req, state)  # into the record only, never the response
