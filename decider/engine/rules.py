@@ -86,13 +86,26 @@ def evaluate(bundle: Bundle, request: pb.DecideRequest, state: State = EMPTY_STA
     """
     tool = request.tool
     if tool.HasField("risk_tier"):
-        return _evaluate_request(bundle, request, state, tool.risk_tier)
+        tier = tool.risk_tier
+        try:
+            return _evaluate_request(bundle, request, state, tier)
+        except Exception as exc:  # noqa: BLE001 - see _failed
+            return _failed(tier, exc)
     tier = bundle.risk_tier(tool.name)
     tool.risk_tier = tier
     try:
         return _evaluate_request(bundle, request, state, tier)
+    except Exception as exc:  # noqa: BLE001 - see _failed
+        return _failed(tier, exc)
     finally:
         tool.ClearField("risk_tier")
+
+
+def _failed(tier: int, exc: Exception) -> Decision:
+    """An evaluation that failed outside any one condition (conditions' own errors follow
+    `on_error`): fail closed, with the error as the reason, so the decision is still recorded."""
+    text = f"evaluation failed (fail closed): {type(exc).__name__}: {exc}"
+    return Decision(pb.DENY, (Reason("error", text, "", "deny"),), (), "error", tier, errors=(text,))
 
 
 def _evaluate_request(bundle: Bundle, request: pb.DecideRequest, state: State, tier: int) -> Decision:
