@@ -70,15 +70,15 @@ def _with_budget(bundle: Bundle, request: pb.DecideRequest, decision: Decision, 
                  now: datetime, effects: Effects = NO_EFFECTS) -> Decision:
     cost = request.request.estimated_cost
     if not (cost > 0 and bundle.budgets):
-        return replace(decision, effects=effects) if effects is not NO_EFFECTS else decision
+        return decision.with_effects(effects) if effects is not NO_EFFECTS else decision
     budgets = applicable_budgets(bundle, request.agent, now)
     if not budgets:
-        return replace(decision, effects=effects) if effects is not NO_EFFECTS else decision
+        return decision.with_effects(effects) if effects is not NO_EFFECTS else decision
     hit = first_exceeded(budgets, state.budget_usage, cost)
     if hit is not None:
         b, use = hit
         return budget_denial(decision, b, use.spent, use.reserved, cost)
-    return replace(decision, effects=replace(effects, reserve=tuple(sorted(budgets)), amount=cost))
+    return decision.with_effects(replace(effects, reserve=tuple(sorted(budgets)), amount=cost))
 
 
 def settle(bundle: Bundle, request: pb.DecideRequest, decision: Decision, state: State) -> Decision:
@@ -104,4 +104,4 @@ def settle(bundle: Bundle, request: pb.DecideRequest, decision: Decision, state:
             return out   # a budget denial keeps the approval for a call that fits
         if ap.state == "rejected" and ap.expires_at > now:
             return deny(decision, "rejected", rejected_text(ap), approval=ap)
-    return replace(decision, effects=Effects(open_approval=True, expire=tuple(expired)) if expired else _OPEN)
+    return decision.with_effects(Effects(open_approval=True, expire=tuple(expired)) if expired else _OPEN)

@@ -71,3 +71,10 @@ class Decision:
     @property
     def outcome_name(self) -> str:
         return _NAMES[self.outcome]
+
+    def with_effects(self, effects: Effects, approval: ApprovalView | None = None) -> Decision:
+        """This decision with `effects` (and the approval it met): `dataclasses.replace` costs
+        ~3 µs a call through field introspection; this runs for every approval decision."""
+        return Decision(self.outcome, self.reasons, self.matched_rules, self.deciding_rule, self.risk_tier,
+                        self.approvers, self.approval_ttl_s, self.errors, self.kill_switch_id, self.eval_us,
+                        effects, approval if approval is not None else self.approval)

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta, timezone
 from decider.bundle.compile import Bundle
 from decider.engine.budgets import applicable_budgets, mentions_budget
 from decider.engine.decide import evaluate, needs_approvals, settle
-from decider.engine.decision import Decision
+from decider.engine.decision import NO_EFFECTS, Decision
 from decider.engine.state import ApprovalView, BudgetUsage, KillSwitch, State
 from decider.record.canonical import binding_hash
 from decider.v1 import decider_pb2 as pb
@@ -67,23 +67,26 @@ class MemoryState:
     approvals: dict[str, list[_Approval]] = field(default_factory=dict)   # binding → oldest first
     by_id: dict[str, _Approval] = field(default_factory=dict)
     pending_resolutions: dict[str, Resolution] = field(default_factory=dict)
+    last_id: str = ""                  # the id the last decision has here (its own, or the one it reused)
     _n: int = 0
 
     # ---- reading -------------------------------------------------------------------------------
     def snapshot(self, bundle: Bundle, req: pb.DecideRequest, now: datetime, *, approvals: bool = True) -> State:
         """The state the server would read for this request (`approvals=False`: without the
         call's approvals, which only a REQUIRE_APPROVAL decision needs)."""
-        kills = tuple(k.switch for k in self.kill_switches if k.active(now))
-        usage: dict[str, BudgetUsage] = {}
+        kills = tuple(k.switch for k in self.kill_switches if k.active(now)) if self.kill_switches else ()
         if bundle.budgets and (req.request.estimated_cost > 0 or mentions_budget(bundle, req.tool.name)):
+            usage: dict[str, BudgetUsage] = {}
             for b in applicable_budgets(bundle, req.agent, now):
                 use = self._counter(b.key, b.scope, b.scope_key)
                 usage[b.scope] = BudgetUsage(use[0], use[1])
-        state = State(kill_switches=kills, budget_usage=usage, now=now)
+            state = State(kill_switches=kills, budget_usage=usage, now=now)
+        else:
+            state = State(kill_switches=kills, now=now)
         return state.with_approvals(self.approvals_for(req, now)) if approvals else state
 
-    def approvals_for(self, req: pb.DecideRequest, now: datetime) -> tuple[ApprovalView, ...]:
-        mine = self.approvals.get(binding_hash(req, self.key))
+    def approvals_for(self, req: pb.DecideRequest, now: datetime, binding: str = "") -> tuple[ApprovalView, ...]:
+        mine = self.approvals.get(binding or binding_hash(req, self.key))
         if not mine:
             return ()
         return tuple(self._resolved(a, now).view for a in mine if a.view.state != "consumed")
@@ -109,15 +112,23 @@ class MemoryState:
         at = now or (req.request.time.ToDatetime(tzinfo=timezone.utc) if req.request.HasField("time") else _EPOCH)
         # engine.decide in its two halves, as the server runs it: the approvals are looked up (a
         # keyed hash of the call) only for a decision that asks for approval.
-        state = self.snapshot(bundle, req, at, approvals=False)
+        if self.kill_switches or bundle.budgets:
+            state = self.snapshot(bundle, req, at, approvals=False)
+        else:
+            state = State(now=at)   # nothing else can be in it: the common replay
         evaluated = evaluate(bundle, req, state)
+        binding = ""
         if needs_approvals(req, evaluated):
-            state = state.with_approvals(self.approvals_for(req, at))
+            binding = binding_hash(req, self.key)
+            state = state.with_approvals(self.approvals_for(req, at, binding))
         d = settle(bundle, req, evaluated, state)
-        self.apply(bundle, req, d, at, decision_id)
+        self.last_id = decision_id
+        if d.effects is not NO_EFFECTS:
+            self.last_id = self.apply(bundle, req, d, at, decision_id, binding)
         return d
 
-    def apply(self, bundle: Bundle, req: pb.DecideRequest, d: Decision, now: datetime, decision_id: str = "") -> str:
+    def apply(self, bundle: Bundle, req: pb.DecideRequest, d: Decision, now: datetime, decision_id: str = "",
+              binding: str = "") -> str:
         """Apply `d.effects`; returns the id the decision has here (its own, or the pending one it reused)."""
         e = d.effects
         if e.same_as:
@@ -139,7 +150,7 @@ class MemoryState:
             if a is not None:
                 a.view = replace(a.view, state="consumed")
         if e.open_approval:
-            binding = binding_hash(req, self.key)
+            binding = binding or binding_hash(req, self.key)
             view = ApprovalView(approval_id=decision_id, state="pending",
                                 expires_at=now + timedelta(seconds=d.approval_ttl_s),
                                 deciding_rule=d.deciding_rule, approvers=d.approvers)

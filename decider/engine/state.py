@@ -9,7 +9,7 @@ matter, approvals only for a decision that needs them); `decider test` from a ca
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from types import MappingProxyType
 
@@ -95,7 +95,7 @@ class State:
     history: tuple[object, ...] = ()
 
     def with_approvals(self, approvals: tuple[ApprovalView, ...]) -> State:
-        return replace(self, approvals=approvals)
+        return State(self.kill_switches, self.budget_usage, approvals, self.now, self.history)
 
     def at(self, req: pb.DecideRequest) -> datetime:
         """The decision's 'now': the snapshot's, else the request's time."""

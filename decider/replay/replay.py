@@ -187,13 +187,17 @@ def _simulated(bundle: Bundle, call: TraceCall, mapping: IdentityMapping, sim: M
     now = call.started_at or _EPOCH
     if now.tzinfo is None:
         now = now.replace(tzinfo=timezone.utc)
-    label = call.label or {}
+    label = call.label
+    if not label:   # most traces: nothing recorded beyond the call itself
+        d = sim.decide(bundle, req, now)
+        return d.outcome_name, d.deciding_rule, d.reasons[0].text if d.reasons else "", d.matched_rules
     recorded_id = str(label.get("decision_id") or "")
     d = sim.decide(bundle, req, now, recorded_id)
-    _learn_resolution(sim, label, recorded_id)
+    if label.get("approval_state") and label.get("outcome") == "REQUIRE_APPROVAL":
+        _learn_resolution(sim, label, recorded_id)
     actual = label.get("actual_cost")
-    if actual is not None and d.outcome_name == "ALLOW":
-        sim.settle(recorded_id or "", float(actual), bundle, req, now)
+    if actual is not None and d.outcome == pb.ALLOW:
+        sim.settle(sim.last_id, float(actual), bundle, req, now)
     return d.outcome_name, d.deciding_rule, d.reasons[0].text if d.reasons else "", d.matched_rules
 
 
