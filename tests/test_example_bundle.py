@@ -6,7 +6,7 @@ import pytest
 
 from decider.bundle.compile import load_bundle
 from decider.client import build_request
-from decider.engine.decide import OUTCOME_NAMES, decide
+from decider.engine.decide import decide
 
 from .helpers import POLICIES
 
@@ -50,5 +50,5 @@ CASES = [
 @pytest.mark.parametrize(("agent", "tool", "args", "env", "cost", "outcome", "rule"), CASES)
 def test_example_bundle(agent: dict, tool: str, args: dict, env: str, cost: float, outcome: str, rule: str) -> None:
     d = decide(BUNDLE, build_request(agent=agent, tool=tool, args=args, environment=env, estimated_cost=cost))
-    assert (OUTCOME_NAMES[d.outcome], d.deciding_rule) == (outcome, rule), d
+    assert (d.outcome_name, d.deciding_rule) == (outcome, rule), d
     assert d.errors == ()

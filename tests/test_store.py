@@ -25,7 +25,7 @@ BUNDLE = load_bundle(POLICIES)
 
 def row(agent: str = "a1", tool: str = "fs.read") -> dict:
     req = build_request(agent={"id": agent}, tool=tool, args={"path": "/workspace/x"})
-    return build_record(new_id(), req, decide(BUNDLE, req), BUNDLE, datetime.now(timezone.utc))
+    return build_record(new_id(), req, decide(BUNDLE, req), BUNDLE, datetime.now(timezone.utc), b"test-key").to_row()
 
 
 def test_concurrent_writes_are_committed_in_fewer_batches(db_url: str) -> None:
@@ -89,7 +89,7 @@ def test_a_batch_keeps_columns_that_only_later_rows_carry(db_url: str) -> None:
     # row with approval_id and a shadow outcome, in one batch. Nothing of the second may be lost.
     engine = connect(db_url)
     writer = GroupCommitWriter(engine, decisions)
-    plain = row()
+    plain = {k: v for k, v in row().items() if v is not None}   # a sparse row, as other writers may send
     approval = dict(row(agent="a2"), approval_id="A-1", approval_state="pending", shadow_outcome="DENY",
                     shadow_rules='["r"]', shadow_bundle_revision="abc")
     assert "approval_id" not in plain and "shadow_outcome" not in plain
@@ -165,9 +165,10 @@ def test_open_approval_lookup_on_the_sqlite_driver_matches_sqlalchemy(tmp_path: 
     assert approvals.inline
     key = (rows[0]["agent_id"], rows[0]["tool_name"], rows[0]["tool_server"], rows[0]["args_hash"])
     got = approvals.open_for_call_inline(*key)
-    # pending and approved only, oldest first, each exactly as SQLAlchemy reads it
+    # pending, approved and rejected (a rejection binds until its ttl), never consumed; oldest
+    # first, each exactly as SQLAlchemy reads it
     assert got is not None
-    assert [g["decision_id"] for g in got] == sorted(r["decision_id"] for r in rows[:2])
+    assert [g["decision_id"] for g in got] == sorted(r["decision_id"] for r in (rows[0], rows[1], rows[3]))
     assert got == approvals.open_for_call(*key)
     store = DecisionStore(engine)
     assert got == [store.get(g["decision_id"]) for g in got]

@@ -23,8 +23,9 @@ from decider.policy.loader import LoadedSource, Source, load_files, load_source,
 from decider.policy.models import BudgetSpec, ListItem, Rule, parse_duration
 from decider.v1 import decider_pb2 as pb
 
-__all__ = ["Reason", "Bundle", "CompiledPolicy", "CompiledRule", "compile_bundle", "load_bundle", "load_bundle_files",
-           "revision_of", "bundle_lists", "list_declarations", "lists_named"]
+__all__ = ["Reason", "Bundle", "CompiledPolicy", "CompiledRule", "compile_bundle", "load_bundle", "open_bundle",
+           "open_bundle_bytes", "OpenedBundle", "load_bundle_files", "revision_of", "bundle_lists", "list_declarations",
+           "lists_named"]
 
 EFFECT_OUTCOME = {"allow": pb.ALLOW, "deny": pb.DENY, "require_approval": pb.REQUIRE_APPROVAL}
 EFFECT_PB = {"allow": pb.EFFECT_ALLOW, "deny": pb.EFFECT_DENY, "require_approval": pb.EFFECT_REQUIRE_APPROVAL}
@@ -217,25 +218,55 @@ def revision_of(files: dict[str, bytes]) -> str:
     return h.hexdigest()
 
 
-def load_bundle(root: str | Path, *, pubkey: object | None = None, require_signature: bool = False) -> Bundle:
-    """Load, validate and compile a bundle source folder or a `.bundle` file. Raises PolicyLoadError
-    with every error, or BundleVerifyError when a bundle file fails verification.
+@dataclass(frozen=True, slots=True)
+class OpenedBundle:
+    """A compiled bundle and what it was read from."""
+
+    bundle: Bundle
+    signed: bool
+    archive: bytes          # the `.bundle` file bytes (built from the sources for a folder, when asked)
+
+
+def open_bundle(root: str | Path, *, pubkey: object | None = None, require_signature: bool = False,
+                with_archive: bool = False) -> OpenedBundle:
+    """The one bundle loader (CLI and server): load, validate and compile a bundle source folder or
+    a `.bundle` file. Raises PolicyLoadError with every error, or BundleVerifyError when a bundle
+    file fails verification.
 
     A bundle file is verified (manifest hashes; the signature when `pubkey`, an Ed25519 public key,
     is given) and then compiled exactly like the folder it was built from: same revision, and
     error positions name the file inside the bundle (`x.bundle!/payments.yaml:14:11`).
+    `with_archive`: also build a folder's `.bundle` bytes (the server stores every revision it runs).
     """
+    from decider.bundle.archive import BundleVerifyError, build_archive, build_manifest, read_archive_bytes
+
     path = Path(root)
     if path.is_file():
-        from decider.bundle.archive import read_bundle_file
-
-        bf = read_bundle_file(path, pubkey, require_signature)  # type: ignore[arg-type]
-        return compile_bundle(load_bundle_files(bf.files, str(path)))
+        return open_bundle_bytes(read_archive_bytes(path),  # size-checked before it is read
+                                 str(path), pubkey=pubkey, require_signature=require_signature)
     if require_signature:
-        from decider.bundle.archive import BundleVerifyError
-
         raise BundleVerifyError(str(path), ["a folder cannot carry a signature: serve a signed .bundle file"])
-    return compile_bundle(load_source(path))
+    src = load_source(path)
+    bundle = compile_bundle(src)
+    archive = b""
+    if with_archive:
+        archive = build_archive(build_manifest(bundle.name, bundle.version, bundle.revision, src.files, None),
+                                src.files)
+    return OpenedBundle(bundle, False, archive)
+
+
+def open_bundle_bytes(data: bytes, display: str, *, pubkey: object | None = None,
+                      require_signature: bool = False) -> OpenedBundle:
+    """A `.bundle` file's bytes (a file, or a revision from the store), verified and compiled."""
+    from decider.bundle.archive import read_bundle_bytes
+
+    bf = read_bundle_bytes(data, display, pubkey, require_signature)  # type: ignore[arg-type]
+    return OpenedBundle(compile_bundle(load_bundle_files(bf.files, display)), bf.signed, data)
+
+
+def load_bundle(root: str | Path, *, pubkey: object | None = None, require_signature: bool = False) -> Bundle:
+    """`open_bundle(...).bundle`: the compiled bundle of a folder or `.bundle` file."""
+    return open_bundle(root, pubkey=pubkey, require_signature=require_signature).bundle
 
 
 def load_bundle_files(files: dict[str, bytes], display: str) -> LoadedSource:

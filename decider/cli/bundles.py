@@ -335,6 +335,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"decisions: {counts} (since start)")
     if s.active_kill_switches:
         print(f"kill switches active: {s.active_kill_switches}")
+    over = [b for b in s.budgets if b.remaining < 0]
+    if s.budgets:
+        print(f"budgets:   {len(s.budgets)} counter(s) in their current window, {len(over)} over the limit")
+    for b in over:
+        window = "total" if b.window == "total" else f"{b.window} window"
+        print(f"  over:    {b.scope} {b.scope_key!r} ({window}) spent {b.spent:g} + reserved {b.reserved:g} "
+              f"of {b.limit:g}")
     return EXIT_OK
 
 

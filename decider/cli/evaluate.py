@@ -66,7 +66,7 @@ def _eval(args: argparse.Namespace) -> int:
     if args.bundle:
         from decider.bundle.compile import bundle_lists, list_declarations, load_bundle
         from decider.cel.env import environment
-        from decider.engine.decide import budget_views
+        from decider.engine.budgets import budget_views
         from decider.engine.state import State
 
         bundle = load_bundle(args.bundle)

@@ -287,8 +287,11 @@ def _log(args: argparse.Namespace) -> int:
     if args.shadow_diff:  # issue 4
         return bundles.print_shadow_diff(bundles.shadow_diff(rows, args.examples), args.format)
     if args.format == "jsonl":
+        from decider.record.record import DecisionRecord
+
+        # The typed record's own export form: the API's field names, no args_hash.
         for row in rows:
-            print(json.dumps(_jsonable(row), separators=(",", ":")))
+            print(json.dumps(DecisionRecord.from_row(row).to_json(), separators=(",", ":"), ensure_ascii=False))
         return EXIT_OK
     print(f"{'decision_id':26}  {'time (UTC)':19}  {'agent':14}  {'tool':18}  {'outcome':16}  rule")
     for row in rows:
@@ -303,27 +306,6 @@ def _rule_column(row: dict[str, Any]) -> str:
     if row["outcome"] == "ALLOW" and row.get("approval_state") == "consumed":
         return f"approved by {row.get('resolved_by') or '?'} (decision {row.get('approval_id')})"
     return str(row["deciding_rule"])
-
-
-_JSON_COLUMNS = ("agent_labels", "agent_capabilities", "args", "context", "reasons", "matched_rules", "errors",
-                 "shadow_rules", "approvers")
-
-
-def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
-    """A record as an export line: JSON columns decoded, times ISO-8601, agent fields grouped."""
-    out: dict[str, Any] = {}
-    for k, v in row.items():
-        if k in _JSON_COLUMNS and isinstance(v, str):
-            v = json.loads(v)
-        elif isinstance(v, datetime):
-            v = (v if v.tzinfo else v.replace(tzinfo=timezone.utc)).isoformat()
-        out[k] = v
-    out["agent"] = {k: row[c] for k, c in (("id", "agent_id"), ("instance_id", "instance_id"), ("owner", "owner"),
-                                           ("team", "team"), ("workflow", "workflow"), ("model", "model"),
-                                           ("session_id", "session_id"))}
-    out["agent"]["labels"] = out["agent_labels"]
-    out["agent"]["capabilities"] = out["agent_capabilities"]
-    return out
 
 
 def _parse_time(text: str | None) -> datetime | None:

@@ -15,9 +15,11 @@ from collections.abc import Iterator
 from typing import Any, TypeVar
 
 from decider.bundle.compile import load_bundle
+from decider.engine.memory import ASSUME, MemoryState
 from decider.errors import DeciderError, PolicyLoadError
 from decider.replay.parallel import default_workers
 from decider.replay.replay import DiffReport, IdentityMapping, Replayed, ReplayReport, diff, replay, session_key
+from decider.replay.state_files import read_budget_state, read_kill_switches
 from decider.replay.traces import FORMATS, TraceFormatError, read_traces
 
 __all__ = ["register"]
@@ -48,7 +50,15 @@ def register(sub: Any) -> None:
     r.add_argument("--sessions", type=int, default=20,
                    help="sessions with a deny or approval to list in the table (default 20)")
     r.add_argument("--workers", type=int, default=0,
-                   help="forked processes evaluating calls (default: CPUs - 1 from 3 CPUs up, else 1 = in-process)")
+                   help="forked processes evaluating calls (default: CPUs - 1 from 3 CPUs up, else 1 = in-process); "
+                        "only when no state can change an outcome (no budgets, approvals or kill switches)")
+    r.add_argument("--budget-state", help="YAML/JSON budget usage to start from: {scope: {value: spent | "
+                   "{spent: X, reserved: Y}}}, e.g. {team: {finance: 480}}")
+    r.add_argument("--assume", choices=ASSUME, default="pending",
+                   help="approvals the replay opens: pending (wait, as no approver acts; a decider log's recorded "
+                        "resolutions still apply) or approved (each identical call after it is allowed, once)")
+    r.add_argument("--kill-switches", help="kill switches in force: `decider kill --list --all --format json` "
+                   "output (JSON lines or a list; each active from createdAt until clearedAt)")
     r.set_defaults(func=run_replay)
 
     d = sub.add_parser("diff", help="which recorded calls change outcome between two bundles")
@@ -106,8 +116,13 @@ def run_replay(args: argparse.Namespace) -> int:
         mapping = _mapping(args)
         workers = args.workers if args.workers > 0 else default_workers()
         # Progress counts evaluated calls: with workers, calls are read a window ahead of them.
-        results = _progress(replay(bundle, read_traces(args.traces, args.trace_format), mapping, workers=workers),
-                            not args.no_progress)
+        state = MemoryState(assume=args.assume)
+        if args.budget_state:
+            state.set_usage(read_budget_state(args.budget_state))
+        if args.kill_switches:
+            state.kill_switches = read_kill_switches(args.kill_switches)
+        results = _progress(replay(bundle, read_traces(args.traces, args.trace_format), mapping, workers=workers,
+                                   state=state), not args.no_progress)
         report = ReplayReport()
         for r in results:
             report.add(r)

@@ -96,10 +96,10 @@ def resolve_after(engine: Engine, after: str | None) -> int:
 
 def line_of(row: dict[str, Any]) -> dict[str, Any]:
     """One stream line: the exported record plus its journal position."""
-    from decider.cli.main import _jsonable
+    from decider.record.record import DecisionRecord
 
     seq, change = row.pop("seq"), row.pop("change")
-    return {"seq": seq, "change": change, **_jsonable(row)}
+    return {"seq": seq, "change": change, **DecisionRecord.from_row(row).to_json()}
 
 
 def follow_lines(engine: Engine, after: int, poll_s: float = DEFAULT_POLL_S, batch: int = 500,

@@ -1,183 +1,27 @@
-"""Evaluate a request against a compiled bundle: the pure core of every decision.
+"""`decide(bundle, request, state)`: the one decision function of decider.
 
-`decide(bundle, request, state)` takes values and returns a value. The gRPC server, the CLI's
-`decide`/`test`/`replay`/`diff` and the benchmarks all call it; it never does I/O.
+Pure — values in, a value out, no I/O, the request left as it came. The gRPC server, `decider
+decide --bundle`, `decider test`, `replay`/`diff`, the shadow evaluation and the benchmarks all call
+it (or its two halves, for the server, which reads the approval part of the state only for a
+decision that needs it):
 
-Combining (SPEC §2): a matching kill switch wins (deny, `killed`); otherwise
-deny > require_approval > allow, where a policy's `spec.default` votes like a rule (`<policy>.default`)
-when the policy fits and none of its rules held; no vote at all gives the bundle's `default`. A condition that
-errors counts as a deny when `on_error: deny` (fail closed), and is skipped when `on_error: skip`.
+    evaluate (engine/rules.py)    kill switches, then the rules combined
+    settle   (engine/controls.py) approvals and budgets → the final outcome and its Effects
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
-
-from decider.bundle.compile import EFFECT_OUTCOME, Bundle, CompiledPolicy, CompiledRule, Reason
-from decider.cel.env import environment
-from decider.engine.state import EMPTY_STATE, BudgetUsage, State
+from decider.bundle.compile import Bundle, Reason
+from decider.engine.controls import needs_approvals, settle
+from decider.engine.decision import NO_EFFECTS, Decision, Effects, outcome_name, outcome_value
+from decider.engine.rules import evaluate
+from decider.engine.state import EMPTY_STATE, State
 from decider.v1 import decider_pb2 as pb
 
-__all__ = ["Reason", "Decision", "decide", "OUTCOME_NAMES", "EFFECT_OF_OUTCOME"]
-
-OUTCOME_NAMES = {pb.ALLOW: "ALLOW", pb.DENY: "DENY", pb.REQUIRE_APPROVAL: "REQUIRE_APPROVAL"}
-EFFECT_OF_OUTCOME = {pb.ALLOW: "allow", pb.DENY: "deny", pb.REQUIRE_APPROVAL: "require_approval"}
-# Precedence: the larger wins.
-_RANK = {pb.ALLOW: 1, pb.REQUIRE_APPROVAL: 2, pb.DENY: 3}
-# The reason of a default decision, one per default effect: Reason is immutable, so one value
-# serves every decision instead of a new one (and its text) per request.
-_DEFAULT_REASONS = {e: Reason("default", f"no rule matched; bundle default is {e}", "", e) for e in EFFECT_OUTCOME}
-_BOOL = frozenset({bool})
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    outcome: int                          # pb.Outcome
-    reasons: tuple[Reason, ...]           # the rules (or built-in) that decided
-    matched_rules: tuple[str, ...]        # every rule whose condition held, in bundle order
-    deciding_rule: str
-    risk_tier: int
-    approvers: tuple[str, ...] = ()
-    approval_ttl_s: int = 0
-    errors: tuple[str, ...] = ()          # "rule-id: message" for conditions that errored
-    kill_switch_id: str = ""
-    eval_us: int = 0
-
-    @property
-    def outcome_name(self) -> str:
-        return OUTCOME_NAMES[self.outcome]
-
-
-def budget_views(bundle: Bundle, state: State) -> dict[str, dict[str, float]]:
-    """`budget.<scope>.{limit, spent, reserved, remaining}` for every budget the bundle declares."""
-    views: dict[str, dict[str, float]] = {}
-    for b in bundle.budgets:
-        use = state.budget_usage.get(b.scope) or BudgetUsage()
-        views[b.scope] = {
-            "limit": float(b.limit),
-            "spent": float(use.spent),
-            "reserved": float(use.reserved),
-            "remaining": float(b.limit - use.spent - use.reserved),
-        }
-    return views
-
-
-def _activation(bundle: Bundle, request: pb.DecideRequest, state: State) -> object:
-    """Bind only what the tool's policies read: each bound proto costs a conversion into CEL."""
-    tool = request.tool
-    needs = bundle.needs(tool.name)
-    data: dict[str, object] = {"agent": request.agent, "tool": tool}
-    if "request" in needs:
-        data["request"] = request.request
-    if "context" in needs:
-        data["context"] = request.context
-    if "budget" in needs:
-        data["budget"] = budget_views(bundle, state)
-    lists = bundle.list_data(tool.name)
-    if lists:
-        data.update(lists)
-    return (bundle.env or environment()).Activation(data=data)  # type: ignore[attr-defined]
-
-
-def _evaluate(policy: CompiledPolicy, activation: object, matched: list[CompiledRule],
-              errors: list[tuple[CompiledRule, str]]) -> None:
-    """Append the policy's rules that hold (in order) to `matched`, and those that error to `errors`."""
-    if policy.program is not None:
-        values = policy.program.eval(activation).plain_value()
-        # A list of bools: the common case. An error anywhere makes the whole list an error
-        # value (a str): evaluate rule by rule below to know which rule failed, and why.
-        if type(values) is list and _BOOL.issuperset(map(type, values)):
-            for rule, slot in zip(policy.rules, policy.slots, strict=True):
-                if slot < 0 or values[slot]:
-                    matched.append(rule)
-            return
-    for rule in policy.rules:
-        if rule.always:
-            matched.append(rule)
-            continue
-        value = rule.program.eval(activation).value()
-        if value is True:
-            matched.append(rule)
-        elif value is not False:
-            # An ERROR value carries its message as a str; anything else is a non-bool result.
-            msg = value if isinstance(value, str) else f"condition returned {value!r}, not a bool"
-            errors.append((rule, msg))
+__all__ = ["Reason", "Decision", "Effects", "NO_EFFECTS", "decide", "evaluate", "settle", "needs_approvals",
+           "outcome_name", "outcome_value"]
 
 
 def decide(bundle: Bundle, request: pb.DecideRequest, state: State = EMPTY_STATE) -> Decision:
-    """Decide one request. Fills `request.tool.risk_tier` from the catalogue when the caller left it
-    unset, so conditions and the record see the tier that was actually applied."""
-    started = time.perf_counter_ns()
-    agent, tool = request.agent, request.tool
-    if not tool.HasField("risk_tier"):
-        tool.risk_tier = bundle.risk_tier(tool.name)
-    tier = tool.risk_tier
-
-    for ks in state.kill_switches:
-        if ks.hits(agent, tool):
-            text = f"kill switch {ks.id} ({ks.scope}={ks.value})" + (f": {ks.reason}" if ks.reason else "")
-            return Decision(
-                outcome=pb.DENY,
-                reasons=(Reason("killed", text, "", "deny"),),
-                matched_rules=(),
-                deciding_rule="killed",
-                risk_tier=tier,
-                kill_switch_id=ks.id,
-                eval_us=(time.perf_counter_ns() - started) // 1000,
-            )
-
-    candidates = bundle.candidates(tool.name)
-    matched: list[CompiledRule] = []
-    errors: list[tuple[CompiledRule, str]] = []
-    activation = None
-    for policy in candidates:
-        if not policy.fits(agent, tool):
-            continue
-        if not policy.needs:  # only `always` rules (or conditions naming no variable)
-            if all(r.always for r in policy.rules):
-                matched.extend(policy.rules)
-                continue
-        if activation is None:
-            activation = _activation(bundle, request, state)
-        held = len(matched)
-        _evaluate(policy, activation, matched, errors)
-        if policy.default is not None and len(matched) == held:
-            # None of the policy's rules held: its `spec.default` votes (SPEC §10).
-            matched.append(policy.default)
-
-    best = 0
-    for rule in matched:
-        if _RANK[rule.outcome] > best:
-            best = _RANK[rule.outcome]
-    winners = [r for r in matched if _RANK[r.outcome] == best] if matched else []
-    error_reasons: list[Reason] = []
-    if errors and bundle.on_error == "deny":
-        error_reasons = [Reason(r.id, f"condition error (fail closed): {msg}", r.policy, "deny") for r, msg in errors]
-
-    eval_us = (time.perf_counter_ns() - started) // 1000
-    matched_ids = tuple([r.id for r in matched])
-    error_texts = tuple([f"{r.id}: {msg}" for r, msg in errors]) if errors else ()
-    if error_reasons and best < _RANK[pb.DENY]:
-        # An erroring rule might have denied: fail closed, with the error as the reason.
-        return Decision(pb.DENY, tuple(error_reasons), matched_ids, error_reasons[0].rule_id, tier,
-                        errors=error_texts, eval_us=eval_us)
-    if not winners:
-        outcome = EFFECT_OUTCOME[bundle.default]
-        return Decision(
-            outcome, (_DEFAULT_REASONS[bundle.default],),
-            matched_ids, "default", tier, errors=error_texts, eval_us=eval_us,
-            approval_ttl_s=3600 if outcome == pb.REQUIRE_APPROVAL else 0,
-        )
-    first = winners[0]
-    return Decision(
-        outcome=first.outcome,
-        reasons=tuple(r.reason_of for r in winners),
-        matched_rules=matched_ids,
-        deciding_rule=first.id,
-        risk_tier=tier,
-        approvers=first.approvers,
-        approval_ttl_s=first.approval_ttl_s if first.outcome == pb.REQUIRE_APPROVAL else 0,
-        errors=error_texts,
-        eval_us=eval_us,
-    )
+    """The final decision and the effects to apply. `state.approvals` None reads as "none"."""
+    return settle(bundle, request, evaluate(bundle, request, state), state)

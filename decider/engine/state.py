@@ -1,26 +1,32 @@
-"""The server-side state a decision reads: kill switches and budget usage.
+"""The state snapshot a decision reads: kill switches, budget usage, the approvals of this exact
+call, and the time. A plain immutable value, so `decide` stays pure.
 
-The engine takes a `State` value; the store builds it (issue: approvals, budgets, kill switches).
-Replay and tests pass one built by hand. Keeping it a plain value keeps `decide` pure.
+The server builds it from its store (kill switches from memory, budget usage only when a budget can
+matter, approvals only for a decision that needs them); `decider test` from a case's `state:`;
+`replay` from its in-memory simulation (engine/memory.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from types import MappingProxyType
 
 from decider.v1 import decider_pb2 as pb
 
-__all__ = ["KILL_SCOPES", "KillSwitch", "BudgetUsage", "State", "EMPTY_STATE", "kill_scope_value"]
+__all__ = ["KILL_SCOPES", "KillSwitch", "BudgetUsage", "ApprovalView", "State", "EMPTY_STATE",
+           "kill_scope_value", "APPROVAL_STATES"]
 
+# The one list of kill-switch scopes (CLI choices, Control RPC validation, test suites, replay).
 KILL_SCOPES = (
     "instance", "session", "workflow", "agent", "owner", "team", "tool", "model", "server", "platform",
 )
+APPROVAL_STATES = ("pending", "approved", "rejected", "expired", "consumed")
 
 
 def kill_scope_value(scope: str, agent: pb.Agent, tool: pb.ToolCall) -> str:
-    """The request's value for a kill-switch scope ("" when the request has none)."""
+    """The request's value for a kill-switch (or budget) scope ("" when the request has none)."""
     if scope == "instance":
         return agent.instance_id
     if scope == "session":
@@ -63,10 +69,39 @@ class BudgetUsage:
 
 
 @dataclass(frozen=True, slots=True)
+class ApprovalView:
+    """An approval bound to exactly this call (same binding hash), as the store holds it."""
+
+    approval_id: str                   # the decision id of the REQUIRE_APPROVAL decision that opened it
+    state: str                         # pending | approved | rejected | expired | consumed
+    expires_at: datetime               # opened + approval_ttl: a pending one expires, a rejection stops binding
+    deciding_rule: str = ""            # the rule that asked for approval
+    approvers: tuple[str, ...] = ()
+    resolved_by: str = ""
+    comment: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class State:
     kill_switches: tuple[KillSwitch, ...] = ()
-    # Usage of each budget scope *for this request's scope key* (e.g. this agent's team).
+    # Usage of each budget scope *for this request's scope key* (e.g. this agent's team), in the
+    # window `now` falls in.
     budget_usage: Mapping[str, BudgetUsage] = field(default_factory=lambda: MappingProxyType({}))
+    # Approvals bound to this exact call, oldest first. None: not read (the server reads them only
+    # for a decision that needs them; see engine/controls.py `needs_approvals`).
+    approvals: tuple[ApprovalView, ...] | None = None
+    now: datetime | None = None        # None: the request's time (else the epoch)
+    # Session history (a later issue): the calls this session made before, oldest first.
+    history: tuple[object, ...] = ()
+
+    def with_approvals(self, approvals: tuple[ApprovalView, ...]) -> State:
+        return State(self.kill_switches, self.budget_usage, approvals, self.now, self.history)
+
+    def at(self, req: pb.DecideRequest) -> datetime:
+        """The decision's 'now': the snapshot's, else the request's time."""
+        if self.now is not None:
+            return self.now
+        return req.request.time.ToDatetime(tzinfo=timezone.utc)
 
 
 EMPTY_STATE = State()

@@ -6,32 +6,37 @@ Pure: the server, the CLI and tests build records the same way; the store only p
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
-import json.encoder as _json_encoder
-from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from google.protobuf import struct_pb2
-
 from decider.bundle.compile import EFFECT_PB, Bundle
-from decider.engine.decide import OUTCOME_NAMES, Decision, Reason
+from decider.engine.decision import Decision, Reason, outcome_value
+from decider.record.canonical import binding_hash, struct_to_dict
+from decider.record.canonical import dumps as _dumps
 from decider.record.masking import mask_json, split_mask_paths
+from decider.times import utc as _utc
 from decider.v1 import decider_pb2 as pb
 
 __all__ = [
+    "DecisionRecord",
+    "Agent",
+    "Approval",
+    "BundleRef",
     "build_record",
     "record_to_proto",
     "response_from_row",
-    "decision_response",
-    "canonical_args_hash",
     "struct_to_dict",
     "set_timestamp",
-    "OUTCOME_BY_NAME",
+    "outcome_of",
 ]
 
-OUTCOME_BY_NAME = {v: k for k, v in OUTCOME_NAMES.items()}
+
+def outcome_of(name: str | None) -> int:
+    """A stored outcome name → pb.Outcome (OUTCOME_UNSPECIFIED for none)."""
+    return outcome_value(name) if name else pb.OUTCOME_UNSPECIFIED
+
 _APPROVAL_PB = {
     "pending": pb.APPROVAL_PENDING,
     "approved": pb.APPROVAL_APPROVED,
@@ -41,58 +46,222 @@ _APPROVAL_PB = {
 }
 
 
-def struct_to_dict(s: struct_pb2.Struct) -> dict[str, Any]:
-    """The Struct as plain Python, exactly what `json_format.MessageToDict` gives (numbers stay
-    floats, NaN/Infinity raise ValueError) at a fraction of its cost: it runs on every decision."""
-    return {k: _value(v) for k, v in s.fields.items()}
-
-
-def _value(v: struct_pb2.Value) -> Any:
-    kind = v.WhichOneof("kind")
-    if kind == "string_value":
-        return v.string_value
-    if kind == "number_value":
-        x = v.number_value
-        if x != x or x in _INFINITIES:
-            raise ValueError(f"Fail to serialize {x} for Value.number_value, which would parse as string_value")
-        return x
-    if kind == "bool_value":
-        return v.bool_value
-    if kind == "struct_value":
-        return {k: _value(x) for k, x in v.struct_value.fields.items()}
-    if kind == "list_value":
-        return [_value(x) for x in v.list_value.values]
-    return None  # null_value, or no kind set
-
-
-_INFINITIES = (float("inf"), float("-inf"))
-
-
-def _encoder(sort_keys: bool) -> Callable[[Any], str]:
-    """Compact JSON (`separators=(",", ":")`, `ensure_ascii=False`), byte-identical to `json.dumps`.
-
-    Eight encodes run per decision; `json.dumps` with options builds a new encoder and a new C
-    encoder on each call (~2 µs). The C encoder is built once here. No circular-reference check:
-    every value encoded here is a tree built from a protobuf message or the decision.
-    """
-    c_make = getattr(_json_encoder, "c_make_encoder", None)
-    if c_make is None:  # a Python without the C accelerator
-        return json.JSONEncoder(sort_keys=sort_keys, separators=(",", ":"), ensure_ascii=False).encode
-    chunks = c_make(None, None, _json_encoder.encode_basestring, None, ":", ",", sort_keys, False, True)
-    return lambda value: "".join(chunks(value, 0))
-
-
-_dumps = _encoder(sort_keys=False)
-_canonical = _encoder(sort_keys=True)
-
-
-def canonical_args_hash(args: dict[str, Any]) -> str:
-    """sha256 of the canonical JSON of the arguments: binds an approval to the exact call."""
-    return hashlib.sha256(_canonical(args).encode("utf-8")).hexdigest()
-
-
 def _reasons_json(reasons: tuple[Reason, ...]) -> list[dict[str, str]]:
     return [{"rule_id": r.rule_id, "text": r.text, "policy": r.policy, "effect": r.effect} for r in reasons]
+
+
+@dataclass(slots=True)
+class Agent:
+    """Who acted (API: decider.v1.Agent)."""
+
+    id: str
+    instance_id: str = ""
+    owner: str = ""
+    team: str = ""
+    workflow: str = ""
+    model: str = ""
+    session_id: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    capabilities: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class BundleRef:
+    name: str = ""
+    version: str = ""
+    revision: str = ""
+
+
+@dataclass(slots=True)
+class Approval:
+    """An approval's part of a record (API: decider.v1.Approval)."""
+
+    approval_id: str
+    state: str                          # pending | approved | rejected | expired | consumed
+    approvers: list[str] = field(default_factory=list)
+    expires_at: datetime | None = None
+    resolved_by: str = ""
+    resolved_at: datetime | None = None
+    comment: str = ""
+
+
+@dataclass(slots=True)
+class DecisionRecord:
+    """One decision as recorded: built once per decision, then stored (`to_row`), answered
+    (`to_proto`, `response`), exported (`to_json`, which `replay` reads back). Field names are the
+    API's (decider.v1.DecisionRecord). `args` and `context` are masked per the bundle;
+    `args_hash` is the keyed binding hash: stored, never returned or exported."""
+
+    decision_id: str
+    time: datetime
+    agent: Agent
+    tool_name: str
+    outcome: str                        # ALLOW | DENY | REQUIRE_APPROVAL (pb.Outcome.Name)
+    deciding_rule: str
+    bundle: BundleRef
+    tool_server: str = ""
+    call_id: str = ""
+    args: dict[str, Any] = field(default_factory=dict)
+    args_hash: str = ""
+    risk_tier: int = 0
+    reasons: tuple[Reason, ...] = ()
+    matched_rules: tuple[str, ...] = ()
+    errors: tuple[str, ...] = ()
+    kill_switch_id: str = ""
+    shadow_outcome: str = ""
+    shadow_rules: tuple[str, ...] = ()
+    shadow_bundle: BundleRef | None = None
+    eval_us: int = 0
+    approval: Approval | None = None
+    estimated_cost: float = 0.0
+    actual_cost: float | None = None
+    outcome_status: str = ""
+    request_id: str = ""
+    environment: str = ""
+    context: dict[str, Any] = field(default_factory=dict)
+    dry_run: bool = False
+
+    # ---- to and from the store -------------------------------------------------------------------
+    def to_row(self) -> dict[str, Any]:
+        """The `decisions` row (JSON columns encoded)."""
+        a, b, ap = self.agent, self.bundle, self.approval
+        return {
+            "decision_id": self.decision_id, "time": self.time, "request_id": self.request_id,
+            "agent_id": a.id, "instance_id": a.instance_id, "owner": a.owner, "team": a.team,
+            "workflow": a.workflow, "model": a.model, "session_id": a.session_id,
+            # Empty maps and lists are the common case: no encode for them.
+            "agent_labels": _dumps(a.labels) if a.labels else "{}",
+            "agent_capabilities": _dumps(a.capabilities) if a.capabilities else "[]",
+            "tool_name": self.tool_name, "tool_server": self.tool_server, "call_id": self.call_id,
+            "args": _dumps(self.args) if self.args else "{}", "args_hash": self.args_hash,
+            "context": _dumps(self.context) if self.context else "{}",
+            "risk_tier": self.risk_tier, "environment": self.environment, "estimated_cost": self.estimated_cost,
+            "outcome": self.outcome, "reasons": _reasons_text(self.reasons),
+            "matched_rules": _rules_text(self.matched_rules), "deciding_rule": self.deciding_rule,
+            "errors": _dumps(list(self.errors)) if self.errors else "[]",
+            "kill_switch_id": self.kill_switch_id or None,
+            "bundle_name": b.name, "bundle_version": b.version, "bundle_revision": b.revision,
+            "shadow_outcome": self.shadow_outcome or None,
+            "shadow_rules": _rules_text(self.shadow_rules) if self.shadow_outcome else None,
+            "shadow_bundle_revision": self.shadow_bundle.revision if self.shadow_bundle else None,
+            "eval_us": self.eval_us, "dry_run": self.dry_run,
+            "approval_state": ap.state if ap else None,
+            "approval_id": ap.approval_id if ap else None,
+            "approvers": _dumps(ap.approvers) if ap else None,
+            "approval_expires_at": ap.expires_at if ap else None,
+            "resolved_by": (ap.resolved_by or None) if ap else None,
+            "resolved_at": ap.resolved_at if ap else None,
+            "comment": (ap.comment or None) if ap else None,
+            "actual_cost": self.actual_cost, "outcome_status": self.outcome_status or None,
+        }
+
+    @staticmethod
+    def from_row(row: Any) -> DecisionRecord:
+        """A stored row (mapping) → the record."""
+        r = dict(row)
+        approval = None
+        if r.get("approval_state"):
+            approval = Approval(
+                approval_id=r.get("approval_id") or r["decision_id"], state=r["approval_state"],
+                approvers=json.loads(r.get("approvers") or "[]"), expires_at=_utc(r.get("approval_expires_at")),
+                resolved_by=r.get("resolved_by") or "", resolved_at=_utc(r.get("resolved_at")),
+                comment=r.get("comment") or "")
+        return DecisionRecord(
+            decision_id=r["decision_id"], time=_utc(r["time"]),
+            agent=Agent(id=r["agent_id"], instance_id=r["instance_id"], owner=r["owner"], team=r["team"],
+                        workflow=r["workflow"], model=r["model"], session_id=r["session_id"],
+                        labels=json.loads(r["agent_labels"] or "{}"),
+                        capabilities=json.loads(r["agent_capabilities"] or "[]")),
+            tool_name=r["tool_name"], tool_server=r["tool_server"], call_id=r["call_id"],
+            args=json.loads(r["args"]), args_hash=r.get("args_hash") or "", risk_tier=r["risk_tier"],
+            outcome=r["outcome"], deciding_rule=r["deciding_rule"],
+            reasons=tuple(Reason(x["rule_id"], x["text"], x.get("policy", ""), x.get("effect", ""))
+                          for x in json.loads(r["reasons"])),
+            matched_rules=tuple(json.loads(r["matched_rules"])), errors=tuple(json.loads(r.get("errors") or "[]")),
+            kill_switch_id=r.get("kill_switch_id") or "",
+            bundle=BundleRef(r["bundle_name"], r["bundle_version"], r["bundle_revision"]),
+            shadow_outcome=r.get("shadow_outcome") or "",
+            shadow_rules=tuple(json.loads(r.get("shadow_rules") or "[]")),
+            shadow_bundle=BundleRef(revision=r["shadow_bundle_revision"]) if r.get("shadow_bundle_revision") else None,
+            eval_us=r["eval_us"], approval=approval, estimated_cost=r["estimated_cost"] or 0.0,
+            actual_cost=r.get("actual_cost"), outcome_status=r.get("outcome_status") or "",
+            request_id=r["request_id"], environment=r["environment"], context=json.loads(r["context"]),
+            dry_run=bool(r["dry_run"]),
+        )
+
+    # ---- to callers --------------------------------------------------------------------------------
+    def to_proto(self) -> pb.DecisionRecord:
+        """The API's DecisionRecord (never with `args_hash`)."""
+        a, b = self.agent, self.bundle
+        rec = pb.DecisionRecord(
+            decision_id=self.decision_id,
+            agent=pb.Agent(id=a.id, instance_id=a.instance_id, owner=a.owner, team=a.team, workflow=a.workflow,
+                           model=a.model, session_id=a.session_id, labels=a.labels, capabilities=a.capabilities),
+            tool_name=self.tool_name, tool_server=self.tool_server, call_id=self.call_id,
+            risk_tier=self.risk_tier, outcome=outcome_of(self.outcome), reasons=_reasons_pb(self.reasons),
+            matched_rules=self.matched_rules, deciding_rule=self.deciding_rule,
+            bundle=pb.BundleRef(name=b.name, version=b.version, revision=b.revision),
+            eval_us=self.eval_us, estimated_cost=self.estimated_cost, actual_cost=self.actual_cost or 0.0,
+            outcome_status=self.outcome_status, request_id=self.request_id, environment=self.environment,
+            dry_run=self.dry_run,
+        )
+        set_timestamp(rec.time, self.time)
+        rec.args.update(self.args)
+        rec.context.update(self.context)
+        if self.shadow_outcome:
+            rec.shadow_outcome = outcome_of(self.shadow_outcome)
+            rec.shadow_rules.extend(self.shadow_rules)
+            rec.shadow_bundle.revision = self.shadow_bundle.revision if self.shadow_bundle else ""
+        if self.approval is not None:
+            _approval_into(rec.approval, self.approval)
+        return rec
+
+    def to_json(self) -> dict[str, Any]:
+        """The `decider log --format jsonl` line: the API's names, times ISO-8601, no `args_hash`."""
+        out: dict[str, Any] = {
+            "decision_id": self.decision_id, "time": self.time.isoformat(), "request_id": self.request_id,
+            "agent": {"id": self.agent.id, "instance_id": self.agent.instance_id, "owner": self.agent.owner,
+                      "team": self.agent.team, "workflow": self.agent.workflow, "model": self.agent.model,
+                      "session_id": self.agent.session_id, "labels": self.agent.labels,
+                      "capabilities": self.agent.capabilities},
+            "tool_name": self.tool_name, "tool_server": self.tool_server, "call_id": self.call_id,
+            "args": self.args, "risk_tier": self.risk_tier, "environment": self.environment,
+            "context": self.context, "estimated_cost": self.estimated_cost,
+            "outcome": self.outcome, "deciding_rule": self.deciding_rule,
+            "reasons": _reasons_json(self.reasons), "matched_rules": list(self.matched_rules),
+            "errors": list(self.errors), "kill_switch_id": self.kill_switch_id,
+            "bundle": {"name": self.bundle.name, "version": self.bundle.version, "revision": self.bundle.revision},
+            "eval_us": self.eval_us, "dry_run": self.dry_run,
+            "actual_cost": self.actual_cost, "outcome_status": self.outcome_status,
+        }
+        if self.shadow_outcome:
+            out["shadow_outcome"] = self.shadow_outcome
+            out["shadow_rules"] = list(self.shadow_rules)
+            out["shadow_bundle"] = {"revision": self.shadow_bundle.revision if self.shadow_bundle else ""}
+        if self.approval is not None:
+            ap = self.approval
+            out["approval"] = {"approval_id": ap.approval_id, "state": ap.state, "approvers": ap.approvers,
+                               "expires_at": ap.expires_at.isoformat() if ap.expires_at else None,
+                               "resolved_by": ap.resolved_by,
+                               "resolved_at": ap.resolved_at.isoformat() if ap.resolved_at else None,
+                               "comment": ap.comment}
+        return out
+
+    def response(self, req: pb.DecideRequest) -> pb.DecideResponse:
+        """The DecideResponse for this record (an identical call while pending is answered with
+        the earlier record)."""
+        resp = pb.DecideResponse()
+        # The same rules decide again and again: copy their prebuilt part (a third of the cost).
+        b = self.bundle
+        resp.CopyFrom(_response_template(outcome_of(self.outcome), self.reasons, b.name, b.version, b.revision,
+                                         self.matched_rules, self.deciding_rule))
+        resp.decision_id = self.decision_id
+        resp.eval_us = self.eval_us
+        resp.dry_run = req.dry_run
+        resp.request_id = req.request.id
+        if self.approval is not None:
+            _approval_into(resp.approval, self.approval)
+        return resp
 
 
 def build_record(
@@ -101,53 +270,45 @@ def build_record(
     decision: Decision,
     bundle: Bundle,
     now: datetime,
-) -> dict[str, Any]:
-    """The row for the `decisions` table; masked per the bundle before it leaves this function."""
+    binding_key: bytes,
+    args_hash: str = "",
+) -> DecisionRecord:
+    """The record of one decision, built once; masked per the bundle before it leaves this function.
+    A REQUIRE_APPROVAL decision (not a dry run) opens its own pending approval. `args_hash`: the
+    binding hash when the caller computed it already (an approval look-up did)."""
     args_paths, ctx_paths = _mask_paths(bundle.mask)
     tool = req.tool
     args = struct_to_dict(tool.args)
-    # Empty maps and lists are the common case: skip the conversion and the encode for them.
-    context_json = _dumps(mask_json(struct_to_dict(req.context), ctx_paths)) if req.context.fields else "{}"
     a = req.agent
     r = req.request
-    approval = decision.outcome == pb.REQUIRE_APPROVAL
-    return {
-        "decision_id": decision_id,
-        "time": now,
-        "request_id": r.id,
-        "agent_id": a.id,
-        "instance_id": a.instance_id,
-        "owner": a.owner,
-        "team": a.team,
-        "workflow": a.workflow,
-        "model": a.model,
-        "session_id": a.session_id,
-        "agent_labels": _dumps(dict(a.labels)) if a.labels else "{}",
-        "agent_capabilities": _dumps(list(a.capabilities)) if a.capabilities else "[]",
-        "tool_name": tool.name,
-        "tool_server": tool.server,
-        "call_id": tool.call_id,
-        "args": _dumps(mask_json(args, args_paths)),
-        "args_hash": canonical_args_hash(args),
-        "context": context_json,
-        "risk_tier": decision.risk_tier,
-        "environment": r.environment,
-        "estimated_cost": r.estimated_cost,
-        "outcome": decision.outcome_name,
-        "reasons": _reasons_text(decision.reasons),
-        "matched_rules": _dumps(list(decision.matched_rules)) if decision.matched_rules else "[]",
-        "deciding_rule": decision.deciding_rule,
-        "errors": _dumps(list(decision.errors)) if decision.errors else "[]",
-        "kill_switch_id": decision.kill_switch_id or None,
-        "bundle_name": bundle.name,
-        "bundle_version": bundle.version,
-        "bundle_revision": bundle.revision,
-        "eval_us": decision.eval_us,
-        "dry_run": req.dry_run,
-        "approval_state": "pending" if approval and not req.dry_run else None,
-        "approvers": _dumps(list(decision.approvers)) if approval else None,
-        "approval_expires_at": _expiry(now, decision.approval_ttl_s) if approval else None,
-    }
+    approval = None
+    if decision.outcome == pb.REQUIRE_APPROVAL and not req.dry_run:
+        approval = Approval(decision_id, "pending", list(decision.approvers), _expiry(now, decision.approval_ttl_s))
+    return DecisionRecord(
+        decision_id=decision_id, time=now, request_id=r.id,
+        agent=Agent(a.id, a.instance_id, a.owner, a.team, a.workflow, a.model, a.session_id,
+                    dict(a.labels) if a.labels else {}, list(a.capabilities) if a.capabilities else []),
+        tool_name=tool.name, tool_server=tool.server, call_id=tool.call_id,
+        args=mask_json(args, args_paths) if args else {},
+        args_hash=args_hash or binding_hash(req, binding_key, args),   # keyed: see record/canonical.py
+        # Empty maps are the common case: skip the conversion for them.
+        context=mask_json(struct_to_dict(req.context), ctx_paths) if req.context.fields else {},
+        risk_tier=decision.risk_tier, environment=r.environment, estimated_cost=r.estimated_cost,
+        outcome=decision.outcome_name, reasons=decision.reasons, matched_rules=decision.matched_rules,
+        deciding_rule=decision.deciding_rule, errors=decision.errors, kill_switch_id=decision.kill_switch_id,
+        bundle=_bundle_ref(bundle.name, bundle.version, bundle.revision), eval_us=decision.eval_us,
+        dry_run=req.dry_run, approval=approval,
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _bundle_ref(name: str, version: str, revision: str) -> BundleRef:
+    return BundleRef(name, version, revision)
+
+
+@functools.lru_cache(maxsize=4096)
+def _rules_text(rules: tuple[str, ...]) -> str:
+    return _dumps(list(rules)) if rules else "[]"
 
 
 @functools.lru_cache(maxsize=64)
@@ -166,12 +327,9 @@ def _expiry(now: datetime, ttl_s: int) -> datetime:
     return datetime.fromtimestamp(now.timestamp() + ttl_s, tz=timezone.utc)
 
 
-def _reasons_pb(raw: list[dict[str, str]]) -> list[pb.Reason]:
-    return [
-        pb.Reason(rule_id=r["rule_id"], text=r["text"], policy=r.get("policy", ""),
-                  effect=EFFECT_PB.get(r.get("effect", ""), pb.EFFECT_UNSPECIFIED))
-        for r in raw
-    ]
+def _reasons_pb(reasons: tuple[Reason, ...]) -> list[pb.Reason]:
+    return [pb.Reason(rule_id=r.rule_id, text=r.text, policy=r.policy,
+                      effect=EFFECT_PB.get(r.effect, pb.EFFECT_UNSPECIFIED)) for r in reasons]
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -184,29 +342,6 @@ def set_timestamp(ts: Any, t: datetime) -> None:
     seconds, micros = divmod(us, 1_000_000)
     ts.seconds = seconds
     ts.nanos = micros * 1000
-
-
-def _utc(t: datetime) -> datetime:
-    # SQLite returns naive datetimes; every time we store is UTC.
-    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
-
-
-def decision_response(decision_id: str, req: pb.DecideRequest, decision: Decision, bundle: Bundle,
-                      row: dict[str, Any]) -> pb.DecideResponse:
-    resp = pb.DecideResponse()
-    # The same rules decide again and again: copy their prebuilt part (a third of the cost).
-    resp.CopyFrom(_response_template(decision.outcome, decision.reasons, bundle.name, bundle.version,
-                                     bundle.revision, decision.matched_rules, decision.deciding_rule))
-    resp.decision_id = decision_id
-    resp.eval_us = decision.eval_us
-    resp.dry_run = req.dry_run
-    if decision.outcome == pb.REQUIRE_APPROVAL:
-        resp.approval.approval_id = row.get("approval_id") or decision_id
-        resp.approval.approvers.extend(decision.approvers)
-        if row.get("approval_expires_at"):
-            set_timestamp(resp.approval.expires_at, row["approval_expires_at"])
-        resp.approval.state = _APPROVAL_PB.get(row.get("approval_state") or "", pb.APPROVAL_STATE_UNSPECIFIED)
-    return resp
 
 
 @functools.lru_cache(maxsize=4096)
@@ -224,70 +359,22 @@ def _response_template(outcome: int, reasons: tuple[Reason, ...], name: str, ver
 
 def record_to_proto(row: Any) -> pb.DecisionRecord:
     """A stored row (mapping) → the API's DecisionRecord."""
-    r = dict(row)
-    rec = pb.DecisionRecord(
-        decision_id=r["decision_id"],
-        agent=pb.Agent(
-            id=r["agent_id"], instance_id=r["instance_id"], owner=r["owner"], team=r["team"],
-            workflow=r["workflow"], model=r["model"], session_id=r["session_id"],
-            labels=json.loads(r["agent_labels"] or "{}"), capabilities=json.loads(r["agent_capabilities"] or "[]"),
-        ),
-        tool_name=r["tool_name"],
-        tool_server=r["tool_server"],
-        call_id=r["call_id"],
-        args_hash=r["args_hash"],
-        risk_tier=r["risk_tier"],
-        outcome=OUTCOME_BY_NAME.get(r["outcome"], pb.OUTCOME_UNSPECIFIED),
-        reasons=_reasons_pb(json.loads(r["reasons"])),
-        matched_rules=json.loads(r["matched_rules"]),
-        deciding_rule=r["deciding_rule"],
-        bundle=pb.BundleRef(name=r["bundle_name"], version=r["bundle_version"], revision=r["bundle_revision"]),
-        eval_us=r["eval_us"],
-        estimated_cost=r["estimated_cost"] or 0.0,
-        actual_cost=r.get("actual_cost") or 0.0,
-        outcome_status=r.get("outcome_status") or "",
-        request_id=r["request_id"],
-        environment=r["environment"],
-        dry_run=bool(r["dry_run"]),
-    )
-    set_timestamp(rec.time, r["time"])
-    rec.args.update(json.loads(r["args"]))
-    rec.context.update(json.loads(r["context"]))
-    if r.get("shadow_outcome"):
-        rec.shadow_outcome = OUTCOME_BY_NAME.get(r["shadow_outcome"], pb.OUTCOME_UNSPECIFIED)
-        rec.shadow_rules.extend(json.loads(r.get("shadow_rules") or "[]"))
-        rec.shadow_bundle.revision = r.get("shadow_bundle_revision") or ""
-    if r.get("approval_state"):
-        _approval_into(rec.approval, r)
-    return rec
+    return DecisionRecord.from_row(row).to_proto()
 
 
 def response_from_row(row: dict[str, Any], req: pb.DecideRequest) -> pb.DecideResponse:
     """The answer to `req` from a stored decision (an identical call while its approval is
-    pending gets the earlier decision): the response fields of `record_to_proto`, nothing else."""
-    resp = pb.DecideResponse(
-        decision_id=row["decision_id"],
-        outcome=OUTCOME_BY_NAME.get(row["outcome"], pb.OUTCOME_UNSPECIFIED),
-        reasons=_reasons_pb(json.loads(row["reasons"])),
-        bundle=pb.BundleRef(name=row["bundle_name"], version=row["bundle_version"], revision=row["bundle_revision"]),
-        matched_rules=json.loads(row["matched_rules"]),
-        deciding_rule=row["deciding_rule"],
-        eval_us=row["eval_us"],
-        dry_run=req.dry_run,
-        request_id=req.request.id,
-    )
-    if row.get("approval_state"):
-        _approval_into(resp.approval, row)
-    return resp
+    pending gets the earlier decision)."""
+    return DecisionRecord.from_row(row).response(req)
 
 
-def _approval_into(ap: pb.Approval, r: dict[str, Any]) -> None:
-    ap.approval_id = r.get("approval_id") or r["decision_id"]
-    ap.state = _APPROVAL_PB.get(r["approval_state"], pb.APPROVAL_STATE_UNSPECIFIED)
-    ap.approvers.extend(json.loads(r.get("approvers") or "[]"))
-    if r.get("approval_expires_at"):
-        set_timestamp(ap.expires_at, r["approval_expires_at"])
-    ap.resolved_by = r.get("resolved_by") or ""
-    if r.get("resolved_at"):
-        set_timestamp(ap.resolved_at, r["resolved_at"])
-    ap.comment = r.get("comment") or ""
+def _approval_into(ap: pb.Approval, a: Approval) -> None:
+    ap.approval_id = a.approval_id
+    ap.state = _APPROVAL_PB.get(a.state, pb.APPROVAL_STATE_UNSPECIFIED)
+    ap.approvers.extend(a.approvers)
+    if a.expires_at is not None:
+        set_timestamp(ap.expires_at, a.expires_at)
+    ap.resolved_by = a.resolved_by
+    if a.resolved_at is not None:
+        set_timestamp(ap.resolved_at, a.resolved_at)
+    ap.comment = a.comment

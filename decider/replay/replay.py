@@ -4,6 +4,12 @@
 DecideRequest a gateway would have sent; identity the trace lacks comes from a `Mapping`. A call
 whose arguments are absent or unparseable is reported INDETERMINATE with the reader's reason and
 is never evaluated, so nothing is silently allowed.
+
+Stateful controls are simulated (engine/memory.py), call after call in trace order, with the
+effects the server would apply: budgets accumulate the calls' costs (from given starting usage;
+an actual cost in the trace settles the call), approvals open, are consumed once approved, expire
+and reject; kill switches are given with the time they were in force. A decider log carries the
+approvers' resolutions, so replaying a server's own export decides as the server did.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from collections.abc import Mapping as MappingT
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -21,11 +28,13 @@ import yaml
 from google.protobuf import struct_pb2
 
 from decider.bundle.compile import Bundle
-from decider.engine.decide import OUTCOME_NAMES, Decision, decide
+from decider.engine.decide import Decision, decide
+from decider.engine.memory import MemoryState, Resolution
 from decider.engine.state import EMPTY_STATE
 from decider.errors import DeciderError
 from decider.replay.parallel import map_forked
 from decider.replay.traces import TraceCall
+from decider.replay.traces._parse import parse_time
 from decider.v1 import decider_pb2 as pb
 
 __all__ = ["IdentityMapping", "Replayed", "ReplayReport", "SessionCounts", "call_to_request", "replay", "diff",
@@ -163,22 +172,83 @@ def _outcome(bundle: Bundle, call: TraceCall, mapping: IdentityMapping) -> Outco
     if not call.tool_name:
         return INDETERMINATE, "", "the call has no tool name", ()
     d: Decision = decide(bundle, call_to_request(call, mapping), EMPTY_STATE)
-    return OUTCOME_NAMES[d.outcome], d.deciding_rule, d.reasons[0].text if d.reasons else "", d.matched_rules
+    return d.outcome_name, d.deciding_rule, d.reasons[0].text if d.reasons else "", d.matched_rules
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _simulated(bundle: Bundle, call: TraceCall, mapping: IdentityMapping, sim: MemoryState) -> Outcome:
+    """The call decided on the simulated state, its effects applied there."""
+    if call.indeterminate or call.arguments is None:
+        return INDETERMINATE, "", call.indeterminate or "the call's arguments are absent", ()
+    if not call.tool_name:
+        return INDETERMINATE, "", "the call has no tool name", ()
+    req = call_to_request(call, mapping)
+    now = call.started_at or _EPOCH
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=timezone.utc)
+    label = call.label
+    if not label:   # most traces: nothing recorded beyond the call itself
+        d = sim.decide(bundle, req, now)
+        return d.outcome_name, d.deciding_rule, d.reasons[0].text if d.reasons else "", d.matched_rules
+    recorded_id = str(label.get("decision_id") or "")
+    d = sim.decide(bundle, req, now, recorded_id)
+    if label.get("approval_state") and label.get("outcome") == "REQUIRE_APPROVAL":
+        _learn_resolution(sim, label, recorded_id)
+    actual = label.get("actual_cost")
+    if actual is not None and d.outcome == pb.ALLOW:
+        sim.settle(sim.last_id, float(actual), bundle, req, now)
+    return d.outcome_name, d.deciding_rule, d.reasons[0].text if d.reasons else "", d.matched_rules
+
+
+def _learn_resolution(sim: MemoryState, label: dict[str, Any], decision_id: str) -> None:
+    """A recorded approval's resolution (a decider log carries it) applies from when it was made."""
+    state = label.get("approval_state")
+    if not decision_id or state not in ("approved", "consumed", "rejected"):
+        return
+    at = parse_time(label.get("resolved_at"))
+    if at is None:
+        return
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=timezone.utc)
+    sim.resolve(decision_id, Resolution("rejected" if state == "rejected" else "approved", at,
+                                        str(label.get("resolved_by") or ""), str(label.get("comment") or "")))
 
 
 def _evaluate(bundle: Bundle, call: TraceCall, mapping: IdentityMapping) -> Replayed:
     return Replayed(call, *_outcome(bundle, call, mapping))
 
 
+def stateless(bundle: Bundle, sim: MemoryState | None) -> bool:
+    """Would the simulation never change an outcome? Then calls may be decided independently
+    (in parallel): no budgets, no kill switches given, and no rule that asks for approval."""
+    if sim is not None and (sim.kill_switches or sim.start_usage or sim.assume != "pending"):
+        return False
+    return not bundle.budgets and bundle.default != "require_approval" and all(
+        r.effect != "require_approval" for r in bundle.rules)
+
+
 def replay(bundle: Bundle, calls: Iterable[TraceCall], mapping: IdentityMapping | None = None, *,
-           workers: int = 1) -> Iterator[Replayed]:
-    """Every call's outcome, in input order.
+           workers: int = 1, state: MemoryState | None = None) -> Iterator[Replayed]:
+    """Every call's outcome, in input order, on a simulated state (`state`, else an empty one).
 
     `workers` > 1 evaluates in that many forked processes (replay_parallel.py), a window of calls
     at a time: the same decisions, in the same order, sooner on a machine with the cores for it.
+    Only when no state can change an outcome (`stateless`): otherwise the calls are decided in
+    order, in this process, because each one's effects are the next one's state.
     The process must not be running other threads then (fork copies only the calling thread).
     """
     m = mapping or IdentityMapping()
+    sim = state if state is not None else MemoryState()
+    if not stateless(bundle, state):
+        gc.freeze()
+        try:
+            for call in calls:
+                yield Replayed(call, *_simulated(bundle, call, m, sim))
+        finally:
+            gc.unfreeze()
+        return
     if workers > 1:
         for call, out in map_forked(partial(_outcome, bundle, mapping=m), calls, workers):
             yield Replayed(call, *out)
@@ -277,12 +347,15 @@ class DiffReport:
 
 
 def diff(old: Bundle, new: Bundle, calls: Iterable[TraceCall], mapping: IdentityMapping | None = None) -> DiffReport:
-    """Every call whose outcome or deciding rule differs between two bundles."""
+    """Every call whose outcome or deciding rule differs between two bundles (each bundle on its
+    own simulated state: a budget one bundle exhausts need not be exhausted under the other)."""
     m = mapping or IdentityMapping()
     report = DiffReport()
+    sim_old, sim_new = MemoryState(), MemoryState()
     for call in calls:
         report.total += 1
-        a, b = _evaluate(old, call, m), _evaluate(new, call, m)
+        a = Replayed(call, *_simulated(old, call, m, sim_old))
+        b = Replayed(call, *_simulated(new, call, m, sim_new))
         if (a.outcome, a.rule) != (b.outcome, b.rule):
             report.changes.append(Change(call, a, b))
     return report

@@ -119,6 +119,8 @@ async def start_server(cfg: ServerConfig) -> RunningServer:
     controls = Controls(engine, tokens=tokens, poll_interval_s=cfg.poll_interval_s,
                         reservation_ttl_s=cfg.reservation_ttl_s)
     live.active_kill_switches = lambda: len(controls.kill_switches)
+    controls.active_bundle = lambda: live.active
+    live.budget_status = lambda: controls.budget_status(live.active)
     svc = DeciderService(live, store, writer, controls)
     obs = Observability.start(metrics=cfg.metrics, metrics_listen=cfg.metrics_listen, otlp_endpoint=cfg.otlp_endpoint,
                               engine=engine, svc=svc, writer=writer, controls=controls, live=live)

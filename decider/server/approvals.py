@@ -14,24 +14,19 @@ import grpc
 
 from decider.record.record import record_to_proto
 from decider.server.auth import ANONYMOUS, current_principal
+from decider.times import utc
 from decider.v1 import decider_pb2 as pb
 
 if TYPE_CHECKING:
     from decider.server.controls import Controls
 
 __all__ = ["WatchHub", "fingerprint", "is_final", "self_approval", "approver_matches", "handlers",
-           "utc", "APPROVAL_STATE_NAMES"]
+           "APPROVAL_STATE_NAMES"]
 
 APPROVAL_STATE_NAMES = {pb.APPROVAL_PENDING: "pending", pb.APPROVAL_APPROVED: "approved",
                         pb.APPROVAL_REJECTED: "rejected", pb.APPROVAL_EXPIRED: "expired",
                         pb.APPROVAL_CONSUMED: "consumed"}
 MAX_LIST = 1000
-
-
-def utc(t: datetime | None) -> datetime | None:
-    if t is None:
-        return None
-    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
 
 
 def fingerprint(row: dict[str, Any]) -> tuple[Any, ...]:

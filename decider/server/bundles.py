@@ -20,6 +20,7 @@ already knows it, the store's pointer wins, so restarting a replica does not und
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import socket
@@ -33,17 +34,14 @@ import grpc
 
 from decider.bundle.archive import (
     BundleVerifyError,
-    build_archive,
-    build_manifest,
     load_public_key,
-    read_archive_bytes,
-    read_bundle_bytes,
 )
-from decider.bundle.compile import Bundle, compile_bundle, load_bundle_files
+from decider.bundle.compile import Bundle, open_bundle, open_bundle_bytes
 from decider.engine.decide import decide
 from decider.engine.state import State
 from decider.errors import DeciderError, PolicyLoadError
-from decider.policy.loader import load_source, source_files
+from decider.policy.loader import source_files
+from decider.record.record import BundleRef, DecisionRecord
 from decider.server.service import BundleHolder
 from decider.store.bundles import ACTIVE, SHADOW, AmbiguousRevision, BundleStore
 from decider.v1 import decider_pb2 as pb
@@ -53,7 +51,6 @@ __all__ = ["Loaded", "LiveBundles", "BundleSettings", "control_handlers", "CONTR
 log = logging.getLogger("decider.server.bundles")
 CONTROL_SERVICE_NAME = "decider.v1.Control"
 _CACHE_MAX = 8
-_dumps_cache: dict[tuple[str, ...], str] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,20 +113,9 @@ class LiveBundles(BundleHolder):
 
     def load_path(self, path: str) -> Loaded:
         """Load a bundle file or folder, verified per this server's signature settings."""
-        p = Path(path)
-        s = self.settings
-        if p.is_file():
-            data = read_archive_bytes(p)   # size-checked before it is read
-            bf = read_bundle_bytes(data, str(p), self.pubkey, s.require_signature)
-            bundle = compile_bundle(load_bundle_files(bf.files, str(p)))
-            return Loaded(bundle, str(p), bf.signed, data, _now())
-        if s.require_signature:
-            raise BundleVerifyError(str(p), ["a folder cannot carry a signature: serve a signed .bundle file"])
-        src = load_source(p)
-        bundle = compile_bundle(src)
-        archive = build_archive(build_manifest(bundle.name, bundle.version, bundle.revision, src.files, None),
-                                src.files)
-        return Loaded(bundle, str(p), False, archive, _now())
+        o = open_bundle(path, pubkey=self.pubkey, require_signature=self.settings.require_signature,
+                        with_archive=True)
+        return Loaded(o.bundle, str(Path(path)), o.signed, o.archive, _now())
 
     def load_revision(self, revision: str) -> Loaded:
         """A stored revision, from cache or from its stored bundle file (verified again here)."""
@@ -141,11 +127,11 @@ class LiveBundles(BundleHolder):
             raise DeciderError(f"revision {revision[:12]} is not in the store")
         meta, data = found
         display = f"{meta.source or 'store'}@{revision[:12]}"
-        bf = read_bundle_bytes(data, display, self.pubkey, self.settings.require_signature)
-        bundle = compile_bundle(load_bundle_files(bf.files, display))
+        o = open_bundle_bytes(data, display, pubkey=self.pubkey, require_signature=self.settings.require_signature)
+        bundle = o.bundle
         if bundle.revision != revision:
             raise BundleVerifyError(display, [f"sources hash to {bundle.revision[:12]}, not {revision[:12]}"])
-        loaded = Loaded(bundle, meta.source, bf.signed, data, _now())
+        loaded = Loaded(bundle, meta.source, o.signed, data, _now())
         self._remember(loaded)
         return loaded
 
@@ -343,32 +329,21 @@ class LiveBundles(BundleHolder):
 
     # ---- per decision (hot path) ----
 
-    def shadow_into(self, row: dict[str, Any], req: pb.DecideRequest, state: State, caller_tier: bool) -> None:
-        """Evaluate the shadow bundle (if any) and put its outcome into the record row, never into
-        the response. A pure in-process `decide`; any failure is logged, never fails the call."""
+    def shadow_into(self, record: DecisionRecord, req: pb.DecideRequest, state: State) -> None:
+        """Evaluate the shadow bundle (if any) and put its outcome into the record, never into
+        the response. The same pure `decide` as the active bundle, on the same state snapshot; its
+        effects are never applied. Any failure is logged, never fails the call."""
         shadow = self.shadow  # read once, like the active bundle
         if shadow is None:
             return
-        tool = req.tool
-        applied = tool.risk_tier
         try:
-            if not caller_tier:
-                tool.ClearField("risk_tier")  # the shadow applies its own tool catalogue
             d = decide(shadow, req, state)
         except Exception as e:  # noqa: BLE001 - the shadow must never affect the real decision
             log.warning("shadow evaluation failed", extra={"error": str(e), "revision": shadow.revision})
             return
-        finally:
-            tool.risk_tier = applied
-        rules = d.matched_rules
-        cached = _dumps_cache.get(rules)
-        if cached is None:
-            cached = "[" + ",".join(_json_str(r) for r in rules) + "]"
-            if len(_dumps_cache) < 4096:
-                _dumps_cache[rules] = cached
-        row["shadow_outcome"] = d.outcome_name
-        row["shadow_rules"] = cached
-        row["shadow_bundle_revision"] = shadow.revision
+        record.shadow_outcome = d.outcome_name
+        record.shadow_rules = d.matched_rules
+        record.shadow_bundle = _shadow_ref(shadow.revision)
 
     def count(self, outcome: str) -> None:
         """A decision was recorded and answered (Status: decisions by outcome since start)."""
@@ -390,6 +365,8 @@ class LiveBundles(BundleHolder):
 
     # Set by the server to count the kill switches in force (they live with the stateful controls).
     active_kill_switches: Callable[[], int] = staticmethod(lambda: 0)
+    # Set by the server: the budget counters of the active bundle (read from the store, off the loop).
+    budget_status: Callable[[], list[pb.BudgetStatus]] = staticmethod(lambda: [])
 
     def status(self) -> pb.StatusResponse:
         out = pb.StatusResponse(
@@ -424,10 +401,9 @@ class LiveBundles(BundleHolder):
         return out
 
 
-def _json_str(s: str) -> str:
-    import json
-
-    return json.dumps(s, ensure_ascii=False)
+@functools.lru_cache(maxsize=16)
+def _shadow_ref(revision: str) -> BundleRef:
+    return BundleRef(revision=revision)
 
 
 def _fingerprint(path: str) -> object:
@@ -493,7 +469,9 @@ def control_handlers(live: LiveBundles) -> dict[str, grpc.RpcMethodHandler]:
         return await asyncio.to_thread(live.list_bundles)
 
     async def status(req: pb.StatusRequest, context: grpc.aio.ServicerContext) -> pb.StatusResponse:
-        return live.status()
+        out = live.status()
+        out.budgets.extend(await asyncio.to_thread(live.budget_status))
+        return out
 
     def unary(fn: Handler, req_type: Any, resp_type: Any) -> grpc.RpcMethodHandler:
         return grpc.unary_unary_rpc_method_handler(fn, request_deserializer=req_type.FromString,

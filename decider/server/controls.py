@@ -1,9 +1,12 @@
-"""The stateful controls around the pure engine: kill switches, budgets and approvals.
+"""The server's side of the stateful controls: it reads the state a decision needs from its store,
+and applies the decision's effects there. What the controls *decide* lives in the pure engine
+(engine/controls.py), which `decider test` and `replay` run too.
 
-`DeciderService.decide` calls two hooks: `state_for` (before the engine: kill switches from the
-in-memory cache, budget usage only when a budget can matter) and `apply` (after it: reserve
-budget for an allow, open/reuse/consume an approval for a require_approval). A request that
-touches no budget and no approval costs no database round trip here.
+`DeciderService` calls `state_for` (before the engine: kill switches from the in-memory cache,
+budget usage only when a budget can matter) and `settle` (after the rules: the approvals of this
+exact call are read only for a REQUIRE_APPROVAL decision, then `engine.settle` decides, and its
+effects are applied — budget reservations atomically, approvals by conditional transitions). A
+request that touches no budget and no approval costs no database round trip here.
 
 A background task ticks every poll interval: reloads kill switches (other replicas' changes),
 expires pending approvals past their ttl, releases reservations never settled, and wakes
@@ -14,10 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -25,19 +29,24 @@ import grpc
 from sqlalchemy import Engine
 
 from decider.bundle.compile import Bundle
-from decider.engine.decide import Decision, Reason
-from decider.engine.state import KillSwitch, State
-from decider.record.record import canonical_args_hash, record_to_proto, response_from_row, struct_to_dict
+from decider.engine.budgets import applicable_budgets, mentions_budget, window_start
+from decider.engine.controls import budget_denial, deny, needs_approvals
+from decider.engine.controls import settle as engine_settle
+from decider.engine.decision import Decision, Effects
+from decider.engine.state import ApprovalView, BudgetUsage, KillSwitch, State
+from decider.record.canonical import binding_hash
+from decider.record.record import Approval, DecisionRecord, record_to_proto, response_from_row
 from decider.server import approvals as approvals_rpc
 from decider.server import kill_switches as kill_rpc
-from decider.server.approvals import WatchHub, utc
+from decider.server.approvals import WatchHub
 from decider.server.auth import TokenConfig
-from decider.server.budgets import applicable_budgets, exceeded_text, mentions_budget, usage_by_scope
 from decider.store.approvals import ApprovalStore
 from decider.store.auth_events import AuthEventStore
 from decider.store.budgets import AlreadySettled, BudgetStore
 from decider.store.decisions import DecisionStore
 from decider.store.kill_switches import KillSwitchStore
+from decider.store.secrets import binding_key
+from decider.times import utc
 from decider.v1 import decider_pb2 as pb
 
 __all__ = ["Controls", "Applied", "DEFAULT_POLL_INTERVAL_S", "DEFAULT_RESERVATION_TTL_S"]
@@ -53,7 +62,8 @@ class Applied:
     """What the controls made of the engine's decision."""
 
     decision: Decision
-    row: dict[str, Any] = field(default_factory=dict)         # extra columns for the record
+    approval: Approval | None = None                          # the approval an ALLOW consumed, for its record
+    args_hash: str = ""                                       # the binding hash, when the approvals needed it
     existing: pb.DecideResponse | None = None                 # answer with this earlier decision instead
     _on_done: list[Callable[[bool], None]] = field(default_factory=list)
 
@@ -74,11 +84,14 @@ class Controls:
         self.kill_store = KillSwitchStore(engine)
         self.auth_events = AuthEventStore(engine)
         self.tokens = tokens
+        # The HMAC key of the approval binding hash: this deployment's own, from its own table.
+        self.binding_key = binding_key(engine)
+        # The active bundle (set by the server): ReportOutcome charges the budgets it declares.
+        self.active_bundle: Callable[[], Bundle | None] = lambda: None
         self.poll_interval_s = poll_interval_s
         self.reservation_ttl_s = reservation_ttl_s
         self.hub = WatchHub()
         self.kill_switches: tuple[KillSwitch, ...] = ()
-        self._plain_state = State()   # kill switches only: shared by every request that reads no budget
         self._call_locks: dict[tuple[str, ...], asyncio.Lock] = {}
         self._task: asyncio.Task[None] | None = None
 
@@ -118,7 +131,6 @@ class Controls:
         kills = tuple(kill_rpc.to_state(r) for r in rows)
         if kills != self.kill_switches:
             self.kill_switches = kills
-            self._plain_state = State(kill_switches=kills)
 
     async def reject_pending_under(self, switch: dict[str, Any]) -> None:
         ids = await asyncio.to_thread(self.approvals.pending_in_scope, switch["scope"], switch["value"])
@@ -149,42 +161,90 @@ class Controls:
 
     # ---- the Decide hooks ----------------------------------------------------------------------
     async def state_for(self, req: pb.DecideRequest, bundle: Bundle, now: datetime) -> State:
-        plain = self._plain_state
+        kills = self.kill_switches
         if not bundle.budgets or not (req.request.estimated_cost > 0 or mentions_budget(bundle, req.tool.name)):
-            return plain
+            return State(kill_switches=kills, now=now)
         budgets = applicable_budgets(bundle, req.agent, now)
         if not budgets:
-            return plain
+            return State(kill_switches=kills, now=now)
         usage = await asyncio.to_thread(self.budgets.usage, [b.key for b in budgets])
-        return State(kill_switches=plain.kill_switches, budget_usage=usage_by_scope(budgets, usage))
+        return State(kill_switches=kills, now=now, budget_usage={
+            b.scope: BudgetUsage(*usage.get(b.key, (0.0, 0.0))) for b in budgets})
 
-    async def apply(self, req: pb.DecideRequest, decision: Decision, bundle: Bundle, decision_id: str,
-                    now: datetime) -> Applied:
-        if req.dry_run:
-            return Applied(decision)   # evaluate and record, change no state
-        if decision.outcome == pb.ALLOW:
-            return await self._reserve(Applied(decision), req, bundle, decision_id, now)
-        if decision.outcome == pb.REQUIRE_APPROVAL:
-            return await self._approval(req, decision, bundle, decision_id, now)
-        return Applied(decision)
+    async def settle(self, req: pb.DecideRequest, evaluated: Decision, bundle: Bundle, state: State,
+                     decision_id: str, now: datetime) -> Applied:
+        """The final decision (engine.settle) with its effects applied in the store."""
+        if not needs_approvals(req, evaluated):
+            decision = engine_settle(bundle, req, evaluated, state)
+            return await self._reserve(Applied(decision), decision.effects, decision_id, now)
+        key = binding_hash(req, self.binding_key)
+        lock = self._call_locks.setdefault(key, asyncio.Lock())
+        await lock.acquire()
+        # Held until this decision's record is written, so an identical call arriving meanwhile in
+        # this process finds it (across replicas, the unique pending index is the guard).
+        applied = Applied(evaluated, args_hash=key)
+        applied._on_done.append(lambda _w: self._unlock(key, lock))
+        try:
+            for _attempt in range(3):
+                if await self._settle_approval(applied, req, evaluated, bundle, state, key, decision_id, now):
+                    return applied
+            raise RuntimeError("the call's approval kept changing under this decision")
+        except BaseException:
+            applied.done(False)
+            raise
 
-    async def _reserve(self, applied: Applied, req: pb.DecideRequest, bundle: Bundle, decision_id: str,
-                       now: datetime) -> Applied:
-        cost = req.request.estimated_cost
-        if cost <= 0 or not bundle.budgets:
+    async def _settle_approval(self, applied: Applied, req: pb.DecideRequest, evaluated: Decision, bundle: Bundle,
+                               state: State, key: str, decision_id: str, now: datetime) -> bool:
+        """One try; False when another replica consumed the approval first (read again)."""
+        ask = (req.agent.id, req.tool.name, req.tool.server, key)
+        # One indexed read on the loop (SQLite file); from a thread on PostgreSQL, or when
+        # another connection holds the database locked for longer than the loop may wait.
+        rows = self.approvals.open_for_call_inline(*ask) if self.approvals.inline else None
+        if rows is None:
+            rows = await asyncio.to_thread(self.approvals.open_for_call, *ask)
+        by_id = {r["decision_id"]: r for r in rows}
+        decision = engine_settle(bundle, req, evaluated, state.with_approvals(tuple(_view(r) for r in rows)))
+        effects = decision.effects
+        for approval_id in effects.expire:
+            await self.expire(approval_id, now)
+        applied.decision = decision
+        if effects.same_as:
+            applied.existing = response_from_row(by_id[effects.same_as], req)
+            applied.done(True)
+            return True
+        if effects.consume:
+            trial = await self._reserve(Applied(decision), effects, decision_id, now)
+            if trial.decision.outcome != pb.ALLOW:
+                applied.decision = trial.decision   # the approval stays for a call that fits the budget
+                return True
+            consumed = await asyncio.to_thread(self.approvals.transition, effects.consume, "approved", "consumed")
+            if not consumed:
+                trial.done(False)   # someone else used it first: give the reservation back, look again
+                return False
+            self.hub.notify(effects.consume)
+            applied._on_done.extend(trial._on_done)
+            used = DecisionRecord.from_row(by_id[effects.consume]).approval
+            if used is not None:
+                used.state = "consumed"
+            applied.approval = used
+            return True
+        return True
+
+    async def _reserve(self, applied: Applied, effects: Effects, decision_id: str, now: datetime) -> Applied:
+        if not effects.reserve:
             return applied
-        budgets = applicable_budgets(bundle, req.agent, now)
-        if not budgets:
-            return applied
+        cost = effects.amount
         expires = now + timedelta(seconds=self.reservation_ttl_s)
         try:
-            exceeded = await asyncio.to_thread(self.budgets.reserve, decision_id, budgets, cost, now, expires)
+            exceeded = await asyncio.to_thread(self.budgets.reserve, decision_id, effects.reserve, cost, now, expires)
         except Exception as exc:  # noqa: BLE001 - fail closed: no reservation, no allow
             log.error("budget reservation failed", extra={"decision_id": decision_id, "error": str(exc)})
-            applied.decision = _deny(applied.decision, "error", f"budget could not be reserved: {exc}")
+            applied.decision = _error(applied.decision, f"budget could not be reserved: {exc}")
             return applied
         if exceeded is not None:
-            applied.decision = _deny(applied.decision, "budget_exceeded", exceeded_text(exceeded, cost))
+            # Another decision took the room between our read and this atomic reservation.
+            applied.decision = budget_denial(applied.decision, exceeded.budget, exceeded.spent, exceeded.reserved,
+                                             cost)
             return applied
 
         def release_if_unwritten(written: bool) -> None:
@@ -193,59 +253,6 @@ class Controls:
                 asyncio.get_running_loop().create_task(asyncio.to_thread(self.budgets.release, decision_id))
         applied._on_done.append(release_if_unwritten)
         return applied
-
-    async def _approval(self, req: pb.DecideRequest, decision: Decision, bundle: Bundle, decision_id: str,
-                        now: datetime) -> Applied:
-        args_hash = canonical_args_hash(struct_to_dict(req.tool.args))
-        key = (req.agent.id, req.tool.name, req.tool.server, args_hash)
-        lock = self._call_locks.setdefault(key, asyncio.Lock())
-        await lock.acquire()
-        # Held until this decision's record is written, so an identical call arriving meanwhile in
-        # this process finds it (across replicas, the unique pending index is the guard).
-        applied = Applied(decision)
-        applied._on_done.append(lambda _w: self._unlock(key, lock))
-        try:
-            # One indexed read on the loop (SQLite file); from a thread on PostgreSQL, or when
-            # another connection holds the database locked for longer than the loop may wait.
-            rows = self.approvals.open_for_call_inline(*key) if self.approvals.inline else None
-            if rows is None:
-                rows = await asyncio.to_thread(self.approvals.open_for_call, *key)
-            for row in rows:
-                if row["approval_state"] == "pending":
-                    if utc(row["approval_expires_at"]) > now:
-                        applied.existing = response_from_row(row, req)
-                        applied.done(True)
-                        return applied
-                    await self.expire(row["decision_id"], now)
-                    continue
-                # Approved: this identical call may run, once.
-                allowed = replace(
-                    decision, outcome=pb.ALLOW, deciding_rule=row["deciding_rule"], approvers=(), approval_ttl_s=0,
-                    reasons=(Reason("approved", f"approved by {row['resolved_by']} in decision {row['decision_id']}"
-                                    + (f": {row['comment']}" if row.get("comment") else ""),
-                                    "", "allow"),))
-                trial = await self._reserve(Applied(allowed), req, bundle, decision_id, now)
-                if trial.decision.outcome != pb.ALLOW:
-                    applied.decision = trial.decision   # the approval stays for a call that fits the budget
-                    return applied
-                consumed = await asyncio.to_thread(
-                    self.approvals.transition, row["decision_id"], "approved", "consumed")
-                if not consumed:
-                    trial.done(False)   # someone else used it first: give the reservation back
-                    continue
-                self.hub.notify(row["decision_id"])
-                applied.decision = allowed
-                applied._on_done.extend(trial._on_done)
-                applied.row = {"approval_id": row["decision_id"], "approval_state": "consumed",
-                               "approvers": row["approvers"], "approval_expires_at": row["approval_expires_at"],
-                               "resolved_by": row["resolved_by"], "resolved_at": row["resolved_at"],
-                               "comment": row["comment"]}
-                return applied
-            applied.row = {"approval_id": decision_id}
-            return applied
-        except BaseException:
-            applied.done(False)
-            raise
 
     def _unlock(self, key: tuple[str, ...], lock: asyncio.Lock) -> None:
         lock.release()
@@ -264,11 +271,15 @@ class Controls:
         row = await asyncio.to_thread(self.decisions.get, req.decision_id)
         if row is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"decision_id: no decision {req.decision_id!r}")
+        if row["outcome"] == "DENY":
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"decision {req.decision_id} was DENY: the call did not run, so it has no outcome")
         if row.get("outcome_status"):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"decision {req.decision_id}: outcome already reported ({row['outcome_status']})")
         try:
-            await asyncio.to_thread(self.budgets.settle, req.decision_id, req.actual_cost)
+            await asyncio.to_thread(self.budgets.settle, req.decision_id, req.actual_cost,
+                                    self._budgets_of(row), utc(row["time"]))
         except AlreadySettled:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"decision {req.decision_id}: outcome already reported")
@@ -276,6 +287,33 @@ class Controls:
         self.hub.notify(req.decision_id)
         row = await asyncio.to_thread(self.decisions.get, req.decision_id)
         return record_to_proto(row)
+
+    def _budgets_of(self, row: dict[str, Any]) -> list[Any]:
+        """The budgets that applied to a recorded decision (the active bundle's, in its window)."""
+        bundle = self.active_bundle()
+        if bundle is None or not bundle.budgets:
+            return []
+        agent = pb.Agent(id=row["agent_id"], owner=row["owner"], team=row["team"], workflow=row["workflow"],
+                         session_id=row["session_id"])
+        return applicable_budgets(bundle, agent, utc(row["time"]))
+
+    def budget_status(self, bundle: Bundle) -> list[pb.BudgetStatus]:
+        """The bundle's budget counters in their current window, overspent first (for Status)."""
+        if not bundle.budgets:
+            return []
+        now = datetime.now(timezone.utc)
+        current = {b.scope: (b.window, window_start(b.window, now), float(b.limit)) for b in bundle.budgets}
+        out = []
+        for row in self.budgets.all_usage():
+            want = current.get(row["scope"])
+            if want is None or (row["window"], row["window_start"]) != want[:2]:
+                continue
+            limit = want[2]
+            out.append(pb.BudgetStatus(scope=row["scope"], scope_key=row["scope_key"], window=row["window"],
+                                       window_start=row["window_start"], limit=limit, spent=row["spent"],
+                                       reserved=row["reserved"], remaining=limit - row["spent"] - row["reserved"]))
+        out.sort(key=lambda b: (b.remaining >= 0, b.scope, b.scope_key))
+        return out[:1000]
 
     # ---- handlers ------------------------------------------------------------------------------
     def decider_handlers(self) -> dict[str, grpc.RpcMethodHandler]:
@@ -290,6 +328,13 @@ class Controls:
         return kill_rpc.handlers(self)
 
 
-def _deny(decision: Decision, rule_id: str, text: str) -> Decision:
-    return replace(decision, outcome=pb.DENY, reasons=(Reason(rule_id, text, "", "deny"),), deciding_rule=rule_id,
-                   approvers=(), approval_ttl_s=0)
+def _error(decision: Decision, text: str) -> Decision:
+    return deny(decision, "error", text)
+
+
+def _view(row: dict[str, Any]) -> ApprovalView:
+    """A stored approval as the engine reads it."""
+    return ApprovalView(
+        approval_id=row["decision_id"], state=row["approval_state"], expires_at=utc(row["approval_expires_at"]),
+        deciding_rule=row["deciding_rule"], approvers=tuple(json.loads(row.get("approvers") or "[]")),
+        resolved_by=row.get("resolved_by") or "", comment=row.get("comment") or "")

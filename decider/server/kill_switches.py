@@ -16,6 +16,7 @@ import grpc
 from decider.engine.state import KILL_SCOPES, KillSwitch
 from decider.record.ids import new_id
 from decider.server.auth import current_principal
+from decider.times import utc
 from decider.v1 import decider_pb2 as pb
 
 if TYPE_CHECKING:
@@ -33,14 +34,10 @@ def to_state(row: dict[str, Any]) -> KillSwitch:
 def to_proto(row: dict[str, Any]) -> pb.KillSwitch:
     ks = pb.KillSwitch(id=row["id"], scope=row["scope"], value=row["value"], reason=row["reason"],
                        created_by=row["created_by"] or "", cleared_by=row.get("cleared_by") or "")
-    ks.created_at.FromDatetime(_utc(row["created_at"]))
+    ks.created_at.FromDatetime(utc(row["created_at"]))
     if row.get("cleared_at"):
-        ks.cleared_at.FromDatetime(_utc(row["cleared_at"]))
+        ks.cleared_at.FromDatetime(utc(row["cleared_at"]))
     return ks
-
-
-def _utc(t: datetime) -> datetime:
-    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
 
 
 async def _check_scope(scope: str, value: str, context: grpc.aio.ServicerContext) -> None:

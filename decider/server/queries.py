@@ -24,7 +24,7 @@ from typing import Any
 import grpc
 
 from decider.bundle.compile import Bundle
-from decider.engine.decide import OUTCOME_NAMES
+from decider.engine.decide import outcome_name, outcome_value
 from decider.record.ids import new_id
 from decider.record.record import record_to_proto
 from decider.server.auth import ANONYMOUS, current_principal
@@ -181,13 +181,26 @@ class DecisionFeed:
         return rows
 
 
+# The outcomes a filter may name (OUTCOME_UNSPECIFIED, 0, means any).
+_OUTCOMES = frozenset((pb.ALLOW, pb.DENY, pb.REQUIRE_APPROVAL))
+
+
+
+def _value_of(name: str | None) -> int:
+    """A stored outcome name as the enum; a missing or unknown one (no shadow) as UNSPECIFIED."""
+    try:
+        return outcome_value(name or "")
+    except KeyError:
+        return pb.OUTCOME_UNSPECIFIED
+
+
 def _query(f: pb.DecisionFilter) -> DecisionQuery:
     return DecisionQuery(agent_id=f.agent_id, team=f.team, tool_name=f.tool_name,
-                         outcome=OUTCOME_NAMES.get(f.outcome, ""), rule_id=f.rule_id, session_id=f.session_id)
+                         outcome=outcome_name(f.outcome) if f.outcome in _OUTCOMES else "", rule_id=f.rule_id, session_id=f.session_id)
 
 
 async def _check_filter(f: pb.DecisionFilter, context: grpc.aio.ServicerContext, prefix: str = "filter") -> None:
-    if f.outcome and f.outcome not in OUTCOME_NAMES:
+    if f.outcome and f.outcome not in _OUTCOMES:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{prefix}.outcome: unknown outcome {f.outcome}")
     for name in ("agent_id", "team", "tool_name", "rule_id", "session_id"):
         if len(getattr(f, name)) > _MAX_FILTER:
@@ -277,7 +290,6 @@ def shadow_diff(store: QueryStore, active: Bundle, shadow: Bundle | None, limit:
                                                     revision=active.revision))
     if shadow is not None:
         out.shadow.CopyFrom(pb.BundleRef(name=shadow.name, version=shadow.version, revision=shadow.revision))
-    by_name = {v: k for k, v in OUTCOME_NAMES.items()}
     counts: dict[tuple[str, str], int] = {}
     changed: list[str] = []
     for decision_id, outcome, shadow_outcome in store.shadow_outcomes(limit):
@@ -287,8 +299,8 @@ def shadow_diff(store: QueryStore, active: Bundle, shadow: Bundle | None, limit:
     out.compared = sum(counts.values())
     out.changed = len(changed)
     for (outcome, shadow_outcome), n in sorted(counts.items(), key=lambda kv: -kv[1]):
-        out.counts.add(outcome=by_name.get(outcome, pb.OUTCOME_UNSPECIFIED),
-                       shadow_outcome=by_name.get(shadow_outcome, pb.OUTCOME_UNSPECIFIED), count=n)
+        out.counts.add(outcome=_value_of(outcome),
+                       shadow_outcome=_value_of(shadow_outcome), count=n)
     rows = store.by_ids(changed[:examples])
     out.examples.extend(record_to_proto(r) for r in sorted(rows, key=lambda r: r["decision_id"], reverse=True))
     return out

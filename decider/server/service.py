@@ -7,17 +7,16 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Any
 
 import grpc
 
 from decider.api.validate import decode_request, validate_request
 from decider.bundle.compile import Bundle
-from decider.engine.decide import decide
+from decider.engine.decide import evaluate
 from decider.engine.state import State
 from decider.errors import InvalidRequest
 from decider.record.ids import new_id
-from decider.record.record import build_record, decision_response, record_to_proto, set_timestamp
+from decider.record.record import DecisionRecord, build_record, record_to_proto, set_timestamp
 from decider.server.controls import Controls
 from decider.store import DecisionStore, GroupCommitWriter
 from decider.v1 import decider_pb2 as pb
@@ -51,7 +50,7 @@ class BundleHolder:
 
     # Hooks for the bundle lifecycle (issue 4): `server.bundles.LiveBundles` evaluates the shadow
     # bundle into the record and counts outcomes for Status; a plain holder does neither.
-    def shadow_into(self, row: dict[str, Any], req: pb.DecideRequest, state: State, caller_tier: bool) -> None:
+    def shadow_into(self, record: DecisionRecord, req: pb.DecideRequest, state: State) -> None:
         return None
 
     def count(self, outcome: str) -> None:
@@ -116,14 +115,14 @@ class DeciderService:
         if not req.request.HasField("time"):
             set_timestamp(req.request.time, now)
         bundle = self.bundles.active  # read once: the whole decision uses this revision
-        caller_tier = req.tool.HasField("risk_tier")  # the shadow applies its own catalogue otherwise
         state = await self.state_for(req, bundle, now)
-        decision = decide(bundle, req, state)
+        # engine.decide in two halves: the rules, then (with the call's approvals read only when the
+        # rules ask for approval) the stateful controls, whose effects the store applies.
+        evaluated = evaluate(bundle, req, state)
         decision_id = new_id()
-        # --- stateful controls (approvals, budgets): may replace the decision, or answer with the
-        # identical call's pending decision. `applied.done(written)` must run on every path.
+        # `applied.done(written)` must run on every path.
         try:
-            applied = await self.controls.apply(req, decision, bundle, decision_id, now)
+            applied = await self.controls.settle(req, evaluated, bundle, state, decision_id, now)
         except Exception as exc:  # noqa: BLE001 - e.g. a replica won the race for the same approval
             log.error("stateful controls failed", extra={"decision_id": decision_id, "error": str(exc)})
             raise DecisionFailed(grpc.StatusCode.UNAVAILABLE, f"decision could not be made: {exc}",
@@ -132,9 +131,11 @@ class DeciderService:
             applied.existing.request_id = req.request.id
             return applied.existing
         decision = applied.decision
-        row = build_record(decision_id, req, decision, bundle, now)
-        row.update(applied.row)
-        self.bundles.shadow_into(row, req, state, caller_tier)  # into the record only, never the response
+        record = build_record(decision_id, req, decision, bundle, now, self.controls.binding_key, applied.args_hash)
+        if applied.approval is not None:
+            record.approval = applied.approval   # the approval this ALLOW consumed
+        self.bundles.shadow_into(record, req, state)  # into the record only, never the response
+        row = record.to_row()
         written = False
         commit_started = time.perf_counter()
         try:
@@ -159,8 +160,7 @@ class DeciderService:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("decided", extra={"decision_id": decision_id, "outcome": decision.outcome_name,
                                         "tool": req.tool.name, "agent": req.agent.id})
-        resp = decision_response(decision_id, req, decision, bundle, row)
-        resp.request_id = req.request.id
+        resp = record.response(req)
         if self.observe is not None:
             self.observe(req, resp, decision.outcome_name, started, commit_started, commit_ended, carrier)
         return resp

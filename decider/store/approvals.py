@@ -22,10 +22,11 @@ __all__ = ["ApprovalStore", "SCOPE_COLUMNS"]
 
 c = decisions.c
 
-# Finds the open approval for an identical call (agent, tool, server, argument hash). Partial: only
-# pending and approved rows are in it, so the look-up stays one index probe however often the same
-# call was decided before (a full index on the call read every earlier decision of it).
-OPEN = text("approval_state IN ('pending', 'approved')")
+# Finds the approvals that bind an identical call (agent, tool, server, binding hash — the hash
+# covers the agent's whole identity, the environment and the arguments). Partial: only pending,
+# approved and rejected rows are in it (a rejection binds until its ttl), so the look-up stays one
+# index probe however often the same call was decided before.
+OPEN = text("approval_state IN ('pending', 'approved', 'rejected')")
 Index("ix_decisions_open_approval", c.agent_id, c.tool_name, c.tool_server, c.args_hash,
       sqlite_where=OPEN, postgresql_where=OPEN)
 # At most one *pending* approval per call, even with several replicas deciding at once.
@@ -75,7 +76,7 @@ class ApprovalStore:
             raise
 
     def open_for_call(self, agent_id: str, tool_name: str, tool_server: str, args_hash: str) -> list[dict[str, Any]]:
-        """Pending or approved (not yet consumed) approvals for exactly this call, oldest first."""
+        """Pending, approved (not yet consumed) and rejected approvals for exactly this call, oldest first."""
         q = (select(decisions)
              .where(c.args_hash == args_hash, c.agent_id == agent_id, c.tool_name == tool_name,
                     c.tool_server == tool_server, OPEN,  # the partial index's own term, literally

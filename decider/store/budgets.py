@@ -34,12 +34,10 @@ from sqlalchemy import insert as sa_insert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from decider.engine.budgets import EPSILON, BudgetKey
 from decider.store.db import metadata
 
 __all__ = ["budget_usage", "budget_reservations", "BudgetStore", "BudgetKey", "Exceeded", "AlreadySettled"]
-
-# Float costs: tolerate rounding so that ten reservations of 0.1 fit a limit of 1.0.
-EPSILON = 1e-9
 
 budget_usage = Table(
     "budget_usage",
@@ -65,16 +63,6 @@ budget_reservations = Table(
     Column("actual", Float),
     Index("ix_budget_reservations_state", "state", "expires_at"),
 )
-
-
-@dataclass(frozen=True, slots=True, order=True)
-class BudgetKey:
-    key: str
-    scope: str
-    scope_key: str
-    window: str
-    window_start: int
-    limit: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,8 +126,14 @@ class BudgetStore:
             ])
         return None
 
-    def settle(self, decision_id: str, actual: float) -> int:
-        """Replace the estimate with the actual cost. Returns how many budgets were settled."""
+    def settle(self, decision_id: str, actual: float, budgets: Sequence[BudgetKey] = (),
+               now: datetime | None = None) -> int:
+        """Replace the estimate with the actual cost. Returns how many budgets were settled.
+
+        A decision that reserved nothing (its estimate was 0) is charged its actual cost on
+        `budgets` (those that applied to it), unconditionally: the money is spent, and spend beyond
+        the limit shows in the usage and denies the next call that needs budget.
+        """
         r = budget_reservations.c
         u = budget_usage.c
         with self.engine.begin() as conn:
@@ -147,6 +141,17 @@ class BudgetStore:
                                 .order_by(r.budget_key)).all()
             if rows and all(state == "settled" for _, _, state in rows):
                 raise AlreadySettled(decision_id)
+            if not rows:
+                when = now or utcnow()
+                for b in sorted(budgets):
+                    self._ensure(conn, b)
+                    conn.execute(update(budget_usage).where(u.budget_key == b.key).values(spent=u.spent + actual))
+                if budgets:
+                    # A settled row per budget: a second report finds them and is refused.
+                    conn.execute(sa_insert(budget_reservations), [
+                        {"decision_id": decision_id, "budget_key": b.key, "amount": 0.0, "state": "settled",
+                         "created_at": when, "expires_at": when, "actual": actual} for b in sorted(budgets)])
+                return len(budgets)
             n = 0
             for key, amount, state in rows:
                 if state == "settled":
@@ -188,6 +193,12 @@ class BudgetStore:
                                  .values(reserved=u.reserved - amount))
                     n += 1
         return n
+
+    def all_usage(self) -> list[dict[str, Any]]:
+        """Every budget counter (Status shows them, with the limit from the active bundle)."""
+        with self.engine.connect() as conn:
+            return [dict(x) for x in conn.execute(select(budget_usage).order_by(budget_usage.c.budget_key))
+                    .mappings()]
 
     def reservations(self, decision_id: str) -> list[dict[str, Any]]:
         r = budget_reservations.c

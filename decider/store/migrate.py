@@ -82,6 +82,7 @@ def target_metadata() -> MetaData:
         kill_switches,
         notifications,
         queries,
+        secrets,
     )
     from decider.store.db import metadata
 

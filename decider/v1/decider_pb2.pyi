@@ -412,7 +412,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("active", "shadow", "last_reload_error", "last_reload_at", "decisions_by_outcome", "started_at", "instance", "active_kill_switches")
+    __slots__ = ("active", "shadow", "last_reload_error", "last_reload_at", "decisions_by_outcome", "started_at", "instance", "active_kill_switches", "budgets")
     class DecisionsByOutcomeEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -428,6 +428,7 @@ class StatusResponse(_message.Message):
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_KILL_SWITCHES_FIELD_NUMBER: _ClassVar[int]
+    BUDGETS_FIELD_NUMBER: _ClassVar[int]
     active: BundleInfo
     shadow: BundleInfo
     last_reload_error: str
@@ -436,7 +437,28 @@ class StatusResponse(_message.Message):
     started_at: _timestamp_pb2.Timestamp
     instance: str
     active_kill_switches: int
-    def __init__(self, active: _Optional[_Union[BundleInfo, _Mapping]] = ..., shadow: _Optional[_Union[BundleInfo, _Mapping]] = ..., last_reload_error: _Optional[str] = ..., last_reload_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., decisions_by_outcome: _Optional[_Mapping[str, int]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., instance: _Optional[str] = ..., active_kill_switches: _Optional[int] = ...) -> None: ...
+    budgets: _containers.RepeatedCompositeFieldContainer[BudgetStatus]
+    def __init__(self, active: _Optional[_Union[BundleInfo, _Mapping]] = ..., shadow: _Optional[_Union[BundleInfo, _Mapping]] = ..., last_reload_error: _Optional[str] = ..., last_reload_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., decisions_by_outcome: _Optional[_Mapping[str, int]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., instance: _Optional[str] = ..., active_kill_switches: _Optional[int] = ..., budgets: _Optional[_Iterable[_Union[BudgetStatus, _Mapping]]] = ...) -> None: ...
+
+class BudgetStatus(_message.Message):
+    __slots__ = ("scope", "scope_key", "window", "window_start", "limit", "spent", "reserved", "remaining")
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_KEY_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_START_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    SPENT_FIELD_NUMBER: _ClassVar[int]
+    RESERVED_FIELD_NUMBER: _ClassVar[int]
+    REMAINING_FIELD_NUMBER: _ClassVar[int]
+    scope: str
+    scope_key: str
+    window: str
+    window_start: int
+    limit: float
+    spent: float
+    reserved: float
+    remaining: float
+    def __init__(self, scope: _Optional[str] = ..., scope_key: _Optional[str] = ..., window: _Optional[str] = ..., window_start: _Optional[int] = ..., limit: _Optional[float] = ..., spent: _Optional[float] = ..., reserved: _Optional[float] = ..., remaining: _Optional[float] = ...) -> None: ...
 
 class DecisionFilter(_message.Message):
     __slots__ = ("agent_id", "team", "tool_name", "outcome", "rule_id", "session_id")

@@ -15,17 +15,22 @@ A suite file (`*_test.yaml`, beside the policies or in its own folder):
         args: {amount: 2500}
         request: {environment: production, estimated_cost: 5.0, time: "2026-01-01T09:00:00Z"}
         context: {ticket: FIN-1}
-        state:                         # server-side state the decision sees
+        state:                         # server-side state the decision sees (means what it means on the server)
           budgets: {team: {spent: 480.0}}
           kill_switches: [{scope: team, value: finance}]
-          approval: approved           # an approval for this exact call: approved | pending | rejected | expired
+          approval: approved           # the approval bound to this exact call: approved | pending | rejected | expired
         expect:
           outcome: require_approval    # allow | deny | require_approval
           rule: refund-needs-approval-above-1000    # optional: the deciding rule
           reason: finance approver     # optional: a substring of the deciding reason
 
-The same `engine.decide` as the server evaluates every case. Coverage says which rules decided
-at least one case, which matched but were always overridden, and which never matched.
+The same `engine.decide` as the server decides every case, on a state snapshot built from `state:`,
+so a case means exactly what the server would do: `approval: approved` → ALLOW `approved` (once),
+`pending` → REQUIRE_APPROVAL (the pending decision), `rejected` → DENY `rejected` (a rejection binds
+the identical call until the approval's ttl), `expired` → REQUIRE_APPROVAL (a new approval); a cost
+that does not fit a budget (`spent + reserved + estimated_cost > limit`) → DENY `budget_exceeded`.
+Coverage says which rules decided at least one case, which matched but were always overridden,
+and which never matched.
 """
 
 from __future__ import annotations
@@ -33,16 +38,17 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from decider.bundle.compile import Bundle, CompiledRule
 from decider.cel.env import environment
-from decider.engine.decide import OUTCOME_NAMES, Decision, Reason, budget_views, decide
-from decider.engine.state import BudgetUsage, KillSwitch, State
+from decider.engine.budgets import budget_views
+from decider.engine.decide import Reason, decide
+from decider.engine.state import KILL_SCOPES, ApprovalView, BudgetUsage, KillSwitch, State
 from decider.errors import PolicyLoadError, SourceError
 from decider.policy.loader import _compose_all, _mark, _to_python, locate  # shared YAML-with-positions machinery
 from decider.v1 import decider_pb2 as pb
@@ -56,7 +62,6 @@ __all__ = [
     "load_suites",
     "run_suites",
     "coverage",
-    "apply_approval",
     "fields_read",
     "suite_files_for",
     "LoadedSuite",
@@ -89,10 +94,17 @@ class BudgetState(_Strict):
 
 
 class KillSwitchSpec(_Strict):
-    scope: Literal["instance", "session", "workflow", "agent", "owner", "team", "tool", "model", "server", "platform"]
+    scope: str   # one of KILL_SCOPES (checked below: one list of scopes)
     value: str = ""
     reason: str = ""
     id: str = "test-kill-switch"
+
+    @field_validator("scope")
+    @classmethod
+    def _known_scope(cls, v: str) -> str:
+        if v not in KILL_SCOPES:
+            raise ValueError(f"must be one of {', '.join(KILL_SCOPES)}")
+        return v
 
 
 class StateSpec(_Strict):
@@ -228,21 +240,6 @@ def load_suites(files: Sequence[Path]) -> list[LoadedSuite]:
     return out
 
 
-def apply_approval(decision: Decision, approval: str | None) -> Decision:
-    """How an approval for this exact call changes a REQUIRE_APPROVAL decision (as the server does):
-    approved → ALLOW (once), rejected/expired → DENY, pending → unchanged."""
-    if approval is None or approval == "pending" or decision.outcome != pb.REQUIRE_APPROVAL:
-        return decision
-    if approval == "approved":
-        reasons = (Reason("approved", f"approved call (rule {decision.deciding_rule})", "", "allow"),)
-        outcome = pb.ALLOW
-    else:
-        reasons = (Reason(approval, f"approval {approval} (rule {decision.deciding_rule})", "", "deny"),)
-        outcome = pb.DENY
-    return Decision(outcome, reasons, decision.matched_rules, decision.deciding_rule, decision.risk_tier,
-                    errors=decision.errors, eval_us=decision.eval_us)
-
-
 def _build(suite: TestSuite, case: Case) -> tuple[pb.DecideRequest, State]:
     agent = suite.fixtures.agents[case.agent] if isinstance(case.agent, str) else case.agent
     if isinstance(case.tool, str):
@@ -263,9 +260,18 @@ def _build(suite: TestSuite, case: Case) -> tuple[pb.DecideRequest, State]:
         req.request.time.FromDatetime(case.request.time)
     else:
         req.request.time.FromSeconds(0)  # deterministic: a test never depends on the wall clock
+    now = req.request.time.ToDatetime(tzinfo=timezone.utc)
+    approvals: tuple[ApprovalView, ...] = ()
+    if case.state.approval is not None:
+        # Binding for another day (a pending one has not expired); `expired` ran out a second ago.
+        expires = now - timedelta(seconds=1) if case.state.approval == "expired" else now + timedelta(days=1)
+        approvals = (ApprovalView(approval_id="test-approval", state=case.state.approval, expires_at=expires,
+                                  resolved_by="test-approver" if case.state.approval != "pending" else ""),)
     state = State(
         kill_switches=tuple(KillSwitch(k.id, k.scope, k.value, k.reason) for k in case.state.kill_switches),
         budget_usage={k: BudgetUsage(v.spent, v.reserved) for k, v in case.state.budgets.items()},
+        approvals=approvals,
+        now=now,
     )
     return req, state
 
@@ -318,8 +324,8 @@ def run_suites(bundle: Bundle, suites: Sequence[LoadedSuite]) -> list[SuiteResul
                 cases.append(CaseResult(ls.suite.metadata.name, ls.file, line, case.name, False, case.expect,
                                         "", "", (), (), (), problem=f"cannot build the request: {e}"))
                 continue
-            d = apply_approval(decide(bundle, req, state), case.state.approval)
-            actual = OUTCOME_NAMES[d.outcome].lower()
+            d = decide(bundle, req, state)
+            actual = d.outcome_name.lower()
             exp = case.expect
             ok = actual == exp.outcome and (exp.rule is None or exp.rule == d.deciding_rule)
             if ok and exp.reason is not None:

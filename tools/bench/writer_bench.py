@@ -48,7 +48,7 @@ def _rows(n: int) -> list[dict[str, Any]]:
     out = []
     for item in build_workload(n, 7):
         req = target.build(item)
-        out.append(build_record("", req, decide(bundle, req), bundle, now))
+        out.append(build_record("", req, decide(bundle, req), bundle, now, b"bench-key").to_row())
     return out
 
 

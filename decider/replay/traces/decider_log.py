@@ -27,10 +27,14 @@ _SNAKE = {
     "requestId": "request_id", "estimatedCost": "estimated_cost", "actualCost": "actual_cost",
     "riskTier": "risk_tier", "decidingRule": "deciding_rule", "outcomeStatus": "outcome_status",
     "requestLabels": "request_labels", "instanceId": "instance_id", "sessionId": "session_id",
+    "resolution_comment": "comment",   # the stored column's older name
 }
 _FLAT_AGENT = (("agent_id", "id"), ("instance_id", "instance_id"), ("owner", "owner"), ("team", "team"),
                ("workflow", "workflow"), ("model", "model"), ("session_id", "session_id"))
-_LABEL_EXTRAS = ("deciding_rule", "actual_cost", "outcome_status")
+# Kept with the call for replay: what was decided, the cost reported later, and an approval's
+# resolution (when and by whom), so replay can apply it from the time it was made.
+_LABEL_EXTRAS = ("deciding_rule", "actual_cost", "outcome_status", "approval_state", "approval_id", "resolved_by",
+                 "resolved_at", "comment")
 
 
 def _snake(d: dict[str, Any]) -> dict[str, Any]:
@@ -95,9 +99,18 @@ def read_decider_log(obj_or_lines: ObjOrLines, source: str) -> Iterator[TraceCal
         agent = _agent(record, camel)
         request = _request(get)
         label = {"outcome": record["outcome"], "decision_id": text_or_none(get("decision_id"))}
+        approval = get("approval")
+        if isinstance(approval, dict):   # the API's nested form
+            for key, name in (("state", "approval_state"), ("approvalId", "approval_id"), ("approval_id", "approval_id"),
+                              ("resolvedBy", "resolved_by"), ("resolved_by", "resolved_by"),
+                              ("resolvedAt", "resolved_at"), ("resolved_at", "resolved_at"), ("comment", "comment")):
+                if not _blank(v := approval.get(key)):
+                    label[name] = v.removeprefix("APPROVAL_").lower() if key == "state" else v
         for key in _LABEL_EXTRAS:
             if not _blank(v := get(key)):
                 label[key] = v
+        if "comment" not in label and not _blank(v := get("resolution_comment")):
+            label["comment"] = v
         context = _json_field(get("context"))
         yield new_call({
             "tool_name": str(get("tool_name")), "arguments": args, "raw_arguments": raw,

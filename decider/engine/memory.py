@@ -1,0 +1,188 @@
+"""The server's state, simulated in memory: what `decider test` and `replay` apply effects to.
+
+The same `engine.decide` runs; the effects it returns are applied here exactly as the server
+applies them in its store — budget reservations (settled with an actual cost when one is known),
+approvals opened, consumed, expired, rejected — so a sequence of calls decides here as it decided
+on the server. Kill switches are given (each active from `since` until `until`), as are starting
+budget usage and, for recorded traces, the resolutions approvers made (`resolve`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta, timezone
+
+from decider.bundle.compile import Bundle
+from decider.engine.budgets import applicable_budgets, mentions_budget
+from decider.engine.decide import evaluate, needs_approvals, settle
+from decider.engine.decision import NO_EFFECTS, Decision
+from decider.engine.state import ApprovalView, BudgetUsage, KillSwitch, State
+from decider.record.canonical import binding_hash
+from decider.v1 import decider_pb2 as pb
+
+__all__ = ["TimedKillSwitch", "Resolution", "MemoryState", "ASSUME"]
+
+ASSUME = ("pending", "approved")
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+@dataclass(frozen=True, slots=True)
+class TimedKillSwitch:
+    switch: KillSwitch
+    since: datetime | None = None      # None: from the start
+    until: datetime | None = None      # None: never cleared
+
+    def active(self, now: datetime) -> bool:
+        return (self.since is None or self.since <= now) and (self.until is None or now < self.until)
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    """What an approver did to an approval, and when (from a recorded trace)."""
+
+    state: str                         # approved | rejected
+    at: datetime
+    by: str = ""
+    comment: str = ""
+
+
+@dataclass(slots=True)
+class _Approval:
+    view: ApprovalView
+    binding: str
+    resolution: Resolution | None = None
+
+
+@dataclass(slots=True)
+class MemoryState:
+    kill_switches: tuple[TimedKillSwitch, ...] = ()
+    # Usage at the start, by (scope, value): applied to the first window of each budget counter.
+    start_usage: Mapping[tuple[str, str], BudgetUsage] = field(default_factory=dict)
+    assume: str = "pending"            # pending: approvals wait; approved: each is approved when opened
+    key: bytes = field(default_factory=lambda: os.urandom(32))
+    usage: dict[str, list[float]] = field(default_factory=dict)            # budget key → [spent, reserved]
+    reservations: dict[str, list[tuple[str, float]]] = field(default_factory=dict)  # decision id → held
+    approvals: dict[str, list[_Approval]] = field(default_factory=dict)   # binding → oldest first
+    by_id: dict[str, _Approval] = field(default_factory=dict)
+    pending_resolutions: dict[str, Resolution] = field(default_factory=dict)
+    last_id: str = ""                  # the id the last decision has here (its own, or the one it reused)
+    _n: int = 0
+
+    # ---- reading -------------------------------------------------------------------------------
+    def snapshot(self, bundle: Bundle, req: pb.DecideRequest, now: datetime, *, approvals: bool = True) -> State:
+        """The state the server would read for this request (`approvals=False`: without the
+        call's approvals, which only a REQUIRE_APPROVAL decision needs)."""
+        kills = tuple(k.switch for k in self.kill_switches if k.active(now)) if self.kill_switches else ()
+        if bundle.budgets and (req.request.estimated_cost > 0 or mentions_budget(bundle, req.tool.name)):
+            usage: dict[str, BudgetUsage] = {}
+            for b in applicable_budgets(bundle, req.agent, now):
+                use = self._counter(b.key, b.scope, b.scope_key)
+                usage[b.scope] = BudgetUsage(use[0], use[1])
+            state = State(kill_switches=kills, budget_usage=usage, now=now)
+        else:
+            state = State(kill_switches=kills, now=now)
+        return state.with_approvals(self.approvals_for(req, now)) if approvals else state
+
+    def approvals_for(self, req: pb.DecideRequest, now: datetime, binding: str = "") -> tuple[ApprovalView, ...]:
+        mine = self.approvals.get(binding or binding_hash(req, self.key))
+        if not mine:
+            return ()
+        return tuple(self._resolved(a, now).view for a in mine if a.view.state != "consumed")
+
+    def _counter(self, key: str, scope: str, value: str) -> list[float]:
+        use = self.usage.get(key)
+        if use is None:
+            start = self.start_usage.get((scope, value)) or BudgetUsage()
+            use = self.usage[key] = [start.spent, start.reserved]
+        return use
+
+    def _resolved(self, a: _Approval, now: datetime) -> _Approval:
+        r = a.resolution
+        if r is not None and a.view.state == "pending" and r.at <= now:
+            a.view = replace(a.view, state=r.state, resolved_by=r.by, comment=r.comment)
+            a.resolution = None
+        return a
+
+    # ---- deciding ------------------------------------------------------------------------------
+    def decide(self, bundle: Bundle, req: pb.DecideRequest, now: datetime | None = None,
+               decision_id: str = "") -> Decision:
+        """`engine.decide` on this state, with its effects applied."""
+        at = now or (req.request.time.ToDatetime(tzinfo=timezone.utc) if req.request.HasField("time") else _EPOCH)
+        # engine.decide in its two halves, as the server runs it: the approvals are looked up (a
+        # keyed hash of the call) only for a decision that asks for approval.
+        if self.kill_switches or bundle.budgets:
+            state = self.snapshot(bundle, req, at, approvals=False)
+        else:
+            state = State(now=at)   # nothing else can be in it: the common replay
+        evaluated = evaluate(bundle, req, state)
+        binding = ""
+        if needs_approvals(req, evaluated):
+            binding = binding_hash(req, self.key)
+            state = state.with_approvals(self.approvals_for(req, at, binding))
+        d = settle(bundle, req, evaluated, state)
+        self.last_id = decision_id
+        if d.effects is not NO_EFFECTS:
+            self.last_id = self.apply(bundle, req, d, at, decision_id, binding)
+        return d
+
+    def apply(self, bundle: Bundle, req: pb.DecideRequest, d: Decision, now: datetime, decision_id: str = "",
+              binding: str = "") -> str:
+        """Apply `d.effects`; returns the id the decision has here (its own, or the pending one it reused)."""
+        e = d.effects
+        if e.same_as:
+            return e.same_as
+        self._n += 1
+        decision_id = decision_id or f"memory-{self._n:08d}"
+        for approval_id in e.expire:
+            a = self.by_id.get(approval_id)
+            if a is not None:
+                a.view = replace(a.view, state="expired")
+        if e.reserve:
+            held = []
+            for b in e.reserve:
+                self._counter(b.key, b.scope, b.scope_key)[1] += e.amount
+                held.append((b.key, e.amount))
+            self.reservations[decision_id] = held
+        if e.consume:
+            a = self.by_id.get(e.consume)
+            if a is not None:
+                a.view = replace(a.view, state="consumed")
+        if e.open_approval:
+            binding = binding or binding_hash(req, self.key)
+            view = ApprovalView(approval_id=decision_id, state="pending",
+                                expires_at=now + timedelta(seconds=d.approval_ttl_s),
+                                deciding_rule=d.deciding_rule, approvers=d.approvers)
+            if self.assume == "approved":
+                view = replace(view, state="approved", resolved_by="assumed (--assume approved)")
+            a = _Approval(view, binding, self.pending_resolutions.pop(decision_id, None))
+            self.approvals.setdefault(binding, []).append(a)
+            self.by_id[decision_id] = a
+        return decision_id
+
+    def resolve(self, approval_id: str, resolution: Resolution) -> None:
+        """An approver's resolution of an approval (opened now or later by `approval_id`)."""
+        a = self.by_id.get(approval_id)
+        if a is None:
+            self.pending_resolutions[approval_id] = resolution
+        elif a.view.state == "pending":
+            a.resolution = resolution
+
+    def settle(self, decision_id: str, actual: float, bundle: Bundle | None = None,
+               req: pb.DecideRequest | None = None, now: datetime | None = None) -> None:
+        """The call's actual cost replaces what it reserved (as ReportOutcome does); a call that
+        reserved nothing is charged on the budgets that applied to it."""
+        held = self.reservations.pop(decision_id, None)
+        if held is not None:
+            for key, amount in held:
+                use = self.usage[key]
+                use[1] -= amount
+                use[0] += actual
+            return
+        if bundle is not None and req is not None and now is not None:
+            for b in applicable_budgets(bundle, req.agent, now):
+                self._counter(b.key, b.scope, b.scope_key)[0] += actual
+
+    def set_usage(self, items: Iterable[tuple[str, str, BudgetUsage]]) -> None:
+        self.start_usage = {**self.start_usage, **{(s, v): u for s, v, u in items}}
