@@ -128,7 +128,7 @@ class Metrics:
     def sample(self, engine: Engine, budgets: Sequence[Any], kill_switches: int, queued: int,
                now: datetime | None = None) -> None:
         """Read the levels (a thread: it queries the database)."""
-        from decider.server.budgets import window_start
+        from decider.engine.budgets import window_start
         from decider.store.budgets import budget_usage
         from decider.store.decisions import decisions
 

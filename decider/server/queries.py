@@ -24,11 +24,11 @@ from typing import Any
 import grpc
 
 from decider.bundle.compile import Bundle
+from decider.engine.budgets import window_start
 from decider.engine.decide import outcome_name, outcome_value
 from decider.record.ids import new_id
 from decider.record.record import record_to_proto
 from decider.server.auth import ANONYMOUS, current_principal
-from decider.server.budgets import window_start
 from decider.store.queries import DecisionQuery, QueryStore
 from decider.v1 import decider_pb2 as pb
 
