@@ -8,6 +8,7 @@ Windows are fixed and aligned to the Unix epoch (1h, 1d, 30d); `total` never res
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -69,11 +70,12 @@ def budget_views(bundle: Bundle, state: State) -> dict[str, dict[str, float]]:
     return views
 
 
-def first_exceeded(budgets: list[BudgetKey], usage: object, cost: float) -> tuple[BudgetKey, BudgetUsage] | None:
+def first_exceeded(budgets: list[BudgetKey], usage: Mapping[str, BudgetUsage],
+                   cost: float) -> tuple[BudgetKey, BudgetUsage] | None:
     """The first budget (in key order, as the store reserves) without room for `cost`, else None.
     Only a call with a cost needs budget: one with none is never denied for it (its actual cost,
     once reported, is still charged)."""
-    get = usage.get  # type: ignore[attr-defined]
+    get = usage.get
     for b in sorted(budgets):
         use = get(b.scope) or BudgetUsage()
         if use.spent + use.reserved + cost > b.limit + EPSILON:

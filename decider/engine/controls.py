@@ -24,7 +24,7 @@ from dataclasses import replace
 from datetime import datetime
 
 from decider.bundle.compile import Bundle, Reason
-from decider.engine.budgets import applicable_budgets, exceeded_text, first_exceeded
+from decider.engine.budgets import BudgetKey, applicable_budgets, exceeded_text, first_exceeded
 from decider.engine.decision import NO_EFFECTS, Decision, Effects
 from decider.engine.state import ApprovalView, State
 from decider.v1 import decider_pb2 as pb
@@ -52,8 +52,8 @@ def deny(decision: Decision, rule_id: str, text: str, **changes: object) -> Deci
                    approvers=(), approval_ttl_s=0, effects=NO_EFFECTS, **changes)  # type: ignore[arg-type]
 
 
-def budget_denial(decision: Decision, budget: object, spent: float, reserved: float, cost: float) -> Decision:
-    return deny(decision, "budget_exceeded", exceeded_text(budget, spent, reserved, cost))  # type: ignore[arg-type]
+def budget_denial(decision: Decision, budget: BudgetKey, spent: float, reserved: float, cost: float) -> Decision:
+    return deny(decision, "budget_exceeded", exceeded_text(budget, spent, reserved, cost))
 
 
 def approved_text(ap: ApprovalView) -> str:
