@@ -144,7 +144,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path, 
         s.call("work.step", {"n": 10})
         # The server's own export, and its kill switches over time.
         log = tmp / "log.jsonl"
-        exported = decider("log", "--db", srv.db_url, "--format", "jsonl")
+        exported = decider("log", "--db", srv.db_url, "--format", "jsonl", "--reverse")  # oldest first
         assert exported.returncode == 0, exported.stderr
         log.write_text(exported.stdout)
         switches = decider("kill", "--server", srv.target, "--list", "--all", "--format", "json")
@@ -174,8 +174,10 @@ def test_decider_test_with_the_servers_state_gives_the_same_outcomes(run: tuple[
     bundle, tmp, s = run
     suite = {"apiVersion": "decider/v1", "kind": "TestSuite", "metadata": {"name": "parity"}, "cases": s.cases}
     path = tmp / "parity_test.yaml"
-    path.write_text(yaml.safe_dump(suite, sort_keys=False))
+    # A deep copy: shared objects would be dumped as YAML aliases, which policy files refuse.
+    path.write_text(yaml.safe_dump(json.loads(json.dumps(suite)), sort_keys=False))
     out = decider("test", str(bundle), str(path), "--format", "json")
+    assert out.stdout, out.stderr
     report = json.loads(out.stdout)
     cases = [c for suite in report["suites"] for c in suite["cases"]]
     got = [(c["actual"]["outcome"].upper(), c["actual"]["rule"]) for c in cases]

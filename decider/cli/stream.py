@@ -125,12 +125,14 @@ def follow(args: argparse.Namespace, engine: Engine) -> int:
         if value:
             raise InvalidRequest(flag, "does not apply to --follow (use --after to choose where it starts)")
     # The record filters, applied to each line (the stream's positions stay those of the journal).
-    want = {k: v for k, v in (("agent_id", args.agent_id), ("team", args.team), ("tool_name", args.tool),
-                              ("outcome", args.outcome.upper() if args.outcome else None)) if v}
+    # Lines are the export's shape: identity under "agent".
+    want = [(get, v) for get, v in ((lambda x: x["agent"]["id"], args.agent_id), (lambda x: x["agent"]["team"], args.team),
+                                    (lambda x: x["tool_name"], args.tool),
+                                    (lambda x: x["outcome"], args.outcome.upper() if args.outcome else None)) if v]
     after = resolve_after(engine, args.after)
     try:
         for line in follow_lines(engine, after, args.poll):
-            if want and any(line.get(k) != v for k, v in want.items()):
+            if want and any(get(line) != v for get, v in want):
                 continue
             sys.stdout.write(json.dumps(line, separators=(",", ":")) + "\n")
             sys.stdout.flush()
