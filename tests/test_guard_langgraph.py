@@ -166,8 +166,11 @@ def test_rejected_approval_is_a_refusal_the_model_reads(decider_server: ServerPr
     done = agent.resume(intr.value)
     assert "__interrupt__" not in done
     assert agent.ran == []
-    assert agent.model.seen == [f"decider: approval rejected by user:carol (\"no\") for refund: Refunds above 100 need a finance approver "
-                                f"[big-refunds-need-approval] (decision {decision_id})"]
+    # On resume the guard asks again; a rejection is final for the identical call (DENY `rejected`,
+    # naming the approver, the comment and the rejected decision) until its ttl.
+    (seen,) = agent.model.seen
+    assert seen.startswith(f"decider denied refund: rejected by user:carol in decision {decision_id}: no ")
+    assert "[rejected]" in seen
 
 
 def test_approval_given_while_the_tool_waits_runs_it_without_a_second_pause(decider_server: ServerProcess) -> None:
