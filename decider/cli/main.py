@@ -235,11 +235,11 @@ def _log(args: argparse.Namespace) -> int:
         for row in rows:
             print(json.dumps(DecisionRecord.from_row(row).to_json(), separators=(",", ":"), ensure_ascii=False))
         return EXIT_OK
-    print(f"{'decision_id':26}  {'time (UTC)':19}  {'agent':14}  {'tool':18}  {'outcome':16}  rule")
+    print(f"{'decision_id':26}  {'time (UTC)':19}  {'agent':14}  {'tool':18}  {'outcome':16}  {'rule':32}  caller")
     for row in rows:
         t = row["time"].strftime("%Y-%m-%d %H:%M:%S")
         print(f"{row['decision_id']:26}  {t:19}  {row['agent_id'][:14]:14}  {row['tool_name'][:18]:18}  "
-              f"{row['outcome']:16}  {row['deciding_rule']}")
+              f"{row['outcome']:16}  {row['deciding_rule']:32}  {row.get('caller') or '-'}")
     return EXIT_OK
 
 

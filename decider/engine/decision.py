@@ -67,6 +67,9 @@ class Decision:
     eval_us: int = 0
     effects: Effects = NO_EFFECTS
     approval: ApprovalView | None = None  # the existing approval this decision used, met or answers with
+    # The identity merged with the agent's manifest, when the manifest filled request fields
+    # (None: the request's agent as sent). Conditions saw it; the record stores it.
+    agent: pb.Agent | None = None
 
     @property
     def outcome_name(self) -> str:

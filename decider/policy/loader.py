@@ -17,9 +17,9 @@ import yaml
 from pydantic import ValidationError
 
 from decider.errors import PolicyLoadError, SourceError
-from decider.policy.models import API_VERSION, BundleDoc, PolicyDoc, Rule
+from decider.policy.models import API_VERSION, AgentDoc, BundleDoc, PolicyDoc, Rule
 
-__all__ = ["Source", "LoadedPolicy", "PartialPolicy", "LoadedSource", "load_source", "load_files", "source_files", "locate"]
+__all__ = ["Source", "LoadedAgent", "LoadedPolicy", "PartialPolicy", "LoadedSource", "load_source", "load_files", "source_files", "locate"]
 
 BUNDLE_FILE = "bundle.yaml"
 
@@ -35,6 +35,12 @@ class Source:
 @dataclass(frozen=True, slots=True)
 class LoadedPolicy:
     doc: PolicyDoc
+    source: Source
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedAgent:
+    doc: AgentDoc
     source: Source
 
 
@@ -63,6 +69,7 @@ class LoadedSource:
     errors: list[SourceError] = field(default_factory=list)
     partial: list[PartialPolicy] = field(default_factory=list)
     texts: dict[str, bytes] = field(default_factory=dict)   # by display name, for error positions
+    agents: list[LoadedAgent] = field(default_factory=list)  # `kind: Agent` manifests
 
 
 def source_files(root: Path) -> list[Path]:
@@ -98,13 +105,14 @@ def load_files(files: dict[str, bytes], root: Path, display: Callable[[str], str
     bundles: list[tuple[BundleDoc, Source]] = []
     policies: list[LoadedPolicy] = []
     partial: list[PartialPolicy] = []
+    agents: list[LoadedAgent] = []
     texts: dict[str, bytes] = {}
     for rel in sorted(files):
         name = display(rel)
         data = files[rel]
         texts[name] = data
         for node in _compose_all(name, data, errors):
-            _load_document(name, node, errors, bundles, policies, partial)
+            _load_document(name, node, errors, bundles, policies, partial, agents)
     if not bundles:
         errors.append(SourceError(display(BUNDLE_FILE), 1, 1, "no document of kind Bundle found"))
     elif len(bundles) > 1:
@@ -112,7 +120,7 @@ def load_files(files: dict[str, bytes], root: Path, display: Callable[[str], str
             line, col = _mark(src.node)
             errors.append(SourceError(src.file, line, col, "a bundle source has exactly one kind: Bundle"))
     bundle_doc, bundle_src = bundles[0] if len(bundles) == 1 else (None, None)
-    return LoadedSource(root, bundle_doc, bundle_src, policies, dict(files), errors, partial, texts)
+    return LoadedSource(root, bundle_doc, bundle_src, policies, dict(files), errors, partial, texts, agents)
 
 
 def _compose_all(file: str, data: bytes, errors: list[SourceError]) -> list[yaml.Node]:
@@ -137,6 +145,7 @@ def _load_document(
     bundles: list[tuple[BundleDoc, Source]],
     policies: list[LoadedPolicy],
     partial: list[PartialPolicy],
+    agents: list[LoadedAgent],
 ) -> None:
     value = _to_python(file, node, errors)
     if value is None:
@@ -152,15 +161,17 @@ def _load_document(
         line, col = _mark(n)
         errors.append(SourceError(file, line, col, f"apiVersion must be {API_VERSION!r}"))
         return
-    model: type[BundleDoc] | type[PolicyDoc]
+    model: type[BundleDoc] | type[PolicyDoc] | type[AgentDoc]
     if kind == "Bundle":
         model = BundleDoc
     elif kind == "Policy":
         model = PolicyDoc
+    elif kind == "Agent":
+        model = AgentDoc
     else:
         n = _child(node, "kind") or node
         line, col = _mark(n)
-        errors.append(SourceError(file, line, col, f"unknown kind {kind!r}: use Bundle or Policy"))
+        errors.append(SourceError(file, line, col, f"unknown kind {kind!r}: use Bundle, Policy or Agent"))
         return
     try:
         doc = model.model_validate(value)
@@ -172,6 +183,8 @@ def _load_document(
         return
     if isinstance(doc, BundleDoc):
         bundles.append((doc, src))
+    elif isinstance(doc, AgentDoc):
+        agents.append(LoadedAgent(doc, src))
     else:
         policies.append(LoadedPolicy(doc, src))
 
