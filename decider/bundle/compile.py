@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 from cel_expr_python import cel
 
+from decider.bundle.identity_lint import identity_warnings
 from decider.bundle.manifests import EMPTY_INDEX, AgentIndex, compile_manifests
 from decider.bundle.schemas import ToolSchema, argument_reads, compile_schemas, tools_covered
 from decider.cel.env import compile_combined, compile_condition
@@ -126,6 +127,7 @@ class Bundle:
     schemas: dict[str, ToolSchema] = field(default_factory=dict)   # catalogue key → argument schema
     _schema_globs: tuple[tuple[re.Pattern[str], ToolSchema], ...] = ()
     _schema_cache: dict[str, ToolSchema | None] = field(default_factory=dict)
+    warnings: tuple[SourceError, ...] = ()                  # for `decider check`; never fatal
 
     @property
     def rules(self) -> tuple[CompiledRule, ...]:
@@ -339,6 +341,7 @@ def compile_bundle(src: LoadedSource) -> Bundle:
         schemas=schemas,
         _schema_globs=tuple((_glob_rx(k), v) for k, v in sorted(schemas.items(), key=lambda kv: -len(kv[0]))
                             if _is_glob(k)),
+        warnings=tuple(identity_warnings(src, agents, spec.default)),
     )
 
 

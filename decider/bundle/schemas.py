@@ -85,7 +85,7 @@ class ArgRead:
 _STRING = re.compile(
     r"""(?:[rRbB]{0,2})(?:'''.*?'''|\"\"\".*?\"\"\"|'(?:\\.|[^'\\\n])*'|"(?:\\.|[^"\\\n])*")""", re.S)
 _COMMENT = re.compile(r"//[^\n]*")
-_SELECT = re.compile(r"(?<![\w.])tool\s*\.\s*args\s*(?:\.\s*([A-Za-z_]\w*)|\[\s*(?=['\"]))")
+_SELECT = re.compile(r"(?<![\w.])tool\s*\.\s*args\s*(?:\.\s*([A-Za-z_]\w*)|\[)")
 
 
 def argument_reads(expression: str) -> list[ArgRead]:
@@ -109,13 +109,16 @@ def argument_reads(expression: str) -> list[ArgRead]:
         if m.group(1) is not None:
             name, start = m.group(1), m.start(1)
         else:
-            lit = _STRING.match(expression, m.end())
+            at = m.end()
+            while at < len(expression) and expression[at].isspace():
+                at += 1
+            lit = _STRING.match(expression, at)
             if lit is None:
-                continue
+                continue   # an index that is not a literal: nothing to check at build time
             body = lit.group(0).lstrip("rRbB")
             if body[:3] in ("'''", '"""'):
                 continue
-            name, start = body[1:-1], m.end() + (len(lit.group(0)) - len(body)) + 1
+            name, start = body[1:-1], at + (len(lit.group(0)) - len(body)) + 1
             if "\\" in name:
                 continue   # an escaped name: too clever to check by text, left to run time
         before = expression[:start]

@@ -145,12 +145,18 @@ def _check(args: argparse.Namespace) -> int:
             print(f"{len(e.errors)} error(s) in {args.folder}")
         return EXIT_FAIL
     n_rules = sum(len(p.rules) for p in b.policies)
+    n_agents = len(b.agents.manifests)
     if args.format == "json":
         print(json.dumps({"ok": True, "name": b.name, "version": b.version, "revision": b.revision,
-                          "policies": len(b.policies), "rules": n_rules}))
+                          "policies": len(b.policies), "rules": n_rules, "agents": n_agents,
+                          "warnings": [{"file": w.file, "line": w.line, "column": w.column,
+                                        "message": w.message} for w in b.warnings]}))
     else:
+        for w in b.warnings:
+            print(w)
         print(f"ok: {b.name} {b.version} revision {b.revision[:12]} "
-              f"({len(b.policies)} policies, {n_rules} rules)")
+              f"({len(b.policies)} policies, {n_rules} rules, {n_agents} agent manifests"
+              f"{f', {len(b.warnings)} warning(s)' if b.warnings else ''})")
     return EXIT_OK
 
 
