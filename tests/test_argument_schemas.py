@@ -208,3 +208,50 @@ def test_mcp_server_git_tools_list_loads_as_catalogue_and_type_checks_policies(
     (e,) = err.value.errors
     assert (e.line, e.column) == (13, 54) and "did you mean 'branch_name'?" in e.message
     assert json.dumps(git_tools)  # the listing itself is plain JSON, as `tools import` would write
+
+
+# ---- the fast paths agree with jsonschema ----------------------------------------------------------
+
+FAST_SCHEMAS: list[dict[str, Any]] = [
+    {"type": "object", "properties": {"amount": {"type": "number", "minimum": 0}, "order": {"type": "string"}},
+     "required": ["amount"]},
+    {"type": "object", "properties": {"n": {"type": "integer", "exclusiveMaximum": 10}}, "additionalProperties": False},
+    {"type": "object", "properties": {"mode": {"enum": ["a", "b"]}, "s": {"type": "string", "minLength": 2,
+                                                                          "maxLength": 3}}},
+    {"type": "object", "properties": {"x": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+                                      "files": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                                      "o": {"type": "object", "properties": {"k": {"type": "boolean"}},
+                                            "additionalProperties": {"type": "number"}}}},
+    {"type": "object", "properties": {"b": {"type": ["boolean", "null"]}, "t": {"title": "T", "default": 3}}},
+]
+FAST_VALUES: list[dict[str, Any]] = [
+    {}, {"amount": 5}, {"amount": -1}, {"amount": "5"}, {"amount": True}, {"amount": 5, "order": 7},
+    {"n": 3}, {"n": 3.5}, {"n": 10}, {"n": 9, "extra": 1}, {"mode": "a"}, {"mode": "c"}, {"mode": 1},
+    {"s": "x"}, {"s": "xyz"}, {"s": "xyzw"}, {"x": None}, {"x": "s"}, {"x": 1}, {"files": []},
+    {"files": ["a"]}, {"files": ["a", 2]}, {"o": {"k": True, "z": 1}}, {"o": {"k": 1}}, {"o": {"z": "s"}},
+    {"b": None}, {"b": False}, {"b": "no"}, {"t": [1, {"a": None}]},
+]
+
+
+@pytest.mark.parametrize("schema", FAST_SCHEMAS)
+def test_the_fast_checks_agree_with_jsonschema(schema: dict[str, Any]) -> None:
+    import jsonschema
+    from google.protobuf import struct_pb2
+
+    from decider.bundle.schemas import fast_check, struct_check
+
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    fast = fast_check(schema)
+    on_struct = struct_check(schema)
+    assert fast is not None
+    for value in FAST_VALUES:
+        args = json.loads(json.dumps(value, default=float))
+        args = {k: (float(v) if type(v) is int else v) for k, v in args.items()}   # Struct numbers are floats
+        want = validator.is_valid(args)
+        assert fast(args) == want, (schema, value)
+        if on_struct is not None:
+            s = struct_pb2.Struct()
+            s.update(args)
+            assert not on_struct(s) or want, (schema, value)   # True only when valid
+            if want:
+                assert on_struct(s), (schema, value)           # and no slow path for valid flat calls

@@ -12,7 +12,7 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from decider.policy.loader import LoadedAgent, locate
@@ -51,6 +51,17 @@ class Manifest:
     location: str                          # file:line:col of metadata.name, for reports
     tool_ok: Callable[[str], object]       # least privilege: no tools listed → no tool matches
     server_ok: Callable[[str], object]
+    _seen: dict[str, bool] = field(default_factory=dict)   # memo of allows(): names repeat
+
+    def allows(self, tool: str, server: str) -> bool:
+        """Tool (and server, when one is sent) within the manifest (memoised, bounded)."""
+        key = f"{tool}\0{server}"
+        hit = self._seen.get(key)
+        if hit is None:
+            hit = self.tool_ok(tool) is not None and (not server or self.server_ok(server) is not None)
+            if len(self._seen) < 4096:
+                self._seen[key] = hit
+        return hit
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,8 @@ def check_arguments(bundle: Bundle, tool: pb.ToolCall) -> Reason | None:
     schema = bundle.schema(tool.name)
     if schema is None:
         return None
+    if schema.on_struct is not None and schema.on_struct(tool.args):
+        return None   # valid, read straight off the Struct (no conversion)
     args = struct_to_dict(tool.args)
     if schema.is_valid(args):
         return None

@@ -10,7 +10,7 @@ the reason to deny it:
 - the tool, or the tool's server, is not in the manifest → `not_in_manifest`.
 
 Empty request fields are filled from the manifest: the result is a new `pb.Agent` (the request
-is never changed), or the request's own when nothing needed filling — the common case costs no copy.
+is never changed), or None when nothing needed filling — the common case allocates nothing.
 """
 
 from __future__ import annotations
@@ -30,9 +30,13 @@ NOT_IN_MANIFEST = "not_in_manifest"
 
 @dataclass(frozen=True, slots=True)
 class Resolved:
-    agent: pb.Agent                 # the merged identity (the request's own object when unchanged)
+    agent: pb.Agent | None          # the merged identity; None: the request's agent as sent
     denial: Reason | None = None    # why the call is denied before any policy runs
     manifest: Manifest | None = None
+
+
+# "The request's own agent, no denial": one shared value (the caller reads `agent` None as "as sent").
+_AS_SENT = Resolved(None, None, None)  # type: ignore[arg-type]
 
 
 def _deny(rule_id: str, text: str) -> Reason:
@@ -43,16 +47,19 @@ def resolve(bundle: Bundle, request: pb.DecideRequest) -> Resolved:
     agent = request.agent
     index = bundle.agents
     if not index:
-        return Resolved(agent)
+        return _AS_SENT
     m = index.find(agent)
     if m is None:
         if index.unregistered == "allow":
-            return Resolved(agent)
-        return Resolved(agent, _deny(UNREGISTERED, f"agent {agent.id!r} is not registered: no agent manifest "
+            return _AS_SENT
+        return Resolved(None, _deny(UNREGISTERED, f"agent {agent.id!r} is not registered: no agent manifest "
                                                    f"covers it (spec.agents.unregistered: deny)"))
     fills: dict[str, object] = {}
     mismatch = _contradiction(agent, m, fills)
-    merged = agent
+    tool = request.tool
+    if not fills and not mismatch and m.allows(tool.name, tool.server):
+        return _AS_SENT   # the common case: nothing to fill, nothing to deny
+    merged: pb.Agent | None = None
     if fills:
         merged = pb.Agent()
         merged.CopyFrom(agent)
@@ -66,7 +73,6 @@ def resolve(bundle: Bundle, request: pb.DecideRequest) -> Resolved:
                 setattr(merged, key, value)
     if mismatch:
         return Resolved(merged, _deny(MISMATCH, f"{mismatch} (manifest {m.name!r} at {m.location})"), m)
-    tool = request.tool
     if m.tool_ok(tool.name) is None:
         return Resolved(merged, _deny(NOT_IN_MANIFEST, f"tool {tool.name!r} is not in the manifest of agent "
                                                        f"{m.name!r} (tools: {', '.join(m.tools) or 'none'})"), m)
@@ -77,34 +83,47 @@ def resolve(bundle: Bundle, request: pb.DecideRequest) -> Resolved:
 
 
 def _contradiction(a: pb.Agent, m: Manifest, fills: dict[str, object]) -> str:
-    """The first field of `a` that contradicts `m` ("" if none); empty fields to fill go in `fills`."""
-    for key, want in (("owner", m.owner), ("team", m.team)):
-        have = getattr(a, key)
-        if want:
-            if not have:
-                fills[key] = want
-            elif have != want:
-                return f"agent.{key}: the request says {have!r}, the manifest says {want!r}"
-    for key, allowed in (("workflow", m.workflows), ("model", m.models)):
-        have = getattr(a, key)
-        if not allowed:
-            continue
+    """The first field of `a` that contradicts `m` ("" if none); empty fields to fill go in `fills`.
+    Straight-line on purpose: this runs on every decision of a bundle with manifests."""
+    if m.owner:
+        have = a.owner
         if not have:
-            if len(allowed) == 1:
-                fills[key] = allowed[0]
-        elif have not in allowed:
-            return f"agent.{key}: {have!r} is not one of the manifest's {key}s {list(allowed)}"
-    if a.capabilities:
-        extra = [c for c in a.capabilities if c not in m.capabilities]
-        if extra:
-            return (f"agent.capabilities: {extra[0]!r} is not granted by the manifest "
-                    f"(capabilities: {list(m.capability_list)})")
+            fills["owner"] = m.owner
+        elif have != m.owner:
+            return f"agent.owner: the request says {have!r}, the manifest says {m.owner!r}"
+    if m.team:
+        have = a.team
+        if not have:
+            fills["team"] = m.team
+        elif have != m.team:
+            return f"agent.team: the request says {have!r}, the manifest says {m.team!r}"
+    if m.workflows:
+        have = a.workflow
+        if not have:
+            if len(m.workflows) == 1:
+                fills["workflow"] = m.workflows[0]
+        elif have not in m.workflows:
+            return f"agent.workflow: {have!r} is not one of the manifest's workflows {list(m.workflows)}"
+    if m.models:
+        have = a.model
+        if not have:
+            if len(m.models) == 1:
+                fills["model"] = m.models[0]
+        elif have not in m.models:
+            return f"agent.model: {have!r} is not one of the manifest's models {list(m.models)}"
+    caps = a.capabilities
+    if caps:
+        for c in caps:
+            if c not in m.capabilities:
+                return (f"agent.capabilities: {c!r} is not granted by the manifest "
+                        f"(capabilities: {list(m.capability_list)})")
     elif m.capability_list:
         fills["capabilities"] = True
     if m.labels:
+        labels = a.labels
         missing: dict[str, str] = {}
         for k, v in m.labels.items():
-            have = a.labels.get(k)
+            have = labels.get(k)
             if have is None:
                 missing[k] = v
             elif have != v:

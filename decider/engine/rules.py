@@ -103,8 +103,8 @@ def _evaluate_request(bundle: Bundle, request: pb.DecideRequest, state: State, t
     tool = request.tool
     # Identity first (SPEC §9): the manifest fills and checks the agent before anything reads it.
     resolved = resolve(bundle, request)
-    agent = resolved.agent
-    merged = agent if agent is not request.agent else None
+    merged = resolved.agent
+    agent = merged or request.agent
 
     for ks in state.kill_switches:
         if ks.hits(agent, tool):
