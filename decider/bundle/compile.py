@@ -35,6 +35,7 @@ DEFAULT_APPROVAL_TTL_S = 3600
 # A tool neither the request nor the catalogue rates is treated as critical: fail closed.
 UNKNOWN_RISK_TIER = 4
 _INDEX_CACHE_MAX = 4096
+_MISS = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,10 +161,9 @@ class Bundle:
         one (memoised; None for a tool without a schema, which behaves as before schemas)."""
         if not self.schemas:
             return None
-        try:
-            return self._schema_cache[tool_name]
-        except KeyError:
-            pass
+        hit = self._schema_cache.get(tool_name, _MISS)
+        if hit is not _MISS:
+            return hit  # type: ignore[return-value]
         hit = self.schemas.get(tool_name)
         if hit is None:
             for rx, sch in self._schema_globs:

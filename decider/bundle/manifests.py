@@ -51,11 +51,11 @@ class Manifest:
     location: str                          # file:line:col of metadata.name, for reports
     tool_ok: Callable[[str], object]       # least privilege: no tools listed → no tool matches
     server_ok: Callable[[str], object]
-    _seen: dict[str, bool] = field(default_factory=dict)   # memo of allows(): names repeat
+    _seen: dict[object, bool] = field(default_factory=dict)   # memo of allows(): names repeat
 
     def allows(self, tool: str, server: str) -> bool:
         """Tool (and server, when one is sent) within the manifest (memoised, bounded)."""
-        key = f"{tool}\0{server}"
+        key: object = (tool, server) if server else tool
         hit = self._seen.get(key)
         if hit is None:
             hit = self.tool_ok(tool) is not None and (not server or self.server_ok(server) is not None)
@@ -68,10 +68,13 @@ class Manifest:
 class AgentIndex:
     """Every manifest of a bundle; `unregistered` is the effective `spec.agents.unregistered`."""
 
-    exact: Mapping[str, Manifest]
+    exact: dict[str, Manifest]             # a plain dict: read on every decision (never changed)
     globs: tuple[tuple[Callable[[str], object], Manifest], ...]
     unregistered: str                      # deny | allow
     manifests: tuple[Manifest, ...]
+    # Memo of the identity check by the request agent's wire bytes (engine/identity.py): a
+    # gateway sends the same few identities again and again. Same bytes, same agent, same answer.
+    checked: dict[bytes, tuple[Manifest | None, dict[str, object], str]] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(self.manifests)
@@ -87,7 +90,7 @@ class AgentIndex:
         return None
 
 
-EMPTY_INDEX = AgentIndex(MappingProxyType({}), (), "allow", ())
+EMPTY_INDEX = AgentIndex({}, (), "allow", (), {})
 __all__ += ["EMPTY_INDEX"]
 
 
@@ -121,4 +124,4 @@ def compile_manifests(agents: list[LoadedAgent], unregistered: str | None,
         else:
             exact[name] = m
     effective = unregistered or ("deny" if out else "allow")
-    return AgentIndex(MappingProxyType(exact), tuple(globs), effective, tuple(out))
+    return AgentIndex(exact, tuple(globs), effective, tuple(out))

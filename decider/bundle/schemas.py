@@ -356,6 +356,9 @@ def _value_check(sub: Any) -> ValueCheck | None:  # noqa: C901 - one branch per 
     lo_len, hi_len = sub.get("minLength"), sub.get("maxLength")
     if any(x is not None and type(x) is not int for x in (lo_len, hi_len)):
         return None
+    if kinds is not None and "number_value" not in kinds and allowed is None and lo_len is None and hi_len is None:
+        # Only a type to check (the common `{"type": "string"}`): one call per value.
+        return lambda v: (v.WhichOneof("kind") or "null_value") in kinds
 
     def check(v: Any) -> bool:
         kind = v.WhichOneof("kind") or "null_value"
@@ -399,22 +402,20 @@ def struct_check(schema: Any) -> Callable[[Any], bool] | None:
     if any(c is None for c in checks.values()):
         return None
     required = tuple(schema.get("required") or ())
-    items = tuple(checks.items())
-    known = frozenset(props)
     closed = extra is False
 
+    # Walk the arguments present (usually one or two), not every property the schema declares.
     def check(args: Any) -> bool:
         fields = args.fields
         for name in required:
             if name not in fields:
                 return False
-        if closed:
-            for k in fields:
-                if k not in known:
+        for k, v in fields.items():
+            c = checks.get(k)
+            if c is None:
+                if closed:
                     return False
-        for name, c in items:
-            v = fields.get(name)
-            if v is not None and not c(v):  # type: ignore[misc]
+            elif not c(v):
                 return False
         return True
     return check

@@ -17,9 +17,9 @@ __all__ = ["INVALID_ARGUMENTS", "check_arguments"]
 INVALID_ARGUMENTS = "invalid_arguments"
 
 
-def check_arguments(bundle: Bundle, tool: pb.ToolCall) -> Reason | None:
+def check_arguments(bundle: Bundle, tool: pb.ToolCall, tool_name: str) -> Reason | None:
     """None when the call's arguments fit its tool's schema (or the tool has none)."""
-    schema = bundle.schema(tool.name)
+    schema = bundle.schema(tool_name)
     if schema is None:
         return None
     if schema.on_struct is not None and schema.on_struct(tool.args):
@@ -27,5 +27,5 @@ def check_arguments(bundle: Bundle, tool: pb.ToolCall) -> Reason | None:
     args = struct_to_dict(tool.args)
     if schema.is_valid(args):
         return None
-    return Reason(INVALID_ARGUMENTS, f"arguments of {tool.name!r} do not match its schema: {violation(schema, args)}",
+    return Reason(INVALID_ARGUMENTS, f"arguments of {tool_name!r} do not match its schema: {violation(schema, args)}",
                   "", "deny")

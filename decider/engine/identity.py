@@ -1,6 +1,6 @@
 """Who is asking, checked against the bundle's agent manifests before any policy runs (SPEC §9).
 
-`resolve(bundle, request)` gives the identity conditions see and, when the call may not go on,
+`resolve(bundle, agent, tool, tool_name)` gives the identity conditions see and, when the call may not go on,
 the reason to deny it:
 
 - no manifest covers the agent id (matched exactly) and `spec.agents.unregistered` is `deny`
@@ -25,6 +25,7 @@ __all__ = ["Resolved", "resolve", "UNREGISTERED", "MISMATCH", "NOT_IN_MANIFEST"]
 
 UNREGISTERED = "unregistered_agent"
 MISMATCH = "identity_mismatch"
+_MEMO_MAX = 4096
 NOT_IN_MANIFEST = "not_in_manifest"
 
 
@@ -43,21 +44,27 @@ def _deny(rule_id: str, text: str) -> Reason:
     return Reason(rule_id, text, "", "deny")
 
 
-def resolve(bundle: Bundle, request: pb.DecideRequest) -> Resolved:
-    agent = request.agent
+def resolve(bundle: Bundle, agent: pb.Agent, tool: pb.ToolCall, tool_name: str) -> Resolved:
+    """The identity conditions see, and why the call is denied before any policy (if it is)."""
     index = bundle.agents
-    if not index:
+    if not index.manifests:
         return _AS_SENT
-    m = index.find(agent)
+    key = agent.SerializeToString()
+    hit = index.checked.get(key)
+    if hit is None:
+        found = index.find(agent)
+        fills: dict[str, object] = {}
+        hit = (found, fills, _contradiction(agent, found, fills) if found is not None else "")
+        if len(index.checked) < _MEMO_MAX:
+            index.checked[key] = hit
+    m, fills, mismatch = hit   # read only: shared by every request with these bytes
     if m is None:
         if index.unregistered == "allow":
             return _AS_SENT
         return Resolved(None, _deny(UNREGISTERED, f"agent {agent.id!r} is not registered: no agent manifest "
                                                    f"covers it (spec.agents.unregistered: deny)"))
-    fills: dict[str, object] = {}
-    mismatch = _contradiction(agent, m, fills)
-    tool = request.tool
-    if not fills and not mismatch and m.allows(tool.name, tool.server):
+    server = tool.server
+    if not fills and not mismatch and m.allows(tool_name, server):
         return _AS_SENT   # the common case: nothing to fill, nothing to deny
     merged: pb.Agent | None = None
     if fills:
@@ -73,11 +80,11 @@ def resolve(bundle: Bundle, request: pb.DecideRequest) -> Resolved:
                 setattr(merged, key, value)
     if mismatch:
         return Resolved(merged, _deny(MISMATCH, f"{mismatch} (manifest {m.name!r} at {m.location})"), m)
-    if m.tool_ok(tool.name) is None:
-        return Resolved(merged, _deny(NOT_IN_MANIFEST, f"tool {tool.name!r} is not in the manifest of agent "
+    if m.tool_ok(tool_name) is None:
+        return Resolved(merged, _deny(NOT_IN_MANIFEST, f"tool {tool_name!r} is not in the manifest of agent "
                                                        f"{m.name!r} (tools: {', '.join(m.tools) or 'none'})"), m)
-    if tool.server and m.server_ok(tool.server) is None:
-        return Resolved(merged, _deny(NOT_IN_MANIFEST, f"server {tool.server!r} is not in the manifest of agent "
+    if server and m.server_ok(server) is None:
+        return Resolved(merged, _deny(NOT_IN_MANIFEST, f"server {server!r} is not in the manifest of agent "
                                                        f"{m.name!r} (servers: {', '.join(m.servers) or 'none'})"), m)
     return Resolved(merged, None, m)
 

@@ -102,8 +102,12 @@ def _evaluate_request(bundle: Bundle, request: pb.DecideRequest, state: State, t
     started = time.perf_counter_ns()
     tool = request.tool
     # Identity first (SPEC §9): the manifest fills and checks the agent before anything reads it.
-    resolved = resolve(bundle, request)
-    merged = resolved.agent
+    tool_name = tool.name
+    if bundle.agents.manifests:
+        resolved = resolve(bundle, request.agent, tool, tool_name)
+        merged, denial = resolved.agent, resolved.denial
+    else:
+        merged, denial = None, None
     agent = merged or request.agent
 
     for ks in state.kill_switches:
@@ -121,12 +125,13 @@ def _evaluate_request(bundle: Bundle, request: pb.DecideRequest, state: State, t
             )
 
     # Before any policy runs: who is asking (manifest), then what the call carries (schema).
-    denial = resolved.denial or check_arguments(bundle, tool)
+    if denial is None and bundle.schemas:
+        denial = check_arguments(bundle, tool, tool_name)
     if denial is not None:
         return Decision(pb.DENY, (denial,), (), denial.rule_id, tier,
                         eval_us=(time.perf_counter_ns() - started) // 1000, agent=merged)
 
-    candidates = bundle.candidates(tool.name)
+    candidates = bundle.candidates(tool_name)
     matched: list[CompiledRule] = []
     errors: list[tuple[CompiledRule, str]] = []
     activation = None
