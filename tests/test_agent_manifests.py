@@ -202,3 +202,35 @@ cases:
     assert out.returncode == 0, out.stdout + out.stderr
     rules = [json.loads(line)["rule"] for line in out.stdout.splitlines() if line.startswith("{")]
     assert rules[:3] == ["default", "not_in_manifest", "unregistered_agent"], out.stdout
+
+
+def test_decider_check_warns_about_manifests_no_policy_can_allow_and_policies_naming_unknown_agents(
+        tmp_path: Path) -> None:
+    policy = """\
+apiVersion: decider/v1
+kind: Policy
+metadata: {name: ops-only}
+spec:
+  match:
+    agents: ["ops-*", "coder-*"]
+    tools: ["work.*"]
+  rules:
+    - {id: ops-work, effect: allow}
+"""
+    make(tmp_path, policies=policy)
+    out = subprocess.run([sys.executable, "-m", "decider", "check", str(tmp_path)], capture_output=True, text=True,
+                         cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr   # warnings, not errors
+    lines = out.stdout.splitlines()
+    text = "\n".join(lines)
+    assert f"{tmp_path}/agents.yaml:3:18: warning: no policy can allow anything for agent manifest 'refund-bot'" in text
+    assert "manifest 'killme'" in text       # its tools are work.*, but the policy names other agents
+    assert "manifest 'coder-*'" in text      # the policy's agents cover it, its tools do not
+    assert any(line.startswith(f"{tmp_path}/p.yaml:6:14: warning: policy 'ops-only' names agents 'ops-*'")
+               for line in lines), lines
+    assert not any("'coder-*' but" in line for line in lines)    # a manifest covers coder-*
+    assert lines[-1].endswith("3 agent manifests, 4 warning(s))"), lines
+    (tmp_path / "p.yaml").write_text(policy.replace('["ops-*", "coder-*"]', '["killme"]'))
+    out = subprocess.run([sys.executable, "-m", "decider", "check", str(tmp_path)], capture_output=True, text=True,
+                         cwd=ROOT, timeout=120)
+    assert "manifest 'killme'" not in out.stdout and "names agents" not in out.stdout, out.stdout
