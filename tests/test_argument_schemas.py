@@ -255,3 +255,17 @@ def test_the_fast_checks_agree_with_jsonschema(schema: dict[str, Any]) -> None:
             assert not on_struct(s) or want, (schema, value)   # True only when valid
             if want:
                 assert on_struct(s), (schema, value)           # and no slow path for valid flat calls
+
+
+def test_decider_check_catches_the_typo_in_the_example_bundle(tmp_path: Path) -> None:
+    import shutil
+
+    shutil.copytree(ROOT / "policies", tmp_path / "p")
+    pay = tmp_path / "p" / "payments.yaml"
+    pay.write_text(pay.read_text().replace("when: tool.args.amount > 1000.0", "when: tool.args.amout > 1000.0"))
+    out = subprocess.run([sys.executable, "-m", "decider", "check", str(tmp_path / "p")], capture_output=True,
+                         text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 1
+    assert out.stdout.splitlines()[0] == (
+        f"{pay}:12:23: tool.args.amout: no tool this policy matches declares argument 'amout' "
+        "(declared: amount, currency, order); did you mean 'amount'?")

@@ -136,15 +136,21 @@ def argument_reads(expression: str) -> list[ArgRead]:
 
 def tools_covered(patterns: tuple[str, ...], catalogue: Mapping[str, ToolInfo]) -> list[str] | None:
     """The catalogue entries a policy's `match.tools` stands for, or None when it covers a tool
-    the catalogue does not describe (or any tool: no `match.tools`). A glob stands for the
-    catalogue entries it matches; an exact name must be in the catalogue (or under one of its globs)."""
+    the catalogue does not describe (or any tool: no `match.tools`).
+
+    A glob in `match.tools` stands for the named catalogue tools it matches (and a catalogue entry
+    spelled exactly as the glob, when that entry has a schema); catalogue globs without a schema,
+    such as `"payments.*": {risk_tier: 4}`, only set defaults and do not count. An exact name must
+    be a catalogue entry, or fall under a catalogue glob (the most specific one describes it)."""
     if not patterns:
         return None
     found: list[str] = []
     for p in patterns:
         if any(c in p for c in "*?["):
             rx = re.compile(fnmatch.translate(p))
-            hits = [k for k in catalogue if k == p or rx.match(k)]
+            hits = [k for k in catalogue if not any(c in k for c in "*?[") and rx.match(k)]
+            if p in catalogue and catalogue[p].args is not None:
+                hits.append(p)
         elif p in catalogue:
             hits = [p]
         else:
