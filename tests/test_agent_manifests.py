@@ -234,3 +234,46 @@ spec:
     out = subprocess.run([sys.executable, "-m", "decider", "check", str(tmp_path)], capture_output=True, text=True,
                          cwd=ROOT, timeout=120)
     assert "manifest 'killme'" not in out.stdout and "names agents" not in out.stdout, out.stdout
+
+
+def test_server_decide_test_and_replay_of_its_log_decide_identity_and_schemas_alike(tmp_path: Path) -> None:
+    """Item 4 of issue 13: the server, the engine and a replay of the server's own log export decide
+    every identity and schema case the same way, and the server records each decision."""
+    from .helpers import start_server
+
+    bundle_dir = tmp_path / "b"
+    bundle_dir.mkdir()
+    make(bundle_dir, default="allow", policies=None,
+         extra='  tools:\n    "payments.refund":\n      args: {type: object, properties: {amount: {type: number}},'
+               ' required: [amount]}\n')
+    calls = [
+        ({"id": "refund-bot"}, "payments.refund", "mcp://billing", {"amount": 5}),
+        ({"id": "refund-bot"}, "payments.refund", "", {"amount": "lots"}),
+        ({"id": "refund-bot", "team": "platform"}, "payments.refund", "", {"amount": 5}),
+        ({"id": "refund-bot"}, "shell.exec", "", {"command": "ls"}),
+        ({"id": "KILLME"}, "work.do", "", {}),
+        ({"id": "killme"}, "work.do", "", {}),
+    ]
+    b = load_bundle(bundle_dir)
+    expected = [decide(b, build_request(agent=a, tool=t, server=s, args=x)).deciding_rule for a, t, s, x in calls]
+    assert expected == ["default", "invalid_arguments", "identity_mismatch", "not_in_manifest",
+                        "unregistered_agent", "default"]
+    srv = start_server(tmp_path, bundle_dir)
+    try:
+        with srv.client() as c:
+            ids = [c.decide(agent=a, tool=t, server=s, args=x).decision_id for a, t, s, x in calls]
+            records = [c.get_decision(i) for i in ids]
+    finally:
+        srv.stop()
+    assert [r.deciding_rule for r in records] == expected
+    assert records[1].reasons[0].text.endswith("$.amount: 'lots' is not of type 'number'")
+    assert records[0].agent.team == "finance"     # the record holds the identity the decision saw
+    export = subprocess.run([sys.executable, "-m", "decider", "log", "--db", srv.db_url, "--format", "jsonl"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert export.returncode == 0, export.stderr
+    log = tmp_path / "log.jsonl"
+    log.write_text(export.stdout)
+    out = subprocess.run([sys.executable, "-m", "decider", "replay", str(bundle_dir), str(log), "--format", "jsonl",
+                          "--no-progress"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    replayed = [json.loads(line)["rule"] for line in out.stdout.splitlines() if line.startswith("{")]
+    assert replayed == expected, out.stdout + out.stderr
