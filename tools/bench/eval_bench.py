@@ -155,9 +155,16 @@ def identity_ab(seconds: float, rounds: int) -> dict[str, Any]:
     from decider.verify.suites import _build, find_suites, load_suites  # the suites' own request builder
 
     policies = REPO_ROOT / "policies"
+    import dataclasses
+
+    from decider.bundle.manifests import EMPTY_INDEX
+
     with tempfile.TemporaryDirectory(prefix="decider-identity-ab-") as tmp:
         _without_identity(policies, Path(tmp) / "b")
         a, b = load_bundle(policies), load_bundle(Path(tmp) / "b")
+    # C: A's own compiled bundle with the two checks switched off (same programs, same memory).
+    c = dataclasses.replace(a, agents=EMPTY_INDEX, schemas={}, _schema_globs=(), _cache={}, _needs={},
+                            _schema_cache={})
     reqs: list[pb.DecideRequest] = []
     for suite in load_suites(find_suites([policies])):
         for case in suite.suite.cases:
@@ -172,27 +179,37 @@ def identity_ab(seconds: float, rounds: int) -> dict[str, Any]:
             reqs.append(req)
     reqs = reqs * max(1, 1000 // max(1, len(reqs)))
     for r in reqs[:200]:
-        decide(a, r)
-        decide(b, r)
+        for x in (a, b, c):
+            decide(x, r)
     # Many short passes, alternating A and B, best pass of each: on a shared box the minimum of many
     # short samples is what is least disturbed by other load (each pass is ~1,000 decisions).
-    per: dict[str, list[float]] = {"A (manifests + schemas)": [], "B (neither)": []}
+    labels = {"A (manifests + schemas)": a, "B (neither)": b, "C (A, checks off)": c}
+    per: dict[str, list[float]] = {k: [] for k in labels}
     deadline = time.perf_counter() + seconds
     passes = 0
     while passes < rounds or (time.perf_counter() < deadline and passes < 400):
         passes += 1
-        for label, bundle in (("A (manifests + schemas)", a), ("B (neither)", b)):
+        for label, bundle in labels.items():
             cpu0 = time.thread_time()
             for r in reqs:
                 decide(bundle, r)
             per[label].append((time.thread_time() - cpu0) / len(reqs) * 1e6)
     best = {k: min(v) for k, v in per.items()}
     overhead = best["A (manifests + schemas)"] / best["B (neither)"] - 1
+    # Each A pass ran right before its B pass: the median of those paired ratios cancels the
+    # drift of the other load on the box better than comparing two separate minima.
+    paired = statistics.median(x / y for x, y in zip(per["A (manifests + schemas)"], per["B (neither)"],
+                                                     strict=True)) - 1
+    paired_c = statistics.median(x / y for x, y in zip(per["A (manifests + schemas)"], per["C (A, checks off)"],
+                                                       strict=True)) - 1
     print(f"{'bundle':26} {'µs/decision (best pass)':>24} {'median pass':>12} {'passes':>7}")
     for k, v in per.items():
         print(f"{k:26} {best[k]:>24.2f} {statistics.median(v):>12.2f} {len(v):>7}")
-    print(f"manifest + schema overhead: {overhead * 100:+.1f}% over {len(set(map(id, reqs)))} distinct requests")
+    print(f"manifest + schema overhead: {overhead * 100:+.1f}% (best passes), {paired * 100:+.1f}% (median of "
+          f"paired passes) over {len(set(map(id, reqs)))} distinct requests")
+    print(f"against C (same compiled bundle, checks off): {paired_c * 100:+.1f}% (median of paired passes)")
     return {"distinct_requests": len(set(map(id, reqs))), "best": best, "overhead": overhead,
+            "overhead_paired_median": paired, "overhead_vs_checks_off_paired_median": paired_c,
             "median": {k: statistics.median(v) for k, v in per.items()}, "passes": passes}
 
 
