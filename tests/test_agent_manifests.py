@@ -277,3 +277,17 @@ def test_server_decide_test_and_replay_of_its_log_decide_identity_and_schemas_al
                           "--no-progress"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     replayed = [json.loads(line)["rule"] for line in out.stdout.splitlines() if line.startswith("{")]
     assert replayed == expected, out.stdout + out.stderr
+
+
+def test_a_team_the_manifest_fills_is_the_team_whose_budget_is_charged(tmp_path: Path) -> None:
+    from decider.engine.memory import MemoryState
+
+    b = make(tmp_path, default="allow", policies=None,
+             extra="  budgets:\n    - {scope: team, limit: 100, window: total}\n")
+    sim = MemoryState()
+    bare = build_request(agent={"id": "refund-bot"}, tool="payments.refund", estimated_cost=60)
+    full = build_request(agent={"id": "refund-bot", "team": "finance"}, tool="payments.refund", estimated_cost=60)
+    assert sim.decide(b, bare).outcome == pb.ALLOW
+    d = sim.decide(b, full)   # the first call charged finance although it named no team
+    assert (d.outcome, d.deciding_rule) == (pb.DENY, "budget_exceeded"), d
+    assert sim.decide(b, bare).deciding_rule == "budget_exceeded"

@@ -21,7 +21,7 @@ from decider.bundle.compile import Bundle, Reason
 from decider.bundle.manifests import Manifest
 from decider.v1 import decider_pb2 as pb
 
-__all__ = ["Resolved", "resolve", "UNREGISTERED", "MISMATCH", "NOT_IN_MANIFEST"]
+__all__ = ["Resolved", "resolve", "identity_of", "UNREGISTERED", "MISMATCH", "NOT_IN_MANIFEST"]
 
 UNREGISTERED = "unregistered_agent"
 MISMATCH = "identity_mismatch"
@@ -138,3 +138,13 @@ def _contradiction(a: pb.Agent, m: Manifest, fills: dict[str, object]) -> str:
         if missing:
             fills["labels"] = missing
     return ""
+
+
+def identity_of(bundle: Bundle, request: pb.DecideRequest) -> pb.Agent:
+    """The identity the decision sees (merged with the manifest): what budgets are charged to, so
+    a team the manifest fills is the team whose budget is read, reserved and charged. Memoised by
+    `resolve`, so calling it again for the state read costs a dict hit."""
+    if not bundle.agents.manifests:
+        return request.agent
+    tool = request.tool
+    return resolve(bundle, request.agent, tool, tool.name).agent or request.agent
