@@ -26,7 +26,7 @@ def test_decide_locally_from_flags() -> None:
 
 
 def test_decide_locally_from_a_json_request_on_stdin() -> None:
-    request = {"agent": {"id": "coder", "capabilities": ["shell"]}, "tool": {"name": "shell.exec",
+    request = {"agent": {"id": "coder-7", "capabilities": ["shell"]}, "tool": {"name": "shell.exec",
                "args": {"command": "rm -rf /"}}}
     run = cli("decide", "--bundle", str(POLICIES), "--request", "-", stdin=json.dumps(request))
     assert run.returncode == 0, run.stderr

@@ -13,6 +13,7 @@ from .helpers import POLICIES
 BUNDLE = load_bundle(POLICIES)
 CODER = {"id": "coder-7", "team": "platform", "model": "claude-opus-4", "capabilities": ["shell"]}
 FINANCE = {"id": "refund-bot", "team": "finance", "model": "gpt-5"}
+SUPPORT = {"id": "support-1", "team": "support", "model": "gpt-5"}   # the agent whose manifest has email.send
 
 CASES = [
     # (agent, tool, args, environment, cost, outcome, deciding rule)
@@ -22,7 +23,7 @@ CASES = [
      "shell-production-needs-approval"),
     (CODER, "shell.exec", {"command": "make deploy"}, "production", 0, "REQUIRE_APPROVAL",
      "shell-production-needs-approval"),
-    ({"id": "support-1"}, "shell.exec", {"command": "ls"}, "dev", 0, "DENY", "default"),
+    ({"id": "support-1"}, "shell.exec", {"command": "ls"}, "dev", 0, "DENY", "not_in_manifest"),  # policies/agents.yaml
     (CODER, "fs.write", {"path": "/workspace/src/app.py"}, "", 0, "ALLOW", "fs-write-workspace"),
     (CODER, "fs.write", {"path": "/workspace/../etc/passwd"}, "", 0, "DENY", "fs-deny-outside-workspace"),
     (CODER, "fs.read", {"path": "/etc/shadow"}, "", 0, "DENY", "fs-deny-outside-workspace"),
@@ -31,10 +32,10 @@ CASES = [
     ({**FINANCE, "model": "gpt-3.5"}, "payments.refund", {"amount": 250}, "", 0, "DENY",
      "no-refunds-from-unreviewed-models"),
     (FINANCE, "payments.refund", {"amount": 250}, "", 900.0, "DENY", "default"),  # over the team budget
-    (FINANCE, "email.send", {"to": "ana@acme.example", "body": "hi"}, "", 0, "ALLOW", "email-internal"),
-    (FINANCE, "email.send", {"to": "Bob <bob@gmail.com>", "body": "hi"}, "", 0, "REQUIRE_APPROVAL",
+    (SUPPORT, "email.send", {"to": "ana@acme.example", "body": "hi"}, "", 0, "ALLOW", "email-internal"),
+    (SUPPORT, "email.send", {"to": "Bob <bob@gmail.com>", "body": "hi"}, "", 0, "REQUIRE_APPROVAL",
      "email-external-needs-approval"),
-    (FINANCE, "email.send", {"to": "ana@acme.example", "body": "key AKIAIOSFODNN7EXAMPLE"}, "", 0, "DENY",
+    (SUPPORT, "email.send", {"to": "ana@acme.example", "body": "key AKIAIOSFODNN7EXAMPLE"}, "", 0, "DENY",
      "email-no-secrets"),
     (CODER, "db.query", {"sql": "select * from orders"}, "", 0, "ALLOW", "db-allow-queries"),
     (CODER, "db.query", {"sql": "  DROP TABLE orders"}, "", 0, "DENY", "db-deny-ddl"),

@@ -128,7 +128,7 @@ def test_block_scalar_condition_errors_point_into_the_block(tmp_path: Path) -> N
 def test_missing_bundle_and_unknown_kind_are_reported(tmp_path: Path) -> None:
     write(tmp_path, "p.yaml", "apiVersion: decider/v1\nkind: Polcy\n")
     errs = errors_of(tmp_path)
-    assert f"{tmp_path}/p.yaml:2:7: unknown kind 'Polcy': use Bundle or Policy" in errs
+    assert f"{tmp_path}/p.yaml:2:7: unknown kind 'Polcy': use Bundle, Policy or Agent" in errs
     assert any("no document of kind Bundle" in e for e in errs)
 
 

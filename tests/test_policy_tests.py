@@ -30,7 +30,7 @@ def test_example_bundle_tests_pass_with_full_rule_coverage() -> None:
     run = cli("test", str(POLICIES), "--coverage", "--min-coverage", "100")
     assert run.returncode == 0, run.stdout + run.stderr
     assert "rule coverage: 28/28 rules decided at least one case (100.0%)" in run.stdout
-    assert run.stdout.rstrip().endswith("36 passed, 0 failed")
+    assert run.stdout.rstrip().endswith("41 passed, 0 failed")
 
 
 def test_a_failure_shows_expected_actual_matched_rules_and_the_fields_read(tmp_path: Path) -> None:
@@ -62,7 +62,7 @@ def test_coverage_names_rules_never_matched_and_always_overridden(tmp_path: Path
           args: {amount: 2500}
           expect: {outcome: require_approval}
         - name: unreviewed model with a small refund (the deny overrides small-refunds)
-          agent: {id: x, team: finance, model: old}
+          agent: {id: refund-bot, team: finance, model: old}
           tool: payments.refund
           args: {amount: 5}
           expect: {outcome: deny, rule: no-refunds-from-unreviewed-models}

@@ -23,6 +23,9 @@ TAU = TRACES / "tau-bench_airline_gpt-4o_trajectories.json"
 OPENHANDS = TRACES / "openhands_codeact_multi-swe-bench_output.jsonl"
 LANGFUSE = TRACES / "langfuse-exports"
 
+# The tau-bench calls carry no agent id; the example bundle's manifest for them is airline-agent
+# (an agent no manifest covers is denied unregistered_agent).
+AIRLINE = IdentityMapping(agent={"id": "airline-agent"})
 needs_traces = pytest.mark.skipif(not TAU.exists(), reason=f"LOUD SKIP: shared traces not found at {TRACES}")
 
 
@@ -31,16 +34,16 @@ def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str
                           input=stdin, timeout=120)
 
 
-def report_of(paths: list[Path]) -> ReplayReport:
+def report_of(paths: list[Path], mapping: IdentityMapping | None = None) -> ReplayReport:
     rep = ReplayReport()
-    for r in replay(load_bundle(POLICIES), read_traces([str(p) for p in paths])):
+    for r in replay(load_bundle(POLICIES), read_traces([str(p) for p in paths]), mapping):
         rep.add(r)
     return rep
 
 
 @needs_traces
 def test_replay_of_the_real_traces_counts_every_call_exactly() -> None:
-    tau = report_of([TAU])
+    tau = report_of([TAU], AIRLINE)
     assert tau.total == 1164
     assert dict(tau.by_outcome) == {"ALLOW": 1093, "REQUIRE_APPROVAL": 71}
     assert tau.by_rule["airline-cancel-needs-approval"] == 69
@@ -56,7 +59,7 @@ def test_replay_of_the_real_traces_counts_every_call_exactly() -> None:
 
     lf = report_of([LANGFUSE])
     assert lf.total == 13
-    assert lf.by_outcome == {"DENY": 13}  # no policy covers these demo tools: the default applies
+    assert lf.by_outcome == {"DENY": 13}  # these demo agents have no manifest: unregistered_agent
     assert sorted(lf.by_tool) == ["ByeTool", "HelloTool", "final_result", "getWeather", "get_custom_report",
                                   "get_dad_joke_suggestion", "get_one_liner_suggestion", "get_pun_suggestion",
                                   "get_weather", "say_hello"]
@@ -64,7 +67,7 @@ def test_replay_of_the_real_traces_counts_every_call_exactly() -> None:
 
 @needs_traces
 def test_replay_extracts_tool_names_and_arguments() -> None:
-    first = next(iter(replay(load_bundle(POLICIES), read_traces([str(TAU)]))))
+    first = next(iter(replay(load_bundle(POLICIES), read_traces([str(TAU)]), AIRLINE)))
     assert first.call.tool_name == "get_user_details"
     assert first.call.arguments == {"user_id": "mia_li_3668"}
     assert (first.outcome, first.rule) == ("ALLOW", "airline-reads")
@@ -75,14 +78,17 @@ def test_replay_extracts_tool_names_and_arguments() -> None:
 
 @needs_traces
 def test_replay_cli_table_and_fail_on() -> None:
-    run = cli("replay", str(POLICIES), str(TAU), "--no-progress")
+    run = cli("replay", str(POLICIES), str(TAU), "--no-progress", "--agent-id", "airline-agent")
     assert run.returncode == 0, run.stderr
     assert "replayed 1,164 tool calls through acme-agents" in run.stdout
     assert "REQUIRE_APPROVAL       71" in run.stdout
-    gated = cli("replay", str(POLICIES), str(TAU), "--fail-on", "deny,require_approval", "--format", "json")
+    gated = cli("replay", str(POLICIES), str(TAU), "--fail-on", "deny,require_approval", "--format", "json",
+                "--agent-id", "airline-agent")
     assert gated.returncode == 1
     assert json.loads(gated.stdout)["by_outcome"] == {"ALLOW": 1093, "REQUIRE_APPROVAL": 71}
-    assert cli("replay", str(POLICIES), str(TAU), "--fail-on", "deny").returncode == 0
+    assert cli("replay", str(POLICIES), str(TAU), "--fail-on", "deny", "--agent-id", "airline-agent").returncode == 0
+    # Without the mapping every call is from an unregistered agent.
+    assert cli("replay", str(POLICIES), str(TAU), "--fail-on", "deny").returncode == 1
 
 
 def test_unparseable_arguments_are_indeterminate_never_allowed(tmp_path: Path) -> None:
@@ -106,7 +112,8 @@ def test_mapping_fills_identity_the_trace_lacks(tmp_path: Path) -> None:
     shutil.copytree(POLICIES, bundle)
     (bundle / "team_only.yaml").write_text(
         "apiVersion: decider/v1\nkind: Policy\nmetadata: {name: ops}\nspec:\n  match: {tools: [restart], teams: [ops]}\n"
-        "  rules:\n    - {id: ops-restart, effect: allow, when: 'agent.id == \"bot-1\"'}\n")
+        "  rules:\n    - {id: ops-restart, effect: allow, when: 'agent.id == \"bot-1\"'}\n"
+        "---\napiVersion: decider/v1\nkind: Agent\nmetadata: {name: bot-1}\nspec: {team: ops, tools: [restart]}\n")
     calls = [{"role": "assistant", "tool_calls": [{"id": "1", "type": "function",
                                                    "function": {"name": "restart", "arguments": "{}"}}]}]
     trace = tmp_path / "t.json"
@@ -129,7 +136,7 @@ def test_junit_report_marks_fail_on_calls_as_failures(tmp_path: Path) -> None:
         {"id": "2", "type": "function", "function": {"name": "db.query", "arguments": "{\"sql\": \"select 1\"}"}}]}]
     trace = tmp_path / "t.json"
     trace.write_text(json.dumps({"messages": calls}))
-    run = cli("replay", str(POLICIES), str(trace), "--format", "junit", "--fail-on", "deny")
+    run = cli("replay", str(POLICIES), str(trace), "--format", "junit", "--fail-on", "deny", "--agent-id", "coder-7")
     assert run.returncode == 1
     root = ET.fromstring(run.stdout)
     assert (root.get("tests"), root.get("failures")) == ("2", "1")
@@ -151,7 +158,7 @@ def test_diff_after_one_threshold_change_lists_exactly_the_changed_calls(tmp_pat
     assert text.count("tool.args.amount <= 100.0") == 1 and text.count("tool.args.amount > 100.0") == 1
     airline.write_text(text.replace("tool.args.amount <= 100.0", "tool.args.amount <= 150.0")
                        .replace("tool.args.amount > 100.0", "tool.args.amount > 150.0"))
-    rep = diff(load_bundle(POLICIES), load_bundle(new), read_traces([str(TAU)]))
+    rep = diff(load_bundle(POLICIES), load_bundle(new), read_traces([str(TAU)]), AIRLINE)
     assert rep.total == 1164
     assert len(rep.changes) == 1  # the single certificate of exactly 150
     (change,) = rep.changes
@@ -159,7 +166,7 @@ def test_diff_after_one_threshold_change_lists_exactly_the_changed_calls(tmp_pat
     assert (change.old.outcome, change.new.outcome) == ("REQUIRE_APPROVAL", "ALLOW")
     assert (change.old.rule, change.new.rule) == ("airline-big-certificate-needs-approval", "airline-certificates")
 
-    run = cli("diff", str(POLICIES), str(new), str(TAU), "--format", "json")
+    run = cli("diff", str(POLICIES), str(new), str(TAU), "--format", "json", "--agent-id", "airline-agent")
     assert run.returncode == 1
     out = json.loads(run.stdout)
     assert (out["total"], out["changed"]) == (1164, 1)

@@ -73,8 +73,10 @@ def test_close_flushes_and_refuses_new_rows(db_url: str) -> None:
 def test_log_filters(db_url: str) -> None:
     engine = connect(db_url)
     store = DecisionStore(engine)
-    store.insert_many([row(agent="x", tool="fs.read"), row(agent="y", tool="shell.exec"), row(agent="x")])
-    assert len(list(store.query(LogFilter(agent_id="x")))) == 2
+    # Agents with manifests in the example bundle (an unregistered id would be denied).
+    store.insert_many([row(agent="coder-7", tool="fs.read"), row(agent="support-1", tool="shell.exec"),
+                       row(agent="coder-7")])
+    assert len(list(store.query(LogFilter(agent_id="coder-7")))) == 2
     assert [r["tool_name"] for r in store.query(LogFilter(outcome="deny"))] == ["shell.exec"]
     assert len(list(store.query(LogFilter(limit=1)))) == 1
 

@@ -6,6 +6,7 @@ path never touches YAML or pydantic and evaluates only the rules whose `match` f
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import hashlib
 import re
@@ -16,11 +17,14 @@ from pathlib import Path
 import yaml
 from cel_expr_python import cel
 
+from decider.bundle.identity_lint import identity_warnings
+from decider.bundle.manifests import EMPTY_INDEX, AgentIndex, compile_manifests
+from decider.bundle.schemas import ToolSchema, argument_reads, compile_schemas, tools_covered
 from decider.cel.env import ListDecl, compile_combined, compile_condition, environment
 from decider.errors import PolicyLoadError, SourceError
 from decider.policy.lists import element_type
 from decider.policy.loader import LoadedSource, Source, load_files, load_source, locate
-from decider.policy.models import BudgetSpec, ListItem, Rule, parse_duration
+from decider.policy.models import BudgetSpec, ListItem, Rule, ToolInfo, parse_duration
 from decider.v1 import decider_pb2 as pb
 
 __all__ = ["Reason", "Bundle", "CompiledPolicy", "CompiledRule", "compile_bundle", "load_bundle", "open_bundle",
@@ -33,6 +37,7 @@ DEFAULT_APPROVAL_TTL_S = 3600
 # A tool neither the request nor the catalogue rates is treated as critical: fail closed.
 UNKNOWN_RISK_TIER = 4
 _INDEX_CACHE_MAX = 4096
+_MISS = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +153,11 @@ class Bundle:
     lists: dict[str, tuple[ListItem, ...]] = field(default_factory=dict)
     env: object = None
     _list_data: dict[str, dict[str, list[ListItem]]] = field(default_factory=dict)
+    agents: AgentIndex = EMPTY_INDEX                       # `kind: Agent` manifests (SPEC §9)
+    schemas: dict[str, ToolSchema] = field(default_factory=dict)   # catalogue key → argument schema
+    _schema_globs: tuple[tuple[re.Pattern[str], ToolSchema], ...] = ()
+    _schema_cache: dict[str, ToolSchema | None] = field(default_factory=dict)
+    warnings: tuple[SourceError, ...] = ()                  # for `decider check`; never fatal
 
     @property
     def rules(self) -> tuple[CompiledRule, ...]:
@@ -184,6 +194,24 @@ class Bundle:
             hit = {f"lists.{n}": list(self.lists[n]) for n in sorted(names) if n in self.lists}
             if len(self._list_data) < _INDEX_CACHE_MAX:
                 self._list_data[tool_name] = hit
+        return hit
+
+    def schema(self, tool_name: str) -> ToolSchema | None:
+        """The tool's argument schema: its own entry, else the longest catalogue glob that has
+        one (memoised; None for a tool without a schema, which behaves as before schemas)."""
+        if not self.schemas:
+            return None
+        hit = self._schema_cache.get(tool_name, _MISS)
+        if hit is not _MISS:
+            return hit  # type: ignore[return-value]
+        hit = self.schemas.get(tool_name)
+        if hit is None:
+            for rx, sch in self._schema_globs:
+                if rx.match(tool_name):
+                    hit = sch
+                    break
+        if len(self._schema_cache) < _INDEX_CACHE_MAX:
+            self._schema_cache[tool_name] = hit
         return hit
 
     def risk_tier(self, tool_name: str) -> int:
@@ -337,6 +365,12 @@ def compile_bundle(src: LoadedSource) -> Bundle:
         )
     for pp in src.partial:
         _compile_rules(pp.name, pp.source, pp.rules, seen_ids, lines_of, errors, src.texts, env, list_names)
+    agents, schemas = EMPTY_INDEX, {}
+    if src.bundle is not None:
+        agents = compile_manifests(src.agents, src.bundle.spec.agents.unregistered,
+                                   lambda f, ln, c, msg: errors.append(SourceError(f, ln, c, msg)))
+        schemas = _compile_schemas(src, errors)
+        _check_argument_reads(src, src.bundle.spec.tools, schemas, lines_of, errors)
     if errors or src.bundle is None:
         raise PolicyLoadError(errors)
 
@@ -353,10 +387,11 @@ def compile_bundle(src: LoadedSource) -> Bundle:
                 exact.setdefault(t, []).append(i)
     spec = src.bundle.spec
     meta = src.bundle.metadata
-    tiers = {k: v.risk_tier for k, v in spec.tools.items() if not _is_glob(k)}
+    tiers = {k: v.risk_tier for k, v in spec.tools.items() if not _is_glob(k) and v.risk_tier is not None}
     # Most specific glob first: the longest pattern that matches decides the tier.
     tier_globs = tuple(
-        (_glob_rx(k), v.risk_tier) for k, v in sorted(spec.tools.items(), key=lambda kv: -len(kv[0])) if _is_glob(k)
+        (_glob_rx(k), v.risk_tier) for k, v in sorted(spec.tools.items(), key=lambda kv: -len(kv[0]))
+        if _is_glob(k) and v.risk_tier is not None
     )
     return Bundle(
         name=meta.name,
@@ -374,7 +409,50 @@ def compile_bundle(src: LoadedSource) -> Bundle:
         _always=tuple(always),
         lists=dict(src.lists),
         env=env,
+        agents=agents,
+        schemas=schemas,
+        _schema_globs=tuple((_glob_rx(k), v) for k, v in sorted(schemas.items(), key=lambda kv: -len(kv[0]))
+                            if _is_glob(k)),
+        warnings=tuple(identity_warnings(src, agents, spec.default)),
     )
+
+
+def _compile_schemas(src: LoadedSource, errors: list[SourceError]) -> dict[str, ToolSchema]:
+    assert src.bundle is not None and src.bundle_source is not None
+    bsrc = src.bundle_source
+
+    def error(tool: str, message: str) -> None:
+        node = locate(bsrc.node, ("spec", "tools", tool, "args"))
+        errors.append(SourceError(bsrc.file, node.start_mark.line + 1, node.start_mark.column + 1, message))
+
+    return compile_schemas(src.bundle.spec.tools, error)
+
+
+def _check_argument_reads(src: LoadedSource, catalogue: dict[str, ToolInfo], schemas: dict[str, ToolSchema],
+                          lines_of: dict[str, list[str]], errors: list[SourceError]) -> None:
+    """A condition reading `tool.args.X` where every tool its policy matches has a schema and none
+    declares X is a typo: a build error at X's line:col (SPEC §9)."""
+    if not schemas:
+        return
+    for lp in src.policies:
+        covered = tools_covered(tuple(lp.doc.spec.match.tools), catalogue)
+        if not covered or any(t not in schemas or schemas[t].declared is None for t in covered):
+            continue
+        declared = frozenset().union(*(schemas[t].declared or frozenset() for t in covered))
+        file = lp.source.file
+        for i, rule in enumerate(lp.doc.spec.rules):
+            for read in argument_reads(rule.when):
+                if read.name in declared:
+                    continue
+                when_node = locate(lp.source.node, ("spec", "rules", i, "when"))
+                if not isinstance(when_node, yaml.ScalarNode) or file not in lines_of:
+                    continue
+                line, col = _expression_position(when_node, lines_of[file], read.line, read.column)
+                close = difflib.get_close_matches(read.name, sorted(declared), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                errors.append(SourceError(file, line, col, (
+                    f"tool.args.{read.name}: no tool this policy matches declares argument {read.name!r} "
+                    f"(declared: {', '.join(sorted(declared)) or 'none'}){hint}")))
 
 
 def _compile_rules(

@@ -185,12 +185,18 @@ def _check(args: argparse.Namespace) -> int:
             print(f"{len(e.errors)} error(s) in {args.folder}")
         return EXIT_FAIL
     n_rules = sum(len(p.rules) for p in b.policies)
+    n_agents = len(b.agents.manifests)
     if args.format == "json":
         print(json.dumps({"ok": True, "name": b.name, "version": b.version, "revision": b.revision,
-                          "policies": len(b.policies), "rules": n_rules}))
+                          "policies": len(b.policies), "rules": n_rules, "agents": n_agents,
+                          "warnings": [{"file": w.file, "line": w.line, "column": w.column,
+                                        "message": w.message} for w in b.warnings]}))
     else:
+        for w in b.warnings:
+            print(w)
         print(f"ok: {b.name} {b.version} revision {b.revision[:12]} "
-              f"({len(b.policies)} policies, {n_rules} rules)")
+              f"({len(b.policies)} policies, {n_rules} rules, {n_agents} agent manifests"
+              f"{f', {len(b.warnings)} warning(s)' if b.warnings else ''})")
     return EXIT_OK
 
 
@@ -293,11 +299,11 @@ def _log(args: argparse.Namespace) -> int:
         for row in rows:
             print(json.dumps(DecisionRecord.from_row(row).to_json(), separators=(",", ":"), ensure_ascii=False))
         return EXIT_OK
-    print(f"{'decision_id':26}  {'time (UTC)':19}  {'agent':14}  {'tool':18}  {'outcome':16}  rule")
+    print(f"{'decision_id':26}  {'time (UTC)':19}  {'agent':14}  {'tool':18}  {'outcome':16}  {'rule':32}  caller")
     for row in rows:
         t = row["time"].strftime("%Y-%m-%d %H:%M:%S")
         print(f"{row['decision_id']:26}  {t:19}  {row['agent_id'][:14]:14}  {row['tool_name'][:18]:18}  "
-              f"{row['outcome']:16}  {_rule_column(row)}")
+              f"{row['outcome']:16}  {_rule_column(row):32}  {row.get('caller') or '-'}")
     return EXIT_OK
 
 

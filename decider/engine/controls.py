@@ -71,7 +71,7 @@ def _with_budget(bundle: Bundle, request: pb.DecideRequest, decision: Decision, 
     cost = request.request.estimated_cost
     if not (cost > 0 and bundle.budgets):
         return decision.with_effects(effects) if effects is not NO_EFFECTS else decision
-    budgets = applicable_budgets(bundle, request.agent, now)
+    budgets = applicable_budgets(bundle, decision.agent or request.agent, now)   # the merged identity
     if not budgets:
         return decision.with_effects(effects) if effects is not NO_EFFECTS else decision
     hit = first_exceeded(budgets, state.budget_usage, cost)

@@ -18,6 +18,7 @@ from decider.bundle.compile import Bundle
 from decider.engine.budgets import applicable_budgets, mentions_budget
 from decider.engine.decide import evaluate, needs_approvals, settle
 from decider.engine.decision import NO_EFFECTS, Decision
+from decider.engine.identity import identity_of
 from decider.engine.state import ApprovalView, BudgetUsage, KillSwitch, State
 from decider.record.canonical import binding_hash
 from decider.v1 import decider_pb2 as pb
@@ -77,7 +78,7 @@ class MemoryState:
         kills = tuple(k.switch for k in self.kill_switches if k.active(now)) if self.kill_switches else ()
         if bundle.budgets and (req.request.estimated_cost > 0 or mentions_budget(bundle, req.tool.name)):
             usage: dict[str, BudgetUsage] = {}
-            for b in applicable_budgets(bundle, req.agent, now):
+            for b in applicable_budgets(bundle, identity_of(bundle, req), now):
                 use = self._counter(b.key, b.scope, b.scope_key)
                 usage[b.scope] = BudgetUsage(use[0], use[1])
             state = State(kill_switches=kills, budget_usage=usage, now=now)
@@ -181,7 +182,7 @@ class MemoryState:
                 use[0] += actual
             return
         if bundle is not None and req is not None and now is not None:
-            for b in applicable_budgets(bundle, req.agent, now):
+            for b in applicable_budgets(bundle, identity_of(bundle, req), now):
                 self._counter(b.key, b.scope, b.scope_key)[0] += actual
 
     def set_usage(self, items: Iterable[tuple[str, str, BudgetUsage]]) -> None:

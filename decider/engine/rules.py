@@ -17,8 +17,10 @@ import time
 
 from decider.bundle.compile import EFFECT_OUTCOME, Bundle, CompiledPolicy, CompiledRule, Reason
 from decider.cel.env import environment
+from decider.engine.arguments import check_arguments
 from decider.engine.budgets import budget_views
 from decider.engine.decision import Decision
+from decider.engine.identity import resolve
 from decider.engine.state import EMPTY_STATE, State
 from decider.v1 import decider_pb2 as pb
 
@@ -32,11 +34,12 @@ _DEFAULT_REASONS = {e: Reason("default", f"no rule matched; bundle default is {e
 _BOOL = frozenset({bool})
 
 
-def _activation(bundle: Bundle, request: pb.DecideRequest, state: State) -> object:
-    """Bind only what the tool's policies read: each bound proto costs a conversion into CEL."""
+def _activation(bundle: Bundle, request: pb.DecideRequest, agent: pb.Agent, state: State) -> object:
+    """Bind only what the tool's policies read: each bound proto costs a conversion into CEL.
+    `agent` is the identity merged with the agent's manifest (engine/identity.py)."""
     tool = request.tool
     needs = bundle.needs(tool.name)
-    data: dict[str, object] = {"agent": request.agent, "tool": tool}
+    data: dict[str, object] = {"agent": agent, "tool": tool}
     if "request" in needs:
         data["request"] = request.request
     if "context" in needs:
@@ -114,7 +117,15 @@ def _failed(tier: int, exc: Exception) -> Decision:
 
 def _evaluate_request(bundle: Bundle, request: pb.DecideRequest, state: State, tier: int) -> Decision:
     started = time.perf_counter_ns()
-    agent, tool = request.agent, request.tool
+    tool = request.tool
+    # Identity first (SPEC §9): the manifest fills and checks the agent before anything reads it.
+    tool_name = tool.name
+    if bundle.agents.manifests:
+        resolved = resolve(bundle, request.agent, tool, tool_name)
+        merged, denial = resolved.agent, resolved.denial
+    else:
+        merged, denial = None, None
+    agent = merged or request.agent
 
     for ks in state.kill_switches:
         if ks.hits(agent, tool):
@@ -127,9 +138,17 @@ def _evaluate_request(bundle: Bundle, request: pb.DecideRequest, state: State, t
                 risk_tier=tier,
                 kill_switch_id=ks.id,
                 eval_us=(time.perf_counter_ns() - started) // 1000,
+                agent=merged,
             )
 
-    candidates = bundle.candidates(tool.name)
+    # Before any policy runs: who is asking (manifest), then what the call carries (schema).
+    if denial is None and bundle.schemas:
+        denial = check_arguments(bundle, tool, tool_name)
+    if denial is not None:
+        return Decision(pb.DENY, (denial,), (), denial.rule_id, tier,
+                        eval_us=(time.perf_counter_ns() - started) // 1000, agent=merged)
+
+    candidates = bundle.candidates(tool_name)
     matched: list[CompiledRule] = []
     errors: list[tuple[CompiledRule, str]] = []
     activation = None
@@ -141,7 +160,7 @@ def _evaluate_request(bundle: Bundle, request: pb.DecideRequest, state: State, t
                 matched.extend(policy.rules)
                 continue
         if activation is None:
-            activation = _activation(bundle, request, state)
+            activation = _activation(bundle, request, agent, state)
         held = len(matched)
         _evaluate(policy, activation, matched, errors)
         if policy.default is not None and len(matched) == held:
@@ -163,13 +182,13 @@ def _evaluate_request(bundle: Bundle, request: pb.DecideRequest, state: State, t
     if error_reasons and best < _RANK[pb.DENY]:
         # An erroring rule might have denied: fail closed, with the error as the reason.
         return Decision(pb.DENY, tuple(error_reasons), matched_ids, error_reasons[0].rule_id, tier,
-                        errors=error_texts, eval_us=eval_us)
+                        errors=error_texts, eval_us=eval_us, agent=merged)
     if not winners:
         outcome = EFFECT_OUTCOME[bundle.default]
         return Decision(
             outcome, (_DEFAULT_REASONS[bundle.default],),
             matched_ids, "default", tier, errors=error_texts, eval_us=eval_us,
-            approval_ttl_s=3600 if outcome == pb.REQUIRE_APPROVAL else 0,
+            approval_ttl_s=3600 if outcome == pb.REQUIRE_APPROVAL else 0, agent=merged,
         )
     first = winners[0]
     return Decision(
@@ -182,4 +201,5 @@ def _evaluate_request(bundle: Bundle, request: pb.DecideRequest, state: State, t
         approval_ttl_s=first.approval_ttl_s if first.outcome == pb.REQUIRE_APPROVAL else 0,
         errors=error_texts,
         eval_us=eval_us,
+        agent=merged,
     )

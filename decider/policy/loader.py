@@ -18,10 +18,10 @@ from pydantic import BaseModel, ValidationError
 
 from decider.errors import PolicyLoadError, SourceError
 from decider.policy.lists import list_paths, read_lists
-from decider.policy.models import API_VERSION, BundleDoc, ListItem, PolicyDoc, Rule
+from decider.policy.models import API_VERSION, AgentDoc, BundleDoc, ListItem, PolicyDoc, Rule
 from decider.policy.suggest import did_you_mean, valid_keys
 
-__all__ = ["MAX_FILE_BYTES", "MAX_DEPTH", "too_large", "Source", "LoadedPolicy", "PartialPolicy", "LoadedSource", "load_source", "load_files", "source_files", "locate"]
+__all__ = ["MAX_FILE_BYTES", "MAX_DEPTH", "too_large", "Source", "LoadedAgent", "LoadedPolicy", "PartialPolicy", "LoadedSource", "load_source", "load_files", "source_files", "locate"]
 
 BUNDLE_FILE = "bundle.yaml"
 
@@ -37,6 +37,12 @@ class Source:
 @dataclass(frozen=True, slots=True)
 class LoadedPolicy:
     doc: PolicyDoc
+    source: Source
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedAgent:
+    doc: AgentDoc
     source: Source
 
 
@@ -66,6 +72,7 @@ class LoadedSource:
     partial: list[PartialPolicy] = field(default_factory=list)
     texts: dict[str, bytes] = field(default_factory=dict)   # by display name, for error positions
     lists: dict[str, tuple[ListItem, ...]] = field(default_factory=dict)   # spec.lists, files read
+    agents: list[LoadedAgent] = field(default_factory=list)  # `kind: Agent` manifests
 
 
 def source_files(root: Path) -> list[Path]:
@@ -111,6 +118,7 @@ def load_files(files: dict[str, bytes], root: Path, display: Callable[[str], str
     bundles: list[tuple[BundleDoc, Source]] = []
     policies: list[LoadedPolicy] = []
     partial: list[PartialPolicy] = []
+    agents: list[LoadedAgent] = []
     texts: dict[str, bytes] = {}
     composed: dict[str, list[yaml.Node]] = {}
     for rel in sorted(files):
@@ -125,7 +133,7 @@ def load_files(files: dict[str, bytes], root: Path, display: Callable[[str], str
         if rel in data_files:
             continue
         for node in nodes:
-            kinds.append(_load_document(display(rel), node, errors, bundles, policies, partial))
+            kinds.append(_load_document(display(rel), node, errors, bundles, policies, partial, agents))
     if not bundles and "Bundle" not in kinds:   # a Bundle that failed validation has its own errors
         errors.append(SourceError(display(BUNDLE_FILE), 1, 1, "no document of kind Bundle found"))
     elif len(bundles) > 1:
@@ -135,7 +143,7 @@ def load_files(files: dict[str, bytes], root: Path, display: Callable[[str], str
     bundle_doc, bundle_src = bundles[0] if len(bundles) == 1 else (None, None)
     lists = read_lists(bundle_doc.spec.lists, bundle_src, files, composed, display, errors) \
         if bundle_doc is not None and bundle_src is not None else {}
-    return LoadedSource(root, bundle_doc, bundle_src, policies, dict(files), errors, partial, texts, lists)
+    return LoadedSource(root, bundle_doc, bundle_src, policies, dict(files), errors, partial, texts, lists, agents)
 
 
 # A policy file is hand-written text: kilobytes. The caps keep a hostile file from costing more than
@@ -200,6 +208,7 @@ def _load_document(
     bundles: list[tuple[BundleDoc, Source]],
     policies: list[LoadedPolicy],
     partial: list[PartialPolicy],
+    agents: list[LoadedAgent],
 ) -> str | None:
     """Validate one document into `bundles` or `policies` (errors into `errors`); returns its kind."""
     value = _to_python(file, node, errors)
@@ -216,15 +225,17 @@ def _load_document(
         line, col = _mark(n)
         errors.append(SourceError(file, line, col, f"apiVersion must be {API_VERSION!r}"))
         return None
-    model: type[BundleDoc] | type[PolicyDoc]
+    model: type[BundleDoc] | type[PolicyDoc] | type[AgentDoc]
     if kind == "Bundle":
         model = BundleDoc
     elif kind == "Policy":
         model = PolicyDoc
+    elif kind == "Agent":
+        model = AgentDoc
     else:
         n = _child(node, "kind") or node
         line, col = _mark(n)
-        errors.append(SourceError(file, line, col, f"unknown kind {kind!r}: use Bundle or Policy"))
+        errors.append(SourceError(file, line, col, f"unknown kind {kind!r}: use Bundle, Policy or Agent"))
         return None
     try:
         doc = model.model_validate(value)
@@ -236,6 +247,8 @@ def _load_document(
         return str(kind)
     if isinstance(doc, BundleDoc):
         bundles.append((doc, src))
+    elif isinstance(doc, AgentDoc):
+        agents.append(LoadedAgent(doc, src))
     else:
         policies.append(LoadedPolicy(doc, src))
     return str(kind)

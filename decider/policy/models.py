@@ -7,7 +7,7 @@ engine uses; nothing on the request path touches these models.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -15,6 +15,10 @@ __all__ = [
     "API_VERSION",
     "Effect",
     "ToolInfo",
+    "AgentsSpec",
+    "AgentSpec",
+    "AgentMetadata",
+    "AgentDoc",
     "BudgetSpec",
     "BundleSpec",
     "BundleMetadata",
@@ -58,7 +62,15 @@ class _Strict(BaseModel):
 
 
 class ToolInfo(_Strict):
-    risk_tier: int = Field(ge=0, le=4)
+    risk_tier: int | None = Field(default=None, ge=0, le=4)
+    # The tool's argument schema: JSON Schema in the MCP `inputSchema` dialect (SPEC §9). Checked
+    # as a schema at load; calls whose arguments violate it are denied `invalid_arguments`.
+    args: dict[str, Any] | None = None
+
+
+class AgentsSpec(_Strict):
+    # An agent id no `kind: Agent` manifest covers. None: `deny` once any manifest exists.
+    unregistered: Literal["deny", "allow"] | None = None
 
 
 class BudgetSpec(_Strict):
@@ -90,6 +102,7 @@ class BundleSpec(_Strict):
                     raise ValueError(f"list {name!r}: {value!r} must be a relative path inside the bundle "
                                      f"folder ending in .yaml, .yml or .csv")
         return lists
+    agents: AgentsSpec = Field(default_factory=AgentsSpec)
 
     @field_validator("mask")
     @classmethod
@@ -182,3 +195,31 @@ class PolicyDoc(_Strict):
     kind: Literal["Policy"]
     metadata: PolicyMetadata
     spec: PolicySpec
+
+
+class AgentSpec(_Strict):
+    """An agent's capability manifest (SPEC §9): who it is and what it may use. Empty request
+    fields are filled from it; a contradicting field or a tool/server outside it is denied."""
+
+    owner: str = ""
+    team: str = ""
+    workflows: list[str] = Field(default_factory=list)
+    models: list[str] = Field(default_factory=list)
+    capabilities: list[str] = Field(default_factory=list)
+    tools: list[str] = Field(default_factory=list)        # globs; least privilege: none listed, none allowed
+    servers: list[str] = Field(default_factory=list)      # globs over tool.server
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class AgentMetadata(_Strict):
+    # The agent id it describes, or a glob over instance ids ("refund-bot-*"). Matched exactly
+    # (case and every character count): `KILLME` is not `killme`.
+    name: str = Field(pattern=r"^[A-Za-z0-9*?\[][A-Za-z0-9_.:*?\[\]\-]*$")
+    description: str = ""
+
+
+class AgentDoc(_Strict):
+    apiVersion: Literal["decider/v1"]  # noqa: N815 - the YAML key
+    kind: Literal["Agent"]
+    metadata: AgentMetadata
+    spec: AgentSpec = Field(default_factory=AgentSpec)

@@ -120,6 +120,7 @@ class DecisionRecord:
     environment: str = ""
     context: dict[str, Any] = field(default_factory=dict)
     dry_run: bool = False
+    caller: str = ""                    # the authenticated principal that asked ("" offline)
 
     # ---- to and from the store -------------------------------------------------------------------
     def to_row(self) -> dict[str, Any]:
@@ -153,6 +154,7 @@ class DecisionRecord:
             "resolved_at": ap.resolved_at if ap else None,
             "comment": (ap.comment or None) if ap else None,
             "actual_cost": self.actual_cost, "outcome_status": self.outcome_status or None,
+            "caller": self.caller,
         }
 
     @staticmethod
@@ -186,7 +188,7 @@ class DecisionRecord:
             eval_us=r["eval_us"], approval=approval, estimated_cost=r["estimated_cost"] or 0.0,
             actual_cost=r.get("actual_cost"), outcome_status=r.get("outcome_status") or "",
             request_id=r["request_id"], environment=r["environment"], context=json.loads(r["context"]),
-            dry_run=bool(r["dry_run"]),
+            dry_run=bool(r["dry_run"]), caller=r.get("caller") or "",
         )
 
     # ---- to callers --------------------------------------------------------------------------------
@@ -203,7 +205,7 @@ class DecisionRecord:
             bundle=pb.BundleRef(name=b.name, version=b.version, revision=b.revision),
             eval_us=self.eval_us, estimated_cost=self.estimated_cost, actual_cost=self.actual_cost or 0.0,
             outcome_status=self.outcome_status, request_id=self.request_id, environment=self.environment,
-            dry_run=self.dry_run,
+            dry_run=self.dry_run, caller=self.caller,
         )
         set_timestamp(rec.time, self.time)
         rec.args.update(self.args)
@@ -233,6 +235,7 @@ class DecisionRecord:
             "bundle": {"name": self.bundle.name, "version": self.bundle.version, "revision": self.bundle.revision},
             "eval_us": self.eval_us, "dry_run": self.dry_run,
             "actual_cost": self.actual_cost, "outcome_status": self.outcome_status,
+            "caller": self.caller,
         }
         if self.shadow_outcome:
             out["shadow_outcome"] = self.shadow_outcome
@@ -272,14 +275,16 @@ def build_record(
     now: datetime,
     binding_key: bytes,
     args_hash: str = "",
+    caller: str = "",
 ) -> DecisionRecord:
     """The record of one decision, built once; masked per the bundle before it leaves this function.
     A REQUIRE_APPROVAL decision (not a dry run) opens its own pending approval. `args_hash`: the
-    binding hash when the caller computed it already (an approval look-up did)."""
+    binding hash when the caller computed it already (an approval look-up did). The agent is the
+    identity the decision saw (merged with its manifest); `caller` the principal that asked."""
     args_paths, ctx_paths = _mask_paths(bundle.mask)
     tool = req.tool
     args = struct_to_dict(tool.args)
-    a = req.agent
+    a = decision.agent or req.agent
     r = req.request
     approval = None
     if decision.outcome == pb.REQUIRE_APPROVAL and not req.dry_run:
@@ -297,7 +302,7 @@ def build_record(
         outcome=decision.outcome_name, reasons=decision.reasons, matched_rules=decision.matched_rules,
         deciding_rule=decision.deciding_rule, errors=decision.errors, kill_switch_id=decision.kill_switch_id,
         bundle=_bundle_ref(bundle.name, bundle.version, bundle.revision), eval_us=decision.eval_us,
-        dry_run=req.dry_run, approval=approval,
+        dry_run=req.dry_run, approval=approval, caller=caller,
     )
 
 

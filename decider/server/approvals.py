@@ -87,12 +87,14 @@ class WatchHub:
 
 
 def self_approval(row: dict[str, Any], who: str) -> bool:
-    """The agent that asked, or its owner, resolving its own call."""
+    """The principal that asked, the agent that asked (under any principal prefix: `agent:x`,
+    `user:x`, `x`), or its owner, resolving its own call (SPEC §9)."""
     agent = row["agent_id"]
-    forbidden = {agent, f"agent:{agent}"}
-    if row.get("owner"):
-        forbidden.add(row["owner"])
-    return who in forbidden
+    if who == agent or (":" in who and who.partition(":")[2] == agent):
+        return True
+    if row.get("caller") and who == row["caller"]:
+        return True
+    return bool(row.get("owner")) and who == row["owner"]
 
 
 def approver_matches(allowed: list[str], who: str, groups: frozenset[str]) -> bool:
@@ -131,7 +133,7 @@ async def resolve_approval(ctrl: Controls, req: pb.ResolveApprovalRequest,
                             f"decision {req.decision_id} is not awaiting approval")
     if self_approval(row, who) or (authenticated and self_approval(row, caller.name)):
         await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                            f"{who} asked for this call (or owns the agent that did) and cannot resolve it")
+                            f"{who} asked for this call (or is the agent or owner that did) and cannot resolve it")
     now = datetime.now(timezone.utc)
     if row["approval_state"] == "pending" and utc(row["approval_expires_at"]) <= now:
         await ctrl.expire(row["decision_id"], now)

@@ -11,6 +11,11 @@ approvers written as `group:NAME` in rules) come from the token entry and from a
         principal: user:ana
         roles: [approver]
         groups: [finance-oncall]
+      - token: "change-me-gateway-a"        # a bound caller (SPEC §9): may speak only for
+        principal: service:gw-a             # agents matching `agents` AND teams matching `teams`
+        roles: [enforcer]
+        agents: ["coder-*"]
+        teams: [platform]
     groups:
       finance-oncall: [user:bo]
 
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import fnmatch
 import hashlib
 import inspect
 import ipaddress
@@ -99,6 +105,20 @@ class Principal:
     name: str
     roles: frozenset[str]
     groups: frozenset[str] = frozenset()
+    # Bound caller (SPEC §9): globs over the agent ids / teams it may ask for; empty = any.
+    agents: tuple[str, ...] = ()
+    teams: tuple[str, ...] = ()
+
+    def refuses(self, agent: pb.Agent) -> str:
+        """Why this principal may not ask for `agent` ("" when it may). Globs match exactly
+        (case-sensitive): a token bound to `coder-*` cannot speak for `Coder-7`."""
+        if self.agents and not any(fnmatch.fnmatchcase(agent.id, g) for g in self.agents):
+            return (f"{self.name} may not ask for agent {agent.id!r}: its token is bound to agents "
+                    f"{list(self.agents)}")
+        if self.teams and not any(fnmatch.fnmatchcase(agent.team, g) for g in self.teams):
+            return (f"{self.name} may not ask for team {agent.team!r} (agent {agent.id!r}): its token is "
+                    f"bound to teams {list(self.teams)}")
+        return ""
 
 
 ANONYMOUS = Principal("anonymous", frozenset(ROLES))
@@ -149,7 +169,7 @@ def load_token_file(path: str | Path) -> TokenConfig:
         where = f"{p}: tokens[{i}]"
         if not isinstance(entry, dict):
             raise TokenFileError(f"{where}: must be a mapping")
-        unknown = set(entry) - {"token", "sha256", "principal", "roles", "groups"}
+        unknown = set(entry) - {"token", "sha256", "principal", "roles", "groups", "agents", "teams"}
         if unknown:
             raise TokenFileError(f"{where}: unknown key(s) {sorted(unknown)}")
         if ("token" in entry) == ("sha256" in entry):
@@ -165,7 +185,14 @@ def load_token_file(path: str | Path) -> TokenConfig:
             raise TokenFileError(f"{where}: roles must be a non-empty list of {list(ROLES)}; got {roles}")
         if digest in by_digest:
             raise TokenFileError(f"{where}: the same token appears twice")
-        by_digest[digest] = Principal(principal, frozenset(roles), frozenset(entry.get("groups") or []))
+        bound: dict[str, tuple[str, ...]] = {}
+        for key in ("agents", "teams"):
+            globs = entry.get(key) or []
+            if not isinstance(globs, list) or not all(isinstance(g, str) and g for g in globs):
+                raise TokenFileError(f"{where}: '{key}' must be a list of non-empty globs")
+            bound[key] = tuple(globs)
+        by_digest[digest] = Principal(principal, frozenset(roles), frozenset(entry.get("groups") or []),
+                                      bound["agents"], bound["teams"])
     groups_raw = doc.get("groups") or {}
     if not isinstance(groups_raw, dict):
         raise TokenFileError(f"{p}: 'groups' must map a group name to a list of principals")

@@ -33,6 +33,7 @@ from decider.engine.budgets import applicable_budgets, mentions_budget, window_s
 from decider.engine.controls import budget_denial, deny, needs_approvals
 from decider.engine.controls import settle as engine_settle
 from decider.engine.decision import Decision, Effects
+from decider.engine.identity import identity_of
 from decider.engine.state import ApprovalView, BudgetUsage, KillSwitch, State
 from decider.record.canonical import binding_hash
 from decider.record.record import Approval, DecisionRecord, record_to_proto, response_from_row
@@ -164,7 +165,7 @@ class Controls:
         kills = self.kill_switches
         if not bundle.budgets or not (req.request.estimated_cost > 0 or mentions_budget(bundle, req.tool.name)):
             return State(kill_switches=kills, now=now)
-        budgets = applicable_budgets(bundle, req.agent, now)
+        budgets = applicable_budgets(bundle, identity_of(bundle, req), now)   # as the decision will see it
         if not budgets:
             return State(kill_switches=kills, now=now)
         usage = await asyncio.to_thread(self.budgets.usage, [b.key for b in budgets])

@@ -17,6 +17,7 @@ from decider.engine.state import State
 from decider.errors import InvalidRequest
 from decider.record.ids import new_id
 from decider.record.record import DecisionRecord, build_record, record_to_proto, set_timestamp
+from decider.server.auth import ANONYMOUS, current_principal
 from decider.server.controls import Controls
 from decider.store import DecisionStore, GroupCommitWriter
 from decider.v1 import decider_pb2 as pb
@@ -90,18 +91,19 @@ class DeciderService:
             await context.abort(e.code, e.message)
             raise  # unreachable: abort raises
 
-    async def decide_bytes(self, raw: bytes, carrier: dict[str, str] | None = None) -> pb.DecideResponse:
+    async def decide_bytes(self, raw: bytes, carrier: dict[str, str] | None = None,
+                           method: str = "Decide") -> pb.DecideResponse:
         """One decision from wire bytes, recorded durably before it returns. Shared by the unary
         `Decide` and `DecideStream`; failures raise DecisionFailed with the status to report."""
         self.in_flight += 1
         if self.in_flight > 1:
             self._concurrent_until = time.monotonic() + CONCURRENCY_MEMORY_S
         try:
-            return await self._decide_bytes(raw, carrier)
+            return await self._decide_bytes(raw, carrier, method)
         finally:
             self.in_flight -= 1
 
-    async def _decide_bytes(self, raw: bytes, carrier: dict[str, str] | None) -> pb.DecideResponse:
+    async def _decide_bytes(self, raw: bytes, carrier: dict[str, str] | None, method: str) -> pb.DecideResponse:
         started = time.perf_counter()
         try:
             req = decode_request(raw)
@@ -119,6 +121,15 @@ class DeciderService:
         # engine.decide in two halves: the rules, then (with the call's approvals read only when the
         # rules ask for approval) the stateful controls, whose effects the store applies.
         evaluated = evaluate(bundle, req, state)
+        caller = current_principal()
+        if caller.agents or caller.teams:
+            # A bound caller (SPEC §9), checked on the identity the decision saw (the manifest may
+            # have filled the team): evaluate changed nothing, so refusing here leaves no trace
+            # but the auth event.
+            refusal = caller.refuses(evaluated.agent or req.agent)
+            if refusal:
+                await self._refused(method, caller.name, refusal)
+                raise DecisionFailed(grpc.StatusCode.PERMISSION_DENIED, refusal, req.request.id)
         decision_id = new_id()
         # `applied.done(written)` must run on every path.
         try:
@@ -131,7 +142,8 @@ class DeciderService:
             applied.existing.request_id = req.request.id
             return applied.existing
         decision = applied.decision
-        record = build_record(decision_id, req, decision, bundle, now, self.controls.binding_key, applied.args_hash)
+        record = build_record(decision_id, req, decision, bundle, now, self.controls.binding_key, applied.args_hash,
+                              caller.name if caller is not ANONYMOUS else "")
         if applied.approval is not None:
             record.approval = applied.approval   # the approval this ALLOW consumed
         self.bundles.shadow_into(record, req, state)  # into the record only, never the response
@@ -164,6 +176,15 @@ class DeciderService:
         if self.observe is not None:
             self.observe(req, resp, decision.outcome_name, started, commit_started, commit_ended, carrier)
         return resp
+
+    async def _refused(self, method: str, principal: str, detail: str) -> None:
+        row = {"time": datetime.now(timezone.utc), "method": f"/{SERVICE_NAME}/{method}",
+               "code": grpc.StatusCode.PERMISSION_DENIED.name, "principal": principal, "peer": "", "detail": detail}
+        log.warning("refused", extra={"method": row["method"], "code": row["code"], "principal": principal})
+        try:
+            await asyncio.to_thread(self.controls.auth_events.record, row)
+        except Exception as exc:  # noqa: BLE001 - refusing must not depend on the audit write
+            log.error("auth event not recorded", extra={"error": str(exc)})
 
     def _alone(self) -> bool:
         """Nothing else in flight now, no other stream open, and no concurrency seen lately: then

@@ -53,7 +53,7 @@ async def decide_stream(svc: DeciderService, context: grpc.aio.ServicerContext) 
     async def one(raw: bytes) -> None:
         try:
             try:
-                reply = await svc.decide_bytes(raw, carrier)
+                reply = await svc.decide_bytes(raw, carrier, "DecideStream")
             except DecisionFailed as e:
                 reply = _error_reply(e)
             except Exception as e:  # noqa: BLE001 - one bad message must not end everyone's stream

@@ -73,6 +73,8 @@ decisions = Table(
     Column("comment", Text),                                     # Approval.comment
     Column("actual_cost", Float),
     Column("outcome_status", String(64)),
+    # The authenticated principal that asked (SPEC §9). Not yet in an Alembic revision: see README.
+    Column("caller", String(256), nullable=False, default=""),
     Index("ix_decisions_agent", "agent_id"),
     Index("ix_decisions_tool", "tool_name"),
 )

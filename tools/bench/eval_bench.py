@@ -4,6 +4,8 @@
     python tools/bench/eval_bench.py --rules 200 --seconds 5
     python tools/bench/eval_bench.py --ab-extensions      # same bundles with / without the CEL
                                                           # standard extensions, rounds alternating
+    python tools/bench/eval_bench.py --identity-ab        # the example bundle with vs without manifests
+                                                          # and argument schemas (same run, interleaved)
 
 Each bundle is written as YAML, loaded and compiled exactly as `decider serve` does (`load_bundle`).
 Rules come five to a tool, in the shapes real bundles use (SPEC §2): a baseline allow, a path or
@@ -173,6 +175,88 @@ def ab_extensions(args: argparse.Namespace) -> int:
     path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     print(f"wrote {path}")
     return 0
+IDENTITY_RULES = {"unregistered_agent", "identity_mismatch", "not_in_manifest", "invalid_arguments"}
+
+
+def _without_identity(src: Path, dst: Path) -> None:
+    """The example bundle minus what issue 13 added: no `kind: Agent` documents, no `args` schemas."""
+    import shutil
+
+    import yaml
+
+    shutil.copytree(src, dst)
+    (dst / "agents.yaml").unlink()
+    doc = yaml.safe_load((dst / "bundle.yaml").read_text())
+    doc["spec"].pop("agents", None)
+    for info in doc["spec"].get("tools", {}).values():
+        info.pop("args", None)
+    (dst / "bundle.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+def identity_ab(seconds: float, rounds: int) -> dict[str, Any]:
+    """Same-run A/B on the example bundle (policies/): A with its agent manifests and argument
+    schemas, B without them. Requests: the example suites' cases that both decide alike and that
+    no identity or schema check decides (the cost those checks add to an ordinary decision), with
+    the identity given in full (A: looked up and checked, nothing to fill). Rounds alternate A, B."""
+    from decider.verify.suites import _build, find_suites, load_suites  # the suites' own request builder
+
+    policies = REPO_ROOT / "policies"
+    import dataclasses
+
+    from decider.bundle.manifests import EMPTY_INDEX
+
+    with tempfile.TemporaryDirectory(prefix="decider-identity-ab-") as tmp:
+        _without_identity(policies, Path(tmp) / "b")
+        a, b = load_bundle(policies), load_bundle(Path(tmp) / "b")
+    # C: A's own compiled bundle with the two checks switched off (same programs, same memory).
+    c = dataclasses.replace(a, agents=EMPTY_INDEX, schemas={}, _schema_globs=(), _cache={}, _needs={},
+                            _schema_cache={})
+    reqs: list[pb.DecideRequest] = []
+    for suite in load_suites(find_suites([policies])):
+        for case in suite.suite.cases:
+            req, state = _build(suite.suite, case)
+            if state.kill_switches or state.budget_usage:
+                continue
+            da, db = decide(a, req), decide(b, req)
+            if da.deciding_rule in IDENTITY_RULES or (da.outcome, da.deciding_rule) != (db.outcome, db.deciding_rule):
+                continue
+            if da.agent is not None:
+                continue   # the manifest filled something: not the same request for B
+            reqs.append(req)
+    reqs = reqs * max(1, 1000 // max(1, len(reqs)))
+    for r in reqs[:200]:
+        for x in (a, b, c):
+            decide(x, r)
+    # Many short passes, alternating A and B, best pass of each: on a shared box the minimum of many
+    # short samples is what is least disturbed by other load (each pass is ~1,000 decisions).
+    labels = {"A (manifests + schemas)": a, "B (neither)": b, "C (A, checks off)": c}
+    per: dict[str, list[float]] = {k: [] for k in labels}
+    deadline = time.perf_counter() + seconds
+    passes = 0
+    while passes < rounds or (time.perf_counter() < deadline and passes < 400):
+        passes += 1
+        for label, bundle in labels.items():
+            cpu0 = time.thread_time()
+            for r in reqs:
+                decide(bundle, r)
+            per[label].append((time.thread_time() - cpu0) / len(reqs) * 1e6)
+    best = {k: min(v) for k, v in per.items()}
+    overhead = best["A (manifests + schemas)"] / best["B (neither)"] - 1
+    # Each A pass ran right before its B pass: the median of those paired ratios cancels the
+    # drift of the other load on the box better than comparing two separate minima.
+    paired = statistics.median(x / y for x, y in zip(per["A (manifests + schemas)"], per["B (neither)"],
+                                                     strict=True)) - 1
+    paired_c = statistics.median(x / y for x, y in zip(per["A (manifests + schemas)"], per["C (A, checks off)"],
+                                                       strict=True)) - 1
+    print(f"{'bundle':26} {'µs/decision (best pass)':>24} {'median pass':>12} {'passes':>7}")
+    for k, v in per.items():
+        print(f"{k:26} {best[k]:>24.2f} {statistics.median(v):>12.2f} {len(v):>7}")
+    print(f"manifest + schema overhead: {overhead * 100:+.1f}% (best passes), {paired * 100:+.1f}% (median of "
+          f"paired passes) over {len(set(map(id, reqs)))} distinct requests")
+    print(f"against C (same compiled bundle, checks off): {paired_c * 100:+.1f}% (median of paired passes)")
+    return {"distinct_requests": len(set(map(id, reqs))), "best": best, "overhead": overhead,
+            "overhead_paired_median": paired, "overhead_vs_checks_off_paired_median": paired_c,
+            "median": {k: statistics.median(v) for k, v in per.items()}, "passes": passes}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -183,11 +267,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--requests", type=int, default=1000, help="distinct requests cycled")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--name", default=None)
+    ap.add_argument("--identity-ab", action="store_true",
+                    help="A/B the example bundle with and without manifests and argument schemas")
     ap.add_argument("--ab-extensions", action="store_true",
                     help="compare the same bundles compiled without / with the CEL standard extensions")
     args = ap.parse_args(argv)
     if args.ab_extensions:
         return ab_extensions(args)
+    if args.identity_ab:
+        res = identity_ab(args.seconds * 4, max(args.rounds, 20))
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        path = RESULTS_DIR / f"{args.name or time.strftime('identity-ab-%Y%m%d-%H%M%S')}.json"
+        meta = {"python": platform.python_version(), "cpus": os.cpu_count(), "loadavg_at_start": os.getloadavg()}
+        path.write_text(json.dumps({"meta": meta, **res}, indent=2) + "\n")
+        print(f"wrote {path}")
+        return 0
     rows = []
     with tempfile.TemporaryDirectory(prefix="decider-eval-bench-") as tmp:
         for n in args.rules:
