@@ -268,7 +268,8 @@ def test_server_decide_test_and_replay_of_its_log_decide_identity_and_schemas_al
     assert [r.deciding_rule for r in records] == expected
     assert records[1].reasons[0].text.endswith("$.amount: 'lots' is not of type 'number'")
     assert records[0].agent.team == "finance"     # the record holds the identity the decision saw
-    export = subprocess.run([sys.executable, "-m", "decider", "log", "--db", srv.db_url, "--format", "jsonl"],
+    export = subprocess.run([sys.executable, "-m", "decider", "log", "--db", srv.db_url, "--format", "jsonl",
+                             "--reverse"],
                             capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert export.returncode == 0, export.stderr
     log = tmp_path / "log.jsonl"

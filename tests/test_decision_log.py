@@ -77,7 +77,7 @@ def test_the_allow_that_consumed_an_approval_shows_who_approved_it(srv: ServerPr
     assert f"approved by user:ana (decision {pending.decision_id})" in line
     assert "refunds-need-finance" not in line
     asked = next(x for x in table.splitlines() if x.startswith(pending.decision_id))
-    assert asked.rstrip().endswith("refunds-need-finance")
+    assert asked.split()[-2:] == ["refunds-need-finance", "service:gateway"]   # rule, then the caller
 
 
 # ---- the decision stream ---------------------------------------------------------------------------

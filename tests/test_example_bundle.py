@@ -44,7 +44,7 @@ CASES = [
     (CODER, "http.fetch", {"url": "http://pypi.org/simple"}, "", 0, "DENY", "default"),
     # Named lists (bundle.yaml spec.lists): inline, a YAML file and a CSV file in the bundle folder.
     (CODER, "http.fetch", {"url": "https://tinyurl.com/abc"}, "", 0, "DENY", "http-deny-shortened-links"),
-    (FINANCE, "email.send", {"to": "x@yopmail.com", "body": "hi"}, "", 0, "DENY", "email-no-disposable-addresses"),
+    (SUPPORT, "email.send", {"to": "x@yopmail.com", "body": "hi"}, "", 0, "DENY", "email-no-disposable-addresses"),
 ]
 
 
