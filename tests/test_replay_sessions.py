@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from decider.bundle.compile import load_bundle
-from decider.replay.replay import Replayed, ReplayReport, replay, session_key
+from decider.replay.replay import IdentityMapping, Replayed, ReplayReport, replay, session_key
 from decider.replay.traces import read_traces
 
 from .helpers import POLICIES, ROOT
@@ -28,8 +28,13 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
                           timeout=120)
 
 
+# The tau-bench calls carry no agent id; the example bundle's manifests name their agent
+# (as README's replay command does with --agent-id).
+AIRLINE = IdentityMapping(agent={"id": "airline-agent"})
+
+
 def replayed(paths: list[Path]) -> list[Replayed]:
-    return list(replay(load_bundle(POLICIES), read_traces([str(p) for p in paths])))
+    return list(replay(load_bundle(POLICIES), read_traces([str(p) for p in paths]), AIRLINE))
 
 
 def report_of(results: list[Replayed]) -> ReplayReport:
@@ -64,12 +69,12 @@ def test_the_shared_traces_replay_with_sessions_reported() -> None:
 
 @needs_traces
 def test_replay_reports_show_sessions_in_table_and_json() -> None:
-    table = cli("replay", str(POLICIES), str(SHARED), "--no-progress", "--sessions", "3")
+    table = cli("replay", str(POLICIES), str(SHARED), "--agent-id", "airline-agent", "--no-progress", "--sessions", "3")
     assert table.returncode == 0, table.stderr
     assert "sessions: 193; with a DENY: 8; with a REQUIRE_APPROVAL: 49; with either: 57" in table.stdout
     assert "7a38edd8123db47ad8dcb8aa4c5e3926              3      0      3        0      0" in table.stdout
     assert "… 54 more (--sessions N, or --format json for all)" in table.stdout
-    report = json.loads(cli("replay", str(POLICIES), str(SHARED), "--format", "json").stdout)
+    report = json.loads(cli("replay", str(POLICIES), str(SHARED), "--agent-id", "airline-agent", "--format", "json").stdout)
     sessions = report["sessions"]
     assert (sessions["total"], sessions["with_deny"], sessions["with_require_approval"]) == (193, 8, 49)
     assert len(sessions["flagged"]) == 57
