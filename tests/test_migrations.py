@@ -25,7 +25,9 @@ from decider.record.record import record_to_proto
 from decider.store import DecisionStore, connect
 from decider.store.budgets import BudgetStore
 from decider.store.bundles import ACTIVE, SHADOW, BundleStore
+from decider.store.journal import JournalReader
 from decider.store.kill_switches import KillSwitchStore
+from decider.store.secrets import BINDING_KEY, deployment_secrets
 from decider.store.migrate import (
     BASELINE,
     HEAD,
@@ -163,7 +165,21 @@ def schema_of(engine: Engine) -> dict[str, Any]:
                       str(i.get("dialect_options", {}).get(f"{engine.dialect.name}_where", "")))
                      for i in insp.get_indexes(t))
         out[t] = (cols, insp.get_pk_constraint(t)["constrained_columns"], idx)
+    out["(triggers)"] = triggers_of(engine)
     return out
+
+
+def triggers_of(engine: Engine) -> list[tuple[str, str]]:
+    """Triggers (and, on PostgreSQL, the functions they run) with their definitions, whitespace
+    collapsed: the decision journal is filled by them, and Inspector does not see them."""
+    if engine.dialect.name == "sqlite":
+        q = "SELECT 'trigger ' || name, sql FROM sqlite_master WHERE type = 'trigger'"
+    else:
+        q = ("SELECT 'trigger ' || tgname, pg_get_triggerdef(t.oid) FROM pg_trigger t WHERE NOT tgisinternal "
+             "UNION ALL SELECT 'function ' || proname, prosrc FROM pg_proc p "
+             "JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = current_schema()")
+    with engine.connect() as conn:
+        return sorted((name, " ".join(sql.split())) for name, sql in conn.exec_driver_sql(q))
 
 
 # ---- the revision chain --------------------------------------------------------------------------
@@ -177,14 +193,16 @@ def test_revision_chain_in_code_matches_the_migration_scripts() -> None:
 
 # ---- from the previous release, with rows ----------------------------------------------------------
 
-def test_db_upgrade_keeps_every_row_and_value_of_the_previous_release_under_the_new_names(db_url: str) -> None:
+def test_db_upgrade_keeps_every_row_and_value_of_the_previous_release_under_the_new_names(
+        db_url: str, tmp_path: Path) -> None:
     engine = make_previous_release_db(db_url)
     rows = rows_of_every_table()
     with engine.begin() as conn:
         md = MetaData()
         md.reflect(conn)
         for table, batch in rows.items():
-            conn.execute(insert(md.tables[table]), batch)
+            # Decisions inserted newest first: the journal's backfill must still list them in id order.
+            conn.execute(insert(md.tables[table]), batch[::-1] if table == "decisions" else batch)
     before = snapshot(engine)
     assert {t: len(r) for t, r in before.items()} == {t: len(r) for t, r in rows.items()}
 
@@ -197,7 +215,13 @@ def test_db_upgrade_keeps_every_row_and_value_of_the_previous_release_under_the_
     assert f"upgraded from schema revision {BASELINE} to {HEAD}" in out.stdout
 
     after = snapshot(engine)
-    assert after == renamed(before)          # every row, every value, new column names
+    assert {t: after[t] for t in before} == renamed(before)    # every row, every value, new column names
+    ids = sorted(d["decision_id"] for d in rows["decisions"])
+    # The tables later releases added: the journal lists every existing decision, oldest id first;
+    # the rest start empty (the secret too: the first server to start creates it).
+    assert {t: r for t, r in after.items() if t not in before} == {
+        "decision_journal": [{"seq": i, "decision_id": d, "change": "decided"} for i, d in enumerate(ids, 1)],
+        "export_cursors": [], "approval_notifications": [], "notifier_cursors": [], "deployment_secrets": []}
     for (table, old), new in RENAMED.items():
         cols = {c["name"] for c in inspect(engine).get_columns(table)}
         assert new in cols and old not in cols
@@ -222,6 +246,20 @@ def test_db_upgrade_keeps_every_row_and_value_of_the_previous_release_under_the_
     again = decider_cli("db", "upgrade", "--db", db_url)
     assert again.returncode == 0 and "already at schema revision" in again.stdout
     assert snapshot(engine) == after
+
+    # A server on the upgraded database: creates the deployment secret on its first start, as on a
+    # new database, and its new decision reaches the journal after the backfilled ones.
+    srv = start_server(tmp_path, POLICIES, db_url)
+    try:
+        with srv.client() as client:
+            new = client.decide(agent={"id": "coder-7"}, tool="fs.read").decision_id
+    finally:
+        srv.stop()
+    assert [(e["seq"], e["decision_id"], e["change"]) for e in JournalReader(engine).after(0)] == \
+        [(i, d, "decided") for i, d in enumerate([*ids, new], 1)]
+    with engine.connect() as conn:
+        secrets_ = conn.execute(select(deployment_secrets)).all()
+    assert [name for name, _ in secrets_] == [BINDING_KEY] and len(bytes.fromhex(secrets_[0][1])) == 32
 
 
 def test_upgraded_database_equals_a_new_one_and_keeps_its_partial_indexes(db_url: str, tmp_path: Path) -> None:

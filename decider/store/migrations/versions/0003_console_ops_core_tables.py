@@ -7,6 +7,7 @@
 | `decision_journal` + its triggers (SQLite) / functions and triggers (PostgreSQL) | the decision stream in commit order (ops) | decider/store/journal.py |
 | `export_cursors` | exporters' acknowledged positions (ops) | decider/store/journal.py |
 | `deployment_secrets` | the key of the approval binding hash (core) | decider/store/secrets.py |
+| index `ix_decisions_open_approval`: partial condition gains `'rejected'` | a rejection binds the identical call until its ttl (core) | decider/store/approvals.py |
 
 The journal is backfilled with one `decided` entry per existing decision, in `decision_id` order
 (the order a new database's journal would have had), so the stream of an upgraded database starts
@@ -35,6 +36,9 @@ branch_labels = None
 depends_on = None
 
 TZ = sa.DateTime(timezone=True)
+CALL = ["agent_id", "tool_name", "tool_server", "args_hash"]
+OPEN_BEFORE = sa.text("approval_state IN ('pending', 'approved')")
+OPEN_AFTER = sa.text("approval_state IN ('pending', 'approved', 'rejected')")
 
 SQLITE_TRIGGERS = (
     """CREATE TRIGGER IF NOT EXISTS decision_journal_insert AFTER INSERT ON decisions BEGIN
@@ -82,6 +86,7 @@ def upgrade() -> None:
         sa.Column("updated_at", TZ, nullable=False),
     )
     op.create_index("ix_decisions_session", "decisions", ["session_id", "decision_id"])
+    _open_approval_index(OPEN_AFTER)
 
     op.create_table(
         "decision_journal",
@@ -124,7 +129,15 @@ def downgrade() -> None:
         op.execute("DROP FUNCTION IF EXISTS decider_journal_order()")
     op.drop_table("export_cursors")
     op.drop_table("decision_journal")
+    _open_approval_index(OPEN_BEFORE)
     op.drop_index("ix_decisions_session", table_name="decisions")
     op.drop_table("notifier_cursors")
     op.drop_index("ix_approval_notifications_due", table_name="approval_notifications")
     op.drop_table("approval_notifications")
+
+
+def _open_approval_index(where: sa.TextClause) -> None:
+    """Recreate the partial index of open approvals with another condition (Alembic's autogenerate
+    does not compare partial-index conditions; the schema test in tests/test_migrations.py does)."""
+    op.drop_index("ix_decisions_open_approval", table_name="decisions")
+    op.create_index("ix_decisions_open_approval", "decisions", CALL, sqlite_where=where, postgresql_where=where)
