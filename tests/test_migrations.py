@@ -27,7 +27,6 @@ from decider.store.budgets import BudgetStore
 from decider.store.bundles import ACTIVE, SHADOW, BundleStore
 from decider.store.journal import JournalReader
 from decider.store.kill_switches import KillSwitchStore
-from decider.store.secrets import BINDING_KEY, deployment_secrets
 from decider.store.migrate import (
     BASELINE,
     HEAD,
@@ -40,6 +39,7 @@ from decider.store.migrate import (
     target_metadata,
     upgrade,
 )
+from decider.store.secrets import BINDING_KEY, deployment_secrets
 from decider.v1 import decider_pb2 as pb
 
 from .helpers import POLICIES, ROOT, start_server
@@ -280,6 +280,9 @@ def test_upgraded_database_equals_a_new_one_and_keeps_its_partial_indexes(db_url
         conn.execute(insert(decisions), [{**row, "decision_id": "01M80JNJ2YETS2A8BATBBMKRP2",
                                           "approval_state": "pending"}])
     assert schema_of(engine) == schema_of(connect(_sibling(db_url, tmp_path)))   # = a database made new
+    with engine.connect() as conn:    # the upgraded journal's triggers record what was committed, in order
+        journaled = conn.execute(text("SELECT decision_id FROM decision_journal ORDER BY seq")).scalars().all()
+    assert journaled == ["01M80JNJ2YETS2A8BATBBMKRQ0", "01M80JNJ2YETS2A8BATBBMKRQ1", "01M80JNJ2YETS2A8BATBBMKRP1"]
 
 
 def test_baseline_revision_makes_exactly_the_previous_release_schema(db_url: str, tmp_path: Path) -> None:
@@ -314,6 +317,21 @@ def test_every_migration_from_an_empty_database_gives_the_schema_the_code_create
             assert schema_state(conn).revision == HEAD
 
 
+def test_the_newest_migration_downgrades_to_the_schema_before_it_and_upgrades_again(db_url: str,
+                                                                                   tmp_path: Path) -> None:
+    engine = connect(db_url, create=False)
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(conn), REVISIONS[-2])
+    before = schema_of(engine)
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(conn), HEAD)
+        command.downgrade(alembic_config(conn), REVISIONS[-2])
+    assert schema_of(engine) == before
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(conn), HEAD)
+    assert schema_of(engine) == schema_of(connect(_sibling(db_url, tmp_path)))
+
+
 def test_db_upgrade_creates_a_new_database_at_head(db_url: str) -> None:
     out = decider_cli("db", "upgrade", "--db", db_url)
     assert out.returncode == 0, out.stderr
@@ -322,8 +340,16 @@ def test_db_upgrade_creates_a_new_database_at_head(db_url: str) -> None:
     assert json.loads(current.stdout) == {"revision": HEAD, "head": HEAD, "current": True}
 
 
-def test_models_and_the_head_migration_agree(db_url: str) -> None:
-    """A column changed in decider/store/*.py without a migration fails here."""
+JOURNAL_TRIGGERS = {
+    "sqlite": {"trigger decision_journal_insert", "trigger decision_journal_update"},
+    "postgresql": {"trigger decision_journal_order", "trigger decision_journal_row",
+                   "function decider_journal_order", "function decider_journal_row"},
+}
+
+
+def test_models_and_the_head_migration_agree(db_url: str, tmp_path: Path) -> None:
+    """A column changed in decider/store/*.py without a migration fails here; so does a trigger
+    (or PostgreSQL function) that the models install and the migrations do not, or differently."""
     engine = connect(db_url, create=False)
     with engine.begin() as conn:
         command.upgrade(alembic_config(conn), HEAD)
@@ -337,6 +363,15 @@ def test_models_and_the_head_migration_agree(db_url: str) -> None:
         Table("decisions", changed, Column("new_field", String(8)), extend_existing=True)
         diff = compare_metadata(ctx, changed)
     assert [d[0] for d in diff] == ["add_column"] and diff[0][3].name == "new_field"
+
+    # Alembic compares no triggers: the head migration's must be exactly what create_all installs.
+    created = connect(_sibling(db_url, tmp_path))
+    assert {name for name, _ in triggers_of(engine)} == JOURNAL_TRIGGERS[engine.dialect.name]
+    assert triggers_of(engine) == triggers_of(created)
+    with engine.begin() as conn:   # and that comparison can fail: one trigger gone
+        conn.execute(text("DROP TRIGGER decision_journal_update" if engine.dialect.name == "sqlite"
+                          else "DROP TRIGGER decision_journal_row ON decisions"))
+    assert triggers_of(engine) != triggers_of(created)
 
 
 def test_servers_starting_at_once_on_a_new_database_create_it_once(db_url: str) -> None:
