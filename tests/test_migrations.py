@@ -262,6 +262,29 @@ def test_db_upgrade_keeps_every_row_and_value_of_the_previous_release_under_the_
     assert [name for name, _ in secrets_] == [BINDING_KEY] and len(bytes.fromhex(secrets_[0][1])) == 32
 
 
+def test_a_database_at_0002_with_decisions_gets_them_in_the_journal_in_id_order(db_url: str) -> None:
+    """The release with migrations but before the journal: `decider db upgrade` backfills it, in
+    decision-id order whatever order the rows were written in, and the triggers take over after."""
+    engine = connect(db_url, create=False)
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(conn), "0002_api_field_names")
+    md = MetaData()
+    md.reflect(engine)
+    written = [{RENAMED.get(("decisions", k), k): v for k, v in row.items()}
+               for row in rows_of_every_table()["decisions"]]
+    with engine.begin() as conn:
+        conn.execute(insert(md.tables["decisions"]), written[::-1])
+    assert upgrade(engine) == ("0002_api_field_names", HEAD)
+    ids = sorted(r["decision_id"] for r in written)
+    reader = JournalReader(engine)
+    assert [(e["seq"], e["decision_id"], e["change"]) for e in reader.after(0)] == \
+        [(i, d, "decided") for i, d in enumerate(ids, 1)]
+    with engine.begin() as conn:    # a change after the upgrade is journaled by the triggers
+        conn.execute(text("UPDATE decisions SET outcome_status = 'ok' WHERE decision_id = :d"), {"d": ids[0]})
+    assert [(e["seq"], e["decision_id"], e["change"]) for e in reader.after(len(ids))] == \
+        [(len(ids) + 1, ids[0], "updated")]
+
+
 def test_upgraded_database_equals_a_new_one_and_keeps_its_partial_indexes(db_url: str, tmp_path: Path) -> None:
     """At most one *pending* approval per call, but any number of settled ones: the rename must
     keep the unique index partial (a full unique index would refuse the second decision of a call)."""
