@@ -144,7 +144,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path, 
         s.call("work.step", {"n": 10})
         # The server's own export, and its kill switches over time.
         log = tmp / "log.jsonl"
-        exported = decider("log", "--db", srv.db_url, "--format", "jsonl")
+        exported = decider("log", "--db", srv.db_url, "--format", "jsonl", "--reverse")   # oldest first
         assert exported.returncode == 0, exported.stderr
         log.write_text(exported.stdout)
         switches = decider("kill", "--server", srv.target, "--list", "--all", "--format", "json")
@@ -170,12 +170,20 @@ def test_the_server_decides_the_script_as_specified(run: tuple[Path, Path, Scrip
     assert s.answers == EXPECTED
 
 
+class _NoAliases(yaml.SafeDumper):
+    """Writes shared values out: policy and suite files refuse YAML aliases (hardening)."""
+
+    def ignore_aliases(self, data: object) -> bool:
+        return True
+
+
 def test_decider_test_with_the_servers_state_gives_the_same_outcomes(run: tuple[Path, Path, Script]) -> None:
     bundle, tmp, s = run
     suite = {"apiVersion": "decider/v1", "kind": "TestSuite", "metadata": {"name": "parity"}, "cases": s.cases}
     path = tmp / "parity_test.yaml"
-    path.write_text(yaml.safe_dump(suite, sort_keys=False))
+    path.write_text(yaml.dump(suite, Dumper=_NoAliases, sort_keys=False))
     out = decider("test", str(bundle), str(path), "--format", "json")
+    assert out.stdout, out.stderr
     report = json.loads(out.stdout)
     cases = [c for suite in report["suites"] for c in suite["cases"]]
     got = [(c["actual"]["outcome"].upper(), c["actual"]["rule"]) for c in cases]

@@ -69,7 +69,7 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, P
                 outcomes.append(pb.Outcome.Name(d.outcome))
                 if actual is not None and d.outcome == pb.ALLOW:
                     c.report_outcome(d.decision_id, float(actual))
-        out = decider("log", "--db", srv.db_url, "--format", "jsonl")
+        out = decider("log", "--db", srv.db_url, "--format", "jsonl", "--reverse")   # oldest first
         assert out.returncode == 0, out.stderr
         log = tmp / "log.jsonl"
         log.write_text(out.stdout)
