@@ -13,9 +13,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from alembic import command
 
 from decider.store import DecisionStore, connect
 from decider.store.journal import JournalReader
+from decider.store.migrate import alembic_config
 from decider.v1 import decider_pb2 as pb
 
 from .helpers import ROOT, ServerProcess, start_server
@@ -159,18 +161,16 @@ def test_commit_order_not_id_order_a_late_commit_of_an_earlier_id_is_not_skipped
 
 
 def test_a_database_from_before_the_journal_streams_from_its_first_decision(tmp_path: Path) -> None:
-    import sqlite3
-
-    path = tmp_path / "old.db"
-    engine = connect(f"sqlite:///{path}")
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = connect(url, create=False)
+    with engine.begin() as conn:   # the schema of the release before the journal (revision 0002)
+        command.upgrade(alembic_config(conn), "0002_api_field_names")
     rows = [sample_row(agent=f"old{i}") for i in range(3)]
-    DecisionStore(engine).insert_many(rows)
+    DecisionStore(engine).insert_many(rows[::-1])
     engine.dispose()
-    with sqlite3.connect(path) as db:   # as the schema was before the journal existed
-        db.execute("DROP TRIGGER decision_journal_insert")
-        db.execute("DROP TRIGGER decision_journal_update")
-        db.execute("DROP TABLE decision_journal")
-    entries = JournalReader(connect(f"sqlite:///{path}")).after(0)
+    upgraded = cli("db", "upgrade", "--db", url)
+    assert upgraded.returncode == 0, upgraded.stderr
+    entries = JournalReader(connect(url)).after(0)
     assert [e["decision_id"] for e in entries] == sorted(r["decision_id"] for r in rows)
     assert {e["change"] for e in entries} == {"decided"}
 

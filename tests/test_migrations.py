@@ -25,6 +25,7 @@ from decider.record.record import record_to_proto
 from decider.store import DecisionStore, connect
 from decider.store.budgets import BudgetStore
 from decider.store.bundles import ACTIVE, SHADOW, BundleStore
+from decider.store.journal import JournalReader
 from decider.store.kill_switches import KillSwitchStore
 from decider.store.migrate import (
     BASELINE,
@@ -38,6 +39,7 @@ from decider.store.migrate import (
     target_metadata,
     upgrade,
 )
+from decider.store.secrets import BINDING_KEY, deployment_secrets
 from decider.v1 import decider_pb2 as pb
 
 from .helpers import POLICIES, ROOT, start_server
@@ -163,7 +165,21 @@ def schema_of(engine: Engine) -> dict[str, Any]:
                       str(i.get("dialect_options", {}).get(f"{engine.dialect.name}_where", "")))
                      for i in insp.get_indexes(t))
         out[t] = (cols, insp.get_pk_constraint(t)["constrained_columns"], idx)
+    out["(triggers)"] = triggers_of(engine)
     return out
+
+
+def triggers_of(engine: Engine) -> list[tuple[str, str]]:
+    """Triggers (and, on PostgreSQL, the functions they run) with their definitions, whitespace
+    collapsed: the decision journal is filled by them, and Inspector does not see them."""
+    if engine.dialect.name == "sqlite":
+        q = "SELECT 'trigger ' || name, sql FROM sqlite_master WHERE type = 'trigger'"
+    else:
+        q = ("SELECT 'trigger ' || tgname, pg_get_triggerdef(t.oid) FROM pg_trigger t WHERE NOT tgisinternal "
+             "UNION ALL SELECT 'function ' || proname, prosrc FROM pg_proc p "
+             "JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = current_schema()")
+    with engine.connect() as conn:
+        return sorted((name, " ".join(sql.split())) for name, sql in conn.exec_driver_sql(q))
 
 
 # ---- the revision chain --------------------------------------------------------------------------
@@ -177,14 +193,16 @@ def test_revision_chain_in_code_matches_the_migration_scripts() -> None:
 
 # ---- from the previous release, with rows ----------------------------------------------------------
 
-def test_db_upgrade_keeps_every_row_and_value_of_the_previous_release_under_the_new_names(db_url: str) -> None:
+def test_db_upgrade_keeps_every_row_and_value_of_the_previous_release_under_the_new_names(
+        db_url: str, tmp_path: Path) -> None:
     engine = make_previous_release_db(db_url)
     rows = rows_of_every_table()
     with engine.begin() as conn:
         md = MetaData()
         md.reflect(conn)
         for table, batch in rows.items():
-            conn.execute(insert(md.tables[table]), batch)
+            # Decisions inserted newest first: the journal's backfill must still list them in id order.
+            conn.execute(insert(md.tables[table]), batch[::-1] if table == "decisions" else batch)
     before = snapshot(engine)
     assert {t: len(r) for t, r in before.items()} == {t: len(r) for t, r in rows.items()}
 
@@ -197,7 +215,13 @@ def test_db_upgrade_keeps_every_row_and_value_of_the_previous_release_under_the_
     assert f"upgraded from schema revision {BASELINE} to {HEAD}" in out.stdout
 
     after = snapshot(engine)
-    assert after == renamed(before)          # every row, every value, new column names
+    assert {t: after[t] for t in before} == renamed(before)    # every row, every value, new column names
+    ids = sorted(d["decision_id"] for d in rows["decisions"])
+    # The tables later releases added: the journal lists every existing decision, oldest id first;
+    # the rest start empty (the secret too: the first server to start creates it).
+    assert {t: r for t, r in after.items() if t not in before} == {
+        "decision_journal": [{"seq": i, "decision_id": d, "change": "decided"} for i, d in enumerate(ids, 1)],
+        "export_cursors": [], "approval_notifications": [], "notifier_cursors": [], "deployment_secrets": []}
     for (table, old), new in RENAMED.items():
         cols = {c["name"] for c in inspect(engine).get_columns(table)}
         assert new in cols and old not in cols
@@ -223,6 +247,43 @@ def test_db_upgrade_keeps_every_row_and_value_of_the_previous_release_under_the_
     assert again.returncode == 0 and "already at schema revision" in again.stdout
     assert snapshot(engine) == after
 
+    # A server on the upgraded database: creates the deployment secret on its first start, as on a
+    # new database, and its new decision reaches the journal after the backfilled ones.
+    srv = start_server(tmp_path, POLICIES, db_url)
+    try:
+        with srv.client() as client:
+            new = client.decide(agent={"id": "coder-7"}, tool="fs.read").decision_id
+    finally:
+        srv.stop()
+    assert [(e["seq"], e["decision_id"], e["change"]) for e in JournalReader(engine).after(0)] == \
+        [(i, d, "decided") for i, d in enumerate([*ids, new], 1)]
+    with engine.connect() as conn:
+        secrets_ = conn.execute(select(deployment_secrets)).all()
+    assert [name for name, _ in secrets_] == [BINDING_KEY] and len(bytes.fromhex(secrets_[0][1])) == 32
+
+
+def test_a_database_at_0002_with_decisions_gets_them_in_the_journal_in_id_order(db_url: str) -> None:
+    """The release with migrations but before the journal: `decider db upgrade` backfills it, in
+    decision-id order whatever order the rows were written in, and the triggers take over after."""
+    engine = connect(db_url, create=False)
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(conn), "0002_api_field_names")
+    md = MetaData()
+    md.reflect(engine)
+    written = [{RENAMED.get(("decisions", k), k): v for k, v in row.items()}
+               for row in rows_of_every_table()["decisions"]]
+    with engine.begin() as conn:
+        conn.execute(insert(md.tables["decisions"]), written[::-1])
+    assert upgrade(engine) == ("0002_api_field_names", HEAD)
+    ids = sorted(r["decision_id"] for r in written)
+    reader = JournalReader(engine)
+    assert [(e["seq"], e["decision_id"], e["change"]) for e in reader.after(0)] == \
+        [(i, d, "decided") for i, d in enumerate(ids, 1)]
+    with engine.begin() as conn:    # a change after the upgrade is journaled by the triggers
+        conn.execute(text("UPDATE decisions SET outcome_status = 'ok' WHERE decision_id = :d"), {"d": ids[0]})
+    assert [(e["seq"], e["decision_id"], e["change"]) for e in reader.after(len(ids))] == \
+        [(len(ids) + 1, ids[0], "updated")]
+
 
 def test_upgraded_database_equals_a_new_one_and_keeps_its_partial_indexes(db_url: str, tmp_path: Path) -> None:
     """At most one *pending* approval per call, but any number of settled ones: the rename must
@@ -242,6 +303,9 @@ def test_upgraded_database_equals_a_new_one_and_keeps_its_partial_indexes(db_url
         conn.execute(insert(decisions), [{**row, "decision_id": "01M80JNJ2YETS2A8BATBBMKRP2",
                                           "approval_state": "pending"}])
     assert schema_of(engine) == schema_of(connect(_sibling(db_url, tmp_path)))   # = a database made new
+    with engine.connect() as conn:    # the upgraded journal's triggers record what was committed, in order
+        journaled = conn.execute(text("SELECT decision_id FROM decision_journal ORDER BY seq")).scalars().all()
+    assert journaled == ["01M80JNJ2YETS2A8BATBBMKRQ0", "01M80JNJ2YETS2A8BATBBMKRQ1", "01M80JNJ2YETS2A8BATBBMKRP1"]
 
 
 def test_baseline_revision_makes_exactly_the_previous_release_schema(db_url: str, tmp_path: Path) -> None:
@@ -276,6 +340,21 @@ def test_every_migration_from_an_empty_database_gives_the_schema_the_code_create
             assert schema_state(conn).revision == HEAD
 
 
+def test_the_newest_migration_downgrades_to_the_schema_before_it_and_upgrades_again(db_url: str,
+                                                                                   tmp_path: Path) -> None:
+    engine = connect(db_url, create=False)
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(conn), REVISIONS[-2])
+    before = schema_of(engine)
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(conn), HEAD)
+        command.downgrade(alembic_config(conn), REVISIONS[-2])
+    assert schema_of(engine) == before
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(conn), HEAD)
+    assert schema_of(engine) == schema_of(connect(_sibling(db_url, tmp_path)))
+
+
 def test_db_upgrade_creates_a_new_database_at_head(db_url: str) -> None:
     out = decider_cli("db", "upgrade", "--db", db_url)
     assert out.returncode == 0, out.stderr
@@ -284,8 +363,16 @@ def test_db_upgrade_creates_a_new_database_at_head(db_url: str) -> None:
     assert json.loads(current.stdout) == {"revision": HEAD, "head": HEAD, "current": True}
 
 
-def test_models_and_the_head_migration_agree(db_url: str) -> None:
-    """A column changed in decider/store/*.py without a migration fails here."""
+JOURNAL_TRIGGERS = {
+    "sqlite": {"trigger decision_journal_insert", "trigger decision_journal_update"},
+    "postgresql": {"trigger decision_journal_order", "trigger decision_journal_row",
+                   "function decider_journal_order", "function decider_journal_row"},
+}
+
+
+def test_models_and_the_head_migration_agree(db_url: str, tmp_path: Path) -> None:
+    """A column changed in decider/store/*.py without a migration fails here; so does a trigger
+    (or PostgreSQL function) that the models install and the migrations do not, or differently."""
     engine = connect(db_url, create=False)
     with engine.begin() as conn:
         command.upgrade(alembic_config(conn), HEAD)
@@ -299,6 +386,15 @@ def test_models_and_the_head_migration_agree(db_url: str) -> None:
         Table("decisions", changed, Column("new_field", String(8)), extend_existing=True)
         diff = compare_metadata(ctx, changed)
     assert [d[0] for d in diff] == ["add_column"] and diff[0][3].name == "new_field"
+
+    # Alembic compares no triggers: the head migration's must be exactly what create_all installs.
+    created = connect(_sibling(db_url, tmp_path))
+    assert {name for name, _ in triggers_of(engine)} == JOURNAL_TRIGGERS[engine.dialect.name]
+    assert triggers_of(engine) == triggers_of(created)
+    with engine.begin() as conn:   # and that comparison can fail: one trigger gone
+        conn.execute(text("DROP TRIGGER decision_journal_update" if engine.dialect.name == "sqlite"
+                          else "DROP TRIGGER decision_journal_row ON decisions"))
+    assert triggers_of(engine) != triggers_of(created)
 
 
 def test_servers_starting_at_once_on_a_new_database_create_it_once(db_url: str) -> None:

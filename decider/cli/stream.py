@@ -103,8 +103,10 @@ def line_of(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def follow_lines(engine: Engine, after: int, poll_s: float = DEFAULT_POLL_S, batch: int = 500,
-                 stop: Callable[[], bool] = lambda: False) -> Iterator[dict[str, Any]]:
-    """Every journal entry after `after`, in commit order, waiting for new ones until `stop()`."""
+                 stop: Callable[[], bool] = lambda: False,
+                 where: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+    """Every journal entry after `after`, in commit order, waiting for new ones until `stop()`;
+    with `where`, only those whose decisions row has these column values."""
     from decider.store.journal import JournalReader
 
     reader = JournalReader(engine)
@@ -112,6 +114,8 @@ def follow_lines(engine: Engine, after: int, poll_s: float = DEFAULT_POLL_S, bat
         rows = reader.after(after, batch)
         for row in rows:
             after = row["seq"]
+            if where and any(row.get(k) != v for k, v in where.items()):
+                continue
             yield line_of(row)
         if len(rows) < batch:
             time.sleep(poll_s)
@@ -124,16 +128,13 @@ def follow(args: argparse.Namespace, engine: Engine) -> int:
                         ("--revision", args.revision), ("--shadow-diff", args.shadow_diff)):
         if value:
             raise InvalidRequest(flag, "does not apply to --follow (use --after to choose where it starts)")
-    # The record filters, applied to each line (the stream's positions stay those of the journal).
-    # Lines are the export's shape: identity under "agent".
-    want = [(get, v) for get, v in ((lambda x: x["agent"]["id"], args.agent_id), (lambda x: x["agent"]["team"], args.team),
-                                    (lambda x: x["tool_name"], args.tool),
-                                    (lambda x: x["outcome"], args.outcome.upper() if args.outcome else None)) if v]
+    # The record filters, on each entry's decisions row: its columns are flat (agent_id, team), while
+    # the exported line nests them (agent.id); the stream's positions stay those of the journal.
+    want = {k: v for k, v in (("agent_id", args.agent_id), ("team", args.team), ("tool_name", args.tool),
+                              ("outcome", args.outcome.upper() if args.outcome else None)) if v}
     after = resolve_after(engine, args.after)
     try:
-        for line in follow_lines(engine, after, args.poll):
-            if want and any(get(line) != v for get, v in want):
-                continue
+        for line in follow_lines(engine, after, args.poll, where=want):
             sys.stdout.write(json.dumps(line, separators=(",", ":")) + "\n")
             sys.stdout.flush()
     except KeyboardInterrupt:

@@ -97,8 +97,10 @@ _PG_TRIGGERS = (
 
 @event.listens_for(metadata, "after_create")
 def _install_triggers(_target: Any, connection: Connection, **kw: Any) -> None:
-    """Once, when the journal table is created: the triggers, and an entry for every record that
-    already exists (a database from before the journal streams from its first decision)."""
+    """Once, when `create_all` makes the journal table (a new database): the triggers, and an entry
+    for every record that already exists. A database from before the journal gets the same from
+    revision 0003_console_ops_core_tables, whose copy of these statements tests/test_migrations.py
+    compares with what this installs: change one, change (a new revision for) the other."""
     if journal not in kw.get("tables", ()):
         return
     name = connection.dialect.name
