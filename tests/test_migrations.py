@@ -143,8 +143,14 @@ def snapshot(engine: Engine) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
+# Columns later revisions add to existing tables, with the value an upgraded row gets.
+ADDED: dict[str, dict[str, Any]] = {"decisions": {"caller": ""}}   # 0004
+
+
 def renamed(before: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
-    return {t: [{RENAMED.get((t, k), k): v for k, v in row.items()} for row in rows] for t, rows in before.items()}
+    """The previous release's rows as the newest schema holds them: renamed columns, added ones."""
+    return {t: [{**{RENAMED.get((t, k), k): v for k, v in row.items()}, **ADDED.get(t, {})} for row in rows]
+            for t, rows in before.items()}
 
 
 def decider_cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -74,7 +74,7 @@ decisions = Table(
     Column("actual_cost", Float),
     Column("outcome_status", String(64)),
     # The authenticated principal that asked (SPEC §9). Not yet in an Alembic revision: see README.
-    Column("caller", String(256), nullable=False, default=""),
+    Column("caller", String(256), nullable=False, default="", server_default=""),   # the calling principal
     Index("ix_decisions_agent", "agent_id"),
     Index("ix_decisions_tool", "tool_name"),
 )
