@@ -165,10 +165,18 @@ def test_a_database_from_before_the_journal_streams_from_its_first_decision(tmp_
     engine = connect(url, create=False)
     with engine.begin() as conn:   # the schema of the release before the journal (revision 0002)
         command.upgrade(alembic_config(conn), "0002_api_field_names")
-    rows = [sample_row(agent=f"old{i}") for i in range(3)]
-    for r in rows:
-        r.pop("caller", None)   # a column of revision 0004, after the journal
-    DecisionStore(engine).insert_many(rows[::-1])
+    from sqlalchemy import MetaData, insert
+
+    from decider.store.decisions import decisions
+    from decider.store.writer import row_completer
+
+    complete = row_completer(decisions)
+    rows = [complete(sample_row(agent=f"old{i}")) for i in range(3)]
+    old = MetaData()
+    old.reflect(engine)   # the table as revision 0002 made it: no column of a later revision
+    columns = set(old.tables["decisions"].c.keys())
+    with engine.begin() as conn:
+        conn.execute(insert(old.tables["decisions"]), [{k: v for k, v in r.items() if k in columns} for r in rows[::-1]])
     engine.dispose()
     upgraded = cli("db", "upgrade", "--db", url)
     assert upgraded.returncode == 0, upgraded.stderr
