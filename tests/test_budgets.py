@@ -148,3 +148,29 @@ def race_store(url: str) -> int:
 
 def test_store_reservation_is_atomic_across_engines(db_url: str) -> None:
     assert race_store(db_url) == 10
+
+
+def test_racing_reports_of_one_decision_settle_it_exactly_once(srv: ServerProcess) -> None:
+    with client(srv, "gw-token") as c:
+        d = c.decide(agent=agent("racer"), tool="work.do", estimated_cost=40)
+        assert d.outcome == pb.ALLOW
+    clients = [client(srv, "gw-token") for _ in range(8)]
+    start = threading.Barrier(8)
+
+    def report(i: int) -> str:
+        start.wait(10)
+        try:
+            clients[i].report_outcome(d.decision_id, 7, "ok")
+            return "ok"
+        except Exception as exc:  # noqa: BLE001 - the refusals are what this test counts
+            return str(exc)
+
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(report, range(8)))
+    finally:
+        for c in clients:
+            c.close()
+    assert results.count("ok") == 1
+    assert all("already reported" in r for r in results if r != "ok")
+    assert usage(srv.db_url)[("agent", "racer")] == (7.0, 0.0)

@@ -122,6 +122,8 @@ async def start_server(cfg: ServerConfig) -> RunningServer:
     controls.active_bundle = lambda: live.active
     live.budget_status = lambda: controls.budget_status(live.active)
     svc = DeciderService(live, store, writer, controls)
+    controls.writer = writer
+    controls.alone = svc.alone_outside_decisions
     obs = Observability.start(metrics=cfg.metrics, metrics_listen=cfg.metrics_listen, otlp_endpoint=cfg.otlp_endpoint,
                               engine=engine, svc=svc, writer=writer, controls=controls, live=live)
     interceptors = ([AuthInterceptor(tokens, obs.count_auth(record_to_thread(controls.auth_events.record)))]

@@ -43,10 +43,13 @@ from decider.server.approvals import WatchHub
 from decider.server.auth import TokenConfig
 from decider.store.approvals import ApprovalStore
 from decider.store.auth_events import AuthEventStore
-from decider.store.budgets import AlreadySettled, BudgetStore
+from decider.store.budgets import BudgetStore
 from decider.store.decisions import DecisionStore
 from decider.store.kill_switches import KillSwitchStore
+from decider.store.outcomes import OutcomeOp, OutcomeRefused, settle_outcome
 from decider.store.secrets import binding_key
+from decider.store.sqlite_raw import sqlite_file
+from decider.store.writer import GroupCommitWriter
 from decider.times import utc
 from decider.v1 import decider_pb2 as pb
 
@@ -85,6 +88,12 @@ class Controls:
         self.kill_store = KillSwitchStore(engine)
         self.auth_events = AuthEventStore(engine)
         self.tokens = tokens
+        self.engine = engine
+        # The group-commit writer (set by the server): ReportOutcome's transaction rides its batches.
+        self.writer: GroupCommitWriter | None = None
+        self._outcome_op = OutcomeOp(engine) if sqlite_file(engine) else None
+        # Is nothing else in flight? (set by the server from DeciderService._alone's counters)
+        self.alone: Callable[[], bool] = lambda: False
         # The HMAC key of the approval binding hash: this deployment's own, from its own table.
         self.binding_key = binding_key(engine)
         # The active bundle (set by the server): ReportOutcome charges the budgets it declares.
@@ -269,34 +278,26 @@ class Controls:
                                 f"actual_cost: is {req.actual_cost}; must be a finite number >= 0")
         if len(req.status) > 64:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "status: longer than 64 characters")
-        row = await asyncio.to_thread(self.decisions.get, req.decision_id)
-        if row is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"decision_id: no decision {req.decision_id!r}")
-        if row["outcome"] == "DENY":
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                                f"decision {req.decision_id} was DENY: the call did not run, so it has no outcome")
-        if row.get("outcome_status"):
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                                f"decision {req.decision_id}: outcome already reported ({row['outcome_status']})")
-        try:
-            await asyncio.to_thread(self.budgets.settle, req.decision_id, req.actual_cost,
-                                    self._budgets_of(row), utc(row["time"]))
-        except AlreadySettled:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                                f"decision {req.decision_id}: outcome already reported")
-        await asyncio.to_thread(self.approvals.set_outcome, req.decision_id, req.actual_cost, req.status or "ok")
-        self.hub.notify(req.decision_id)
-        row = await asyncio.to_thread(self.decisions.get, req.decision_id)
-        return record_to_proto(row)
+        bundle = self.active_bundle()   # read once: the budgets of the bundle serving now
 
-    def _budgets_of(self, row: dict[str, Any]) -> list[Any]:
-        """The budgets that applied to a recorded decision (the active bundle's, in its window)."""
-        bundle = self.active_bundle()
-        if bundle is None or not bundle.budgets:
-            return []
-        agent = pb.Agent(id=row["agent_id"], owner=row["owner"], team=row["team"], workflow=row["workflow"],
-                         session_id=row["session_id"])
-        return applicable_budgets(bundle, agent, utc(row["time"]))
+        def budgets_of(row: dict[str, Any]) -> list[Any]:
+            return _budgets_of(bundle, row)
+
+        try:
+            if self.writer is not None and self.writer.runs_ops and self._outcome_op is not None:
+                # SQLite file: one read and one write inside the group-commit writer's transaction,
+                # batched with decision records (on the loop when nothing else is in flight).
+                op = self._outcome_op.bind(req.decision_id, req.actual_cost, req.status or "ok", budgets_of)
+                row = await self.writer.run(op, alone=self.alone())
+            else:
+                row = await asyncio.to_thread(settle_outcome, self.engine, req.decision_id, req.actual_cost,
+                                              req.status or "ok", budgets_of)
+        except OutcomeRefused as e:
+            code = grpc.StatusCode.NOT_FOUND if e.kind == "not_found" else grpc.StatusCode.FAILED_PRECONDITION
+            await context.abort(code, e.message)
+            raise  # unreachable: abort raises
+        self.hub.notify(req.decision_id)
+        return record_to_proto(row)
 
     def budget_status(self, bundle: Bundle) -> list[pb.BudgetStatus]:
         """The bundle's budget counters in their current window, overspent first (for Status)."""
@@ -327,6 +328,15 @@ class Controls:
 
     def control_handlers(self) -> dict[str, grpc.RpcMethodHandler]:
         return kill_rpc.handlers(self)
+
+
+def _budgets_of(bundle: Bundle | None, row: dict[str, Any]) -> list[Any]:
+    """The budgets that applied to a recorded decision (the bundle's, in its window)."""
+    if bundle is None or not bundle.budgets:
+        return []
+    agent = pb.Agent(id=row["agent_id"], owner=row["owner"], team=row["team"], workflow=row["workflow"],
+                     session_id=row["session_id"])
+    return applicable_budgets(bundle, agent, utc(row["time"]))
 
 
 def _error(decision: Decision, text: str) -> Decision:

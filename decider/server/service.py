@@ -193,6 +193,12 @@ class DeciderService:
         return (self.in_flight == 1 and self.open_streams <= 1
                 and time.monotonic() > self._concurrent_until)
 
+    def alone_outside_decisions(self) -> bool:
+        """For a write that is not a decision (ReportOutcome): no decision in flight, at most one
+        stream open, no concurrency seen lately."""
+        return (self.in_flight == 0 and self.open_streams <= 1
+                and time.monotonic() > self._concurrent_until)
+
     async def get_decision(self, req: pb.GetDecisionRequest, context: grpc.aio.ServicerContext) -> pb.DecisionRecord:
         if not req.decision_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "decision_id: is required")

@@ -134,39 +134,44 @@ class BudgetStore:
         `budgets` (those that applied to it), unconditionally: the money is spent, and spend beyond
         the limit shows in the usage and denies the next call that needs budget.
         """
+        with self.engine.begin() as conn:
+            return self.settle_in(conn, decision_id, actual, budgets, now)
+
+    def settle_in(self, conn: Any, decision_id: str, actual: float, budgets: Sequence[BudgetKey] = (),
+                  now: datetime | None = None) -> int:
+        """`settle` inside the caller's open transaction (store/outcomes.py)."""
         r = budget_reservations.c
         u = budget_usage.c
-        with self.engine.begin() as conn:
-            rows = conn.execute(select(r.budget_key, r.amount, r.state).where(r.decision_id == decision_id)
-                                .order_by(r.budget_key)).all()
-            if rows and all(state == "settled" for _, _, state in rows):
+        rows = conn.execute(select(r.budget_key, r.amount, r.state).where(r.decision_id == decision_id)
+                            .order_by(r.budget_key)).all()
+        if rows and all(state == "settled" for _, _, state in rows):
+            raise AlreadySettled(decision_id)
+        if not rows:
+            when = now or utcnow()
+            for b in sorted(budgets):
+                self._ensure(conn, b)
+                conn.execute(update(budget_usage).where(u.budget_key == b.key).values(spent=u.spent + actual))
+            if budgets:
+                # A settled row per budget: a second report finds them and is refused.
+                conn.execute(sa_insert(budget_reservations), [
+                    {"decision_id": decision_id, "budget_key": b.key, "amount": 0.0, "state": "settled",
+                     "created_at": when, "expires_at": when, "actual": actual} for b in sorted(budgets)])
+            return len(budgets)
+        n = 0
+        for key, amount, state in rows:
+            if state == "settled":
+                continue
+            # Conditional on the state we read, so a concurrent release/settle cannot double-count.
+            done = conn.execute(update(budget_reservations)
+                                .where(r.decision_id == decision_id, r.budget_key == key, r.state == state)
+                                .values(state="settled", actual=actual))
+            if done.rowcount != 1:
                 raise AlreadySettled(decision_id)
-            if not rows:
-                when = now or utcnow()
-                for b in sorted(budgets):
-                    self._ensure(conn, b)
-                    conn.execute(update(budget_usage).where(u.budget_key == b.key).values(spent=u.spent + actual))
-                if budgets:
-                    # A settled row per budget: a second report finds them and is refused.
-                    conn.execute(sa_insert(budget_reservations), [
-                        {"decision_id": decision_id, "budget_key": b.key, "amount": 0.0, "state": "settled",
-                         "created_at": when, "expires_at": when, "actual": actual} for b in sorted(budgets)])
-                return len(budgets)
-            n = 0
-            for key, amount, state in rows:
-                if state == "settled":
-                    continue
-                # Conditional on the state we read, so a concurrent release/settle cannot double-count.
-                done = conn.execute(update(budget_reservations)
-                                    .where(r.decision_id == decision_id, r.budget_key == key, r.state == state)
-                                    .values(state="settled", actual=actual))
-                if done.rowcount != 1:
-                    raise AlreadySettled(decision_id)
-                held = amount if state == "reserved" else 0.0   # a released reservation no longer holds
-                conn.execute(update(budget_usage).where(u.budget_key == key)
-                             .values(reserved=u.reserved - held, spent=u.spent + actual))
-                n += 1
-            return n
+            held = amount if state == "reserved" else 0.0   # a released reservation no longer holds
+            conn.execute(update(budget_usage).where(u.budget_key == key)
+                         .values(reserved=u.reserved - held, spent=u.spent + actual))
+            n += 1
+        return n
 
     def release(self, decision_id: str) -> int:
         """Give back what a decision holds (its record could not be written, or it expired)."""

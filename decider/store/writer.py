@@ -23,6 +23,8 @@ __all__ = ["GroupCommitWriter", "WriterClosed", "row_completer", "CHECKPOINT_EVE
 log = logging.getLogger("decider.store.writer")
 
 Done = Callable[[BaseException | None], None]
+# A statement list run inside the writer's transaction (see `GroupCommitWriter.run`).
+Op = Callable[[sqlite3.Connection], Any]
 # WAL checkpoint cadence for an SQLite file, in commits (a commit adds ~5-15 pages to the WAL;
 # SQLite's own default checkpoints at 1,000 pages).
 CHECKPOINT_EVERY = 128
@@ -115,6 +117,50 @@ class GroupCommitWriter:
         staged.append((row, fut))
         await fut
 
+    @property
+    def runs_ops(self) -> bool:
+        """Can `run` take statements (an SQLite file, on the stdlib driver)? Else use SQLAlchemy."""
+        return self._raw is not None
+
+    async def run(self, op: Op, alone: bool = False) -> Any:
+        """Run `op(conn)` inside the next batch's transaction (after its inserts) and return its
+        result once that transaction is committed: a small write (ReportOutcome) shares the
+        decisions' fsync instead of paying its own. If `op` raises, its statements are rolled back
+        to a savepoint, the batch commits without them, and the exception is raised here.
+        `alone`: as for `write`, commit on the event loop when nothing else is in flight.
+        Only for an SQLite file (`runs_ops`)."""
+        if self._raw is None:
+            raise RuntimeError("GroupCommitWriter.run needs an SQLite file")
+        loop = asyncio.get_running_loop()
+        if (alone and self._inline_conn is not None and not self._busy and not self._pending
+                and loop not in self._staged and not self._closed):
+            conn = self._inline_conn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                if not is_busy(exc):
+                    raise
+                self.inline_busy += 1   # another connection writes: the writer thread waits for it
+            else:
+                try:
+                    result = op(conn)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+                self.inline_commits += 1
+                self.batches += 1
+                self._count_commit()
+                return result
+        fut: asyncio.Future[Any] = loop.create_future()
+        staged = self._staged.get(loop)
+        if staged is None:
+            staged = self._staged[loop] = []
+            loop.call_soon(self._hand_over, loop)
+        staged.append((_OpItem(op), fut))
+        return await fut
+
     def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
         """Runs on `loop` once per iteration that staged rows: pass them to the writer thread."""
         items = self._staged.pop(loop, [])
@@ -193,10 +239,16 @@ class GroupCommitWriter:
         except sqlite3.Error as exc:  # the next one will try again; nothing is lost
             log.warning("WAL checkpoint failed", extra={"error": str(exc)})
 
-    def _commit(self, batch: list[tuple[dict[str, Any], Any]]) -> None:
+    def _commit(self, batch: list[tuple[Any, Any]]) -> None:
+        results: list[Any] = []
         try:
             if self._raw is not None and self._conn is not None:
-                self._raw.run(self._conn, [row for row, _ in batch])
+                rows = [row for row, _ in batch if not isinstance(row, _OpItem)]
+                ops = [row for row, _ in batch if isinstance(row, _OpItem)]
+                if not ops:
+                    self._raw.run(self._conn, rows)
+                else:
+                    results = self._run_with_ops(self._conn, rows, ops)
             else:
                 with self._engine.begin() as conn:
                     conn.execute(self._insert, [self._complete(row) for row, _ in batch])
@@ -210,10 +262,40 @@ class GroupCommitWriter:
                 self._commit([item])
             return
         self.batches += 1
-        self.rows += len(batch)
-        _notify([w for _, w in batch], None)
-        if self.on_commit is not None:
-            self.on_commit(len(batch), self.queued())
+        records = sum(1 for row, _ in batch if not isinstance(row, _OpItem))
+        self.rows += records
+        if results:
+            it = iter(results)
+            _notify_each([(w, next(it) if isinstance(row, _OpItem) else None) for row, w in batch])
+        else:
+            _notify([w for _, w in batch], None)
+        if self.on_commit is not None and records:
+            self.on_commit(records, self.queued())
+
+    def _run_with_ops(self, conn: sqlite3.Connection, rows: list[dict[str, Any]],
+                      ops: list[_OpItem]) -> list[Any]:
+        """The batch's inserts, then each op under its own savepoint, in one transaction. Returns
+        each op's result or the exception it raised (its own statements rolled back)."""
+        assert self._raw is not None
+        results: list[Any] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if rows:
+                conn.executemany(self._raw.sql, [self._raw.params(r) for r in rows])
+            for item in ops:
+                conn.execute("SAVEPOINT outcome_op")
+                try:
+                    results.append(item.op(conn))
+                except Exception as exc:  # noqa: BLE001 - this op's failure is its caller's alone
+                    conn.execute("ROLLBACK TO outcome_op")
+                    results.append(exc)
+                conn.execute("RELEASE outcome_op")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return results
 
 
 def row_completer(table: Table) -> Callable[[dict[str, Any]], dict[str, Any]]:
@@ -249,6 +331,41 @@ def _notify(waiters: list[Any], err: BaseException | None) -> None:
             loop.call_soon_threadsafe(_settle_many, futs, err)
         except RuntimeError:  # the loop is closed: nobody is waiting any more
             pass
+
+
+class _OpItem:
+    """A queued `run` op (a batch item that is not a record row)."""
+
+    __slots__ = ("op",)
+
+    def __init__(self, op: Op) -> None:
+        self.op = op
+
+
+def _notify_each(items: list[tuple[Any, Any]]) -> None:
+    """From the writer thread, after a commit with ops: each waiter gets its own result (an
+    exception instance raised by an op is delivered as that op's failure)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any]]] = {}
+    for w, result in items:
+        if isinstance(w, asyncio.Future):
+            by_loop.setdefault(w.get_loop(), []).append((w, result))
+        else:
+            w(result if isinstance(result, BaseException) else None)
+    for loop, pairs in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_resolve_each, pairs)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass
+
+
+def _resolve_each(pairs: list[tuple[asyncio.Future[Any], Any]]) -> None:
+    for fut, result in pairs:
+        if fut.done():
+            continue
+        if isinstance(result, BaseException):
+            fut.set_exception(result)
+        else:
+            fut.set_result(result)
 
 
 def _settle_many(futs: list[asyncio.Future[None]], err: BaseException | None) -> None:
