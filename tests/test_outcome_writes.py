@@ -15,7 +15,15 @@ from decider.store import DecisionStore, GroupCommitWriter, connect
 from decider.store.decisions import decisions
 from decider.store.outcomes import OutcomeOp, OutcomeRefused
 
-from .test_store import row
+from .test_store import row as decided_row
+
+
+def row(agent: str) -> dict[str, Any]:
+    """An ALLOW record (an outcome is only for a call that ran), named `agent` for the test: decided
+    for coder-7, whose manifest allows fs.read, since the example bundle denies unregistered agents."""
+    r = decided_row(agent="coder-7")
+    assert r["outcome"] == "ALLOW", r["reasons"]
+    return {**r, "agent_id": agent}
 
 
 def _writer(tmp_path: Path) -> tuple[Any, GroupCommitWriter]:
