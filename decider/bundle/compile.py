@@ -46,7 +46,7 @@ class Reason:
 
 
 # The CEL variables a condition can name; a policy binds only those its conditions mention.
-_VARIABLE = re.compile(r"\b(agent|tool|request|context|budget)\b")
+_VARIABLE = re.compile(r"\b(agent|tool|request|context|budget|session)\b")
 # `lists.<name>` not followed by `(`: `lists.range(3)` is the CEL lists extension, not a named list.
 _LIST_REF = re.compile(r"\blists\s*\.\s*([A-Za-z_]\w*)\b(?!\s*\()")
 _UNKNOWN_LIST = re.compile(r"undeclared reference to 'lists\.([A-Za-z_]\w*)'")
@@ -80,6 +80,9 @@ class CompiledRule:
     always: bool = False
     # Built once: the reason a decision carries when this rule decides.
     reason_of: Reason = Reason("", "")
+    # Attached to the call's record when the condition holds (SPEC §10). An `effect: label` rule
+    # has outcome OUTCOME_UNSPECIFIED: it never votes.
+    labels: tuple[str, ...] = ()
 
 
 def _policy_default(policy: str, effect: str, location: str) -> CompiledRule:
@@ -148,6 +151,15 @@ class Bundle:
     lists: dict[str, tuple[ListItem, ...]] = field(default_factory=dict)
     env: object = None
     _list_data: dict[str, dict[str, list[ListItem]]] = field(default_factory=dict)
+    # `spec.session`: how much history `session` shows (SPEC §10).
+    session_max_calls: int = 200
+    session_window_s: int = 86400
+    # Does any policy read `session`? (The server keeps session history only then.)
+    reads_session: bool = False
+
+    def reads_session_for(self, tool_name: str) -> bool:
+        """Does a policy this tool's calls meet read `session`? (No history is read otherwise.)"""
+        return self.reads_session and "session" in self.needs(tool_name)
 
     @property
     def rules(self) -> tuple[CompiledRule, ...]:
@@ -374,6 +386,9 @@ def compile_bundle(src: LoadedSource) -> Bundle:
         _always=tuple(always),
         lists=dict(src.lists),
         env=env,
+        session_max_calls=spec.session.max_calls,
+        session_window_s=parse_duration(spec.session.window),
+        reads_session=any("session" in p.needs for p in policies),
     )
 
 
@@ -425,7 +440,7 @@ def _compile_rules(
                 id=rule.id,
                 policy=policy,
                 effect=rule.effect,
-                outcome=EFFECT_OUTCOME[rule.effect],
+                outcome=EFFECT_OUTCOME.get(rule.effect, pb.OUTCOME_UNSPECIFIED),
                 program=compiled,
                 reason=rule.reason or rule.id,
                 approvers=tuple(rule.approvers),
@@ -434,6 +449,7 @@ def _compile_rules(
                 when=rule.when,
                 always=rule.when.strip() == "true",
                 reason_of=Reason(rule.id, rule.reason or rule.id, policy, rule.effect),
+                labels=tuple(rule.labels),
             )
         )
     return rules

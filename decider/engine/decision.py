@@ -67,6 +67,7 @@ class Decision:
     eval_us: int = 0
     effects: Effects = NO_EFFECTS
     approval: ApprovalView | None = None  # the existing approval this decision used, met or answers with
+    labels: tuple[str, ...] = ()          # the `labels:` of the rules that held (SPEC §10)
 
     @property
     def outcome_name(self) -> str:
@@ -77,4 +78,4 @@ class Decision:
         ~3 µs a call through field introspection; this runs for every approval decision."""
         return Decision(self.outcome, self.reasons, self.matched_rules, self.deciding_rule, self.risk_tier,
                         self.approvers, self.approval_ttl_s, self.errors, self.kill_switch_id, self.eval_us,
-                        effects, approval if approval is not None else self.approval)
+                        effects, approval if approval is not None else self.approval, self.labels)

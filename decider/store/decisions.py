@@ -73,6 +73,7 @@ decisions = Table(
     Column("comment", Text),                                     # Approval.comment
     Column("actual_cost", Float),
     Column("outcome_status", String(64)),
+    Column("labels", Text, nullable=False, default="[]", server_default="[]"),  # JSON list (SPEC §10)
     Index("ix_decisions_agent", "agent_id"),
     Index("ix_decisions_tool", "tool_name"),
 )
