@@ -11,6 +11,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
+from google.protobuf.timestamp_pb2 import Timestamp
+
 from decider.engine.state import SessionCall
 
 __all__ = ["session_view", "bounded"]
@@ -28,8 +30,10 @@ def session_view(history: tuple[SessionCall, ...], max_calls: int, window_s: int
     calls = []
     labels: dict[str, None] = {}   # ordered set: first seen first
     for c in bounded(history, max_calls, window_s, now):
+        at = Timestamp()   # CEL takes a protobuf Timestamp for `timestamp`, not a datetime
+        at.FromDatetime(c.at)
         calls.append({"tool": c.tool, "server": c.server, "args": dict(c.args), "outcome": c.outcome,
-                      "labels": list(c.labels), "status": c.status, "at": c.at})
+                      "labels": list(c.labels), "status": c.status, "at": at})
         for label in c.labels:
             labels[label] = None
     return {"calls": calls, "labels": list(labels)}

@@ -189,11 +189,14 @@ def _simulated(bundle: Bundle, call: TraceCall, mapping: IdentityMapping, sim: M
     if now.tzinfo is None:
         now = now.replace(tzinfo=timezone.utc)
     label = call.label
+    # The call's session (SPEC §10: a trajectory / trace / conversation is a session).
+    key = session_key(call)
+    session = "" if key == NO_SESSION else key
     if not label:   # most traces: nothing recorded beyond the call itself
-        d = sim.decide(bundle, req, now)
+        d = sim.decide(bundle, req, now, session=session)
         return d.outcome_name, d.deciding_rule, d.reasons[0].text if d.reasons else "", d.matched_rules
     recorded_id = str(label.get("decision_id") or "")
-    d = sim.decide(bundle, req, now, recorded_id)
+    d = sim.decide(bundle, req, now, recorded_id, session=session)
     if label.get("approval_state") and label.get("outcome") == "REQUIRE_APPROVAL":
         _learn_resolution(sim, label, recorded_id)
     actual = label.get("actual_cost")
@@ -225,6 +228,8 @@ def stateless(bundle: Bundle, sim: MemoryState | None) -> bool:
     (in parallel): no budgets, no kill switches given, and no rule that asks for approval."""
     if sim is not None and (sim.kill_switches or sim.start_usage or sim.assume != "pending"):
         return False
+    if bundle.reads_session:
+        return False   # each call's session history is the earlier calls' decisions
     return not bundle.budgets and bundle.default != "require_approval" and all(
         r.effect != "require_approval" for r in bundle.rules)
 
