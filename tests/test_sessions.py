@@ -16,8 +16,8 @@ from decider.bundle.compile import load_bundle
 from decider.client import DeciderClient, build_request
 from decider.replay.replay import IdentityMapping, replay
 from decider.replay.traces import TraceCall
-from decider.verify.suites import coverage, load_suites, run_suites
 from decider.v1 import decider_pb2 as pb
+from decider.verify.suites import coverage, load_suites, run_suites
 from tests.helpers import start_server
 
 BUNDLE = """\

@@ -304,8 +304,11 @@ def _log(args: argparse.Namespace) -> int:
 def _rule_column(row: dict[str, Any]) -> str:
     # An ALLOW that used up an approval was decided by a person, not by the rule that asked for one.
     if row["outcome"] == "ALLOW" and row.get("approval_state") == "consumed":
-        return f"approved by {row.get('resolved_by') or '?'} (decision {row.get('approval_id')})"
-    return str(row["deciding_rule"])
+        rule = f"approved by {row.get('resolved_by') or '?'} (decision {row.get('approval_id')})"
+    else:
+        rule = str(row["deciding_rule"])
+    labels = json.loads(row.get("labels") or "[]")
+    return f"{rule}  labels: {', '.join(labels)}" if labels else rule
 
 
 def _parse_time(text: str | None) -> datetime | None:

@@ -131,6 +131,13 @@ class MemoryState:
         if len(calls) > 2 * bundle.session_max_calls:   # the engine sees at most max_calls: drop the rest
             del calls[:-bundle.session_max_calls]
 
+    def report(self, session: str, status: str, labels: tuple[str, ...] = ()) -> None:
+        """ReportOutcome for the session's last call: its status, and labels added."""
+        calls = self.sessions.get(session)
+        if calls:
+            c = calls[-1]
+            calls[-1] = replace(c, status=status or c.status, labels=tuple(dict.fromkeys([*c.labels, *labels])))
+
     def history(self, bundle: Bundle, req: pb.DecideRequest, key: str | None = None) -> tuple[SessionCall, ...]:
         k = req.agent.session_id if key is None else key
         if not k or not bundle.reads_session_for(req.tool.name):

@@ -120,6 +120,13 @@ class Expect(_Strict):
     reason: str | None = None
 
 
+class ReportSpec(_Strict):
+    """What ReportOutcome says after a step ran: `session.calls[i].status` and added labels."""
+
+    status: str = "ok"
+    labels: list[str] = Field(default_factory=list)
+
+
 class Step(_Strict):
     """One call of a multi-step case (SPEC §10): decided after the steps before it, in the same
     session, which its conditions see as `session.calls`."""
@@ -131,6 +138,7 @@ class Step(_Strict):
     request: RequestSpec = Field(default_factory=RequestSpec)
     context: dict[str, Any] = Field(default_factory=dict)
     expect: Expect
+    report: ReportSpec | None = None   # the call's reported outcome, seen by the later steps
 
 
 class Case(_Strict):
@@ -406,6 +414,8 @@ def _run_steps(bundle: Bundle, ls: LoadedSuite, case: Case, line: int,
         session = req.agent.session_id or f"test:{ls.file}:{line}"
         state = State(now=at).with_history(sim.history(bundle, req, session))
         d = sim.decide(bundle, req, at, session=session)
+        if step.report is not None and d.outcome != pb.DENY:   # a denied call did not run: nothing to report
+            sim.report(session, step.report.status, tuple(step.report.labels))
         out.append(_result(ls, line, name, step.expect, d, bundle, req, state, rules_by_id))
     return out
 
