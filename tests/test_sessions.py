@@ -140,13 +140,12 @@ def test_session_history_survives_a_restart_and_report_outcome_adds_labels(tmp_p
     try:
         c = srv.client()
         fetch = _call(c, "s5", "ping", {})
-        stub = c._stub  # noqa: SLF001 - the client's report_outcome has no labels argument
-        rec = stub.ReportOutcome(pb.ReportOutcomeRequest(decision_id=fetch.decision_id, actual_cost=0,
-                                                         status="ok", labels=["secret-read"]))
-        assert list(rec.labels) == ["secret-read"]
         with pytest.raises(grpc.RpcError) as err:
-            stub.ReportOutcome(pb.ReportOutcomeRequest(decision_id=fetch.decision_id, labels=["bad label!"]))
+            c.report_outcome(fetch.decision_id, 0, labels=["bad label!"])
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "labels[0]" in err.value.details()
+        rec = c.report_outcome(fetch.decision_id, 0, labels=["secret-read"])   # e.g. the fetch returned a key
+        assert list(rec.labels) == ["secret-read"] and rec.outcome_status == "ok"
+        assert list(c.get_decision(fetch.decision_id).labels) == ["secret-read"]
     finally:
         srv.stop()
     srv = start_server(tmp_path, bundle, srv.db_url, name="again")

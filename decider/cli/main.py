@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--owner", default="")
     d.add_argument("--model", default="")
     d.add_argument("--capability", action="append", default=[], help="agent capability (repeatable)")
+    d.add_argument("--session", default="", help="agent.session_id (session policies see its earlier calls)")
     d.add_argument("--tool", help="tool.name")
     d.add_argument("--tool-server", default="", help="tool.server")
     d.add_argument("--args", default="{}", help="tool arguments as a JSON object")
@@ -214,7 +215,7 @@ def _request_from_args(args: argparse.Namespace) -> Any:
         raise InvalidRequest("tool.args", "must be a JSON object")
     return build_request(
         agent={"id": args.agent_id, "team": args.team, "owner": args.owner, "model": args.model,
-               "capabilities": args.capability},
+               "capabilities": args.capability, "session_id": args.session},
         tool=args.tool, server=args.tool_server, args=tool_args, environment=args.env,
         estimated_cost=args.cost, dry_run=args.dry_run,
     )
