@@ -156,6 +156,8 @@ class Bundle:
     session_window_s: int = 86400
     # Does any policy read `session`? (The server keeps session history only then.)
     reads_session: bool = False
+    # Does any rule carry `labels:`? (The engine collects labels only then.)
+    labels_rules: bool = False
 
     def reads_session_for(self, tool_name: str) -> bool:
         """Does a policy this tool's calls meet read `session`? (No history is read otherwise.)"""
@@ -389,6 +391,7 @@ def compile_bundle(src: LoadedSource) -> Bundle:
         session_max_calls=spec.session.max_calls,
         session_window_s=parse_duration(spec.session.window),
         reads_session=any("session" in p.needs for p in policies),
+        labels_rules=any(r.labels for p in policies for r in p.rules),
     )
 
 

@@ -158,7 +158,7 @@ def _evaluate_request(bundle: Bundle, request: pb.DecideRequest, state: State, t
             best = _RANK[rule.outcome]
     winners = [r for r in matched if _RANK[r.outcome] == best] if best else []
     # The labels of every rule that held, whatever the combined outcome (SPEC §10), first seen first.
-    labels = tuple(dict.fromkeys(x for r in matched if r.labels for x in r.labels)) if matched else ()
+    labels = tuple(dict.fromkeys(x for r in matched if r.labels for x in r.labels)) if bundle.labels_rules else ()
     error_reasons: list[Reason] = []
     if errors and bundle.on_error == "deny":
         error_reasons = [Reason(r.id, f"condition error (fail closed): {msg}", r.policy, "deny") for r, msg in errors]
