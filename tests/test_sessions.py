@@ -228,3 +228,40 @@ def _row() -> dict:
             "risk_tier": 0, "outcome": "ALLOW", "deciding_rule": "r", "reasons": "[]", "matched_rules": "[]",
             "bundle_name": "b", "bundle_version": "1", "bundle_revision": "x", "eval_us": 1,
             "estimated_cost": 0.0, "request_id": "", "environment": "", "context": "{}", "dry_run": False}
+
+
+def test_no_session_query_when_no_policy_reads_session(tmp_path: Path) -> None:
+    """An in-process server: count the indexed session queries (SessionHistory.loads) — none for a
+    tool no session policy matches, one per session (not per decision) for one that does."""
+    import asyncio
+
+    from decider.server.app import ServerConfig
+    from decider.server.app import start_server as start_in_process
+
+    folder = _bundle(tmp_path, window="1h")
+    (folder / "other.yaml").write_text(
+        "apiVersion: decider/v1\nkind: Policy\nmetadata: {name: other}\n"
+        "spec:\n  match: {tools: [db.query]}\n  rules:\n    - {id: db-ok, effect: allow}\n")
+    (folder / "exfiltration.yaml").write_text(POLICY.replace("  rules:\n", "  match: {tools: [fs.read, http.post, ping]}\n"
+                                                             "  rules:\n", 1))
+
+    async def run() -> tuple[int, int]:
+        srv = await start_in_process(ServerConfig(bundle=str(folder), db=f"sqlite:///{tmp_path / 'ip.db'}",
+                                                  listen="127.0.0.1:0", poll_interval_s=3600))
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+                decide = ch.unary_unary("/decider.v1.Decider/Decide", request_serializer=pb.DecideRequest.SerializeToString,
+                                        response_deserializer=pb.DecideResponse.FromString)
+                for _ in range(5):
+                    await decide(build_request(agent={"id": "bot", "session_id": "s"}, tool="db.query"))
+                without = srv.controls.sessions.loads
+                for _ in range(5):
+                    resp = await decide(build_request(agent={"id": "bot", "session_id": "s"}, tool="ping"))
+                    assert resp.outcome == pb.ALLOW
+                return without, srv.controls.sessions.loads
+        finally:
+            await srv.stop(1.0)
+
+    without, with_session = asyncio.run(run())
+    assert without == 0
+    assert with_session == 1
