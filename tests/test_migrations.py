@@ -141,8 +141,13 @@ def snapshot(engine: Engine) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
+# Columns later revisions add, with the value the rows already there get.
+ADDED = {"decisions": {"labels": "[]"}}   # 0003_decision_labels
+
+
 def renamed(before: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
-    return {t: [{RENAMED.get((t, k), k): v for k, v in row.items()} for row in rows] for t, rows in before.items()}
+    return {t: [{**{RENAMED.get((t, k), k): v for k, v in row.items()}, **ADDED.get(t, {})} for row in rows]
+            for t, rows in before.items()}
 
 
 def decider_cli(*args: str) -> subprocess.CompletedProcess[str]:
