@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -95,8 +95,10 @@ class DeciderClient:
         return self._stub.WatchDecision(pb.GetDecisionRequest(decision_id=decision_id), timeout=timeout,
                                         metadata=self._metadata)
 
-    def report_outcome(self, decision_id: str, actual_cost: float, status: str = "ok") -> pb.DecisionRecord:
-        req = pb.ReportOutcomeRequest(decision_id=decision_id, actual_cost=actual_cost, status=status)
+    def report_outcome(self, decision_id: str, actual_cost: float, status: str = "ok",
+                       labels: Sequence[str] = ()) -> pb.DecisionRecord:
+        req = pb.ReportOutcomeRequest(decision_id=decision_id, actual_cost=actual_cost, status=status,
+                                      labels=list(labels))
         return self._stub.ReportOutcome(req, timeout=self._timeout, metadata=self._metadata)
 
     # ---- kill switches (admin role) ----

@@ -144,7 +144,7 @@ def snapshot(engine: Engine) -> dict[str, list[dict[str, Any]]]:
 
 
 # Columns later revisions add to existing tables, with the value an upgraded row gets.
-ADDED: dict[str, dict[str, Any]] = {"decisions": {"caller": ""}}   # 0004
+ADDED: dict[str, dict[str, Any]] = {"decisions": {"caller": "", "labels": "[]"}}   # 0004, 0005
 
 
 def renamed(before: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:

@@ -51,7 +51,7 @@ class Reason:
 
 
 # The CEL variables a condition can name; a policy binds only those its conditions mention.
-_VARIABLE = re.compile(r"\b(agent|tool|request|context|budget)\b")
+_VARIABLE = re.compile(r"\b(agent|tool|request|context|budget|session)\b")
 # `lists.<name>` not followed by `(`: `lists.range(3)` is the CEL lists extension, not a named list.
 _LIST_REF = re.compile(r"\blists\s*\.\s*([A-Za-z_]\w*)\b(?!\s*\()")
 _UNKNOWN_LIST = re.compile(r"undeclared reference to 'lists\.([A-Za-z_]\w*)'")
@@ -85,6 +85,9 @@ class CompiledRule:
     always: bool = False
     # Built once: the reason a decision carries when this rule decides.
     reason_of: Reason = Reason("", "")
+    # Attached to the call's record when the condition holds (SPEC §10). An `effect: label` rule
+    # has outcome OUTCOME_UNSPECIFIED: it never votes.
+    labels: tuple[str, ...] = ()
 
 
 def _policy_default(policy: str, effect: str, location: str) -> CompiledRule:
@@ -158,6 +161,17 @@ class Bundle:
     _schema_globs: tuple[tuple[re.Pattern[str], ToolSchema], ...] = ()
     _schema_cache: dict[str, ToolSchema | None] = field(default_factory=dict)
     warnings: tuple[SourceError, ...] = ()                  # for `decider check`; never fatal
+    # `spec.session`: how much history `session` shows (SPEC §10).
+    session_max_calls: int = 200
+    session_window_s: int = 86400
+    # Does any policy read `session`? (The server keeps session history only then.)
+    reads_session: bool = False
+    # Does any rule carry `labels:`? (The engine collects labels only then.)
+    labels_rules: bool = False
+
+    def reads_session_for(self, tool_name: str) -> bool:
+        """Does a policy this tool's calls meet read `session`? (No history is read otherwise.)"""
+        return self.reads_session and "session" in self.needs(tool_name)
 
     @property
     def rules(self) -> tuple[CompiledRule, ...]:
@@ -414,6 +428,10 @@ def compile_bundle(src: LoadedSource) -> Bundle:
         _schema_globs=tuple((_glob_rx(k), v) for k, v in sorted(schemas.items(), key=lambda kv: -len(kv[0]))
                             if _is_glob(k)),
         warnings=tuple(identity_warnings(src, agents, spec.default)),
+        session_max_calls=spec.session.max_calls,
+        session_window_s=parse_duration(spec.session.window),
+        reads_session=any("session" in p.needs for p in policies),
+        labels_rules=any(r.labels for p in policies for r in p.rules),
     )
 
 
@@ -503,7 +521,7 @@ def _compile_rules(
                 id=rule.id,
                 policy=policy,
                 effect=rule.effect,
-                outcome=EFFECT_OUTCOME[rule.effect],
+                outcome=EFFECT_OUTCOME.get(rule.effect, pb.OUTCOME_UNSPECIFIED),
                 program=compiled,
                 reason=rule.reason or rule.id,
                 approvers=tuple(rule.approvers),
@@ -512,6 +530,7 @@ def _compile_rules(
                 when=rule.when,
                 always=rule.when.strip() == "true",
                 reason_of=Reason(rule.id, rule.reason or rule.id, policy, rule.effect),
+                labels=tuple(rule.labels),
             )
         )
     return rules

@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--owner", default="")
     d.add_argument("--model", default="")
     d.add_argument("--capability", action="append", default=[], help="agent capability (repeatable)")
+    d.add_argument("--session", default="", help="agent.session_id (session policies see its earlier calls)")
     d.add_argument("--tool", help="tool.name")
     d.add_argument("--tool-server", default="", help="tool.server")
     d.add_argument("--args", default="{}", help="tool arguments as a JSON object")
@@ -220,7 +221,7 @@ def _request_from_args(args: argparse.Namespace) -> Any:
         raise InvalidRequest("tool.args", "must be a JSON object")
     return build_request(
         agent={"id": args.agent_id, "team": args.team, "owner": args.owner, "model": args.model,
-               "capabilities": args.capability},
+               "capabilities": args.capability, "session_id": args.session},
         tool=args.tool, server=args.tool_server, args=tool_args, environment=args.env,
         estimated_cost=args.cost, dry_run=args.dry_run,
     )
@@ -310,8 +311,11 @@ def _log(args: argparse.Namespace) -> int:
 def _rule_column(row: dict[str, Any]) -> str:
     # An ALLOW that used up an approval was decided by a person, not by the rule that asked for one.
     if row["outcome"] == "ALLOW" and row.get("approval_state") == "consumed":
-        return f"approved by {row.get('resolved_by') or '?'} (decision {row.get('approval_id')})"
-    return str(row["deciding_rule"])
+        rule = f"approved by {row.get('resolved_by') or '?'} (decision {row.get('approval_id')})"
+    else:
+        rule = str(row["deciding_rule"])
+    labels = json.loads(row.get("labels") or "[]")
+    return f"{rule}  labels: {', '.join(labels)}" if labels else rule
 
 
 def _parse_time(text: str | None) -> datetime | None:

@@ -146,7 +146,8 @@ def _call_json(r: Replayed) -> dict[str, Any]:
     c = r.call
     return {"source": c.source, "format": c.format, "tool": c.tool_name, "server": c.server, "call_id": c.call_id,
             "agent": c.agent, "session": session_key(c), "arguments": c.arguments, "from_text": c.from_text,
-            "outcome": r.outcome, "rule": r.rule, "reason": r.reason, "matched_rules": list(r.matched)}
+            "outcome": r.outcome, "rule": r.rule, "reason": r.reason, "matched_rules": list(r.matched),
+            "labels": list(r.labels)}
 
 
 def _replay_table(rep: ReplayReport, name: str, revision: str, examples: int, sessions: int = 20) -> None:
@@ -183,12 +184,14 @@ def _sessions_table(rep: ReplayReport, limit: int) -> None:
         print(f"calls written only as text in a final answer (from_text): {rep.from_text:,}")
     if not flagged or limit <= 0:
         return
+    labelled = any(s.labels for _, s in flagged[:limit])
     print(f"\n{'session':40} {'calls':>6} {'allow':>6} {'deny':>6} {'approval':>8} {'indet.':>6}"
-          + ("  from_text" if rep.from_text else ""))
+          + ("  from_text" if rep.from_text else "") + ("  labels" if labelled else ""))
     for key, s in flagged[:limit]:
         c = s.by_outcome
         print(f"{key[:40]:40} {s.calls:6,} {c['ALLOW']:6,} {c['DENY']:6,} {c['REQUIRE_APPROVAL']:8,} "
-              f"{c['INDETERMINATE']:6,}" + (f"  {s.from_text:9,}" if rep.from_text else ""))
+              f"{c['INDETERMINATE']:6,}" + (f"  {s.from_text:9,}" if rep.from_text else "")
+              + (f"  {', '.join(s.labels)}" if labelled else ""))
     if len(flagged) > limit:
         print(f"… {len(flagged) - limit:,} more (--sessions N, or --format json for all)")
 
@@ -206,7 +209,8 @@ def _replay_json(rep: ReplayReport, name: str, revision: str) -> dict[str, Any]:
             "with_deny": rep.sessions_with("DENY"),
             "with_require_approval": rep.sessions_with("REQUIRE_APPROVAL"),
             "flagged": [{"session": key, "calls": s.calls, "by_outcome": dict(s.by_outcome), "from_text": s.from_text,
-                         "first_source": s.first_source} for key, s in rep.flagged_sessions()],
+                         "first_source": s.first_source, "labels": list(s.labels)}
+                        for key, s in rep.flagged_sessions()],
         },
         "flagged": [_call_json(r) for r in rep.flagged],
     }

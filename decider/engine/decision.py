@@ -70,6 +70,7 @@ class Decision:
     # The identity merged with the agent's manifest, when the manifest filled request fields
     # (None: the request's agent as sent). Conditions saw it; the record stores it.
     agent: pb.Agent | None = None
+    labels: tuple[str, ...] = ()          # the `labels:` of the rules that held (SPEC §10)
 
     @property
     def outcome_name(self) -> str:
@@ -80,4 +81,4 @@ class Decision:
         ~3 µs a call through field introspection; this runs for every approval decision."""
         return Decision(self.outcome, self.reasons, self.matched_rules, self.deciding_rule, self.risk_tier,
                         self.approvers, self.approval_ttl_s, self.errors, self.kill_switch_id, self.eval_us,
-                        effects, approval if approval is not None else self.approval, self.agent)
+                        effects, approval if approval is not None else self.approval, self.agent, self.labels)

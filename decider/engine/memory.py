@@ -19,8 +19,9 @@ from decider.engine.budgets import applicable_budgets, mentions_budget
 from decider.engine.decide import evaluate, needs_approvals, settle
 from decider.engine.decision import NO_EFFECTS, Decision
 from decider.engine.identity import identity_of
-from decider.engine.state import ApprovalView, BudgetUsage, KillSwitch, State
-from decider.record.canonical import binding_hash
+from decider.engine.state import ApprovalView, BudgetUsage, KillSwitch, SessionCall, State
+from decider.record.canonical import binding_hash, struct_to_dict
+from decider.record.masking import mask_json, split_mask_paths
 from decider.v1 import decider_pb2 as pb
 
 __all__ = ["TimedKillSwitch", "Resolution", "MemoryState", "ASSUME"]
@@ -69,6 +70,8 @@ class MemoryState:
     by_id: dict[str, _Approval] = field(default_factory=dict)
     pending_resolutions: dict[str, Resolution] = field(default_factory=dict)
     last_id: str = ""                  # the id the last decision has here (its own, or the one it reused)
+    # Session history (SPEC §10), by session key: each decided call, as the server's ledger holds it.
+    sessions: dict[str, list[SessionCall]] = field(default_factory=dict)
     _n: int = 0
 
     # ---- reading -------------------------------------------------------------------------------
@@ -108,15 +111,49 @@ class MemoryState:
 
     # ---- deciding ------------------------------------------------------------------------------
     def decide(self, bundle: Bundle, req: pb.DecideRequest, now: datetime | None = None,
-               decision_id: str = "") -> Decision:
-        """`engine.decide` on this state, with its effects applied."""
+               decision_id: str = "", session: str | None = None) -> Decision:
+        """`engine.decide` on this state, with its effects applied. `session`: the session key the
+        call's history is kept under (default: `agent.session_id`; replay passes the trace's)."""
         at = now or (req.request.time.ToDatetime(tzinfo=timezone.utc) if req.request.HasField("time") else _EPOCH)
+        key = req.agent.session_id if session is None else session
+        d = self._decide(bundle, req, at, decision_id, key)
+        if key and bundle.reads_session and not req.dry_run and not d.effects.same_as:
+            self._remember(bundle, req, d, at, key)
+        return d
+
+    def _remember(self, bundle: Bundle, req: pb.DecideRequest, d: Decision, at: datetime, key: str) -> None:
+        """The call in its session's history, with its arguments masked as the record has them."""
+        args = struct_to_dict(req.tool.args) if req.tool.args.fields else {}
+        if args and bundle.mask:
+            args = mask_json(args, split_mask_paths(bundle.mask)[0])
+        calls = self.sessions.setdefault(key, [])
+        calls.append(SessionCall(req.tool.name, req.tool.server, args, d.outcome_name, at, d.labels,
+                                 decision_id=self.last_id))
+        if len(calls) > 2 * bundle.session_max_calls:   # the engine sees at most max_calls: drop the rest
+            del calls[:-bundle.session_max_calls]
+
+    def report(self, session: str, status: str, labels: tuple[str, ...] = ()) -> None:
+        """ReportOutcome for the session's last call: its status, and labels added."""
+        calls = self.sessions.get(session)
+        if calls:
+            c = calls[-1]
+            calls[-1] = replace(c, status=status or c.status, labels=tuple(dict.fromkeys([*c.labels, *labels])))
+
+    def history(self, bundle: Bundle, req: pb.DecideRequest, key: str | None = None) -> tuple[SessionCall, ...]:
+        k = req.agent.session_id if key is None else key
+        if not k or not bundle.reads_session_for(req.tool.name):
+            return ()
+        return tuple(self.sessions.get(k, ()))
+
+    def _decide(self, bundle: Bundle, req: pb.DecideRequest, at: datetime, decision_id: str, key: str) -> Decision:
         # engine.decide in its two halves, as the server runs it: the approvals are looked up (a
         # keyed hash of the call) only for a decision that asks for approval.
         if self.kill_switches or bundle.budgets:
             state = self.snapshot(bundle, req, at, approvals=False)
         else:
             state = State(now=at)   # nothing else can be in it: the common replay
+        if bundle.reads_session:
+            state = state.with_history(self.history(bundle, req, key))
         evaluated = evaluate(bundle, req, state)
         binding = ""
         if needs_approvals(req, evaluated):

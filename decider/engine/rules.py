@@ -21,13 +21,14 @@ from decider.engine.arguments import check_arguments
 from decider.engine.budgets import budget_views
 from decider.engine.decision import Decision
 from decider.engine.identity import resolve
+from decider.engine.session import session_view
 from decider.engine.state import EMPTY_STATE, State
 from decider.v1 import decider_pb2 as pb
 
 __all__ = ["evaluate"]
 
 # Precedence: the larger wins.
-_RANK = {pb.ALLOW: 1, pb.REQUIRE_APPROVAL: 2, pb.DENY: 3}
+_RANK = {pb.OUTCOME_UNSPECIFIED: 0, pb.ALLOW: 1, pb.REQUIRE_APPROVAL: 2, pb.DENY: 3}  # 0: `effect: label`, no vote
 # The reason of a default decision, one per default effect: Reason is immutable, so one value
 # serves every decision instead of a new one (and its text) per request.
 _DEFAULT_REASONS = {e: Reason("default", f"no rule matched; bundle default is {e}", "", e) for e in EFFECT_OUTCOME}
@@ -46,6 +47,9 @@ def _activation(bundle: Bundle, request: pb.DecideRequest, agent: pb.Agent, stat
         data["context"] = request.context
     if "budget" in needs:
         data["budget"] = budget_views(bundle, state)
+    if "session" in needs:
+        data["session"] = session_view(state.history, bundle.session_max_calls, bundle.session_window_s,
+                                       state.at(request))
     lists = bundle.list_data(tool.name)
     if lists:
         data.update(lists)
@@ -163,15 +167,17 @@ def _evaluate_request(bundle: Bundle, request: pb.DecideRequest, state: State, t
             activation = _activation(bundle, request, agent, state)
         held = len(matched)
         _evaluate(policy, activation, matched, errors)
-        if policy.default is not None and len(matched) == held:
-            # None of the policy's rules held: its `spec.default` votes (SPEC §10).
+        if policy.default is not None and all(r.outcome == pb.OUTCOME_UNSPECIFIED for r in matched[held:]):
+            # None of the policy's voting rules held: its `spec.default` votes (SPEC §10).
             matched.append(policy.default)
 
     best = 0
     for rule in matched:
         if _RANK[rule.outcome] > best:
             best = _RANK[rule.outcome]
-    winners = [r for r in matched if _RANK[r.outcome] == best] if matched else []
+    winners = [r for r in matched if _RANK[r.outcome] == best] if best else []
+    # The labels of every rule that held, whatever the combined outcome (SPEC §10), first seen first.
+    labels = tuple(dict.fromkeys(x for r in matched if r.labels for x in r.labels)) if bundle.labels_rules else ()
     error_reasons: list[Reason] = []
     if errors and bundle.on_error == "deny":
         error_reasons = [Reason(r.id, f"condition error (fail closed): {msg}", r.policy, "deny") for r, msg in errors]
@@ -182,13 +188,13 @@ def _evaluate_request(bundle: Bundle, request: pb.DecideRequest, state: State, t
     if error_reasons and best < _RANK[pb.DENY]:
         # An erroring rule might have denied: fail closed, with the error as the reason.
         return Decision(pb.DENY, tuple(error_reasons), matched_ids, error_reasons[0].rule_id, tier,
-                        errors=error_texts, eval_us=eval_us, agent=merged)
+                        errors=error_texts, eval_us=eval_us, agent=merged, labels=labels)
     if not winners:
         outcome = EFFECT_OUTCOME[bundle.default]
         return Decision(
             outcome, (_DEFAULT_REASONS[bundle.default],),
             matched_ids, "default", tier, errors=error_texts, eval_us=eval_us,
-            approval_ttl_s=3600 if outcome == pb.REQUIRE_APPROVAL else 0, agent=merged,
+            approval_ttl_s=3600 if outcome == pb.REQUIRE_APPROVAL else 0, agent=merged, labels=labels,
         )
     first = winners[0]
     return Decision(
@@ -202,4 +208,5 @@ def _evaluate_request(bundle: Bundle, request: pb.DecideRequest, state: State, t
         errors=error_texts,
         eval_us=eval_us,
         agent=merged,
+        labels=labels,
     )

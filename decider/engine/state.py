@@ -16,7 +16,7 @@ from types import MappingProxyType
 from decider.v1 import decider_pb2 as pb
 
 __all__ = ["KILL_SCOPES", "KillSwitch", "BudgetUsage", "ApprovalView", "State", "EMPTY_STATE",
-           "kill_scope_value", "APPROVAL_STATES"]
+           "kill_scope_value", "APPROVAL_STATES", "SessionCall"]
 
 # The one list of kill-switch scopes (CLI choices, Control RPC validation, test suites, replay).
 KILL_SCOPES = (
@@ -82,6 +82,20 @@ class ApprovalView:
 
 
 @dataclass(frozen=True, slots=True)
+class SessionCall:
+    """One earlier call of the session, as conditions see it in `session.calls` (SPEC §10)."""
+
+    tool: str
+    server: str
+    args: Mapping[str, object]          # as recorded: masked per the bundle
+    outcome: str                        # ALLOW | DENY | REQUIRE_APPROVAL
+    at: datetime
+    labels: tuple[str, ...] = ()
+    status: str = ""                    # from ReportOutcome ("" until reported)
+    decision_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class State:
     kill_switches: tuple[KillSwitch, ...] = ()
     # Usage of each budget scope *for this request's scope key* (e.g. this agent's team), in the
@@ -91,11 +105,15 @@ class State:
     # for a decision that needs them; see engine/controls.py `needs_approvals`).
     approvals: tuple[ApprovalView, ...] | None = None
     now: datetime | None = None        # None: the request's time (else the epoch)
-    # Session history (a later issue): the calls this session made before, oldest first.
-    history: tuple[object, ...] = ()
+    # Session history: the calls this session made before, oldest first (read only when a policy
+    # reads `session`; the engine bounds it by the bundle's `spec.session`).
+    history: tuple[SessionCall, ...] = ()
 
     def with_approvals(self, approvals: tuple[ApprovalView, ...]) -> State:
         return State(self.kill_switches, self.budget_usage, approvals, self.now, self.history)
+
+    def with_history(self, history: tuple[SessionCall, ...]) -> State:
+        return State(self.kill_switches, self.budget_usage, self.approvals, self.now, history)
 
     def at(self, req: pb.DecideRequest) -> datetime:
         """The decision's 'now': the snapshot's, else the request's time."""

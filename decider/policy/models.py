@@ -21,6 +21,8 @@ __all__ = [
     "AgentDoc",
     "BudgetSpec",
     "BundleSpec",
+    "SessionSpec",
+    "RuleEffect",
     "BundleMetadata",
     "BundleDoc",
     "Match",
@@ -36,6 +38,8 @@ __all__ = [
 API_VERSION = "decider/v1"
 
 Effect = Literal["allow", "deny", "require_approval"]
+# A rule's effect: a vote, or `label` (SPEC §10: the rule only labels the call's record, no vote).
+RuleEffect = Literal["allow", "deny", "require_approval", "label"]
 BudgetScope = Literal["agent", "team", "workflow", "session", "owner"]
 BudgetWindow = Literal["1h", "1d", "30d", "total"]
 
@@ -44,6 +48,8 @@ _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]*$"
 _LIST_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 LIST_FILE_SUFFIXES = (".yaml", ".yml", ".csv")
 ListItem = str | int | float | bool
+LABEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}$"
+_LABEL = re.compile(LABEL_PATTERN)
 _DURATION = re.compile(r"^(\d+)(s|m|h|d)$")
 _DURATION_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -79,8 +85,23 @@ class BudgetSpec(_Strict):
     window: BudgetWindow = "total"
 
 
+class SessionSpec(_Strict):
+    """How much of a session's history conditions see (SPEC §10): at most `max_calls` earlier calls,
+    none older than `window` before the decision."""
+
+    max_calls: int = Field(default=200, ge=1, le=10_000)
+    window: str = "24h"
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, v: str) -> str:
+        parse_duration(v)
+        return v
+
+
 class BundleSpec(_Strict):
     default: Effect = "deny"
+    session: SessionSpec = Field(default_factory=SessionSpec)
     on_error: Literal["deny", "skip"] = "deny"
     tools: dict[str, ToolInfo] = Field(default_factory=dict)
     budgets: list[BudgetSpec] = Field(default_factory=list)
@@ -148,9 +169,11 @@ class Match(_Strict):
 
 class Rule(_Strict):
     id: str = Field(pattern=_NAME)
-    effect: Effect
+    effect: RuleEffect
     when: str = "true"
     reason: str = ""
+    # Attached to the call's record when the condition holds, whatever the combined outcome.
+    labels: list[str] = Field(default_factory=list)
     approvers: list[str] = Field(default_factory=list)
     approval_ttl: str | None = None
 
@@ -168,6 +191,20 @@ class Rule(_Strict):
             if not re.match(r"^(user|group):.+$", a):
                 raise ValueError(f"approver {a!r} must be 'user:NAME' or 'group:NAME'")
         return v
+
+    @field_validator("labels")
+    @classmethod
+    def _label_form(cls, v: list[str]) -> list[str]:
+        for label in v:
+            if not _LABEL.match(label):
+                raise ValueError(f"label {label!r} must be 1-64 of letters, digits and . _ : -")
+        return v
+
+    @model_validator(mode="after")
+    def _label_rules_label(self) -> Rule:
+        if self.effect == "label" and not self.labels:
+            raise ValueError("a rule with effect label needs labels: [...]")
+        return self
 
     @model_validator(mode="after")
     def _approval_fields_only_for_approvals(self) -> Rule:

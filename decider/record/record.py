@@ -121,6 +121,7 @@ class DecisionRecord:
     context: dict[str, Any] = field(default_factory=dict)
     dry_run: bool = False
     caller: str = ""                    # the authenticated principal that asked ("" offline)
+    labels: tuple[str, ...] = ()        # rules' `labels:` that held, then ReportOutcome's (SPEC §10)
 
     # ---- to and from the store -------------------------------------------------------------------
     def to_row(self) -> dict[str, Any]:
@@ -155,6 +156,7 @@ class DecisionRecord:
             "comment": (ap.comment or None) if ap else None,
             "actual_cost": self.actual_cost, "outcome_status": self.outcome_status or None,
             "caller": self.caller,
+            "labels": _dumps(list(self.labels)) if self.labels else "[]",
         }
 
     @staticmethod
@@ -189,6 +191,7 @@ class DecisionRecord:
             actual_cost=r.get("actual_cost"), outcome_status=r.get("outcome_status") or "",
             request_id=r["request_id"], environment=r["environment"], context=json.loads(r["context"]),
             dry_run=bool(r["dry_run"]), caller=r.get("caller") or "",
+            labels=tuple(json.loads(r.get("labels") or "[]")),
         )
 
     # ---- to callers --------------------------------------------------------------------------------
@@ -205,7 +208,7 @@ class DecisionRecord:
             bundle=pb.BundleRef(name=b.name, version=b.version, revision=b.revision),
             eval_us=self.eval_us, estimated_cost=self.estimated_cost, actual_cost=self.actual_cost or 0.0,
             outcome_status=self.outcome_status, request_id=self.request_id, environment=self.environment,
-            dry_run=self.dry_run, caller=self.caller,
+            dry_run=self.dry_run, caller=self.caller, labels=self.labels,
         )
         set_timestamp(rec.time, self.time)
         rec.args.update(self.args)
@@ -236,6 +239,7 @@ class DecisionRecord:
             "eval_us": self.eval_us, "dry_run": self.dry_run,
             "actual_cost": self.actual_cost, "outcome_status": self.outcome_status,
             "caller": self.caller,
+            "labels": list(self.labels),
         }
         if self.shadow_outcome:
             out["shadow_outcome"] = self.shadow_outcome
@@ -302,7 +306,7 @@ def build_record(
         outcome=decision.outcome_name, reasons=decision.reasons, matched_rules=decision.matched_rules,
         deciding_rule=decision.deciding_rule, errors=decision.errors, kill_switch_id=decision.kill_switch_id,
         bundle=_bundle_ref(bundle.name, bundle.version, bundle.revision), eval_us=decision.eval_us,
-        dry_run=req.dry_run, approval=approval, caller=caller,
+        dry_run=req.dry_run, approval=approval, caller=caller, labels=decision.labels,
     )
 
 

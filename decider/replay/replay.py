@@ -79,6 +79,7 @@ class Replayed:
     rule: str                          # deciding rule ("" when indeterminate)
     reason: str                        # the deciding reason, or why it is indeterminate
     matched: tuple[str, ...] = ()
+    labels: tuple[str, ...] = ()       # the labels the call's record would carry (rules' `labels:`)
 
 
 def _set_value(v: struct_pb2.Value, x: Any) -> None:
@@ -163,16 +164,16 @@ def call_to_request(call: TraceCall, mapping: IdentityMapping) -> pb.DecideReque
     return req
 
 
-Outcome = tuple[str, str, str, tuple[str, ...]]  # outcome, rule, reason, matched rules
+Outcome = tuple[str, str, str, tuple[str, ...], tuple[str, ...]]  # outcome, rule, reason, matched rules, labels
 
 
 def _outcome(bundle: Bundle, call: TraceCall, mapping: IdentityMapping) -> Outcome:
     if call.indeterminate or call.arguments is None:
-        return INDETERMINATE, "", call.indeterminate or "the call's arguments are absent", ()
+        return INDETERMINATE, "", call.indeterminate or "the call's arguments are absent", (), ()
     if not call.tool_name:
-        return INDETERMINATE, "", "the call has no tool name", ()
+        return INDETERMINATE, "", "the call has no tool name", (), ()
     d: Decision = decide(bundle, call_to_request(call, mapping), EMPTY_STATE)
-    return d.outcome_name, d.deciding_rule, d.reasons[0].text if d.reasons else "", d.matched_rules
+    return d.outcome_name, d.deciding_rule, d.reasons[0].text if d.reasons else "", d.matched_rules, d.labels
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -181,25 +182,31 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 def _simulated(bundle: Bundle, call: TraceCall, mapping: IdentityMapping, sim: MemoryState) -> Outcome:
     """The call decided on the simulated state, its effects applied there."""
     if call.indeterminate or call.arguments is None:
-        return INDETERMINATE, "", call.indeterminate or "the call's arguments are absent", ()
+        return INDETERMINATE, "", call.indeterminate or "the call's arguments are absent", (), ()
     if not call.tool_name:
-        return INDETERMINATE, "", "the call has no tool name", ()
+        return INDETERMINATE, "", "the call has no tool name", (), ()
     req = call_to_request(call, mapping)
     now = call.started_at or _EPOCH
     if now.tzinfo is None:
         now = now.replace(tzinfo=timezone.utc)
     label = call.label
+    # The call's session (SPEC §10: a trajectory / trace / conversation is a session).
+    key = session_key(call)
+    session = "" if key == NO_SESSION else key
     if not label:   # most traces: nothing recorded beyond the call itself
-        d = sim.decide(bundle, req, now)
-        return d.outcome_name, d.deciding_rule, d.reasons[0].text if d.reasons else "", d.matched_rules
+        d = sim.decide(bundle, req, now, session=session)
+        return d.outcome_name, d.deciding_rule, d.reasons[0].text if d.reasons else "", d.matched_rules, d.labels
     recorded_id = str(label.get("decision_id") or "")
-    d = sim.decide(bundle, req, now, recorded_id)
+    d = sim.decide(bundle, req, now, recorded_id, session=session)
     if label.get("approval_state") and label.get("outcome") == "REQUIRE_APPROVAL":
         _learn_resolution(sim, label, recorded_id)
     actual = label.get("actual_cost")
     if actual is not None and d.outcome == pb.ALLOW:
         sim.settle(sim.last_id, float(actual), bundle, req, now)
-    return d.outcome_name, d.deciding_rule, d.reasons[0].text if d.reasons else "", d.matched_rules
+    if session and bundle.reads_session and label.get("outcome_status"):
+        # A decider log carries what ReportOutcome said: later calls of the session see it.
+        sim.report(session, str(label["outcome_status"]), tuple(label.get("labels") or ()))
+    return d.outcome_name, d.deciding_rule, d.reasons[0].text if d.reasons else "", d.matched_rules, d.labels
 
 
 def _learn_resolution(sim: MemoryState, label: dict[str, Any], decision_id: str) -> None:
@@ -225,6 +232,8 @@ def stateless(bundle: Bundle, sim: MemoryState | None) -> bool:
     (in parallel): no budgets, no kill switches given, and no rule that asks for approval."""
     if sim is not None and (sim.kill_switches or sim.start_usage or sim.assume != "pending"):
         return False
+    if bundle.reads_session:
+        return False   # each call's session history is the earlier calls' decisions
     return not bundle.budgets and bundle.default != "require_approval" and all(
         r.effect != "require_approval" for r in bundle.rules)
 
@@ -281,6 +290,7 @@ class SessionCounts:
     by_outcome: Counter[str] = field(default_factory=Counter)
     from_text: int = 0
     first_source: str = ""
+    labels: dict[str, None] = field(default_factory=dict)   # the session's labels, first seen first
 
     @property
     def flagged(self) -> bool:
@@ -313,6 +323,8 @@ class ReplayReport:
             session = self.sessions[key] = SessionCounts(first_source=r.call.source)
         session.calls += 1
         session.by_outcome[r.outcome] += 1
+        for label in r.labels:
+            session.labels[label] = None
         if r.call.from_text:
             session.from_text += 1
             self.from_text += 1

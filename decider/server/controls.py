@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -35,12 +36,14 @@ from decider.engine.controls import settle as engine_settle
 from decider.engine.decision import Decision, Effects
 from decider.engine.identity import identity_of
 from decider.engine.state import ApprovalView, BudgetUsage, KillSwitch, State
+from decider.policy.models import LABEL_PATTERN
 from decider.record.canonical import binding_hash
 from decider.record.record import Approval, DecisionRecord, record_to_proto, response_from_row
 from decider.server import approvals as approvals_rpc
 from decider.server import kill_switches as kill_rpc
 from decider.server.approvals import WatchHub
 from decider.server.auth import TokenConfig
+from decider.server.sessions import SessionHistory
 from decider.store.approvals import ApprovalStore
 from decider.store.auth_events import AuthEventStore
 from decider.store.budgets import BudgetStore
@@ -58,6 +61,8 @@ __all__ = ["Controls", "Applied", "DEFAULT_POLL_INTERVAL_S", "DEFAULT_RESERVATIO
 log = logging.getLogger("decider.server.controls")
 
 DEFAULT_POLL_INTERVAL_S = 1.0
+MAX_REPORTED_LABELS = 16
+_LABEL = re.compile(LABEL_PATTERN)
 DEFAULT_RESERVATION_TTL_S = 3600.0
 
 
@@ -83,6 +88,7 @@ class Controls:
                  poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
                  reservation_ttl_s: float = DEFAULT_RESERVATION_TTL_S) -> None:
         self.decisions = DecisionStore(engine)
+        self.sessions = SessionHistory(self.decisions, refresh_s=poll_interval_s)
         self.approvals = ApprovalStore(engine)
         self.budgets = BudgetStore(engine)
         self.kill_store = KillSwitchStore(engine)
@@ -278,6 +284,13 @@ class Controls:
                                 f"actual_cost: is {req.actual_cost}; must be a finite number >= 0")
         if len(req.status) > 64:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "status: longer than 64 characters")
+        if len(req.labels) > MAX_REPORTED_LABELS:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"labels: {len(req.labels)} labels; at most {MAX_REPORTED_LABELS}")
+        for i, label in enumerate(req.labels):
+            if not _LABEL.match(label):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                    f"labels[{i}]: {label[:80]!r} must be 1-64 of letters, digits and . _ : -")
         bundle = self.active_bundle()   # read once: the budgets of the bundle serving now
 
         def budgets_of(row: dict[str, Any]) -> list[Any]:
@@ -296,6 +309,11 @@ class Controls:
             code = grpc.StatusCode.NOT_FOUND if e.kind == "not_found" else grpc.StatusCode.FAILED_PRECONDITION
             await context.abort(code, e.message)
             raise  # unreachable: abort raises
+        labels = tuple(json.loads(row.get("labels") or "[]"))
+        if req.labels:
+            labels = await asyncio.to_thread(self.decisions.add_labels, req.decision_id, list(req.labels))
+            row = {**row, "labels": json.dumps(list(labels), separators=(",", ":"))}
+        self.sessions.reported(row["session_id"], req.decision_id, req.status or "ok", labels)
         self.hub.notify(req.decision_id)
         return record_to_proto(row)
 

@@ -76,8 +76,14 @@ class DeciderService:
         self.wants_trace = False
 
     async def state_for(self, req: pb.DecideRequest, bundle: Bundle, now: datetime) -> State:
-        # Kill switches from the in-memory cache; budget usage read only when a budget can matter.
-        return await self.controls.state_for(req, bundle, now)
+        # Kill switches from the in-memory cache; budget usage read only when a budget can matter;
+        # session history only when a policy this tool meets reads `session` (server/sessions.py).
+        state = await self.controls.state_for(req, bundle, now)
+        if bundle.reads_session and bundle.reads_session_for(req.tool.name):
+            history = await self.controls.sessions.history(req.agent.session_id, bundle.session_max_calls,
+                                                           bundle.session_window_s, now)
+            state = state.with_history(history)
+        return state
 
     async def decide(self, raw: bytes, context: grpc.aio.ServicerContext) -> pb.DecideResponse:
         carrier = None
@@ -159,6 +165,8 @@ class DeciderService:
                 alone = self._alone()
             await self.writer.write(row, alone=alone)
             written = True
+            if bundle.reads_session:
+                self.controls.sessions.add(record)   # durable now: later calls of the session see it
         except Exception as exc:  # noqa: BLE001
             # No durable record, no answer: the enforcement point must treat this as a deny.
             log.error("decision not recorded", extra={"decision_id": decision_id, "error": str(exc)})

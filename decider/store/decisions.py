@@ -20,6 +20,7 @@ from sqlalchemy import (
     Text,
     insert,
     select,
+    update,
 )
 
 from decider.store.db import metadata
@@ -73,8 +74,9 @@ decisions = Table(
     Column("comment", Text),                                     # Approval.comment
     Column("actual_cost", Float),
     Column("outcome_status", String(64)),
-    # The authenticated principal that asked (SPEC §9). Not yet in an Alembic revision: see README.
+    # The authenticated principal that asked (SPEC §9; Alembic revision 0004).
     Column("caller", String(256), nullable=False, default="", server_default=""),   # the calling principal
+    Column("labels", Text, nullable=False, default="[]", server_default="[]"),  # JSON list (SPEC §10)
     Index("ix_decisions_agent", "agent_id"),
     Index("ix_decisions_tool", "tool_name"),
 )
@@ -110,6 +112,32 @@ class DecisionStore:
         with self.engine.connect() as conn:
             row = conn.execute(select(decisions).where(decisions.c.decision_id == decision_id)).mappings().first()
         return dict(row) if row else None
+
+    def session_calls(self, session_id: str, limit: int, since: datetime) -> list[dict[str, Any]]:
+        """The newest `limit` recorded calls of a session since `since`, newest first (not dry
+        runs). Served by ix_decisions_session (session_id, decision_id): decision ids sort by
+        time, so this reads `limit` index entries however long the ledger is."""
+        c = decisions.c
+        q = (select(c.decision_id, c.time, c.tool_name, c.tool_server, c.args, c.outcome, c.labels,
+                    c.outcome_status)
+             .where(c.session_id == session_id, c.dry_run.is_(False), c.time >= since)
+             .order_by(c.decision_id.desc()).limit(limit))
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(q).mappings()]
+
+    def add_labels(self, decision_id: str, labels: Sequence[str]) -> tuple[str, ...]:
+        """Add labels to a record (ReportOutcome); returns the record's labels after."""
+        import json
+
+        c = decisions.c
+        with self.engine.begin() as conn:
+            cur = conn.execute(select(c.labels).where(c.decision_id == decision_id)).scalar()
+            have = list(json.loads(cur or "[]"))
+            merged = tuple(dict.fromkeys([*have, *labels]))
+            if len(merged) != len(have):
+                conn.execute(update(decisions).where(c.decision_id == decision_id)
+                             .values(labels=json.dumps(list(merged), separators=(",", ":"))))
+        return merged
 
     def ids(self) -> set[str]:
         with self.engine.connect() as conn:

@@ -216,7 +216,7 @@ class GetDecisionRequest(_message.Message):
     def __init__(self, decision_id: _Optional[str] = ...) -> None: ...
 
 class DecisionRecord(_message.Message):
-    __slots__ = ("decision_id", "time", "agent", "tool_name", "tool_server", "call_id", "args", "args_hash", "risk_tier", "outcome", "reasons", "matched_rules", "deciding_rule", "bundle", "shadow_outcome", "shadow_rules", "shadow_bundle", "eval_us", "approval", "estimated_cost", "actual_cost", "outcome_status", "request_id", "environment", "context", "dry_run", "caller")
+    __slots__ = ("decision_id", "time", "agent", "tool_name", "tool_server", "call_id", "args", "args_hash", "risk_tier", "outcome", "reasons", "matched_rules", "deciding_rule", "bundle", "shadow_outcome", "shadow_rules", "shadow_bundle", "eval_us", "approval", "estimated_cost", "actual_cost", "outcome_status", "request_id", "environment", "context", "dry_run", "caller", "labels")
     DECISION_ID_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     AGENT_FIELD_NUMBER: _ClassVar[int]
@@ -244,6 +244,7 @@ class DecisionRecord(_message.Message):
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     DRY_RUN_FIELD_NUMBER: _ClassVar[int]
     CALLER_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
     decision_id: str
     time: _timestamp_pb2.Timestamp
     agent: Agent
@@ -271,7 +272,8 @@ class DecisionRecord(_message.Message):
     context: _struct_pb2.Struct
     dry_run: bool
     caller: str
-    def __init__(self, decision_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., agent: _Optional[_Union[Agent, _Mapping]] = ..., tool_name: _Optional[str] = ..., tool_server: _Optional[str] = ..., call_id: _Optional[str] = ..., args: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., args_hash: _Optional[str] = ..., risk_tier: _Optional[int] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., matched_rules: _Optional[_Iterable[str]] = ..., deciding_rule: _Optional[str] = ..., bundle: _Optional[_Union[BundleRef, _Mapping]] = ..., shadow_outcome: _Optional[_Union[Outcome, str]] = ..., shadow_rules: _Optional[_Iterable[str]] = ..., shadow_bundle: _Optional[_Union[BundleRef, _Mapping]] = ..., eval_us: _Optional[int] = ..., approval: _Optional[_Union[Approval, _Mapping]] = ..., estimated_cost: _Optional[float] = ..., actual_cost: _Optional[float] = ..., outcome_status: _Optional[str] = ..., request_id: _Optional[str] = ..., environment: _Optional[str] = ..., context: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., dry_run: _Optional[bool] = ..., caller: _Optional[str] = ...) -> None: ...
+    labels: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, decision_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., agent: _Optional[_Union[Agent, _Mapping]] = ..., tool_name: _Optional[str] = ..., tool_server: _Optional[str] = ..., call_id: _Optional[str] = ..., args: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., args_hash: _Optional[str] = ..., risk_tier: _Optional[int] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., matched_rules: _Optional[_Iterable[str]] = ..., deciding_rule: _Optional[str] = ..., bundle: _Optional[_Union[BundleRef, _Mapping]] = ..., shadow_outcome: _Optional[_Union[Outcome, str]] = ..., shadow_rules: _Optional[_Iterable[str]] = ..., shadow_bundle: _Optional[_Union[BundleRef, _Mapping]] = ..., eval_us: _Optional[int] = ..., approval: _Optional[_Union[Approval, _Mapping]] = ..., estimated_cost: _Optional[float] = ..., actual_cost: _Optional[float] = ..., outcome_status: _Optional[str] = ..., request_id: _Optional[str] = ..., environment: _Optional[str] = ..., context: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., dry_run: _Optional[bool] = ..., caller: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ResolveApprovalRequest(_message.Message):
     __slots__ = ("decision_id", "resolution", "approver", "comment")
@@ -286,14 +288,16 @@ class ResolveApprovalRequest(_message.Message):
     def __init__(self, decision_id: _Optional[str] = ..., resolution: _Optional[_Union[Resolution, str]] = ..., approver: _Optional[str] = ..., comment: _Optional[str] = ...) -> None: ...
 
 class ReportOutcomeRequest(_message.Message):
-    __slots__ = ("decision_id", "actual_cost", "status")
+    __slots__ = ("decision_id", "actual_cost", "status", "labels")
     DECISION_ID_FIELD_NUMBER: _ClassVar[int]
     ACTUAL_COST_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
     decision_id: str
     actual_cost: float
     status: str
-    def __init__(self, decision_id: _Optional[str] = ..., actual_cost: _Optional[float] = ..., status: _Optional[str] = ...) -> None: ...
+    labels: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, decision_id: _Optional[str] = ..., actual_cost: _Optional[float] = ..., status: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListApprovalsRequest(_message.Message):
     __slots__ = ("state", "limit")

@@ -42,12 +42,13 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from decider.bundle.compile import Bundle, CompiledRule
 from decider.cel.env import environment
 from decider.engine.budgets import budget_views
-from decider.engine.decide import Reason, decide
+from decider.engine.decide import Decision, Reason, decide
+from decider.engine.memory import MemoryState
 from decider.engine.state import KILL_SCOPES, ApprovalView, BudgetUsage, KillSwitch, State
 from decider.errors import PolicyLoadError, SourceError
 from decider.policy.loader import _compose_all, _mark, _to_python, locate  # shared YAML-with-positions machinery
@@ -119,15 +120,49 @@ class Expect(_Strict):
     reason: str | None = None
 
 
-class Case(_Strict):
-    name: str
-    agent: str | dict[str, Any]
+class ReportSpec(_Strict):
+    """What ReportOutcome says after a step ran: `session.calls[i].status` and added labels."""
+
+    status: str = "ok"
+    labels: list[str] = Field(default_factory=list)
+
+
+class Step(_Strict):
+    """One call of a multi-step case (SPEC §10): decided after the steps before it, in the same
+    session, which its conditions see as `session.calls`."""
+
+    name: str = ""
+    agent: str | dict[str, Any] | None = None     # default: the case's agent
     tool: str | ToolSpec
     args: dict[str, Any] = Field(default_factory=dict)
     request: RequestSpec = Field(default_factory=RequestSpec)
     context: dict[str, Any] = Field(default_factory=dict)
-    state: StateSpec = Field(default_factory=StateSpec)
     expect: Expect
+    report: ReportSpec | None = None   # the call's reported outcome, seen by the later steps
+
+
+class Case(_Strict):
+    name: str
+    agent: str | dict[str, Any]
+    tool: str | ToolSpec | None = None
+    args: dict[str, Any] = Field(default_factory=dict)
+    request: RequestSpec = Field(default_factory=RequestSpec)
+    context: dict[str, Any] = Field(default_factory=dict)
+    state: StateSpec = Field(default_factory=StateSpec)
+    expect: Expect | None = None
+    # Several calls in one session, each with its expectation (instead of `tool`/`expect`).
+    steps: list[Step] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_call_or_steps(self) -> Case:
+        if self.steps:
+            if self.tool is not None or self.expect is not None:
+                raise ValueError("a case has either steps: or tool: and expect:, not both")
+            if self.state != StateSpec():
+                raise ValueError("state: is not supported with steps: (each step sees the steps before it)")
+        elif self.tool is None or self.expect is None:
+            raise ValueError("a case needs tool: and expect: (or steps:)")
+        return self
 
 
 class Fixtures(_Strict):
@@ -240,12 +275,15 @@ def load_suites(files: Sequence[Path]) -> list[LoadedSuite]:
     return out
 
 
-def _build(suite: TestSuite, case: Case) -> tuple[pb.DecideRequest, State]:
-    agent = suite.fixtures.agents[case.agent] if isinstance(case.agent, str) else case.agent
+def _build(suite: TestSuite, case: Case | Step, default_agent: str | dict[str, Any] | None = None,
+           ) -> tuple[pb.DecideRequest, State]:
+    who = case.agent if case.agent is not None else default_agent
+    agent = suite.fixtures.agents[who] if isinstance(who, str) else who
     if isinstance(case.tool, str):
         tool = suite.fixtures.tools.get(case.tool) or ToolSpec(name=case.tool)
     else:
         tool = case.tool
+    assert tool is not None and agent is not None   # the Case validator guarantees them
     req = pb.DecideRequest(
         agent=pb.Agent(**agent),
         tool=pb.ToolCall(name=tool.name, server=tool.server),
@@ -262,6 +300,8 @@ def _build(suite: TestSuite, case: Case) -> tuple[pb.DecideRequest, State]:
         req.request.time.FromSeconds(0)  # deterministic: a test never depends on the wall clock
     now = req.request.time.ToDatetime(tzinfo=timezone.utc)
     approvals: tuple[ApprovalView, ...] = ()
+    if isinstance(case, Step):
+        return req, State(now=now)
     if case.state.approval is not None:
         # Binding for another day (a pending one has not expired); `expired` ran out a second ago.
         expires = now - timedelta(seconds=1) if case.state.approval == "expired" else now + timedelta(days=1)
@@ -318,6 +358,10 @@ def run_suites(bundle: Bundle, suites: Sequence[LoadedSuite]) -> list[SuiteResul
     for ls in suites:
         cases: list[CaseResult] = []
         for case, line in zip(ls.suite.cases, ls.case_lines, strict=True):
+            if case.steps:
+                cases.extend(_run_steps(bundle, ls, case, line, rules_by_id))
+                continue
+            assert case.expect is not None
             try:
                 req, state = _build(ls.suite, case)
             except (ValueError, TypeError, AttributeError) as e:
@@ -325,19 +369,55 @@ def run_suites(bundle: Bundle, suites: Sequence[LoadedSuite]) -> list[SuiteResul
                                         "", "", (), (), (), problem=f"cannot build the request: {e}"))
                 continue
             d = decide(bundle, req, state)
-            actual = d.outcome_name.lower()
-            exp = case.expect
-            ok = actual == exp.outcome and (exp.rule is None or exp.rule == d.deciding_rule)
-            if ok and exp.reason is not None:
-                ok = any(exp.reason in r.text for r in d.reasons)
-            fields: dict[str, str] = {}
-            if not ok:
-                shown = [rules_by_id[x] for x in (d.deciding_rule, exp.rule) if x and x in rules_by_id]
-                fields = _field_values(shown, bundle, req, state)
-            cases.append(CaseResult(ls.suite.metadata.name, ls.file, line, case.name, ok, exp, actual,
-                                    d.deciding_rule, d.reasons, d.matched_rules, d.errors, fields))
+            cases.append(_result(ls, line, case.name, case.expect, d, bundle, req, state, rules_by_id))
         results.append(SuiteResult(ls.suite.metadata.name, ls.file, tuple(cases)))
     return results
+
+
+def _result(ls: LoadedSuite, line: int, name: str, exp: Expect, d: Decision, bundle: Bundle,
+            req: pb.DecideRequest, state: State, rules_by_id: dict[str, CompiledRule]) -> CaseResult:
+    actual = d.outcome_name.lower()
+    ok = actual == exp.outcome and (exp.rule is None or exp.rule == d.deciding_rule)
+    if ok and exp.reason is not None:
+        ok = any(exp.reason in r.text for r in d.reasons)
+    fields: dict[str, str] = {}
+    if not ok:
+        shown = [rules_by_id[x] for x in (d.deciding_rule, exp.rule) if x and x in rules_by_id]
+        fields = _field_values(shown, bundle, req, state)
+    return CaseResult(ls.suite.metadata.name, ls.file, line, name, ok, exp, actual,
+                      d.deciding_rule, d.reasons, d.matched_rules, d.errors, fields)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _run_steps(bundle: Bundle, ls: LoadedSuite, case: Case, line: int,
+               rules_by_id: dict[str, CompiledRule]) -> list[CaseResult]:
+    """A multi-step case: each step decided on the in-memory state replay uses (engine/memory.py),
+    in one session (the agent's `session_id`, else the case's own), so later steps see earlier
+    ones in `session.calls`. A step without `request.time` is one second after the one before."""
+    sim = MemoryState()
+    out: list[CaseResult] = []
+    at = _EPOCH
+    for i, step in enumerate(case.steps, 1):
+        name = f"{case.name} / step {i}" + (f": {step.name}" if step.name else "")
+        try:
+            req, _ = _build(ls.suite, step, case.agent)
+        except (ValueError, TypeError, AttributeError, KeyError) as e:
+            out.append(CaseResult(ls.suite.metadata.name, ls.file, line, name, False, step.expect,
+                                  "", "", (), (), (), problem=f"cannot build the request: {e}"))
+            continue
+        at = step.request.time or (at + timedelta(seconds=1) if i > 1 else at)
+        if at.tzinfo is None:
+            at = at.replace(tzinfo=timezone.utc)
+        req.request.time.FromDatetime(at)
+        session = req.agent.session_id or f"test:{ls.file}:{line}"
+        state = State(now=at).with_history(sim.history(bundle, req, session))
+        d = sim.decide(bundle, req, at, session=session)
+        if step.report is not None and d.outcome != pb.DENY:   # a denied call did not run: nothing to report
+            sim.report(session, step.report.status, tuple(step.report.labels))
+        out.append(_result(ls, line, name, step.expect, d, bundle, req, state, rules_by_id))
+    return out
 
 
 def coverage(bundle: Bundle, results: Sequence[SuiteResult]) -> Coverage:
@@ -346,10 +426,12 @@ def coverage(bundle: Bundle, results: Sequence[SuiteResult]) -> Coverage:
     decided: set[str] = set()
     matched: set[str] = set()
     errored: set[str] = set()
+    labelling = {r.id for r in bundle.rules if r.effect == "label"}
     for s in results:
         for c in s.cases:
             if c.actual_rule in c.matched_rules:   # held; not an error that failed closed
                 decided.add(c.actual_rule)
+            decided.update(r for r in c.matched_rules if r in labelling)   # `effect: label` never decides
             matched.update(c.matched_rules)
             errored.update(e.split(": ", 1)[0] for e in c.errors)   # "rule-id: message"
     ids = [r.id for r in bundle.rules]
