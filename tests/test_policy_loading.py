@@ -73,7 +73,7 @@ def test_five_mistakes_give_five_located_errors_in_one_run(tmp_path: Path) -> No
         f"{d}/b_rules.yaml:11:7: unknown key 'whne'; did you mean 'when'?",
         f"{d}/b_rules.yaml:14:31: syntax error: expected an expression after '>', found the end of the condition",
         f"{d}/c_more.yaml:11:18: undefined field 'teem' not found in struct 'decider.v1.Agent'; did you mean 'team'?",
-        f"{d}/c_more.yaml:13:15: spec.rules.1.effect: Input should be 'allow', 'deny' or 'require_approval'",
+        f"{d}/c_more.yaml:13:15: spec.rules.1.effect: Input should be 'allow', 'deny', 'require_approval' or 'label'",
     ]
 
 
@@ -106,7 +106,7 @@ def test_each_error_kind_is_located(tmp_path: Path) -> None:
         f"{f}:14:31: syntax error: expected an expression after '>', found the end of the condition",
         f"{f}:17:18: undefined field 'teem' not found in struct 'decider.v1.Agent'; did you mean 'team'?",
         f"{f}:18:11: duplicate rule id 'syntax' (first at {f}:12:11)",
-        f"{f}:21:15: spec.rules.4.effect: Input should be 'allow', 'deny' or 'require_approval'",
+        f"{f}:21:15: spec.rules.4.effect: Input should be 'allow', 'deny', 'require_approval' or 'label'",
         f"{f}:24:22: undeclared reference to 'principal.id' (in container '')",
         f"{f}:27:22: found no matching overload for '_+_' applied to '(string, int)'",
     ]

@@ -133,7 +133,7 @@ def test_text_only_actions_are_replayed_and_marked_in_the_reports(tmp_path: Path
     assert report["from_text"] == 2
     assert report["sessions"]["flagged"] == [{
         "session": "17", "calls": 3, "by_outcome": {"ALLOW": 2, "DENY": 1}, "from_text": 2,
-        "first_source": f"{trace}:1.intermediate_steps[0]"}]
+        "first_source": f"{trace}:1.intermediate_steps[0]", "labels": []}]
     assert report["flagged"][0]["from_text"] is True and report["flagged"][0]["session"] == "17"
 
 
