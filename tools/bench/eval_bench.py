@@ -214,6 +214,8 @@ def identity_ab(seconds: float, rounds: int) -> dict[str, Any]:
     reqs: list[pb.DecideRequest] = []
     for suite in load_suites(find_suites([policies])):
         for case in suite.suite.cases:
+            if case.steps:   # multi-call cases (sessions) are not single requests
+                continue
             req, state = _build(suite.suite, case)
             if state.kill_switches or state.budget_usage:
                 continue
