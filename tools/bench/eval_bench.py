@@ -44,6 +44,17 @@ from decider.engine.decide import decide  # noqa: E402
 from decider.v1 import decider_pb2 as pb  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def write_results(args: argparse.Namespace, prefix: str, body: dict[str, Any]) -> Path:
+    """`body` with the machine's facts as tools/bench/results/<--name or prefix-time>.json; prints the path."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{args.name or time.strftime(prefix + '-%Y%m%d-%H%M%S')}.json"
+    meta = {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
+            "loadavg_at_start": os.getloadavg(), "args": vars(args)}
+    path.write_text(json.dumps({"meta": meta, **body}, indent=2) + "\n")
+    print(f"wrote {path}")
+    return path
 RULES_PER_TOOL = 5
 FAMILIES = ("shell", "fs", "payments", "email", "db", "http")
 MODELS = ("gpt-5", "claude-opus-4", "llama-4", "mistral-large")
@@ -168,12 +179,7 @@ def ab_extensions(args: argparse.Namespace) -> int:
     for r in rows:
         print(f"{r['rules']:>6} {r['off_decisions_per_s']:>14,.0f} {r['on_decisions_per_s']:>13,.0f} "
               f"{r['on_over_off']:>7.3f}")
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{args.name or time.strftime('eval-ab-extensions-%Y%m%d-%H%M%S')}.json"
-    meta = {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
-            "loadavg_at_start": os.getloadavg(), "args": vars(args)}
-    path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    print(f"wrote {path}")
+    write_results(args, "eval-ab-extensions", {"rows": rows})
     return 0
 IDENTITY_RULES = {"unregistered_agent", "identity_mismatch", "not_in_manifest", "invalid_arguments"}
 
@@ -278,11 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         return ab_extensions(args)
     if args.identity_ab:
         res = identity_ab(args.seconds * 4, max(args.rounds, 20))
-        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-        path = RESULTS_DIR / f"{args.name or time.strftime('identity-ab-%Y%m%d-%H%M%S')}.json"
-        meta = {"python": platform.python_version(), "cpus": os.cpu_count(), "loadavg_at_start": os.getloadavg()}
-        path.write_text(json.dumps({"meta": meta, **res}, indent=2) + "\n")
-        print(f"wrote {path}")
+        write_results(args, "identity-ab", res)
         return 0
     rows = []
     with tempfile.TemporaryDirectory(prefix="decider-eval-bench-") as tmp:
@@ -302,12 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(f"{r['rules']:>6} {r['tools']:>6} {r['load_s']:>7.2f} {r['rules_evaluated_per_decision']:>15.1f} "
               f"{r['decisions_per_s']:>12,.0f} {r['us_per_decision']:>12.1f}")
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{args.name or time.strftime('eval-%Y%m%d-%H%M%S')}.json"
-    meta = {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
-            "loadavg_at_start": os.getloadavg(), "args": vars(args)}
-    path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    print(f"wrote {path}")
+    write_results(args, "eval", {"rows": rows})
     return 0
 
 

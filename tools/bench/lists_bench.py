@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -25,11 +23,12 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from eval_bench import write_results  # noqa: E402  (a sibling script: this folder is on sys.path)
+
 from decider.bundle.compile import Bundle, load_bundle  # noqa: E402
 from decider.client import build_request  # noqa: E402
 from decider.engine.decide import decide  # noqa: E402
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 POLICY = """apiVersion: decider/v1
 kind: Policy
 metadata: {{name: web}}
@@ -99,12 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(f"{r['bundle']:28} {r['decisions_per_s']:>12,.0f} {r['us_per_decision']:>12.1f} "
               f"{r['us_per_decision'] - base:>7.1f}")
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{args.name or time.strftime('lists-%Y%m%d-%H%M%S')}.json"
-    meta = {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
-            "loadavg_at_start": os.getloadavg(), "args": vars(args)}
-    path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    print(f"wrote {path}")
+    write_results(args, "lists", {"rows": rows})
     return 0
 
 
