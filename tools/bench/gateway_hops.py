@@ -10,7 +10,8 @@ the gateway's hops, then runs the real `decider gateway mcp`. Timestamps are tim
 
 Per call, in order: client sent → gateway read the line → handler entered → Decide sent → Decide
 answered → upstream request sent → upstream answered → reply written → client has the result.
-Prints p50 / mean / p90 of each hop over the calls, plus the gateway's CPU per call.
+Prints p50 / mean / p90 of each hop over the calls, the gateway's CPU per call, and in how many calls
+the gateway started the call's ReportOutcome before it had written the reply.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ def as_gateway(argv: list[str]) -> int:
     wrap(proxy.Gateway, "call_tool", "handler", None)
     wrap(decisions.DeciderLink, "decide", "decide>", "decide<")
     wrap(upstreams.UpstreamConnection, "call", "upstream>", "upstream<")
+    wrap(decisions.DeciderLink, "report", "report>", None)
 
     def dump() -> None:
         Path(os.environ["GATEWAY_HOPS_OUT"]).write_text("".join(f"{k} {t:.7f}\n" for k, t in marks))
@@ -128,12 +130,16 @@ def main() -> None:
     times = [m[0] for m in marks]
     hops: dict[tuple[str, str], list[float]] = {}
     totals: list[float] = []
+    report_first = 0
     for t0, t1 in calls:
         seen: dict[str, float] = {}
         for t, k in marks[bisect.bisect_left(times, t0):bisect.bisect_right(times, t1)]:
             seen.setdefault(k, t)
         if not all(k in seen for k in HOPS):
             continue
+        # this call's ReportOutcome (queued once the upstream answered) started before the reply went out?
+        lo, hi = bisect.bisect_left(times, seen["upstream<"]), bisect.bisect_right(times, seen["out"])
+        report_first += any(k == "report>" for _, k in marks[lo:hi])
         pts = [("client>", t0)] + [(k, seen[k]) for k in HOPS] + [("client<", t1)]
         for (a, ta), (b, tb) in zip(pts, pts[1:], strict=False):
             hops.setdefault((a, b), []).append((tb - ta) * 1000)
@@ -145,6 +151,7 @@ def main() -> None:
         v.sort()
         label = LABELS.get(key, "total (client side)")
         print(f"{label:48} {statistics.median(v):>7.3f} {statistics.mean(v):>7.3f} {v[int(len(v) * 0.9)]:>7.3f}")
+    print(f"ReportOutcome sent before the reply was written: {report_first} of {len(totals)} calls")
 
 
 if __name__ == "__main__":
