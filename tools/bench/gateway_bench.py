@@ -14,7 +14,8 @@ the upstream's CPU is shown apart (it is the same work in both modes), and so is
 process: the mcp SDK's client side of a call). Together, upstream + client CPU in the direct mode is
 what the mcp SDK costs for one tools/call exchange at both ends — the gateway is both ends, so that
 sum (plus gRPC to decider) is its floor.
-Then decider's server CPU per Decide (on the stream) and per ReportOutcome, measured apart.
+Then decider's server CPU per Decide (on the stream) and per ReportOutcome, measured apart, and the
+CPU the gateway's own gRPC client (DeciderLink, in this process) spends on each.
 Prints a table; writes tools/bench/results/gateway.json.
 """
 
@@ -172,15 +173,17 @@ async def breakdown(target: str, decider_pid: int, n: int) -> dict[str, float]:
 
     for i in range(20):
         await link.report((await link.decide(req(i))).decision_id, "ok")
-    c0, t0 = cpu_s(decider_pid), time.perf_counter()
+    c0, p0, t0 = cpu_s(decider_pid), time.process_time(), time.perf_counter()
     ids = [(await link.decide(req(i))).decision_id for i in range(n)]
-    c1, t1 = cpu_s(decider_pid), time.perf_counter()
+    c1, p1, t1 = cpu_s(decider_pid), time.process_time(), time.perf_counter()
     for d in ids:
         await link.report(d, "ok")
-    c2, t2 = cpu_s(decider_pid), time.perf_counter()
+    c2, p2, t2 = cpu_s(decider_pid), time.process_time(), time.perf_counter()
     await link.close()
     return {"decide_stream_cpu_ms": (c1 - c0) * 1000 / n, "decide_stream_latency_ms": (t1 - t0) * 1000 / n,
-            "report_outcome_cpu_ms": (c2 - c1) * 1000 / n, "report_outcome_latency_ms": (t2 - t1) * 1000 / n}
+            "decide_stream_link_cpu_ms": (p1 - p0) * 1000 / n,
+            "report_outcome_cpu_ms": (c2 - c1) * 1000 / n, "report_outcome_latency_ms": (t2 - t1) * 1000 / n,
+            "report_outcome_link_cpu_ms": (p2 - p1) * 1000 / n}
 
 
 def main() -> None:
@@ -188,6 +191,7 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=400, help="measured calls per cell")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
     args = ap.parse_args()
+    load = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="gateway-bench-") as t:
         tmp = Path(t)
         decider, target = start_decider(tmp)
@@ -222,11 +226,14 @@ def main() -> None:
     print(f"decider server CPU per RPC (one at a time): Decide on the stream {parts['decide_stream_cpu_ms']:.2f} ms "
           f"({parts['decide_stream_latency_ms']:.2f} ms round trip), ReportOutcome {parts['report_outcome_cpu_ms']:.2f} ms "
           f"({parts['report_outcome_latency_ms']:.2f} ms round trip)")
+    print(f"the gateway's gRPC client (DeciderLink) CPU per RPC: Decide {parts['decide_stream_link_cpu_ms']:.2f} ms, "
+          f"ReportOutcome {parts['report_outcome_link_cpu_ms']:.2f} ms")
+    print(f"load average {load[0]:.2f} before, {os.getloadavg()[0]:.2f} after (other jobs on this machine)")
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "gateway.json"
     out.write_text(json.dumps({"machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
                                            "platform": platform.platform()},
-                               "args": vars(args), "rows": rows, "summary": summary,
+                               "load_average": [load[0], os.getloadavg()[0]], "args": vars(args), "rows": rows, "summary": summary,
                                "decider_rpc_breakdown": parts}, indent=2))
     print(f"wrote {out.relative_to(ROOT)}")
 
