@@ -237,6 +237,9 @@ FAST_SCHEMAS: list[dict[str, Any]] = [
                                       "o": {"type": "object", "properties": {"k": {"type": "boolean"}},
                                             "additionalProperties": {"type": "number"}}}},
     {"type": "object", "properties": {"b": {"type": ["boolean", "null"]}, "t": {"title": "T", "default": 3}}},
+    {"type": "object", "properties": {"flag": {"type": "boolean"}, "name": {"type": "string", "title": "N"},
+                                      "any": {}, "nil": {"type": "null"}},
+     "required": ["name"], "additionalProperties": False},
 ]
 FAST_VALUES: list[dict[str, Any]] = [
     {}, {"amount": 5}, {"amount": -1}, {"amount": "5"}, {"amount": True}, {"amount": 5, "order": 7},
@@ -244,6 +247,9 @@ FAST_VALUES: list[dict[str, Any]] = [
     {"s": "x"}, {"s": "xyz"}, {"s": "xyzw"}, {"x": None}, {"x": "s"}, {"x": 1}, {"files": []},
     {"files": ["a"]}, {"files": ["a", 2]}, {"o": {"k": True, "z": 1}}, {"o": {"k": 1}}, {"o": {"z": "s"}},
     {"b": None}, {"b": False}, {"b": "no"}, {"t": [1, {"a": None}]},
+    {"order": None}, {"s": None}, {"name": "x"}, {"name": None}, {"name": "x", "flag": True},
+    {"name": "x", "flag": "yes"}, {"name": "x", "flag": None}, {"name": "x", "any": [1]}, {"name": "x", "nil": None},
+    {"name": "x", "nil": 0},
 ]
 
 

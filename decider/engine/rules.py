@@ -147,7 +147,9 @@ def _evaluate_request(bundle: Bundle, request: pb.DecideRequest, state: State, t
 
     # Before any policy runs: who is asking (manifest), then what the call carries (schema).
     if denial is None and bundle.schemas:
-        denial = check_arguments(bundle, tool, tool_name)
+        schema = bundle.schema(tool_name)
+        if schema is not None:
+            denial = check_arguments(schema, tool, tool_name)
     if denial is not None:
         return Decision(pb.DENY, (denial,), (), denial.rule_id, tier,
                         eval_us=(time.perf_counter_ns() - started) // 1000, agent=merged)
