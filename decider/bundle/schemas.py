@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import jsonschema
+from google.protobuf import struct_pb2
 from jsonschema.exceptions import SchemaError, ValidationError, best_match
 
 from decider.policy.models import ToolInfo
@@ -425,12 +426,12 @@ def struct_check(schema: Any) -> Callable[[Any], bool] | None:
         for k in fields:
             one = single.get(k)
             if one is not None:
-                if not fields[k].HasField(one):
+                if not _has_field(fields[k], one):
                     return False
                 continue
             kinds = kinds_of.get(k)
             if kinds is not None:
-                if (fields[k].WhichOneof("kind") or "null_value") not in kinds:
+                if (_which_oneof(fields[k], "kind") or "null_value") not in kinds:
                     return False
                 continue
             c = checks.get(k)
@@ -444,6 +445,9 @@ def struct_check(schema: Any) -> Callable[[Any], bool] | None:
 
 
 _ANY_KIND = frozenset(_KIND.values())
+# Unbound: `value.HasField(…)` on a upb message builds a bound method on every call.
+_has_field = struct_pb2.Value.HasField
+_which_oneof = struct_pb2.Value.WhichOneof
 
 
 def _kinds_only(sub: Any) -> frozenset[str] | None:
