@@ -4,8 +4,8 @@ declares is a build error at its line:col; arguments violating the schema are DE
 
 from __future__ import annotations
 
-import asyncio
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -136,26 +136,8 @@ def test_a_schema_that_is_not_json_schema_is_a_load_error(tmp_path: Path) -> Non
 
 
 # ---- a real MCP server's tools/list as the catalogue ------------------------------------------------
-
-async def _list_tools(repo: Path) -> list[dict[str, Any]]:
-    from mcp import ClientSession, StdioServerParameters
-    from mcp.client.stdio import stdio_client
-
-    params = StdioServerParameters(command=sys.executable, args=["-m", "mcp_server_git", "--repository", str(repo)])
-    async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
-        await session.initialize()
-        listed = await session.list_tools()
-    out = []
-    for t in listed.tools:
-        schema = getattr(t, "input_schema", None) or getattr(t, "inputSchema", None)
-        out.append({"name": t.name, "inputSchema": schema})
-    return out
-
-
-def catalogue_from_mcp(tools: list[dict[str, Any]]) -> dict[str, Any]:
-    """What `decider tools import` (gateway branch) writes: one catalogue entry per MCP tool."""
-    return {t["name"]: {"args": t["inputSchema"]} for t in tools}
-
+# Through the product's own CLI: `decider tools import --command …` against mcp-server-git (PyPI,
+# installed into the venv by the dev extras), its stdout parsed as catalogue entries.
 
 GIT_POLICY = """\
 apiVersion: decider/v1
@@ -175,39 +157,71 @@ spec:
 
 
 @pytest.fixture(scope="module")
-def git_tools(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+def git_catalogue(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """`spec.tools` entries as `decider tools import` prints them for a real mcp-server-git."""
     repo = tmp_path_factory.mktemp("repo")
     subprocess.run(["git", "init", "-q", str(repo)], check=True, timeout=30)
-    return asyncio.run(asyncio.wait_for(_list_tools(repo), 60))
+    server = f"{shlex.quote(sys.executable)} -m mcp_server_git --repository {shlex.quote(str(repo))}"
+    out = subprocess.run([sys.executable, "-m", "decider", "tools", "import", "--command", server],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("# ") and "tool(s) from mcp-git" in out.stdout.splitlines()[0]
+    doc = yaml.safe_load(out.stdout)
+    assert list(doc) == ["tools"]   # exactly what goes under spec.tools in bundle.yaml
+    return doc["tools"]
 
 
-def test_mcp_server_git_tools_list_loads_as_catalogue_and_type_checks_policies(
-        tmp_path: Path, git_tools: list[dict[str, Any]]) -> None:
-    names = {t["name"] for t in git_tools}
-    assert {"git_status", "git_add", "git_checkout", "git_commit"} <= names
+def _git_bundle(where: Path, catalogue: dict[str, Any], policy: str) -> Path:
+    where.mkdir()
     doc = {"apiVersion": "decider/v1", "kind": "Bundle", "metadata": {"name": "git"},
-           "spec": {"default": "deny", "tools": catalogue_from_mcp(git_tools)}}
-    (tmp_path / "bundle.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
-    (tmp_path / "git.yaml").write_text(GIT_POLICY)
-    b = load_bundle(tmp_path)
+           "spec": {"default": "deny", "tools": catalogue}}
+    (where / "bundle.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    (where / "git.yaml").write_text(policy)
+    return where
+
+
+def test_mcp_server_git_import_loads_as_catalogue_and_type_checks_policies(
+        tmp_path: Path, git_catalogue: dict[str, Any]) -> None:
+    names = set(git_catalogue)
+    assert {"git_status", "git_add", "git_checkout", "git_commit", "git_reset"} <= names
+    b = load_bundle(_git_bundle(tmp_path / "ok", git_catalogue, GIT_POLICY))
+    # Every imported entry is a catalogue entry: its schema and its risk tier are the bundle's.
     assert set(b.schemas) == names
+    assert all("repo_path" in (b.schemas[n].declared or ()) for n in names)
+    assert (b.risk_tier("git_status"), b.risk_tier("git_commit"), b.risk_tier("git_reset")) == (0, 2, 3)
 
     def ask_git(tool: str, args: dict[str, Any]) -> Any:
         return decide(b, build_request(agent={"id": "coder"}, tool=tool, args=args))
 
     assert ask_git("git_status", {"repo_path": "/workspace/app"}).outcome == pb.ALLOW
+    assert ask_git("git_status", {"repo_path": "/etc"}).outcome == pb.DENY   # bundle default
     assert ask_git("git_checkout", {"repo_path": "/workspace/app", "branch_name": "main"}).outcome == pb.DENY
     d = ask_git("git_add", {"repo_path": "/workspace/app", "files": []})
     assert (d.deciding_rule, d.reasons[0].text.split(": ", 1)[1]) == ("invalid_arguments", "$.files: [] should be non-empty")
     d = ask_git("git_diff", {"repo_path": "/workspace/app", "target": "HEAD", "context_lines": "three"})
     assert d.deciding_rule == "invalid_arguments" and "$.context_lines" in d.reasons[0].text
 
-    (tmp_path / "git.yaml").write_text(GIT_POLICY.replace("tool.args.branch_name", "tool.args.branch_nme"))
+
+@pytest.mark.parametrize(("typo", "where", "hint"), [
+    ("tool.args.repo_pth", (10, 35), "did you mean 'repo_path'?"),
+    ("tool.args.branch_nme", (13, 54), "did you mean 'branch_name'?"),
+])
+def test_a_typo_in_an_argument_of_an_imported_mcp_tool_fails_the_build_at_its_line_and_column(
+        tmp_path: Path, git_catalogue: dict[str, Any], typo: str, where: tuple[int, int], hint: str) -> None:
+    real = typo.replace("_pth", "_path").replace("_nme", "_name")
+    assert real in GIT_POLICY
+    bundle = _git_bundle(tmp_path / "typo", git_catalogue, GIT_POLICY.replace(real, typo))
     with pytest.raises(PolicyLoadError) as err:
-        load_bundle(tmp_path)
+        load_bundle(bundle)
     (e,) = err.value.errors
-    assert (e.line, e.column) == (13, 54) and "did you mean 'branch_name'?" in e.message
-    assert json.dumps(git_tools)  # the listing itself is plain JSON, as `tools import` would write
+    assert (Path(e.file).name, e.line, e.column) == ("git.yaml", *where)
+    assert typo.rsplit(".", 1)[1] in e.message and hint in e.message
+    assert str(e).startswith(f"{e.file}:{where[0]}:{where[1]}: ")
+    # and `decider check` reports it the same way, file:line:col first
+    out = subprocess.run([sys.executable, "-m", "decider", "check", str(bundle)], capture_output=True, text=True,
+                         timeout=120, cwd=ROOT)
+    assert out.returncode != 0
+    assert f"git.yaml:{where[0]}:{where[1]}:" in out.stdout + out.stderr
 
 
 # ---- the fast paths agree with jsonschema ----------------------------------------------------------
@@ -223,6 +237,9 @@ FAST_SCHEMAS: list[dict[str, Any]] = [
                                       "o": {"type": "object", "properties": {"k": {"type": "boolean"}},
                                             "additionalProperties": {"type": "number"}}}},
     {"type": "object", "properties": {"b": {"type": ["boolean", "null"]}, "t": {"title": "T", "default": 3}}},
+    {"type": "object", "properties": {"flag": {"type": "boolean"}, "name": {"type": "string", "title": "N"},
+                                      "any": {}, "nil": {"type": "null"}},
+     "required": ["name"], "additionalProperties": False},
 ]
 FAST_VALUES: list[dict[str, Any]] = [
     {}, {"amount": 5}, {"amount": -1}, {"amount": "5"}, {"amount": True}, {"amount": 5, "order": 7},
@@ -230,6 +247,9 @@ FAST_VALUES: list[dict[str, Any]] = [
     {"s": "x"}, {"s": "xyz"}, {"s": "xyzw"}, {"x": None}, {"x": "s"}, {"x": 1}, {"files": []},
     {"files": ["a"]}, {"files": ["a", 2]}, {"o": {"k": True, "z": 1}}, {"o": {"k": 1}}, {"o": {"z": "s"}},
     {"b": None}, {"b": False}, {"b": "no"}, {"t": [1, {"a": None}]},
+    {"order": None}, {"s": None}, {"name": "x"}, {"name": None}, {"name": "x", "flag": True},
+    {"name": "x", "flag": "yes"}, {"name": "x", "flag": None}, {"name": "x", "any": [1]}, {"name": "x", "nil": None},
+    {"name": "x", "nil": 0},
 ]
 
 

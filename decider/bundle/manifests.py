@@ -73,8 +73,10 @@ class AgentIndex:
     unregistered: str                      # deny | allow
     manifests: tuple[Manifest, ...]
     # Memo of the identity check by the request agent's wire bytes (engine/identity.py): a
-    # gateway sends the same few identities again and again. Same bytes, same agent, same answer.
-    checked: dict[bytes, tuple[Manifest | None, dict[str, object], str]] = field(default_factory=dict)
+    # gateway sends the same few identities again and again. Same bytes, same agent, same answer:
+    # (manifest, fields to fill, contradiction, the manifest's allows() memo when both are empty).
+    checked: dict[bytes, tuple[Manifest | None, dict[str, object], str, dict[object, bool] | None]] = \
+        field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(self.manifests)

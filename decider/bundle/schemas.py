@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import jsonschema
+from google.protobuf import struct_pb2
 from jsonschema.exceptions import SchemaError, ValidationError, best_match
 
 from decider.policy.models import ToolInfo
@@ -404,27 +405,64 @@ def struct_check(schema: Any) -> Callable[[Any], bool] | None:
     props = schema.get("properties") or {}
     if not isinstance(props, dict):
         return None
-    checks = {name: _value_check(sub) for name, sub in props.items()}
+    # Properties that only constrain the value's kind (the usual `{"type": "string"}`) are checked
+    # inline in the loop below; the others through their ValueCheck.
+    kinds_of = {name: k for name, sub in props.items() if (k := _kinds_only(sub)) is not None}
+    # One kind (not null: an unset Value reads as null): `HasField` is cheaper than `WhichOneof`.
+    single = {name: next(iter(k)) for name, k in kinds_of.items() if len(k) == 1 and "null_value" not in k}
+    checks = {name: _value_check(sub) for name, sub in props.items() if name not in kinds_of}
     if any(c is None for c in checks.values()):
         return None
     required = tuple(schema.get("required") or ())
     closed = extra is False
 
-    # Walk the arguments present (usually one or two), not every property the schema declares.
+    # Walk the arguments present (usually one or two), not every property the schema declares; by
+    # key, then `fields[k]`: a protobuf map's `items()` costs several times a key loop.
     def check(args: Any) -> bool:
         fields = args.fields
         for name in required:
             if name not in fields:
                 return False
-        for k, v in fields.items():
+        for k in fields:
+            one = single.get(k)
+            if one is not None:
+                if not _has_field(fields[k], one):
+                    return False
+                continue
+            kinds = kinds_of.get(k)
+            if kinds is not None:
+                if (_which_oneof(fields[k], "kind") or "null_value") not in kinds:
+                    return False
+                continue
             c = checks.get(k)
             if c is None:
                 if closed:
                     return False
-            elif not c(v):
+            elif not c(fields[k]):
                 return False
         return True
     return check
+
+
+_ANY_KIND = frozenset(_KIND.values())
+# Unbound: `value.HasField(…)` on a upb message builds a bound method on every call.
+_has_field = struct_pb2.Value.HasField
+_which_oneof = struct_pb2.Value.WhichOneof
+
+
+def _kinds_only(sub: Any) -> frozenset[str] | None:
+    """The Value kinds a property schema admits when that is all it checks (`{"type": "string"}`,
+    `{}`), else None. Numbers are never only a kind: NaN, infinities and `integer` need a look."""
+    if sub is True or sub == {}:
+        return _ANY_KIND
+    if not isinstance(sub, dict) or not set(sub) <= _ANNOTATIONS | {"type"}:
+        return None
+    names = sub.get("type")
+    names = [names] if isinstance(names, str) else names
+    if not names or not isinstance(names, list) or not all(isinstance(n, str) and n in _KIND for n in names):
+        return None
+    kinds = frozenset(_KIND[n] for n in names)
+    return None if "number_value" in kinds else kinds
 
 
 __all__ += ["struct_check"]

@@ -7,8 +7,8 @@ type 'number'`) so the agent can correct the call. The validator was built at bu
 
 from __future__ import annotations
 
-from decider.bundle.compile import Bundle, Reason
-from decider.bundle.schemas import violation
+from decider.bundle.compile import Reason
+from decider.bundle.schemas import ToolSchema, violation
 from decider.record.canonical import struct_to_dict
 from decider.v1 import decider_pb2 as pb
 
@@ -17,12 +17,11 @@ __all__ = ["INVALID_ARGUMENTS", "check_arguments"]
 INVALID_ARGUMENTS = "invalid_arguments"
 
 
-def check_arguments(bundle: Bundle, tool: pb.ToolCall, tool_name: str) -> Reason | None:
-    """None when the call's arguments fit its tool's schema (or the tool has none)."""
-    schema = bundle.schema(tool_name)
-    if schema is None:
-        return None
-    if schema.on_struct is not None and schema.on_struct(tool.args):
+def check_arguments(schema: ToolSchema, tool: pb.ToolCall, tool_name: str) -> Reason | None:
+    """None when the call's arguments fit its tool's schema (`bundle.schema(tool_name)`, looked up
+    by the caller so a tool without one costs no call)."""
+    on_struct = schema.on_struct
+    if on_struct is not None and on_struct(tool.args):
         return None   # valid, read straight off the Struct (no conversion)
     args = struct_to_dict(tool.args)
     if schema.is_valid(args):

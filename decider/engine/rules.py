@@ -124,12 +124,14 @@ def _evaluate_request(bundle: Bundle, request: pb.DecideRequest, state: State, t
     tool = request.tool
     # Identity first (SPEC §9): the manifest fills and checks the agent before anything reads it.
     tool_name = tool.name
+    agent = request.agent
     if bundle.agents.manifests:
-        resolved = resolve(bundle, request.agent, tool, tool_name)
+        resolved = resolve(bundle, agent, tool, tool_name)
         merged, denial = resolved.agent, resolved.denial
+        if merged is not None:
+            agent = merged
     else:
         merged, denial = None, None
-    agent = merged or request.agent
 
     for ks in state.kill_switches:
         if ks.hits(agent, tool):
@@ -147,7 +149,9 @@ def _evaluate_request(bundle: Bundle, request: pb.DecideRequest, state: State, t
 
     # Before any policy runs: who is asking (manifest), then what the call carries (schema).
     if denial is None and bundle.schemas:
-        denial = check_arguments(bundle, tool, tool_name)
+        schema = bundle.schema(tool_name)
+        if schema is not None:
+            denial = check_arguments(schema, tool, tool_name)
     if denial is not None:
         return Decision(pb.DENY, (denial,), (), denial.rule_id, tier,
                         eval_us=(time.perf_counter_ns() - started) // 1000, agent=merged)
