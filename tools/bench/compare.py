@@ -272,6 +272,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="also drive decider over DecideStream (reported as its own row, 'decider-stream'; the "
         "headline comparison stays unary Decide vs Cerbos CheckResources)",
     )
+    parser.add_argument(
+        "--batch",
+        action="store_true",
+        help="also drive decider over DecideBatchStream through decider.batching.BatchingDecider, one "
+        "coalescing client shared by every caller ('decider-batch' row)",
+    )
     parser.add_argument("--keep-logs", action="store_true", help="keep the temp dir with server logs")
     load.add_load_arguments(parser)
     args = parser.parse_args(argv)
@@ -370,6 +376,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 targets.append((target, server.pid))
                 if server.name == "decider" and args.stream:
                     targets.append((load.DeciderStreamTarget(server.address), server.pid))
+                if server.name == "decider" and args.batch:
+                    targets.append((load.DeciderBatchTarget(server.address), server.pid))
             results = asyncio.run(
                 load.run_matrix(
                     targets,
@@ -389,6 +397,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if rows:
             print()
             print(format_ratios(rows))
+        batch_rows = ratios(summaries, "decider-batch")
+        if batch_rows:
+            print()
+            print(format_ratios(batch_rows, "decider-batch (DecideBatchStream, one coalescing client) / Cerbos (unary)"))
+        meta["ratios_decider_batch_over_cerbos"] = batch_rows
         stream_rows = ratios(summaries, "decider-stream")
         if stream_rows:
             print()
