@@ -78,6 +78,8 @@ class BatchingDecider:
         self._sender: asyncio.Task[None] | None = None
         self._reader: asyncio.Task[None] | None = None
         self._closed = False
+        self.batches_sent = 0   # messages written
+        self.calls_sent = 0     # calls in them
 
     async def __aenter__(self) -> BatchingDecider:
         return self
@@ -116,6 +118,8 @@ class BatchingDecider:
                     batch, self._buffer = self._buffer[:self._max_batch], self._buffer[self._max_batch:]
                     self._sent.append([f for _, f in batch])
                     await call.write(_frame([b for b, _ in batch]))
+                    self.batches_sent += 1
+                    self.calls_sent += len(batch)
         except Exception as exc:  # noqa: BLE001 - the stream broke: fail what waits, reopen on next call
             self._fail(exc)
 

@@ -609,14 +609,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--decider-pid", type=int)
     parser.add_argument("--stream", action="store_true", help="also drive decider over DecideStream")
     parser.add_argument("--stream-only", action="store_true", help="drive decider over DecideStream only")
+    parser.add_argument("--batch-only", action="store_true",
+                        help="drive decider over DecideBatchStream (one coalescing client) only")
     add_load_arguments(parser)
     args = parser.parse_args(argv)
     targets: list[tuple[Target, int]] = []
     if args.decider:
-        if not args.stream_only:
-            targets.append((DeciderTarget(args.decider), args.decider_pid))
-        if args.stream or args.stream_only:
-            targets.append((DeciderStreamTarget(args.decider), args.decider_pid))
+        if args.batch_only:
+            targets.append((DeciderBatchTarget(args.decider), args.decider_pid))
+        else:
+            if not args.stream_only:
+                targets.append((DeciderTarget(args.decider), args.decider_pid))
+            if args.stream or args.stream_only:
+                targets.append((DeciderStreamTarget(args.decider), args.decider_pid))
     if args.cerbos:
         targets.append((CerbosTarget(args.cerbos), args.cerbos_pid))
     if not targets or any(pid is None for _, pid in targets):
