@@ -283,7 +283,10 @@ class DeciderBatchTarget(DeciderTarget):
 
     async def open(self) -> None:
         await super().open()
-        self._client = self._cls(self._channel, timeout=RPC_TIMEOUT_S)
+        # The batches on the wire at once: a knob for measuring (default: the client's own).
+        in_flight = int(os.environ.get("DECIDER_BENCH_BATCHES_IN_FLIGHT", "0"))
+        extra = {"max_in_flight": in_flight} if in_flight else {}
+        self._client = self._cls(self._channel, timeout=RPC_TIMEOUT_S, **extra)
 
     async def decide(self, item: Item) -> str:
         request = self._requests.get(item.index)
