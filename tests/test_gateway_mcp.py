@@ -233,7 +233,10 @@ def test_resources_prompts_and_progress_pass_through(setup: Setup) -> None:
             got = await gw.get_prompt("crashy__greet", {"who": "Ana"})
             assert got.messages[0].content.text == "Hello Ana"
             steps = await gw.call_tool("crashy__steps", {}, progress_callback=on_progress)
-            assert not steps.is_error
+            assert not steps.is_error and "progress token: True" in text_of(steps)
+            # a client that did not ask for progress: the upstream is not asked either
+            quiet = await gw.call_tool("crashy__steps", {})
+            assert not quiet.is_error and "progress token: False" in text_of(quiet)
 
     anyio.run(run)
     assert [(p, t) for p, t, _ in progress] == [(1, 3), (2, 3), (3, 3)]   # relayed from the upstream

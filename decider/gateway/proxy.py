@@ -24,6 +24,7 @@ import mcp_types as types
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
 from mcp.shared.exceptions import MCPError
+from mcp.shared.jsonrpc_dispatcher import progress_token_from_params
 
 from decider.client import build_request
 from decider.gateway import naming
@@ -146,11 +147,14 @@ class Gateway:
         async def progress(p: float, total: float | None, message: str | None) -> None:
             await ctx.session.report_progress(p, total, message)
 
+        # Upstream progress is relayed only when the client asked for progress (its request carries a
+        # progressToken): otherwise nobody would read it, and the token makes the upstream track it.
+        relay = progress if progress_token_from_params(ctx.params) is not None else None
         try:
             # send_request rather than call_tool: a pass-through does not validate the upstream's
             # structured output against its outputSchema (the end client does; it cost ~1 ms here).
             request = types.CallToolRequest(params=types.CallToolRequestParams(name=tool, arguments=args))
-            result = await up.call(lambda s: s.send_request(request, types.CallToolResult, progress_callback=progress))
+            result = await up.call(lambda s: s.send_request(request, types.CallToolResult, progress_callback=relay))
         except UpstreamUnavailable as e:
             self.link.report_later(decision_id, "error")
             return _error(f"{e}. Decision {decision_id} allowed the call; its outcome is recorded as error.", ids)

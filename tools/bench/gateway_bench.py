@@ -10,8 +10,12 @@ gateway: client ⇄ stdio ⇄ decider gateway mcp ⇄ stdio ⇄ mcp-server-time,
 C concurrent calls are C callers sharing one client session (stdio carries one session per process).
 Latency is client side per call. Server CPU-ms per call = utime+stime of the gateway process and of
 the decider server process (from /proc/<pid>/stat, 10 ms ticks) over the measured calls / calls;
-the upstream's CPU is shown apart (it is the same work in both modes).
-Then decider's server CPU per Decide (on the stream) and per ReportOutcome, measured apart.
+the upstream's CPU is shown apart (it is the same work in both modes), and so is the client's (this
+process: the mcp SDK's client side of a call). Together, upstream + client CPU in the direct mode is
+what the mcp SDK costs for one tools/call exchange at both ends — the gateway is both ends, so that
+sum (plus gRPC to decider) is its floor.
+Then decider's server CPU per Decide (on the stream) and per ReportOutcome, measured apart, and the
+CPU the gateway's own gRPC client (DeciderLink, in this process) spends on each.
 Prints a table; writes tools/bench/results/gateway.json.
 """
 
@@ -134,13 +138,15 @@ async def measure(mode: str, cfg: Path, conc: int, calls: int, decider_pid: int)
                 if r.is_error:
                     raise SystemExit(f"{mode}: call failed: {r}")
 
-        cpu0 = {"gw": cpu_s(top), "decider": cpu_s(decider_pid), "up": cpu_s(up) if up else 0.0}
+        cpu0 = {"gw": cpu_s(top), "decider": cpu_s(decider_pid), "up": cpu_s(up) if up else 0.0,
+                "client": time.process_time()}
         t0 = time.perf_counter()
         async with anyio.create_task_group() as tg:
             for _ in range(conc):
                 tg.start_soon(caller)
         wall = time.perf_counter() - t0
-        cpu1 = {"gw": cpu_s(top), "decider": cpu_s(decider_pid), "up": cpu_s(up) if up else 0.0}
+        cpu1 = {"gw": cpu_s(top), "decider": cpu_s(decider_pid), "up": cpu_s(up) if up else 0.0,
+                "client": time.process_time()}
     n = len(lat)
     lat.sort()
     gw_cpu = (cpu1["gw"] - cpu0["gw"]) if mode == "gateway" else 0.0
@@ -148,7 +154,8 @@ async def measure(mode: str, cfg: Path, conc: int, calls: int, decider_pid: int)
     return {"mode": mode, "concurrency": conc, "calls": n, "calls_per_s": n / wall,
             "p50_ms": statistics.median(lat) * 1000, "p99_ms": lat[min(n - 1, int(n * 0.99))] * 1000,
             "gateway_cpu_ms_per_call": gw_cpu * 1000 / n, "decider_cpu_ms_per_call": dec_cpu * 1000 / n,
-            "upstream_cpu_ms_per_call": (cpu1["up"] - cpu0["up"]) * 1000 / n}
+            "upstream_cpu_ms_per_call": (cpu1["up"] - cpu0["up"]) * 1000 / n,
+            "client_cpu_ms_per_call": (cpu1["client"] - cpu0["client"]) * 1000 / n}
 
 
 async def breakdown(target: str, decider_pid: int, n: int) -> dict[str, float]:
@@ -166,15 +173,17 @@ async def breakdown(target: str, decider_pid: int, n: int) -> dict[str, float]:
 
     for i in range(20):
         await link.report((await link.decide(req(i))).decision_id, "ok")
-    c0, t0 = cpu_s(decider_pid), time.perf_counter()
+    c0, p0, t0 = cpu_s(decider_pid), time.process_time(), time.perf_counter()
     ids = [(await link.decide(req(i))).decision_id for i in range(n)]
-    c1, t1 = cpu_s(decider_pid), time.perf_counter()
+    c1, p1, t1 = cpu_s(decider_pid), time.process_time(), time.perf_counter()
     for d in ids:
         await link.report(d, "ok")
-    c2, t2 = cpu_s(decider_pid), time.perf_counter()
+    c2, p2, t2 = cpu_s(decider_pid), time.process_time(), time.perf_counter()
     await link.close()
     return {"decide_stream_cpu_ms": (c1 - c0) * 1000 / n, "decide_stream_latency_ms": (t1 - t0) * 1000 / n,
-            "report_outcome_cpu_ms": (c2 - c1) * 1000 / n, "report_outcome_latency_ms": (t2 - t1) * 1000 / n}
+            "decide_stream_link_cpu_ms": (p1 - p0) * 1000 / n,
+            "report_outcome_cpu_ms": (c2 - c1) * 1000 / n, "report_outcome_latency_ms": (t2 - t1) * 1000 / n,
+            "report_outcome_link_cpu_ms": (p2 - p1) * 1000 / n}
 
 
 def main() -> None:
@@ -182,6 +191,7 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=400, help="measured calls per cell")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
     args = ap.parse_args()
+    load = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="gateway-bench-") as t:
         tmp = Path(t)
         decider, target = start_decider(tmp)
@@ -199,11 +209,11 @@ def main() -> None:
             decider.terminate()
             decider.wait(20)
     print(f"{'mode':8} {'C':>3} {'calls':>6} {'calls/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
-          f"{'gw CPU-ms':>9} {'decider CPU-ms':>14} {'upstream CPU-ms':>15}")
+          f"{'gw CPU-ms':>9} {'decider CPU-ms':>14} {'upstream CPU-ms':>15} {'client CPU-ms':>13}")
     for r in rows:
         print(f"{r['mode']:8} {r['concurrency']:>3} {r['calls']:>6} {r['calls_per_s']:>8.0f} {r['p50_ms']:>7.2f} "
               f"{r['p99_ms']:>7.2f} {r['gateway_cpu_ms_per_call']:>9.2f} {r['decider_cpu_ms_per_call']:>14.2f} "
-              f"{r['upstream_cpu_ms_per_call']:>15.2f}")
+              f"{r['upstream_cpu_ms_per_call']:>15.2f} {r['client_cpu_ms_per_call']:>13.2f}")
     summary = []
     for conc in args.concurrency:
         d = next(r for r in rows if r["mode"] == "direct" and r["concurrency"] == conc)
@@ -216,11 +226,14 @@ def main() -> None:
     print(f"decider server CPU per RPC (one at a time): Decide on the stream {parts['decide_stream_cpu_ms']:.2f} ms "
           f"({parts['decide_stream_latency_ms']:.2f} ms round trip), ReportOutcome {parts['report_outcome_cpu_ms']:.2f} ms "
           f"({parts['report_outcome_latency_ms']:.2f} ms round trip)")
+    print(f"the gateway's gRPC client (DeciderLink) CPU per RPC: Decide {parts['decide_stream_link_cpu_ms']:.2f} ms, "
+          f"ReportOutcome {parts['report_outcome_link_cpu_ms']:.2f} ms")
+    print(f"load average {load[0]:.2f} before, {os.getloadavg()[0]:.2f} after (other jobs on this machine)")
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "gateway.json"
     out.write_text(json.dumps({"machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
                                            "platform": platform.platform()},
-                               "args": vars(args), "rows": rows, "summary": summary,
+                               "load_average": [load[0], os.getloadavg()[0]], "args": vars(args), "rows": rows, "summary": summary,
                                "decider_rpc_breakdown": parts}, indent=2))
     print(f"wrote {out.relative_to(ROOT)}")
 
