@@ -34,12 +34,14 @@ _METHOD = "/decider.v1.Decider/DecideBatchStream"
 
 class DecisionError(Exception):
     """The call got no decision: `code` is a grpc.StatusCode (from the reply's `error`, or the
-    stream's status when the stream broke)."""
+    stream's status when the stream broke). `refused`: decider answered this call with an error
+    (e.g. INVALID_ARGUMENT naming the field), rather than being unreachable."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str, refused: bool = False) -> None:
         super().__init__(f"{code.name}: {message}")
         self.code = code
         self.message = message
+        self.refused = refused
 
 
 _CODES = {c.value[0]: c for c in grpc.StatusCode}
@@ -137,7 +139,7 @@ class BatchingDecider:
                         continue
                     if resp.HasField("error"):
                         code = _CODES.get(resp.error.code, grpc.StatusCode.UNKNOWN)
-                        future.set_exception(DecisionError(code, resp.error.message))
+                        future.set_exception(DecisionError(code, resp.error.message, refused=True))
                     else:
                         future.set_result(resp)
                 for future in futures[len(responses):]:
