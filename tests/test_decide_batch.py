@@ -151,3 +151,25 @@ def test_batches_need_the_enforcer_role(authed: ServerProcess) -> None:
     with pytest.raises(grpc.RpcError) as err:
         _batches(authed.target, [_batch(req)], token="ana-token")   # an approver, not an enforcer
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_identical_approval_calls_in_one_batch_share_one_pending_decision(authed: ServerProcess) -> None:
+    # The first opens the approval and holds its call's lock until its record is written; the
+    # second, later in the same batch, must find that record (and not wait on the lock forever).
+    refund = {"id": "refund-bot", "team": "finance", "owner": "user:olga", "model": "gpt-5"}
+    a = build_request(agent=refund, tool="payments.refund", args={"amount": 5, "order": "b-1"}, request_id="a1")
+    b = build_request(agent=refund, tool="payments.refund", args={"amount": 5, "order": "b-1"}, request_id="a2")
+    work = build_request(agent={"id": "w"}, tool="work.do", request_id="w1")
+    (reply,) = _batches(authed.target, [_batch(a, work, b)], token="gw-token")
+    first, allowed, second = reply.responses
+    assert first.outcome == second.outcome == pb.REQUIRE_APPROVAL and allowed.outcome == pb.ALLOW
+    assert second.decision_id == first.decision_id and second.request_id == "a2"
+
+
+def test_budgets_are_charged_call_by_call_within_a_batch(authed: ServerProcess) -> None:
+    # Agent budget 100 in total: four calls of 30 in one batch, the fourth does not fit.
+    agent = {"id": "batch-spender", "team": "ops"}
+    reqs = [build_request(agent=agent, tool="work.do", estimated_cost=30.0, request_id=f"c{i}") for i in range(4)]
+    (reply,) = _batches(authed.target, [_batch(*reqs)], token="gw-token")
+    assert [r.outcome for r in reply.responses] == [pb.ALLOW, pb.ALLOW, pb.ALLOW, pb.DENY]
+    assert reply.responses[3].reasons[0].rule_id == "budget_exceeded"
