@@ -51,7 +51,7 @@ $(BENCH_STAMP): $(STAMP) tools/bench/requirements.txt
 ## decider vs Cerbos 0.55 (installed from npm), unary and DecideStream, then the micro-benchmarks.
 ## Bounded: about 5 minutes (docs/performance.md). Tables on stdout, JSON in tools/bench/results/.
 bench: $(BENCH_STAMP)
-	$(BIN)/python tools/bench/compare.py --stream
+	$(BIN)/python tools/bench/compare.py --stream --batch --floor
 	$(BIN)/python tools/bench/eval_bench.py
 	$(BIN)/python tools/bench/writer_bench.py
 	$(BIN)/python tools/bench/pipeline_bench.py

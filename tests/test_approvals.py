@@ -54,6 +54,21 @@ def test_identical_call_while_pending_returns_same_decision(srv: ServerProcess) 
     assert {first.decision_id, other.decision_id} <= pending
 
 
+def test_each_identical_call_gets_its_own_request_id_and_sees_the_approval_change(srv: ServerProcess) -> None:
+    # The server answers identical calls from a per-version memo of the stored approval (issue 17):
+    # each answer still carries its own request id, and a resolution is seen at once.
+    with client(srv, "gw-token") as c:
+        answers = [c.decide(agent=REFUND_BOT, tool="payments.refund", args={"amount": 2600, "order": "o-m"},
+                            request_id=f"m-{i}") for i in range(3)]
+    assert [a.request_id for a in answers] == ["m-0", "m-1", "m-2"]
+    assert len({a.decision_id for a in answers}) == 1 and answers[2].approval.state == pb.APPROVAL_PENDING
+    with client(srv, "ana-token") as c:
+        c.resolve_approval(answers[0].decision_id, False, comment="not this one")
+    after = ask(srv, {"amount": 2600, "order": "o-m"})
+    assert after.outcome == pb.DENY and after.reasons[0].rule_id == "rejected"
+    assert "not this one" in after.reasons[0].text
+
+
 def test_approved_call_is_allowed_exactly_once_and_watchers_see_it(srv: ServerProcess) -> None:
     pending = ask(srv, {"amount": 3000, "order": "o-2"})
     seen: list[pb.DecisionRecord] = []

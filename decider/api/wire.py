@@ -18,7 +18,7 @@ from google.protobuf.internal import decoder as _decoder
 
 from decider.errors import InvalidRequest
 
-__all__ = ["decode_message", "find_bad_field"]
+__all__ = ["MAX_BATCH", "decode_message", "find_bad_field", "split_batch"]
 
 _TYPE_STRING = _descriptor.FieldDescriptor.TYPE_STRING
 M = TypeVar("M", bound=_message.Message)
@@ -83,3 +83,41 @@ def find_bad_field(desc: _descriptor.Descriptor, raw: bytes, prefix: str = "") -
                 return name
             return find_bad_field(fd.message_type, chunk, name or "") or name
     return None
+
+
+MAX_BATCH = 256   # calls per DecideBatch message
+
+
+def split_batch(raw: bytes, limit: int = MAX_BATCH) -> list[bytes]:
+    """The wire bytes of each `requests` entry of a `DecideBatch`, in order, without decoding them:
+    each is then decoded (and its errors named) exactly as a unary Decide's bytes are. Fields
+    other than `requests` are skipped, as protobuf skips unknown fields."""
+    out: list[bytes] = []
+    pos, end = 0, len(raw)
+    decode = _decoder._DecodeVarint
+    while pos < end:
+        try:
+            tag, pos = decode(raw, pos)
+            wire = tag & 7
+            if wire == 2:
+                size, pos = decode(raw, pos)
+                if pos + size > end:
+                    raise IndexError
+                if tag == 0x0A:   # field 1, length-delimited
+                    if len(out) == limit:
+                        raise InvalidRequest("requests", f"has more than {limit} entries; the limit is {limit}")
+                    out.append(raw[pos:pos + size])
+                pos += size
+            elif wire == 0:
+                _, pos = decode(raw, pos)
+            elif wire in (1, 5):
+                pos += 8 if wire == 1 else 4
+            else:
+                raise IndexError
+        except InvalidRequest:
+            raise
+        except Exception:  # noqa: BLE001 - a truncated tag, length or value
+            raise InvalidRequest("requests", "cannot be decoded (the batch message is truncated or malformed)") from None
+        if pos > end:
+            raise InvalidRequest("requests", "cannot be decoded (the batch message is truncated or malformed)")
+    return out

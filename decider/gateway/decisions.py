@@ -1,10 +1,12 @@
-"""The gateway's link to decider: one long-lived `DecideStream` for every tools/call, plus
+"""The gateway's link to decider: one long-lived `DecideBatchStream` for every tools/call, plus
 `WatchDecision` for approvals and `ReportOutcome` after forwarding. Uses only the public API.
 
-A message on an open stream costs the server a fraction of a unary call (PERF-NOTES), so decisions
-go over one stream, matched to their caller by `request.id`. The stream is opened lazily and
-re-opened after a failure; any failure or a reply later than `deadline_s` fails closed
-(`DecisionUnavailable`), and the caller turns that into a refusal, never a forwarded call.
+A message on an open stream costs the server a fraction of a unary call (PERF-NOTES), and a batch of
+calls costs about what one message does: decisions go through `decider.batching.BatchingDecider`,
+which sends a call at once when the stream is idle and coalesces the calls that arrive meanwhile
+(an LLM's parallel tool calls, several clients at once) into one message (issue 17). The stream is
+opened lazily and re-opened after a failure; any failure or a reply later than `deadline_s` fails
+closed (`DecisionUnavailable`), and the caller turns that into a refusal, never a forwarded call.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from decider.batching import BatchingDecider, DecisionError
 from decider.gateway.config import DeciderTarget
 from decider.v1 import decider_pb2 as pb
 from decider.v1 import decider_pb2_grpc as pb_grpc
@@ -43,11 +46,7 @@ class DeciderLink:
             self._channel = grpc.aio.insecure_channel(target.target)
         self._stub = pb_grpc.DeciderStub(self._channel)
         self._metadata = (("authorization", f"Bearer {target.token}"),) if target.token else None
-        self._call: grpc.aio.StreamStreamCall | None = None
-        self._reader: asyncio.Task[None] | None = None
-        self._pending: dict[str, asyncio.Future[pb.DecideResponse]] = {}
-        self._open_lock = asyncio.Lock()
-        self._write_lock = asyncio.Lock()   # grpc.aio allows one write at a time on a stream
+        self._decisions = BatchingDecider(self._channel, metadata=self._metadata, timeout=target.deadline_s)
         # request ids: unique per gateway process, cheap to make (no uuid per call)
         self._prefix = f"gw-{os.getpid()}-{os.urandom(3).hex()}-"
         self._seq = itertools.count(1)
@@ -57,55 +56,17 @@ class DeciderLink:
     def deadline_s(self) -> float:
         return self._cfg.deadline_s
 
-    async def _stream(self) -> grpc.aio.StreamStreamCall:
-        async with self._open_lock:
-            if self._call is None or self._call.done():
-                self._call = self._stub.DecideStream(metadata=self._metadata)
-                self._reader = asyncio.create_task(self._read(self._call))
-            return self._call
-
-    async def _read(self, call: grpc.aio.StreamStreamCall) -> None:
-        try:
-            async for resp in call:
-                fut = self._pending.pop(resp.request_id, None)
-                if fut is not None and not fut.done():
-                    fut.set_result(resp)
-            why = "decider closed the decision stream"
-        except grpc.aio.AioRpcError as e:
-            why = f"decider is unavailable ({e.code().name}: {e.details()})"
-        except asyncio.CancelledError:
-            why = "the gateway is shutting down"
-        # Everything still waiting on this stream fails closed; the next call opens a new stream.
-        for rid, fut in list(self._pending.items()):
-            if not fut.done():
-                fut.set_exception(DecisionUnavailable(why))
-            self._pending.pop(rid, None)
-        if self._call is call:
-            self._call = None
-
     async def decide(self, req: pb.DecideRequest) -> pb.DecideResponse:
         """One decision, or DecisionUnavailable (unreachable, refused, late). Never forwards on doubt."""
-        rid = f"{self._prefix}{next(self._seq)}"
-        req.request.id = rid
-        fut: asyncio.Future[pb.DecideResponse] = asyncio.get_running_loop().create_future()
-        self._pending[rid] = fut
+        req.request.id = f"{self._prefix}{next(self._seq)}"   # the record's correlation id
         try:
-            async with asyncio.timeout(self._cfg.deadline_s):
-                call = await self._stream()
-                async with self._write_lock:
-                    await call.write(req)
-                resp = await fut
+            return await self._decisions.decide(req)
         except TimeoutError:
             raise DecisionUnavailable(f"decider did not answer within {self._cfg.deadline_s:g}s") from None
-        except grpc.aio.AioRpcError as e:
-            raise DecisionUnavailable(f"decider is unavailable ({e.code().name}: {e.details()})") from None
-        except (grpc.aio.UsageError, asyncio.InvalidStateError) as e:
-            raise DecisionUnavailable(f"decider stream failed: {e}") from None
-        finally:
-            self._pending.pop(rid, None)
-        if resp.HasField("error"):
-            raise DecisionRefused(grpc.StatusCode(_code(resp.error.code)), resp.error.message)
-        return resp
+        except DecisionError as e:
+            if e.refused:
+                raise DecisionRefused(e.code, e.message) from None
+            raise DecisionUnavailable(f"decider is unavailable ({e.code.name}: {e.message})") from None
 
     async def watch(self, decision_id: str, timeout: float) -> AsyncIterator[pb.DecisionRecord]:
         """The decision's record now and at every change, for at most `timeout` seconds."""
@@ -152,11 +113,7 @@ class DeciderLink:
     async def close(self, drain_s: float = 10.0) -> None:
         if self._reports:
             await asyncio.wait(set(self._reports), timeout=drain_s)
-        if self._call is not None:
-            self._call.cancel()
-        if self._reader is not None:
-            self._reader.cancel()
-            await asyncio.gather(self._reader, return_exceptions=True)
+        await self._decisions.close()
         await self._channel.close()
 
 
@@ -167,9 +124,3 @@ class DecisionRefused(DecisionUnavailable):
         self.code = code
         super().__init__(f"decider refused the request ({code.name}: {message})")
 
-
-def _code(value: int) -> tuple[int, str]:
-    for c in grpc.StatusCode:
-        if c.value[0] == value:
-            return c.value
-    return grpc.StatusCode.UNKNOWN.value

@@ -19,7 +19,7 @@ approvers written as `group:NAME` in rules) come from the token entry and from a
     groups:
       finance-oncall: [user:bo]
 
-Roles: `enforcer` (Decide, DecideStream, GetDecision, WatchDecision, ReportOutcome), `approver`
+Roles: `enforcer` (Decide, DecideStream, DecideBatchStream, GetDecision, WatchDecision, ReportOutcome), `approver`
 (ResolveApproval, ListApprovals, GetDecision, WatchDecision, and the Queries service), `admin` (every
 Control RPC, and the reads). A method not listed here needs `admin` (fail closed). Health and reflection are open.
 Refusals (UNAUTHENTICATED, PERMISSION_DENIED) are recorded in `auth_events`.
@@ -65,6 +65,7 @@ _READ = frozenset({"enforcer", "approver", "admin"})
 _DECIDER_ROLES: dict[str, frozenset[str]] = {
     "Decide": frozenset({"enforcer"}),
     "DecideStream": frozenset({"enforcer"}),
+    "DecideBatchStream": frozenset({"enforcer"}),
     "ReportOutcome": frozenset({"enforcer"}),
     "GetDecision": _READ,
     "WatchDecision": _READ,

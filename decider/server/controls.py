@@ -109,6 +109,10 @@ class Controls:
         self.hub = WatchHub()
         self.kill_switches: tuple[KillSwitch, ...] = ()
         self._call_locks: dict[tuple[str, ...], asyncio.Lock] = {}
+        # A stored approval as the engine reads it, and as an identical call is answered with, built
+        # once per version of the row (`_version`) instead of once per identical call (issue 17).
+        # The rows themselves are read from the store on every such call: it stays the truth.
+        self._approval_views: dict[tuple[Any, ...], tuple[ApprovalView, pb.DecideResponse | None]] = {}
         self._task: asyncio.Task[None] | None = None
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -219,13 +223,13 @@ class Controls:
         if rows is None:
             rows = await asyncio.to_thread(self.approvals.open_for_call, *ask)
         by_id = {r["decision_id"]: r for r in rows}
-        decision = engine_settle(bundle, req, evaluated, state.with_approvals(tuple(_view(r) for r in rows)))
+        decision = engine_settle(bundle, req, evaluated, state.with_approvals(tuple(self._view(r) for r in rows)))
         effects = decision.effects
         for approval_id in effects.expire:
             await self.expire(approval_id, now)
         applied.decision = decision
         if effects.same_as:
-            applied.existing = response_from_row(by_id[effects.same_as], req)
+            applied.existing = self._same_as(by_id[effects.same_as], req)
             applied.done(True)
             return True
         if effects.consume:
@@ -269,6 +273,30 @@ class Controls:
                 asyncio.get_running_loop().create_task(asyncio.to_thread(self.budgets.release, decision_id))
         applied._on_done.append(release_if_unwritten)
         return applied
+
+    def _view(self, row: dict[str, Any]) -> ApprovalView:
+        key = _version(row)
+        hit = self._approval_views.get(key)
+        if hit is None:
+            if len(self._approval_views) >= _VIEWS_MAX:
+                self._approval_views.clear()
+            hit = self._approval_views[key] = (_view(row), None)
+        return hit[0]
+
+    def _same_as(self, row: dict[str, Any], req: pb.DecideRequest) -> pb.DecideResponse:
+        """The answer to an identical call: the stored decision's response, with this call's request id."""
+        key = _version(row)
+        view, template = self._approval_views.get(key) or (None, None)
+        if template is None:
+            template = response_from_row(row, req)
+            template.request_id = ""
+            if len(self._approval_views) >= _VIEWS_MAX:
+                self._approval_views.clear()
+            self._approval_views[key] = (view or _view(row), template)
+        resp = pb.DecideResponse()
+        resp.CopyFrom(template)
+        resp.request_id = req.request.id
+        return resp
 
     def _unlock(self, key: tuple[str, ...], lock: asyncio.Lock) -> None:
         lock.release()
@@ -359,6 +387,15 @@ def _budgets_of(bundle: Bundle | None, row: dict[str, Any]) -> list[Any]:
 
 def _error(decision: Decision, text: str) -> Decision:
     return deny(decision, "error", text)
+
+
+_VIEWS_MAX = 4096
+
+
+def _version(row: dict[str, Any]) -> tuple[Any, ...]:
+    """Identifies a stored approval's content: its id and every column a transition changes."""
+    return (row["decision_id"], row["approval_state"], row.get("resolved_by"), row.get("resolved_at"),
+            row.get("comment"))
 
 
 def _view(row: dict[str, Any]) -> ApprovalView:

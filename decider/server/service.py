@@ -217,7 +217,7 @@ class DeciderService:
 
 
 def generic_handler(svc: DeciderService) -> grpc.GenericRpcHandler:
-    from decider.server.stream import decide_stream_handler  # stream.py builds on this module
+    from decider.server.stream import decide_batch_stream_handler, decide_stream_handler  # builds on this module
 
     return grpc.method_handlers_generic_handler(
         SERVICE_NAME,
@@ -228,6 +228,7 @@ def generic_handler(svc: DeciderService) -> grpc.GenericRpcHandler:
                 svc.decide, request_deserializer=None, response_serializer=pb.DecideResponse.SerializeToString
             ),
             "DecideStream": decide_stream_handler(svc),
+            "DecideBatchStream": decide_batch_stream_handler(svc),
             "GetDecision": grpc.unary_unary_rpc_method_handler(
                 svc.get_decision,
                 request_deserializer=pb.GetDecisionRequest.FromString,

@@ -19,10 +19,13 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from decider.api.wire import split_batch
+from decider.errors import InvalidRequest
 from decider.server.service import DeciderService, DecisionFailed
 from decider.v1 import decider_pb2 as pb
 
-__all__ = ["STREAM_WINDOW", "decide_stream", "decide_stream_handler"]
+__all__ = ["BATCH_WINDOW", "STREAM_WINDOW", "decide_batch_stream", "decide_batch_stream_handler", "decide_stream",
+           "decide_stream_handler"]
 
 # Requests of one stream decided at once. Enough to keep group commit batches full; bounded so a
 # client that never reads replies cannot make the server hold an unbounded backlog (a slot is
@@ -81,6 +84,101 @@ async def decide_stream(svc: DeciderService, context: grpc.aio.ServicerContext) 
         # committed; their replies have nowhere to go.
         for task in list(in_flight):
             task.cancel()
+
+
+# Batches of one DecideBatchStream decided at once (each holds up to MAX_BATCH calls).
+BATCH_WINDOW = 8
+
+
+def _frame(replies: list[pb.DecideResponse]) -> bytes:
+    """A `DecideBatchResponse` on the wire, built from its responses' own bytes: field 1, length,
+    bytes per response (what `DecideBatchResponse(responses=...)` would serialise to, without
+    copying every response into a new message first)."""
+    out = bytearray()
+    for reply in replies:
+        body = reply.SerializeToString()
+        out.append(0x0A)
+        n = len(body)
+        while n > 0x7F:
+            out.append((n & 0x7F) | 0x80)
+            n >>= 7
+        out.append(n)
+        out += body
+    return bytes(out)
+
+
+async def _decide_one(svc: DeciderService, raw: bytes, carrier: dict[str, str] | None) -> pb.DecideResponse:
+    try:
+        return await svc.decide_bytes(raw, carrier, "DecideBatchStream")
+    except DecisionFailed as e:
+        return _error_reply(e)
+    except Exception as e:  # noqa: BLE001 - one bad call must not fail the rest of its batch
+        return _error_reply(DecisionFailed(grpc.StatusCode.INTERNAL, f"decision failed: {e}"))
+
+
+async def _decide_batch(svc: DeciderService, raw: bytes, carrier: dict[str, str] | None) -> bytes:
+    """One batch → one reply message, `responses[i]` for `requests[i]`. The calls are decided
+    concurrently, so their records share group commits; each is durable before the reply."""
+    try:
+        parts = split_batch(raw)
+    except InvalidRequest as e:
+        # No way to know how many calls it held: one response carrying the error.
+        return _frame([_error_reply(DecisionFailed(grpc.StatusCode.INVALID_ARGUMENT, str(e)))])
+    if len(parts) == 1:
+        return _frame([await _decide_one(svc, parts[0], carrier)])
+    return _frame(list(await asyncio.gather(*(_decide_one(svc, p, carrier) for p in parts))))
+
+
+async def decide_batch_stream(svc: DeciderService, context: grpc.aio.ServicerContext) -> None:
+    """Serve one DecideBatchStream: batches decided concurrently (up to BATCH_WINDOW), replies
+    written in the order the batches arrived, so a client matches them by position."""
+    carrier = None
+    if svc.wants_trace:
+        from decider.server.telemetry import trace_headers
+
+        carrier = trace_headers(context.invocation_metadata())
+    order: asyncio.Queue[asyncio.Task[bytes] | None] = asyncio.Queue(maxsize=BATCH_WINDOW)
+    started: list[asyncio.Task[bytes]] = []
+
+    async def write_in_order() -> None:
+        deliver = True
+        while (task := await order.get()) is not None:
+            reply = await task
+            if deliver:
+                try:
+                    await context.write(reply)
+                except Exception as e:  # noqa: BLE001 - the caller went away; its decisions are recorded
+                    log.debug("batch reply not delivered", extra={"error": str(e)})
+                    deliver = False
+
+    svc.open_streams += 1
+    writer = asyncio.create_task(write_in_order())
+    try:
+        while (raw := await context.read()) is not grpc.aio.EOF:
+            task = asyncio.create_task(_decide_batch(svc, raw, carrier))
+            started.append(task)
+            if len(started) > BATCH_WINDOW * 2:
+                started[:] = [t for t in started if not t.done()]
+            await order.put(task)   # waits while BATCH_WINDOW batches are undelivered
+        await order.put(None)
+        await writer
+    finally:
+        svc.open_streams -= 1
+        if not writer.done():
+            # Cancelled (the client went away): decisions already handed to the writer are
+            # still committed; their replies have nowhere to go.
+            writer.cancel()
+            for task in started:
+                task.cancel()
+
+
+def decide_batch_stream_handler(svc: DeciderService) -> grpc.RpcMethodHandler:
+    async def handler(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
+        await decide_batch_stream(svc, context)
+
+    # Raw bytes both ways: each call is decoded as a unary Decide's bytes are, and the reply is
+    # framed from the responses' bytes (`_frame`).
+    return grpc.stream_stream_rpc_method_handler(handler, request_deserializer=None, response_serializer=None)
 
 
 def decide_stream_handler(svc: DeciderService) -> grpc.RpcMethodHandler:

@@ -44,6 +44,11 @@ class DeciderStub:
                 request_serializer=decider_dot_v1_dot_decider__pb2.DecideRequest.SerializeToString,
                 response_deserializer=decider_dot_v1_dot_decider__pb2.DecideResponse.FromString,
                 _registered_method=True)
+        self.DecideBatchStream = channel.stream_stream(
+                '/decider.v1.Decider/DecideBatchStream',
+                request_serializer=decider_dot_v1_dot_decider__pb2.DecideBatch.SerializeToString,
+                response_deserializer=decider_dot_v1_dot_decider__pb2.DecideBatchResponse.FromString,
+                _registered_method=True)
         self.GetDecision = channel.unary_unary(
                 '/decider.v1.Decider/GetDecision',
                 request_serializer=decider_dot_v1_dot_decider__pb2.GetDecisionRequest.SerializeToString,
@@ -83,6 +88,13 @@ class DeciderServicer:
 
     def DecideStream(self, request_iterator, context):
         """The same, for gateways that check many calls: one reply per request, matched by request_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DecideBatchStream(self, request_iterator, context):
+        """Batches of calls on one stream: one reply message per batch, in the batch's order.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -135,6 +147,11 @@ def add_DeciderServicer_to_server(servicer, server):
                     servicer.DecideStream,
                     request_deserializer=decider_dot_v1_dot_decider__pb2.DecideRequest.FromString,
                     response_serializer=decider_dot_v1_dot_decider__pb2.DecideResponse.SerializeToString,
+            ),
+            'DecideBatchStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.DecideBatchStream,
+                    request_deserializer=decider_dot_v1_dot_decider__pb2.DecideBatch.FromString,
+                    response_serializer=decider_dot_v1_dot_decider__pb2.DecideBatchResponse.SerializeToString,
             ),
             'GetDecision': grpc.unary_unary_rpc_method_handler(
                     servicer.GetDecision,
@@ -216,6 +233,33 @@ class Decider:
             '/decider.v1.Decider/DecideStream',
             decider_dot_v1_dot_decider__pb2.DecideRequest.SerializeToString,
             decider_dot_v1_dot_decider__pb2.DecideResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DecideBatchStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/decider.v1.Decider/DecideBatchStream',
+            decider_dot_v1_dot_decider__pb2.DecideBatch.SerializeToString,
+            decider_dot_v1_dot_decider__pb2.DecideBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

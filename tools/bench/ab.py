@@ -28,6 +28,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from load import (  # noqa: E402
+    DeciderBatchTarget,
     DeciderStreamTarget,
     DeciderTarget,
     add_load_arguments,
@@ -74,13 +75,15 @@ def main() -> int:
     ap.add_argument("--a", required=True, type=Path, help="checkout of build A (the base)")
     ap.add_argument("--b", required=True, type=Path, help="checkout of build B (the change)")
     ap.add_argument("--stream", action="store_true", help="drive DecideStream instead of unary Decide")
+    ap.add_argument("--batch", action="store_true",
+                    help="drive DecideBatchStream through one coalescing client (both builds must have it)")
     ap.add_argument("--b-env", action="append", default=[], metavar="NAME=VALUE",
                     help="environment for build B only (A/B of a setting on one checkout)")
     ap.add_argument("--b-args", default="", metavar="ARGS",
                     help="extra `decider serve` arguments for build B only, e.g. '--metrics-listen 127.0.0.1:0'")
     add_load_arguments(ap)
     args = ap.parse_args()
-    kind = DeciderStreamTarget if args.stream else DeciderTarget
+    kind = DeciderBatchTarget if args.batch else DeciderStreamTarget if args.stream else DeciderTarget
     procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory() as tmp:
         try:
@@ -100,10 +103,11 @@ def main() -> int:
     summaries = summarize(results)
     print(format_table(summaries))
     name = args.name or time.strftime("ab-%Y%m%dT%H%M%S")
-    meta = {"a": str(args.a), "b": str(args.b), "b_env": args.b_env, "b_args": args.b_args, "stream": args.stream}
+    meta = {"a": str(args.a), "b": str(args.b), "b_env": args.b_env, "b_args": args.b_args, "stream": args.stream,
+            "batch": args.batch}
     print(f"results: {write_results(name, meta, results)}")
     by = {(s.target, s.concurrency): s for s in summaries}
-    print(f"\nB/A ({'DecideStream' if args.stream else 'Decide'}):  C   dec/srv-CPU-s   p50 (A/B, >1 = B faster)")
+    print(f"\nB/A ({'DecideBatchStream' if args.batch else 'DecideStream' if args.stream else 'Decide'}):  C   dec/srv-CPU-s   p50 (A/B, >1 = B faster)")
     for c in args.concurrency:
         a, b = by[("A", c)], by[("B", c)]
         print(f"{'':18}{c:3} {b.decisions_per_server_cpu_s / a.decisions_per_server_cpu_s:12.2f} "

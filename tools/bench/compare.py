@@ -272,6 +272,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="also drive decider over DecideStream (reported as its own row, 'decider-stream'; the "
         "headline comparison stays unary Decide vs Cerbos CheckResources)",
     )
+    parser.add_argument(
+        "--batch",
+        action="store_true",
+        help="also drive decider over DecideBatchStream through decider.batching.BatchingDecider, one "
+        "coalescing client shared by every caller ('decider-batch' row)",
+    )
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also run tools/bench/floor_server.py (grpc.aio answering with the bench rules in plain Python: "
+        "no CEL, no record) on the same paths ('floor' rows): what any Python grpc.aio server pays per call",
+    )
     parser.add_argument("--keep-logs", action="store_true", help="keep the temp dir with server logs")
     load.add_load_arguments(parser)
     args = parser.parse_args(argv)
@@ -351,6 +363,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise BenchError(f"decider command not found: {argv_[0]} (make venv, or pass --decider-cmd)")
         meta["decider"] = {"argv": argv_}
         servers.insert(0, Server("decider", argv_, listen, tmp / "decider.log", env))
+    if args.floor:
+        listen = f"127.0.0.1:{free_port()}"
+        servers.append(Server("floor", [sys.executable, str(HERE / "floor_server.py"), "--listen", listen], listen,
+                              tmp / "floor.log", env))
 
     name = args.name or time.strftime("compare-%Y%m%d-%H%M%S")
     try:
@@ -362,14 +378,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 asyncio.run(wait_healthy(server))
             targets: list[tuple[load.Target, int]] = []
             for server in servers:
-                target: load.Target = (
-                    load.DeciderTarget(server.address)
-                    if server.name == "decider"
-                    else load.CerbosTarget(server.address)
-                )
-                targets.append((target, server.pid))
-                if server.name == "decider" and args.stream:
-                    targets.append((load.DeciderStreamTarget(server.address), server.pid))
+                if server.name == "cerbos":
+                    targets.append((load.CerbosTarget(server.address), server.pid))
+                    continue
+                # decider, or the grpc.aio floor on the same paths
+                targets.append((load.DeciderTarget(server.address, name=server.name), server.pid))
+                if args.stream:
+                    targets.append((load.DeciderStreamTarget(server.address, name=f"{server.name}-stream"),
+                                    server.pid))
+                if args.batch:
+                    targets.append((load.DeciderBatchTarget(server.address, name=f"{server.name}-batch"),
+                                    server.pid))
             results = asyncio.run(
                 load.run_matrix(
                     targets,
@@ -389,12 +408,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         if rows:
             print()
             print(format_ratios(rows))
+        batch_rows = ratios(summaries, "decider-batch")
+        if batch_rows:
+            print()
+            print(format_ratios(batch_rows, "decider-batch (DecideBatchStream, one coalescing client) / Cerbos (unary)"))
+        meta["ratios_decider_batch_over_cerbos"] = batch_rows
         stream_rows = ratios(summaries, "decider-stream")
         if stream_rows:
             print()
             print(format_ratios(stream_rows, "decider-stream (DecideStream, one stream per caller) / Cerbos (unary)"))
         meta["ratios_decider_over_cerbos"] = rows
         meta["ratios_decider_stream_over_cerbos"] = stream_rows
+        for floor in ("floor", "floor-stream", "floor-batch"):
+            floor_rows = ratios(summaries, floor)
+            if floor_rows:
+                print()
+                print(format_ratios(floor_rows, f"{floor} (grpc.aio, rules in plain Python, no record) / Cerbos (unary)"))
+                meta[f"ratios_{floor.replace('-', '_')}_over_cerbos"] = floor_rows
         print(f"\nwrote {load.write_results(name, meta, results)}")
         return 0
     except load.OutcomeMismatchError as err:

@@ -46,6 +46,7 @@ __all__ = [
     "CellResult",
     "CerbosTarget",
     "DeciderStreamTarget",
+    "DeciderBatchTarget",
     "DeciderTarget",
     "OutcomeMismatchError",
     "Summary",
@@ -263,6 +264,42 @@ class DeciderStreamTarget(DeciderTarget):
                 await asyncio.wait_for(call.wait_for_connection(), RPC_TIMEOUT_S)
         self._all.clear()
         self._idle.clear()
+        await super().close()
+
+
+class DeciderBatchTarget(DeciderTarget):
+    """decider over ``DecideBatchStream`` through ``decider.batching.BatchingDecider``: every concurrent
+    caller shares one client, which sends a call at once when the stream is idle and otherwise
+    coalesces the calls that arrive meanwhile into one message (issue 17, lever 1). This is how a
+    gateway multiplexing its agents' calls would use it; the batches form from the load alone (no
+    timer), so C=1 sends one call per message."""
+
+    def __init__(self, address: str, name: str = "decider-batch", repo_root: Path = REPO_ROOT) -> None:
+        super().__init__(address, name, repo_root)
+        from decider.batching import BatchingDecider
+
+        self._cls = BatchingDecider
+        self._client: Any = None
+
+    async def open(self) -> None:
+        await super().open()
+        # The batches on the wire at once: a knob for measuring (default: the client's own).
+        in_flight = int(os.environ.get("DECIDER_BENCH_BATCHES_IN_FLIGHT", "0"))
+        extra = {"max_in_flight": in_flight} if in_flight else {}
+        self._client = self._cls(self._channel, timeout=RPC_TIMEOUT_S, **extra)
+
+    async def decide(self, item: Item) -> str:
+        request = self._requests.get(item.index)
+        if request is None:
+            request = self.build(item)
+        response = await self._client.decide(request)
+        if response.request_id != request.request.id:
+            raise RuntimeError(f"{self.name}: reply for {response.request_id!r}, expected {request.request.id!r}")
+        return self._pb.Outcome.Name(response.outcome)
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
         await super().close()
 
 
@@ -575,14 +612,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--decider-pid", type=int)
     parser.add_argument("--stream", action="store_true", help="also drive decider over DecideStream")
     parser.add_argument("--stream-only", action="store_true", help="drive decider over DecideStream only")
+    parser.add_argument("--batch-only", action="store_true",
+                        help="drive decider over DecideBatchStream (one coalescing client) only")
     add_load_arguments(parser)
     args = parser.parse_args(argv)
     targets: list[tuple[Target, int]] = []
     if args.decider:
-        if not args.stream_only:
-            targets.append((DeciderTarget(args.decider), args.decider_pid))
-        if args.stream or args.stream_only:
-            targets.append((DeciderStreamTarget(args.decider), args.decider_pid))
+        if args.batch_only:
+            targets.append((DeciderBatchTarget(args.decider), args.decider_pid))
+        else:
+            if not args.stream_only:
+                targets.append((DeciderTarget(args.decider), args.decider_pid))
+            if args.stream or args.stream_only:
+                targets.append((DeciderStreamTarget(args.decider), args.decider_pid))
     if args.cerbos:
         targets.append((CerbosTarget(args.cerbos), args.cerbos_pid))
     if not targets or any(pid is None for _, pid in targets):
