@@ -89,6 +89,24 @@ def test_a_bound_token_on_decide_stream_gets_permission_denied_per_message(srv: 
     assert events and events[-1]["code"] == "PERMISSION_DENIED"
 
 
+def test_a_bound_token_on_decide_batch_stream_gets_permission_denied_per_call(srv: ServerProcess) -> None:
+    ok = pb.DecideRequest(agent=pb.Agent(id="coder-9", team="platform"), tool=pb.ToolCall(name="work.x"),
+                          request=pb.Request(id="b-ok"))
+    other = pb.DecideRequest(agent=pb.Agent(id="refund-bot", team="finance"), tool=pb.ToolCall(name="work.x"),
+                             request=pb.Request(id="b-other"))
+    with grpc.insecure_channel(srv.target) as ch:
+        call = ch.stream_stream("/decider.v1.Decider/DecideBatchStream",
+                                request_serializer=pb.DecideBatch.SerializeToString,
+                                response_deserializer=pb.DecideBatchResponse.FromString)
+        (reply,) = list(call(iter([pb.DecideBatch(requests=[other, ok])]),
+                             metadata=[("authorization", "Bearer gw-a")], timeout=30))
+    refused, allowed = reply.responses
+    assert refused.error.code == grpc.StatusCode.PERMISSION_DENIED.value[0] and not refused.decision_id
+    assert allowed.outcome == pb.ALLOW and allowed.request_id == "b-ok"
+    events = [e for e in AuthEventStore(connect(srv.db_url)).all() if e["method"].endswith("/DecideBatchStream")]
+    assert events and events[-1]["code"] == "PERMISSION_DENIED"
+
+
 def test_the_caller_is_recorded_and_shown_by_get_decision_and_decider_log(srv: ServerProcess) -> None:
     with client(srv, "gw-any") as gw:
         resp = gw.decide(agent={"id": "log-bot", "team": "ops"}, tool="work.logme")
