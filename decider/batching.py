@@ -24,7 +24,7 @@ from typing import Any
 
 import grpc
 
-from decider.api.wire import MAX_BATCH
+from decider.api.wire import MAX_BATCH, frame_entries
 from decider.v1 import decider_pb2 as pb
 
 __all__ = ["BatchingDecider", "DecisionError"]
@@ -45,20 +45,6 @@ class DecisionError(Exception):
 
 
 _CODES = {c.value[0]: c for c in grpc.StatusCode}
-
-
-def _frame(bodies: Sequence[bytes]) -> bytes:
-    """A `DecideBatch` on the wire from its requests' bytes (field 1, length, bytes each)."""
-    out = bytearray()
-    for body in bodies:
-        out.append(0x0A)
-        n = len(body)
-        while n > 0x7F:
-            out.append((n & 0x7F) | 0x80)
-            n >>= 7
-        out.append(n)
-        out += body
-    return bytes(out)
 
 
 class BatchingDecider:
@@ -119,7 +105,7 @@ class BatchingDecider:
                     # Everything that arrived while we waited for the slot goes in this batch.
                     batch, self._buffer = self._buffer[:self._max_batch], self._buffer[self._max_batch:]
                     self._sent.append([f for _, f in batch])
-                    await call.write(_frame([b for b, _ in batch]))
+                    await call.write(frame_entries([b for b, _ in batch]))
                     self.batches_sent += 1
                     self.calls_sent += len(batch)
         except Exception as exc:  # noqa: BLE001 - the stream broke: fail what waits, reopen on next call

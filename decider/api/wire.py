@@ -18,7 +18,7 @@ from google.protobuf.internal import decoder as _decoder
 
 from decider.errors import InvalidRequest
 
-__all__ = ["MAX_BATCH", "decode_message", "find_bad_field", "split_batch"]
+__all__ = ["MAX_BATCH", "decode_message", "find_bad_field", "frame_entries", "split_batch"]
 
 _TYPE_STRING = _descriptor.FieldDescriptor.TYPE_STRING
 M = TypeVar("M", bound=_message.Message)
@@ -121,3 +121,19 @@ def split_batch(raw: bytes, limit: int = MAX_BATCH) -> list[bytes]:
         if pos > end:
             raise InvalidRequest("requests", "cannot be decoded (the batch message is truncated or malformed)")
     return out
+
+
+def frame_entries(bodies: list[bytes]) -> bytes:
+    """A message whose field 1 is `repeated <message>`, on the wire, from each entry's own bytes (tag,
+    length, bytes per entry): a `DecideBatch` from requests' bytes, a `DecideBatchResponse` from
+    responses' bytes, without copying every entry into a new message first."""
+    out = bytearray()
+    for body in bodies:
+        out.append(0x0A)
+        n = len(body)
+        while n > 0x7F:
+            out.append((n & 0x7F) | 0x80)
+            n >>= 7
+        out.append(n)
+        out += body
+    return bytes(out)

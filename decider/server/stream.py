@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from decider.api.wire import split_batch
+from decider.api.wire import frame_entries, split_batch
 from decider.errors import InvalidRequest
 from decider.server.service import DeciderService, DecisionFailed
 from decider.v1 import decider_pb2 as pb
@@ -91,20 +91,8 @@ BATCH_WINDOW = 8
 
 
 def _frame(replies: list[pb.DecideResponse]) -> bytes:
-    """A `DecideBatchResponse` on the wire, built from its responses' own bytes: field 1, length,
-    bytes per response (what `DecideBatchResponse(responses=...)` would serialise to, without
-    copying every response into a new message first)."""
-    out = bytearray()
-    for reply in replies:
-        body = reply.SerializeToString()
-        out.append(0x0A)
-        n = len(body)
-        while n > 0x7F:
-            out.append((n & 0x7F) | 0x80)
-            n >>= 7
-        out.append(n)
-        out += body
-    return bytes(out)
+    """A `DecideBatchResponse` on the wire, framed from its responses' own bytes."""
+    return frame_entries([reply.SerializeToString() for reply in replies])
 
 
 async def _decide_one(svc: DeciderService, raw: bytes, carrier: dict[str, str] | None) -> pb.DecideResponse:

@@ -77,6 +77,15 @@ def children(pid: int) -> list[int]:
     return out
 
 
+def write_gateway_config(tmp: Path, target: str) -> Path:
+    """The bench gateway: stdio, one upstream (mcp-server-time), decider at `target`."""
+    cfg = tmp / "gateway.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "decider": {"target": target, "deadline": "5s"}, "agent": {"id": "bench-agent", "team": "bench"},
+        "listen": "stdio", "upstreams": [{"name": "time", "command": [sys.executable, "-m", "mcp_server_time"]}]}))
+    return cfg
+
+
 def start_decider(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
     bundle = tmp / "bundle"
     bundle.mkdir()
@@ -195,10 +204,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="gateway-bench-") as t:
         tmp = Path(t)
         decider, target = start_decider(tmp)
-        cfg = tmp / "gateway.yaml"
-        cfg.write_text(yaml.safe_dump({
-            "decider": {"target": target, "deadline": "5s"}, "agent": {"id": "bench-agent", "team": "bench"},
-            "listen": "stdio", "upstreams": [{"name": "time", "command": [sys.executable, "-m", "mcp_server_time"]}]}))
+        cfg = write_gateway_config(tmp, target)
         rows: list[dict[str, Any]] = []
         try:
             for conc in args.concurrency:

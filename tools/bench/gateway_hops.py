@@ -108,18 +108,14 @@ def main() -> None:
     args = ap.parse_args()
 
     import anyio
-    import yaml
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from gateway_bench import start_decider
+    from gateway_bench import start_decider, write_gateway_config
 
     with tempfile.TemporaryDirectory(prefix="gateway-hops-") as t:
         tmp = Path(t)
         decider, target = start_decider(tmp)
-        cfg = tmp / "gateway.yaml"
-        cfg.write_text(yaml.safe_dump({
-            "decider": {"target": target, "deadline": "5s"}, "agent": {"id": "bench-agent", "team": "bench"},
-            "listen": "stdio", "upstreams": [{"name": "time", "command": [sys.executable, "-m", "mcp_server_time"]}]}))
+        cfg = write_gateway_config(tmp, target)
         out = tmp / "marks.txt"
         try:
             calls, gw_cpu_ms = anyio.run(drive, cfg, out, args.seconds)
