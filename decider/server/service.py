@@ -7,18 +7,20 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
+from typing import Any, NamedTuple
 
 import grpc
 
 from decider.api.validate import decode_request, validate_request
 from decider.bundle.compile import Bundle
 from decider.engine.decide import evaluate
+from decider.engine.decision import Decision
 from decider.engine.state import State
 from decider.errors import InvalidRequest
 from decider.record.ids import new_id
 from decider.record.record import DecisionRecord, build_record, record_to_proto, set_timestamp
 from decider.server.auth import ANONYMOUS, current_principal
-from decider.server.controls import Controls
+from decider.server.controls import Applied, Controls
 from decider.store import DecisionStore, GroupCommitWriter
 from decider.v1 import decider_pb2 as pb
 
@@ -39,6 +41,18 @@ class DecisionFailed(Exception):
         self.code = code
         self.message = message
         self.request_id = request_id
+
+
+class _Prepared(NamedTuple):
+    """A decision made and its record built, not yet written (DeciderService._prepare)."""
+
+    req: pb.DecideRequest
+    decision: Decision
+    record: DecisionRecord
+    row: dict[str, Any]
+    applied: Applied
+    bundle: Bundle
+    started: float
 
 
 class BundleHolder:
@@ -110,6 +124,91 @@ class DeciderService:
             self.in_flight -= 1
 
     async def _decide_bytes(self, raw: bytes, carrier: dict[str, str] | None, method: str) -> pb.DecideResponse:
+        prepared = await self._prepare(raw, method)
+        if isinstance(prepared, pb.DecideResponse):
+            return prepared
+        commit_started = time.perf_counter()
+        written = False
+        try:
+            alone = self._alone()
+            if alone:
+                # Let every other ready task run first: a decision still alone after that may be
+                # committed on the loop (see GroupCommitWriter.write).
+                await asyncio.sleep(0)
+                alone = self._alone()
+            await self.writer.write(prepared.row, alone=alone)
+            written = True
+        except Exception as exc:  # noqa: BLE001
+            raise self._unrecorded(prepared, exc) from None
+        finally:
+            if not written:
+                prepared.applied.done(False)
+        return self._finish(prepared, carrier, commit_started)
+
+    async def decide_many(self, raws: list[bytes], carrier: dict[str, str] | None = None,
+                          method: str = "DecideBatchStream") -> list[pb.DecideResponse | DecisionFailed]:
+        """Several decisions from wire bytes, one result per call in order (a response, or the
+        DecisionFailed that call alone gets). The calls are decided one after another, in the
+        batch's order, exactly as `decide_bytes` decides each (so budgets are charged in that
+        order, as if the calls had come one by one); their records are staged for the
+        group-commit writer together and awaited together. A call that opens an approval holds
+        its call's lock until its record is written, so the records staged so far are committed
+        before the next call is decided (an identical call later in the batch then finds it)."""
+        n = len(raws)
+        self.in_flight += n
+        if self.in_flight > 1:
+            self._concurrent_until = time.monotonic() + CONCURRENCY_MEMORY_S
+        results: list[Any] = []
+        staged: list[tuple[int, _Prepared, asyncio.Future[None]]] = []
+        try:
+            for raw in raws:
+                try:
+                    prepared = await self._prepare(raw, method)
+                except DecisionFailed as e:
+                    results.append(e)
+                    continue
+                except Exception as e:  # noqa: BLE001 - one bad call must not fail the rest of its batch
+                    results.append(DecisionFailed(grpc.StatusCode.INTERNAL, f"decision failed: {e}"))
+                    continue
+                if isinstance(prepared, pb.DecideResponse):
+                    results.append(prepared)
+                    continue
+                try:
+                    fut = self.writer.stage(prepared.row)
+                except Exception as exc:  # noqa: BLE001 - e.g. the writer is shut down
+                    prepared.applied.done(False)
+                    results.append(self._unrecorded(prepared, exc))
+                    continue
+                staged.append((len(results), prepared, fut))
+                results.append(None)   # its place, filled once the record is written
+                if prepared.applied.args_hash:
+                    await self._settle_staged(staged, results, carrier)
+                    staged = []
+            await self._settle_staged(staged, results, carrier)
+            staged = []
+        finally:
+            self.in_flight -= n
+            for _i, prepared, _fut in staged:   # cancelled mid-batch: give back what was held
+                prepared.applied.done(False)
+        return results
+
+    async def _settle_staged(self, staged: list[tuple[int, _Prepared, asyncio.Future[None]]],
+                             results: list[Any], carrier: dict[str, str] | None) -> None:
+        if not staged:
+            return
+        commit_started = time.perf_counter()
+        await asyncio.wait([fut for _, _, fut in staged])
+        for i, prepared, fut in staged:
+            exc = fut.exception()
+            if exc is not None:
+                prepared.applied.done(False)
+                results[i] = self._unrecorded(prepared, exc)
+            else:
+                results[i] = self._finish(prepared, carrier, commit_started)
+
+    async def _prepare(self, raw: bytes, method: str) -> _Prepared | pb.DecideResponse:
+        """Everything before the record is written: decode, validate, decide, apply the controls,
+        build the record. A response when the call is answered with an earlier decision."""
         started = time.perf_counter()
         try:
             req = decode_request(raw)
@@ -137,7 +236,7 @@ class DeciderService:
                 await self._refused(method, caller.name, refusal)
                 raise DecisionFailed(grpc.StatusCode.PERMISSION_DENIED, refusal, req.request.id)
         decision_id = new_id()
-        # `applied.done(written)` must run on every path.
+        # `applied.done(written)` must run on every path from here.
         try:
             applied = await self.controls.settle(req, evaluated, bundle, state, decision_id, now)
         except Exception as exc:  # noqa: BLE001 - e.g. a replica won the race for the same approval
@@ -147,42 +246,40 @@ class DeciderService:
         if applied.existing is not None:
             applied.existing.request_id = req.request.id
             return applied.existing
-        decision = applied.decision
-        record = build_record(decision_id, req, decision, bundle, now, self.controls.binding_key, applied.args_hash,
-                              caller.name if caller is not ANONYMOUS else "")
-        if applied.approval is not None:
-            record.approval = applied.approval   # the approval this ALLOW consumed
-        self.bundles.shadow_into(record, req, state)  # into the record only, never the response
-        row = record.to_row()
-        written = False
-        commit_started = time.perf_counter()
         try:
-            alone = self._alone()
-            if alone:
-                # Let every other ready task run first: a decision still alone after that may be
-                # committed on the loop (see GroupCommitWriter.write).
-                await asyncio.sleep(0)
-                alone = self._alone()
-            await self.writer.write(row, alone=alone)
-            written = True
-            if bundle.reads_session:
-                self.controls.sessions.add(record)   # durable now: later calls of the session see it
-        except Exception as exc:  # noqa: BLE001
-            # No durable record, no answer: the enforcement point must treat this as a deny.
-            log.error("decision not recorded", extra={"decision_id": decision_id, "error": str(exc)})
-            raise DecisionFailed(grpc.StatusCode.UNAVAILABLE, f"decision could not be recorded: {exc}",
-                                 req.request.id) from None
-        finally:
-            applied.done(written)
+            decision = applied.decision
+            record = build_record(decision_id, req, decision, bundle, now, self.controls.binding_key,
+                                  applied.args_hash, caller.name if caller is not ANONYMOUS else "")
+            if applied.approval is not None:
+                record.approval = applied.approval   # the approval this ALLOW consumed
+            self.bundles.shadow_into(record, req, state)  # into the record only, never the response
+            row = record.to_row()
+        except BaseException:
+            applied.done(False)
+            raise
+        return _Prepared(req, decision, record, row, applied, bundle, started)
+
+    def _unrecorded(self, prepared: _Prepared, exc: BaseException) -> DecisionFailed:
+        # No durable record, no answer: the enforcement point must treat this as a deny.
+        decision_id = prepared.record.decision_id
+        log.error("decision not recorded", extra={"decision_id": decision_id, "error": str(exc)})
+        return DecisionFailed(grpc.StatusCode.UNAVAILABLE, f"decision could not be recorded: {exc}",
+                              prepared.req.request.id)
+
+    def _finish(self, prepared: _Prepared, carrier: dict[str, str] | None, commit_started: float) -> pb.DecideResponse:
+        """After the record is durable: release what the controls held, count, answer."""
+        req, decision, record = prepared.req, prepared.decision, prepared.record
+        if prepared.bundle.reads_session:
+            self.controls.sessions.add(record)   # durable now: later calls of the session see it
+        prepared.applied.done(True)
         commit_ended = time.perf_counter()
-        # --- end stateful controls
         self.bundles.count(decision.outcome_name)  # Status counts
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("decided", extra={"decision_id": decision_id, "outcome": decision.outcome_name,
+            log.debug("decided", extra={"decision_id": record.decision_id, "outcome": decision.outcome_name,
                                         "tool": req.tool.name, "agent": req.agent.id})
         resp = record.response(req)
         if self.observe is not None:
-            self.observe(req, resp, decision.outcome_name, started, commit_started, commit_ended, carrier)
+            self.observe(req, resp, decision.outcome_name, prepared.started, commit_started, commit_ended, carrier)
         return resp
 
     async def _refused(self, method: str, principal: str, detail: str) -> None:

@@ -105,8 +105,9 @@ async def _decide_one(svc: DeciderService, raw: bytes, carrier: dict[str, str] |
 
 
 async def _decide_batch(svc: DeciderService, raw: bytes, carrier: dict[str, str] | None) -> bytes:
-    """One batch → one reply message, `responses[i]` for `requests[i]`. The calls are decided
-    concurrently, so their records share group commits; each is durable before the reply."""
+    """One batch → one reply message, `responses[i]` for `requests[i]`, decided in the batch's
+    order (`DeciderService.decide_many`); the records share group commits, each is durable before
+    the reply."""
     try:
         parts = split_batch(raw)
     except InvalidRequest as e:
@@ -114,7 +115,8 @@ async def _decide_batch(svc: DeciderService, raw: bytes, carrier: dict[str, str]
         return _frame([_error_reply(DecisionFailed(grpc.StatusCode.INVALID_ARGUMENT, str(e)))])
     if len(parts) == 1:
         return _frame([await _decide_one(svc, parts[0], carrier)])
-    return _frame(list(await asyncio.gather(*(_decide_one(svc, p, carrier) for p in parts))))
+    return _frame([r if isinstance(r, pb.DecideResponse) else _error_reply(r)
+                   for r in await svc.decide_many(parts, carrier)])
 
 
 async def decide_batch_stream(svc: DeciderService, context: grpc.aio.ServicerContext) -> None:

@@ -109,13 +109,22 @@ class GroupCommitWriter:
                 if self.on_commit is not None:
                     self.on_commit(1, 0)
                 return
+        await self.stage(row)
+
+    def stage(self, row: dict[str, Any]) -> asyncio.Future[None]:
+        """Queue `row` for the next batch handed to the writer thread (from the event loop) and
+        return the future its commit settles: many rows staged at once cost one future each and
+        no task (DeciderService.decide_many)."""
+        if self._closed:
+            raise WriterClosed("the decision writer is shut down")
+        loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         staged = self._staged.get(loop)
         if staged is None:
             staged = self._staged[loop] = []
             loop.call_soon(self._hand_over, loop)
         staged.append((row, fut))
-        await fut
+        return fut
 
     @property
     def runs_ops(self) -> bool:
