@@ -5,7 +5,7 @@
 
 direct:  client ⇄ stdio ⇄ mcp-server-time
 gateway: client ⇄ stdio ⇄ decider gateway mcp ⇄ stdio ⇄ mcp-server-time, with one Decide per call
-         (over the gateway's DecideStream to a local `decider serve`, SQLite, a one-rule allow bundle)
+         (over the gateway's DecideBatchStream to a local `decider serve`, SQLite, a one-rule allow bundle)
          and one ReportOutcome per call.
 C concurrent calls are C callers sharing one client session (stdio carries one session per process).
 Latency is client side per call. Server CPU-ms per call = utime+stime of the gateway process and of
@@ -168,7 +168,7 @@ async def measure(mode: str, cfg: Path, conc: int, calls: int, decider_pid: int)
 
 
 async def breakdown(target: str, decider_pid: int, n: int) -> dict[str, float]:
-    """decider's server CPU per Decide on the gateway's DecideStream and per ReportOutcome (the two
+    """decider's server CPU per Decide on the gateway's decision stream and per ReportOutcome (the two
     RPCs a forwarded call costs), measured apart with the gateway's own DeciderLink."""
     from decider.client import build_request
     from decider.gateway.config import DeciderTarget

@@ -32,7 +32,7 @@ LABELS = {
     ("client>", "in"): "client → gateway read the request",
     ("in", "handler"): "gateway: parse, dispatch (mcp SDK)",
     ("handler", "decide>"): "gateway: route, build the DecideRequest",
-    ("decide>", "decide<"): "Decide round trip (DecideStream)",
+    ("decide>", "decide<"): "Decide round trip (the decision stream)",
     ("decide<", "upstream>"): "gateway: after the decision",
     ("upstream>", "upstream<"): "upstream round trip (stdio, mcp SDK client)",
     ("upstream<", "out"): "gateway: result → reply written (mcp SDK)",
