@@ -112,7 +112,8 @@ class Controls:
         # A stored approval as the engine reads it, and as an identical call is answered with, built
         # once per version of the row (`_version`) instead of once per identical call (issue 17).
         # The rows themselves are read from the store on every such call: it stays the truth.
-        self._approval_views: dict[tuple[Any, ...], tuple[ApprovalView, pb.DecideResponse | None]] = {}
+        # An entry: [the view, the answer (built on the first identical call)].
+        self._approval_views: dict[tuple[Any, ...], list[Any]] = {}
         self._task: asyncio.Task[None] | None = None
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -274,27 +275,27 @@ class Controls:
         applied._on_done.append(release_if_unwritten)
         return applied
 
-    def _view(self, row: dict[str, Any]) -> ApprovalView:
+    def _approval_entry(self, row: dict[str, Any]) -> list[Any]:
         key = _version(row)
-        hit = self._approval_views.get(key)
-        if hit is None:
+        entry = self._approval_views.get(key)
+        if entry is None:
             if len(self._approval_views) >= _VIEWS_MAX:
                 self._approval_views.clear()
-            hit = self._approval_views[key] = (_view(row), None)
-        return hit[0]
+            entry = self._approval_views[key] = [_view(row), None]
+        return entry
+
+    def _view(self, row: dict[str, Any]) -> ApprovalView:
+        return self._approval_entry(row)[0]
 
     def _same_as(self, row: dict[str, Any], req: pb.DecideRequest) -> pb.DecideResponse:
         """The answer to an identical call: the stored decision's response, with this call's request id."""
-        key = _version(row)
-        view, template = self._approval_views.get(key) or (None, None)
-        if template is None:
+        entry = self._approval_entry(row)
+        if entry[1] is None:
             template = response_from_row(row, req)
             template.request_id = ""
-            if len(self._approval_views) >= _VIEWS_MAX:
-                self._approval_views.clear()
-            self._approval_views[key] = (view or _view(row), template)
+            entry[1] = template
         resp = pb.DecideResponse()
-        resp.CopyFrom(template)
+        resp.CopyFrom(entry[1])
         resp.request_id = req.request.id
         return resp
 

@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import signal
 import sys
 from pathlib import Path
 
 import grpc
-from google.protobuf import json_format
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent.parent
@@ -30,6 +28,7 @@ for p in (str(HERE), str(REPO_ROOT)):
 from workload import expected_outcome  # noqa: E402
 
 from decider.api.wire import split_batch  # noqa: E402
+from decider.record.canonical import struct_to_dict  # noqa: E402
 from decider.v1 import decider_pb2 as pb  # noqa: E402
 
 _OUTCOME = {"ALLOW": pb.ALLOW, "DENY": pb.DENY, "REQUIRE_APPROVAL": pb.REQUIRE_APPROVAL}
@@ -37,7 +36,7 @@ _OUTCOME = {"ALLOW": pb.ALLOW, "DENY": pb.DENY, "REQUIRE_APPROVAL": pb.REQUIRE_A
 
 def answer(raw: bytes) -> pb.DecideResponse:
     req = pb.DecideRequest.FromString(raw)
-    args = json.loads(json_format.MessageToJson(req.tool.args)) if req.tool.HasField("args") else {}
+    args = struct_to_dict(req.tool.args)
     outcome = expected_outcome(req.tool.name, args, req.agent.model, req.request.environment)
     return pb.DecideResponse(outcome=_OUTCOME[outcome], request_id=req.request.id)
 
