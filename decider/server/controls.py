@@ -21,7 +21,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -193,13 +193,20 @@ class Controls:
             b.scope: BudgetUsage(*usage.get(b.key, (0.0, 0.0))) for b in budgets})
 
     async def settle(self, req: pb.DecideRequest, evaluated: Decision, bundle: Bundle, state: State,
-                     decision_id: str, now: datetime) -> Applied:
-        """The final decision (engine.settle) with its effects applied in the store."""
+                     decision_id: str, now: datetime,
+                     before_wait: Callable[[], Awaitable[None]] | None = None) -> Applied:
+        """The final decision (engine.settle) with its effects applied in the store.
+
+        `before_wait`: awaited first when this call's lock is taken (or promised to a waiter), so a
+        caller that holds other calls' locks until their records are written (a batch, whose
+        records are staged) writes them before it waits: the holder may be one of its own."""
         if not needs_approvals(req, evaluated):
             decision = engine_settle(bundle, req, evaluated, state)
             return await self._reserve(Applied(decision), decision.effects, decision_id, now)
         key = binding_hash(req, self.binding_key)
         lock = self._call_locks.setdefault(key, asyncio.Lock())
+        if before_wait is not None and (lock.locked() or lock._waiters):  # type: ignore[attr-defined]
+            await before_wait()
         await lock.acquire()
         # Held until this decision's record is written, so an identical call arriving meanwhile in
         # this process finds it (across replicas, the unique pending index is the guard).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
@@ -151,19 +151,26 @@ class DeciderService:
         DecisionFailed that call alone gets). The calls are decided one after another, in the
         batch's order, exactly as `decide_bytes` decides each (so budgets are charged in that
         order, as if the calls had come one by one); their records are staged for the
-        group-commit writer together and awaited together. A call that opens an approval holds
-        its call's lock until its record is written, so the records staged so far are committed
-        before the next call is decided (an identical call later in the batch then finds it)."""
+        group-commit writer together and awaited together. A call that reads approvals holds its
+        call's lock until its record is written; a later call that must wait for a lock first
+        has the records staged so far committed (the holder may be an identical call earlier in
+        this batch, which it then finds), so one commit serves the whole batch otherwise."""
         n = len(raws)
         self.in_flight += n
         if self.in_flight > 1:
             self._concurrent_until = time.monotonic() + CONCURRENCY_MEMORY_S
         results: list[Any] = []
         staged: list[tuple[int, _Prepared, asyncio.Future[None]]] = []
+
+        async def write_staged() -> None:
+            nonlocal staged
+            await self._settle_staged(staged, results, carrier)
+            staged = []   # after the wait: cancelled during it, the finally below still gives them back
+
         try:
             for raw in raws:
                 try:
-                    prepared = await self._prepare(raw, method)
+                    prepared = await self._prepare(raw, method, write_staged)
                 except DecisionFailed as e:
                     results.append(e)
                     continue
@@ -181,11 +188,7 @@ class DeciderService:
                     continue
                 staged.append((len(results), prepared, fut))
                 results.append(None)   # its place, filled once the record is written
-                if prepared.applied.args_hash:
-                    await self._settle_staged(staged, results, carrier)
-                    staged = []
-            await self._settle_staged(staged, results, carrier)
-            staged = []
+            await write_staged()
         finally:
             self.in_flight -= n
             for _i, prepared, _fut in staged:   # cancelled mid-batch: give back what was held
@@ -206,9 +209,11 @@ class DeciderService:
             else:
                 results[i] = self._finish(prepared, carrier, commit_started)
 
-    async def _prepare(self, raw: bytes, method: str) -> _Prepared | pb.DecideResponse:
+    async def _prepare(self, raw: bytes, method: str,
+                       before_wait: Callable[[], Awaitable[None]] | None = None) -> _Prepared | pb.DecideResponse:
         """Everything before the record is written: decode, validate, decide, apply the controls,
-        build the record. A response when the call is answered with an earlier decision."""
+        build the record. A response when the call is answered with an earlier decision.
+        `before_wait`: see Controls.settle."""
         started = time.perf_counter()
         try:
             req = decode_request(raw)
@@ -238,7 +243,7 @@ class DeciderService:
         decision_id = new_id()
         # `applied.done(written)` must run on every path from here.
         try:
-            applied = await self.controls.settle(req, evaluated, bundle, state, decision_id, now)
+            applied = await self.controls.settle(req, evaluated, bundle, state, decision_id, now, before_wait)
         except Exception as exc:  # noqa: BLE001 - e.g. a replica won the race for the same approval
             log.error("stateful controls failed", extra={"decision_id": decision_id, "error": str(exc)})
             raise DecisionFailed(grpc.StatusCode.UNAVAILABLE, f"decision could not be made: {exc}",

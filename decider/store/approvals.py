@@ -32,7 +32,11 @@ Index("ix_decisions_open_approval", c.agent_id, c.tool_name, c.tool_server, c.ar
 # At most one *pending* approval per call, even with several replicas deciding at once.
 Index("ux_decisions_pending_call", c.agent_id, c.tool_name, c.tool_server, c.args_hash, unique=True,
       sqlite_where=text("approval_state = 'pending'"), postgresql_where=text("approval_state = 'pending'"))
-Index("ix_decisions_approval_state", c.approval_state, c.approval_expires_at)
+# Expiry scans and the approvals queue. Partial: a decision that opened no approval (most of them)
+# costs this index nothing; every query on it names a state, which implies the condition.
+HAS_APPROVAL = text("approval_state IS NOT NULL")
+Index("ix_decisions_approval_state", c.approval_state, c.approval_expires_at,
+      sqlite_where=HAS_APPROVAL, postgresql_where=HAS_APPROVAL)
 
 # Kill-switch scope → the decisions column holding the request's value for it.
 SCOPE_COLUMNS = {
