@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,12 +15,13 @@ import pytest
 
 from decider.api.wire import MAX_BATCH, split_batch
 from decider.batching import BatchingDecider, DecisionError
-from decider.client import build_request
+from decider.client import DeciderClient, build_request
 from decider.errors import InvalidRequest
 from decider.v1 import decider_pb2 as pb
 
 from .helpers import ServerProcess, start_server
 from .stateful import write_bundle, write_tokens
+from .test_lifecycle import free_port
 
 CODER = {"id": "coder-7", "team": "platform", "model": "claude-opus-4", "capabilities": ["shell"]}
 FINANCE = {"id": "refund-bot", "team": "finance", "model": "gpt-5", "owner": "user:ana"}
@@ -137,11 +139,26 @@ def test_the_batching_client_fails_closed_when_decider_is_unreachable() -> None:
 @pytest.fixture(scope="module")
 def authed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     tmp: Path = tmp_path_factory.mktemp("batch-auth")
-    s = start_server(tmp, write_bundle(tmp), None, "--tokens", str(write_tokens(tmp)))
+    metrics = free_port()
+    s = start_server(tmp, write_bundle(tmp), None, "--tokens", str(write_tokens(tmp)),
+                     "--metrics-listen", f"127.0.0.1:{metrics}")
+    METRICS_PORT[s.port] = metrics
     try:
         yield s
     finally:
         s.stop()
+
+
+METRICS_PORT: dict[int, int] = {}   # server port -> its /metrics port
+
+
+def _commits(srv: ServerProcess) -> float:
+    """How many commits the server's decision writer has made (its batch-size histogram's count)."""
+    port = METRICS_PORT[srv.port]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    return sum(float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith("decider_writer_batch_size_count"))
 
 
 def test_batches_need_the_enforcer_role(authed: ServerProcess) -> None:
@@ -160,10 +177,49 @@ def test_identical_approval_calls_in_one_batch_share_one_pending_decision(authed
     a = build_request(agent=refund, tool="payments.refund", args={"amount": 5, "order": "b-1"}, request_id="a1")
     b = build_request(agent=refund, tool="payments.refund", args={"amount": 5, "order": "b-1"}, request_id="a2")
     work = build_request(agent={"id": "w"}, tool="work.do", request_id="w1")
-    (reply,) = _batches(authed.target, [_batch(a, work, b)], token="gw-token")
-    first, allowed, second = reply.responses
-    assert first.outcome == second.outcome == pb.REQUIRE_APPROVAL and allowed.outcome == pb.ALLOW
+    more = build_request(agent={"id": "w"}, tool="work.do", request_id="w2")
+    before = _commits(authed)
+    (reply,) = _batches(authed.target, [_batch(a, work, b, more)], token="gw-token")
+    first, allowed, second, allowed_too = reply.responses
+    assert first.outcome == second.outcome == pb.REQUIRE_APPROVAL and allowed.outcome == allowed_too.outcome
+    assert allowed.outcome == pb.ALLOW
     assert second.decision_id == first.decision_id and second.request_id == "a2"
+    # The second call had to wait for the first one's lock: the two records before it were
+    # committed then (the second call itself writes none), and the last call's after.
+    assert _commits(authed) - before == 2
+
+
+def test_a_batch_that_opens_approvals_is_written_in_one_commit(authed: ServerProcess) -> None:
+    # Records are committed early only when a call must wait for a lock; calls that open
+    # approvals of their own do not split the batch's write.
+    refund = {"id": "refund-bot", "team": "finance", "owner": "user:olga", "model": "gpt-5"}
+    reqs = [build_request(agent=refund, tool="payments.refund", args={"amount": 5, "order": f"one-commit-{i}"},
+                          request_id=f"oc{i}") for i in range(3)]
+    reqs.insert(1, build_request(agent={"id": "w"}, tool="work.do", request_id="oc-work"))
+    before = _commits(authed)
+    (reply,) = _batches(authed.target, [_batch(*reqs)], token="gw-token")
+    assert [r.outcome for r in reply.responses] == [pb.REQUIRE_APPROVAL, pb.ALLOW, pb.REQUIRE_APPROVAL,
+                                                     pb.REQUIRE_APPROVAL]
+    assert len({r.decision_id for r in reply.responses}) == 4
+    assert _commits(authed) - before == 1
+
+
+def test_a_batch_after_a_kill_switch_is_denied_by_it_for_every_call_it_covers(authed: ServerProcess) -> None:
+    # The rules of a batch's calls run before any of them settles, against the kill switches in
+    # force when the batch arrives; a call from a budgeted agent is evaluated in its turn.
+    with DeciderClient(authed.target, token="admin-token") as admin:
+        ks = admin.set_kill_switch("agent", "batch-killed", "incident 17")
+        try:
+            killed = build_request(agent={"id": "batch-killed"}, tool="work.do", request_id="k1")
+            spender = build_request(agent={"id": "batch-killed"}, tool="work.do", estimated_cost=1.0,
+                                    request_id="k2")
+            other = build_request(agent={"id": "batch-alive"}, tool="work.do", request_id="k3")
+            (reply,) = _batches(authed.target, [_batch(killed, other, spender)], token="gw-token")
+        finally:
+            admin.clear_kill_switch(ks.id)
+    assert [r.deciding_rule for r in reply.responses] == ["killed", "work-allowed", "killed"]
+    (after,) = _batches(authed.target, [_batch(killed)], token="gw-token")
+    assert after.responses[0].outcome == pb.ALLOW
 
 
 def test_budgets_are_charged_call_by_call_within_a_batch(authed: ServerProcess) -> None:

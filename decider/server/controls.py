@@ -181,10 +181,17 @@ class Controls:
         return self.tokens.groups_of(principal) if self.tokens is not None else frozenset()
 
     # ---- the Decide hooks ----------------------------------------------------------------------
+    def state_at_hand(self, req: pb.DecideRequest, bundle: Bundle, now: datetime) -> State | None:
+        """The state when no budget can matter to this call (no store read), else None."""
+        if not bundle.budgets or not (req.request.estimated_cost > 0 or mentions_budget(bundle, req.tool.name)):
+            return State(kill_switches=self.kill_switches, now=now)
+        return None
+
     async def state_for(self, req: pb.DecideRequest, bundle: Bundle, now: datetime) -> State:
         kills = self.kill_switches
-        if not bundle.budgets or not (req.request.estimated_cost > 0 or mentions_budget(bundle, req.tool.name)):
-            return State(kill_switches=kills, now=now)
+        state = self.state_at_hand(req, bundle, now)
+        if state is not None:
+            return state
         budgets = applicable_budgets(bundle, identity_of(bundle, req), now)   # as the decision will see it
         if not budgets:
             return State(kill_switches=kills, now=now)

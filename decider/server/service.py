@@ -150,7 +150,8 @@ class DeciderService:
         """Several decisions from wire bytes, one result per call in order (a response, or the
         DecisionFailed that call alone gets). The calls are decided one after another, in the
         batch's order, exactly as `decide_bytes` decides each (so budgets are charged in that
-        order, as if the calls had come one by one); their records are staged for the
+        order, as if the calls had come one by one; the rules of a call whose state needs no
+        store read run before the others settle, see below); their records are staged for the
         group-commit writer together and awaited together. A call that reads approvals holds its
         call's lock until its record is written; a later call that must wait for a lock first
         has the records staged so far committed (the holder may be an identical call earlier in
@@ -168,9 +169,36 @@ class DeciderService:
             staged = []   # after the wait: cancelled during it, the finally below still gives them back
 
         try:
+            # Decode, validate and run the rules of every call first, back to back: one stage at a
+            # time keeps each stage's code and data (CEL's above all) in the CPU's caches, ~25%
+            # less CPU per call than taking each call through every stage (docs/performance.md).
+            # A call whose state comes from the store (a budget can matter, a policy reads the
+            # session) is evaluated in its turn below instead, after the calls before it settled.
+            bundle = self.bundles.active   # read once: the whole batch uses this revision
+            early: list[Any] = []
             for raw in raws:
+                started = time.perf_counter()
                 try:
-                    prepared = await self._prepare(raw, method, write_staged)
+                    req, now = self._intake(raw)
+                    state = self._state_at_hand(req, bundle, now)
+                    evaluated = evaluate(bundle, req, state) if state is not None else None
+                except DecisionFailed as e:
+                    early.append(e)
+                    continue
+                except Exception as e:  # noqa: BLE001 - one bad call must not fail the rest of its batch
+                    early.append(DecisionFailed(grpc.StatusCode.INTERNAL, f"decision failed: {e}"))
+                    continue
+                early.append((req, now, state, evaluated, started))
+            for item in early:
+                if isinstance(item, DecisionFailed):
+                    results.append(item)
+                    continue
+                req, now, state, evaluated, started = item
+                try:
+                    if evaluated is None:
+                        state = await self.state_for(req, bundle, now)
+                        evaluated = evaluate(bundle, req, state)
+                    prepared = await self._settle(req, now, bundle, state, evaluated, started, method, write_staged)
                 except DecisionFailed as e:
                     results.append(e)
                     continue
@@ -215,6 +243,17 @@ class DeciderService:
         build the record. A response when the call is answered with an earlier decision.
         `before_wait`: see Controls.settle."""
         started = time.perf_counter()
+        req, now = self._intake(raw)
+        bundle = self.bundles.active  # read once: the whole decision uses this revision
+        state = await self.state_for(req, bundle, now)
+        # engine.decide in two halves: the rules, then (with the call's approvals read only when the
+        # rules ask for approval) the stateful controls, whose effects the store applies.
+        evaluated = evaluate(bundle, req, state)
+        return await self._settle(req, now, bundle, state, evaluated, started, method, before_wait)
+
+    @staticmethod
+    def _intake(raw: bytes) -> tuple[pb.DecideRequest, datetime]:
+        """Decode and validate a call, and stamp its time (DecisionFailed naming the field)."""
         try:
             req = decode_request(raw)
         except InvalidRequest as e:
@@ -226,11 +265,19 @@ class DeciderService:
         now = datetime.now(timezone.utc)
         if not req.request.HasField("time"):
             set_timestamp(req.request.time, now)
-        bundle = self.bundles.active  # read once: the whole decision uses this revision
-        state = await self.state_for(req, bundle, now)
-        # engine.decide in two halves: the rules, then (with the call's approvals read only when the
-        # rules ask for approval) the stateful controls, whose effects the store applies.
-        evaluated = evaluate(bundle, req, state)
+        return req, now
+
+    def _state_at_hand(self, req: pb.DecideRequest, bundle: Bundle, now: datetime) -> State | None:
+        """The call's state when it needs nothing from the store (no budget can matter, no policy
+        it meets reads the session), else None: `state_for` reads it, in the call's turn."""
+        if bundle.reads_session and bundle.reads_session_for(req.tool.name):
+            return None
+        return self.controls.state_at_hand(req, bundle, now)
+
+    async def _settle(self, req: pb.DecideRequest, now: datetime, bundle: Bundle, state: State,
+                      evaluated: Decision, started: float, method: str,
+                      before_wait: Callable[[], Awaitable[None]] | None) -> _Prepared | pb.DecideResponse:
+        """From the rules' decision on: the caller's binding, the stateful controls, the record."""
         caller = current_principal()
         if caller.agents or caller.teams:
             # A bound caller (SPEC §9), checked on the identity the decision saw (the manifest may
