@@ -177,14 +177,14 @@ def test_identical_approval_calls_in_one_batch_share_one_pending_decision(authed
     a = build_request(agent=refund, tool="payments.refund", args={"amount": 5, "order": "b-1"}, request_id="a1")
     b = build_request(agent=refund, tool="payments.refund", args={"amount": 5, "order": "b-1"}, request_id="a2")
     work = build_request(agent={"id": "w"}, tool="work.do", request_id="w1")
-    more = build_request(agent={"id": "w"}, tool="work.do", request_id="w2")
+    other = build_request(agent=refund, tool="payments.refund", args={"amount": 5, "order": "b-2"}, request_id="o1")
     before = _commits(authed)
-    (reply,) = _batches(authed.target, [_batch(a, work, b, more)], token="gw-token")
-    first, allowed, second, allowed_too = reply.responses
-    assert first.outcome == second.outcome == pb.REQUIRE_APPROVAL and allowed.outcome == allowed_too.outcome
-    assert allowed.outcome == pb.ALLOW
+    (reply,) = _batches(authed.target, [_batch(a, work, b, other)], token="gw-token")
+    first, allowed, second, third = reply.responses
+    assert first.outcome == second.outcome == third.outcome == pb.REQUIRE_APPROVAL and allowed.outcome == pb.ALLOW
     assert second.decision_id == first.decision_id and second.request_id == "a2"
-    # The second call had to wait for the first one's lock: the two records before it were
+    assert third.decision_id != first.decision_id
+    # The second call had to wait for the first one's lock: the records staged before it were
     # committed then (the second call itself writes none), and the last call's after.
     assert _commits(authed) - before == 2
 

@@ -199,6 +199,15 @@ class Controls:
         return State(kill_switches=kills, now=now, budget_usage={
             b.scope: BudgetUsage(*usage.get(b.key, (0.0, 0.0))) for b in budgets})
 
+    def settle_at_hand(self, req: pb.DecideRequest, evaluated: Decision, bundle: Bundle,
+                       state: State) -> Applied | None:
+        """The final decision when it needs nothing from the store (no approval to read, nothing
+        to reserve): `settle` would give the same; else None."""
+        if needs_approvals(req, evaluated):
+            return None
+        decision = engine_settle(bundle, req, evaluated, state)
+        return None if decision.effects.reserve else Applied(decision)
+
     async def settle(self, req: pb.DecideRequest, evaluated: Decision, bundle: Bundle, state: State,
                      decision_id: str, now: datetime,
                      before_wait: Callable[[], Awaitable[None]] | None = None) -> Applied:
