@@ -6,6 +6,8 @@ the bench bundle and request mix of `compare.py`. What is left out is grpcio its
 between this and the server's decisions per CPU-second is what gRPC costs.
 
     .venv/bin/python tools/bench/pipeline_bench.py [--concurrency 32] [--requests 6000] [--profile out.prof]
+    .venv/bin/python tools/bench/pipeline_bench.py --batch 16 --concurrency 2   # DecideBatchStream's path
+    .venv/bin/python tools/bench/pipeline_bench.py --batch 16 --concurrency 2 --ab-stages 16 --requests 1600
 
 Prints a table and writes tools/bench/results/pipeline.json. Bounded by --requests and --seconds.
 """
@@ -16,6 +18,7 @@ import argparse
 import asyncio
 import cProfile
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -64,7 +67,7 @@ async def run(concurrency: int, requests: int, seconds: float, db: str, profile:
                     # DecideBatchStream's path: `batch` consecutive calls of the mix decided together.
                     idx = [(i + k) % len(raw) for k in range(batch)]
                     results = await svc.decide_many([raw[j] for j in idx])
-                    for j, resp in zip(idx, results):
+                    for j, resp in zip(idx, results, strict=True):
                         if pb.Outcome.Name(resp.outcome) != expected[j]:
                             raise AssertionError(f"call {j}: {pb.Outcome.Name(resp.outcome)}, expected {expected[j]}")
                     done += batch
@@ -94,6 +97,48 @@ async def run(concurrency: int, requests: int, seconds: float, db: str, profile:
             "batches": running.writer.batches, "rows": running.writer.rows}
 
 
+async def ab_stages(batch: int, concurrency: int, per_round: int, rounds: int, db: str) -> dict[str, Any]:
+    """The batch path with and without its stage-first phases, rounds alternating in one process
+    (same server, same database, same warm caches): "in turn" forces every call of a batch
+    through the in-order path (as before issue 17's third round), "stage-first" is the server's."""
+    running = await start_server(ServerConfig(bundle=str(BUNDLE), db=db, listen="127.0.0.1:0"))
+    svc = running.service
+    items = build_workload(2000, 7)
+    target = DeciderTarget("unused")
+    raw = [target.build(it).SerializeToString() for it in items]
+    expected = [it.expected for it in items]
+    stage_first = svc._state_at_hand
+    in_turn = lambda *_a: None  # noqa: E731 - no state at hand: every call settles in its turn
+    pos = 0
+    try:
+        for r in raw:   # every call once: the approvals the mix opens exist before the rounds
+            await svc.decide_bytes(r)
+
+        async def one_round() -> float:
+            async def worker() -> None:
+                nonlocal pos
+                for _ in range(per_round // (batch * concurrency)):
+                    k = pos
+                    pos += batch
+                    idx = [(k + j) % len(raw) for j in range(batch)]
+                    for j, resp in zip(idx, await svc.decide_many([raw[j] for j in idx]), strict=True):
+                        if pb.Outcome.Name(resp.outcome) != expected[j]:
+                            raise AssertionError(f"call {j}: {resp}")
+            n = (per_round // (batch * concurrency)) * batch * concurrency
+            c0 = time.process_time()
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            return 1e6 * (time.process_time() - c0) / n
+
+        out: dict[str, list[float]] = {"in turn": [], "stage-first": []}
+        for rnd in range(rounds):
+            for mode in (("in turn", "stage-first") if rnd % 2 == 0 else ("stage-first", "in turn")):
+                svc._state_at_hand = in_turn if mode == "in turn" else stage_first  # type: ignore[method-assign]
+                out[mode].append(await one_round())
+    finally:
+        await running.stop(1.0)
+    return {"batch": batch, "concurrency": concurrency, "per_round": per_round, "cpu_us_per_decision": out}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--concurrency", default="1,32", help="comma-separated levels")
@@ -101,10 +146,25 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=20.0, help="time bound per level")
     ap.add_argument("--batch", type=int, default=0,
                     help="decide N calls per decide_many (DecideBatchStream's path) instead of one decide_bytes")
+    ap.add_argument("--ab-stages", type=int, default=0, metavar="ROUNDS",
+                    help="with --batch: ROUNDS rounds each of the batch path in turn vs stage-first, alternating")
     ap.add_argument("--profile", help="write a cProfile of the last level here (event-loop thread only)")
     ap.add_argument("--out", default=str(ROOT / "tools" / "bench" / "results" / "pipeline.json"))
     args = ap.parse_args()
     levels = [int(x) for x in args.concurrency.split(",")]
+    if args.ab_stages:
+        with tempfile.TemporaryDirectory() as tmp:
+            res = asyncio.run(ab_stages(args.batch or 16, levels[-1], args.requests, args.ab_stages,
+                                        f"sqlite:///{tmp}/pipeline.db"))
+        print(f"decide_many in-process, batches of {res['batch']}, {res['concurrency']} at once, "
+              f"{res['per_round']} decisions a round; process CPU µs per decision")
+        for mode, xs in res["cpu_us_per_decision"].items():
+            print(f"{mode:12} median {statistics.median(xs):6.1f}   rounds: {' '.join(f'{x:.0f}' for x in xs)}")
+        a, b = (statistics.median(res["cpu_us_per_decision"][m]) for m in ("in turn", "stage-first"))
+        print(f"stage-first / in turn: {b / a:.2f} (CPU per decision; < 1 = stage-first cheaper)")
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(res, indent=2))
+        return 0
     rows = []
     for c in levels:
         with tempfile.TemporaryDirectory() as tmp:
