@@ -38,16 +38,20 @@ from decider.v1 import decider_pb2 as pb  # noqa: E402
 BUNDLE = ROOT / "tools" / "bench" / "policies" / "decider"
 
 
-async def run(concurrency: int, requests: int, seconds: float, db: str, profile: str | None,
-              batch: int = 0) -> dict[str, Any]:
-    # The real server start-up (bundle load, stores, controls), on an ephemeral loopback port that
-    # this bench never calls: decisions go straight to decide_bytes.
+async def _started(db: str) -> tuple[Any, list[bytes], list[str]]:
+    """The real server start-up (bundle load, stores, controls), on an ephemeral loopback port that
+    this bench never calls (decisions go straight to the service), and the mix's wire bytes with
+    each call's expected outcome."""
     running = await start_server(ServerConfig(bundle=str(BUNDLE), db=db, listen="127.0.0.1:0"))
-    svc = running.service
     items = build_workload(2000, 7)
     target = DeciderTarget("unused")
-    raw = [target.build(it).SerializeToString() for it in items]
-    expected = [it.expected for it in items]
+    return running, [target.build(it).SerializeToString() for it in items], [it.expected for it in items]
+
+
+async def run(concurrency: int, requests: int, seconds: float, db: str, profile: str | None,
+              batch: int = 0) -> dict[str, Any]:
+    running, raw, expected = await _started(db)
+    svc = running.service
     try:
         # Warm-up: one pass over the mix, every answer checked.
         for i, r in enumerate(raw[:400]):
@@ -101,12 +105,8 @@ async def ab_stages(batch: int, concurrency: int, per_round: int, rounds: int, d
     """The batch path with and without its stage-first phases, rounds alternating in one process
     (same server, same database, same warm caches): "in turn" forces every call of a batch
     through the in-order path (as before issue 17's third round), "stage-first" is the server's."""
-    running = await start_server(ServerConfig(bundle=str(BUNDLE), db=db, listen="127.0.0.1:0"))
+    running, raw, expected = await _started(db)
     svc = running.service
-    items = build_workload(2000, 7)
-    target = DeciderTarget("unused")
-    raw = [target.build(it).SerializeToString() for it in items]
-    expected = [it.expected for it in items]
     stage_first = svc._state_at_hand
     in_turn = lambda *_a: None  # noqa: E731 - no state at hand: every call settles in its turn
     pos = 0
