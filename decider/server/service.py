@@ -42,6 +42,13 @@ class DecisionFailed(Exception):
         self.message = message
         self.request_id = request_id
 
+    @staticmethod
+    def of(exc: Exception) -> DecisionFailed:
+        """What a call that raised `exc` gets: the DecisionFailed itself, or INTERNAL for anything
+        else (one bad call must not fail its batch's or stream's other calls)."""
+        return exc if isinstance(exc, DecisionFailed) else DecisionFailed(
+            grpc.StatusCode.INTERNAL, f"decision failed: {exc}")
+
 
 class _Prepared(NamedTuple):
     """A decision made and its record built, not yet written (DeciderService._prepare)."""
@@ -115,9 +122,7 @@ class DeciderService:
                            method: str = "Decide") -> pb.DecideResponse:
         """One decision from wire bytes, recorded durably before it returns. Shared by the unary
         `Decide` and `DecideStream`; failures raise DecisionFailed with the status to report."""
-        self.in_flight += 1
-        if self.in_flight > 1:
-            self._concurrent_until = time.monotonic() + CONCURRENCY_MEMORY_S
+        self._enter(1)
         try:
             return await self._decide_bytes(raw, carrier, method)
         finally:
@@ -157,9 +162,7 @@ class DeciderService:
         has the records staged so far committed (the holder may be an identical call earlier in
         this batch, which it then finds), so one commit serves the whole batch otherwise."""
         n = len(raws)
-        self.in_flight += n
-        if self.in_flight > 1:
-            self._concurrent_until = time.monotonic() + CONCURRENCY_MEMORY_S
+        self._enter(n)
         results: list[Any] = [None] * n
         staged: list[tuple[int, _Prepared, asyncio.Future[None]]] = []
 
@@ -191,11 +194,8 @@ class DeciderService:
                     req, now = self._intake(raw)
                     state = self._state_at_hand(req, bundle, now)
                     evaluated = evaluate(bundle, req, state) if state is not None else None
-                except DecisionFailed as e:
-                    results[i] = e
-                    continue
                 except Exception as e:  # noqa: BLE001 - one bad call must not fail the rest of its batch
-                    results[i] = DecisionFailed(grpc.StatusCode.INTERNAL, f"decision failed: {e}")
+                    results[i] = DecisionFailed.of(e)
                     continue
                 calls[i] = (req, now, state, evaluated, started)
             # 2. The calls the controls settle without the store (no approval to read, no budget to
@@ -212,7 +212,7 @@ class DeciderService:
                         calls[i] = None
                         prepared = self._record(req, now, bundle, state, applied, new_id(), caller, started)
                     except Exception as e:  # noqa: BLE001 - one bad call must not fail the rest of its batch
-                        results[i] = DecisionFailed(grpc.StatusCode.INTERNAL, f"decision failed: {e}")
+                        results[i] = DecisionFailed.of(e)
                         continue
                     stage(i, prepared)
             # 3. The others in the batch's order: budgets are charged, approvals read and opened,
@@ -226,11 +226,8 @@ class DeciderService:
                         state = await self.state_for(req, bundle, now)
                         evaluated = evaluate(bundle, req, state)
                     prepared = await self._settle(req, now, bundle, state, evaluated, started, method, write_staged)
-                except DecisionFailed as e:
-                    results[i] = e
-                    continue
                 except Exception as e:  # noqa: BLE001 - one bad call must not fail the rest of its batch
-                    results[i] = DecisionFailed(grpc.StatusCode.INTERNAL, f"decision failed: {e}")
+                    results[i] = DecisionFailed.of(e)
                     continue
                 if isinstance(prepared, pb.DecideResponse):
                     results[i] = prepared
@@ -367,6 +364,12 @@ class DeciderService:
             await asyncio.to_thread(self.controls.auth_events.record, row)
         except Exception as exc:  # noqa: BLE001 - refusing must not depend on the audit write
             log.error("auth event not recorded", extra={"error": str(exc)})
+
+    def _enter(self, n: int) -> None:
+        """`n` decisions start (the caller takes them off `in_flight` when they end)."""
+        self.in_flight += n
+        if self.in_flight > 1:
+            self._concurrent_until = time.monotonic() + CONCURRENCY_MEMORY_S
 
     def _alone(self) -> bool:
         """Nothing else in flight now, no other stream open, and no concurrency seen lately: then

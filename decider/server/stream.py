@@ -44,10 +44,8 @@ async def _decide_one(svc: DeciderService, raw: bytes, carrier: dict[str, str] |
     """One call's reply on a stream: its decision, or the error the unary call would abort with."""
     try:
         return await svc.decide_bytes(raw, carrier, method)
-    except DecisionFailed as e:
-        return _error_reply(e)
     except Exception as e:  # noqa: BLE001 - one bad message must not end everyone's stream
-        return _error_reply(DecisionFailed(grpc.StatusCode.INTERNAL, f"decision failed: {e}"))
+        return _error_reply(DecisionFailed.of(e))
 
 
 async def decide_stream(svc: DeciderService, context: grpc.aio.ServicerContext) -> None:
