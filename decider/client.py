@@ -95,10 +95,12 @@ class DeciderClient:
         return self._stub.WatchDecision(pb.GetDecisionRequest(decision_id=decision_id), timeout=timeout,
                                         metadata=self._metadata)
 
-    def report_outcome(self, decision_id: str, actual_cost: float, status: str = "ok",
+    def report_outcome(self, decision_id: str, actual_cost: float | None = None, status: str = "ok",
                        labels: Sequence[str] = ()) -> pb.DecisionRecord:
-        req = pb.ReportOutcomeRequest(decision_id=decision_id, actual_cost=actual_cost, status=status,
-                                      labels=list(labels))
+        """`actual_cost` None (not known): the estimate stands; 0 refunds it (SPEC §11)."""
+        req = pb.ReportOutcomeRequest(decision_id=decision_id, status=status, labels=list(labels))
+        if actual_cost is not None:
+            req.actual_cost = actual_cost
         return self._stub.ReportOutcome(req, timeout=self._timeout, metadata=self._metadata)
 
     # ---- kill switches (admin role) ----

@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 from cel_expr_python import cel
 
+from decider.bundle.costs import ToolCost, compile_cost
 from decider.bundle.identity_lint import identity_warnings
 from decider.bundle.manifests import EMPTY_INDEX, AgentIndex, compile_manifests
 from decider.bundle.schemas import ToolSchema, argument_reads, compile_schemas, tools_covered
@@ -168,6 +169,24 @@ class Bundle:
     reads_session: bool = False
     # Does any rule carry `labels:`? (The engine collects labels only then.)
     labels_rules: bool = False
+    # `spec.tools.<name>.cost`: the estimate of a call that carries none (SPEC §11).
+    costs: dict[str, ToolCost] = field(default_factory=dict)
+    _cost_globs: tuple[tuple[re.Pattern[str], ToolCost], ...] = ()
+    _cost_cache: dict[str, ToolCost | None] = field(default_factory=dict)
+
+    def cost(self, tool_name: str) -> ToolCost | None:
+        """The tool's default cost: its own entry, else the longest catalogue glob with one (memoised)."""
+        if not self.costs:
+            return None
+        hit = self._cost_cache.get(tool_name, _MISS)
+        if hit is not _MISS:
+            return hit  # type: ignore[return-value]
+        hit = self.costs.get(tool_name)
+        if hit is None:
+            hit = next((c for rx, c in self._cost_globs if rx.match(tool_name)), None)
+        if len(self._cost_cache) < _INDEX_CACHE_MAX:
+            self._cost_cache[tool_name] = hit
+        return hit
 
     def reads_session_for(self, tool_name: str) -> bool:
         """Does a policy this tool's calls meet read `session`? (No history is read otherwise.)"""
@@ -379,12 +398,13 @@ def compile_bundle(src: LoadedSource) -> Bundle:
         )
     for pp in src.partial:
         _compile_rules(pp.name, pp.source, pp.rules, seen_ids, lines_of, errors, src.texts, env, list_names)
-    agents, schemas = EMPTY_INDEX, {}
+    agents, schemas, costs = EMPTY_INDEX, {}, {}
     if src.bundle is not None:
         agents = compile_manifests(src.agents, src.bundle.spec.agents.unregistered,
                                    lambda f, ln, c, msg: errors.append(SourceError(f, ln, c, msg)))
         schemas = _compile_schemas(src, errors)
         _check_argument_reads(src, src.bundle.spec.tools, schemas, lines_of, errors)
+        costs = _compile_costs(src, env, lines_of, errors)
     if errors or src.bundle is None:
         raise PolicyLoadError(errors)
 
@@ -432,7 +452,36 @@ def compile_bundle(src: LoadedSource) -> Bundle:
         session_window_s=parse_duration(spec.session.window),
         reads_session=any("session" in p.needs for p in policies),
         labels_rules=any(r.labels for p in policies for r in p.rules),
+        costs=costs,
+        _cost_globs=tuple((_glob_rx(k), v) for k, v in sorted(costs.items(), key=lambda kv: -len(kv[0]))
+                          if _is_glob(k)),
     )
+
+
+def _compile_costs(src: LoadedSource, env: cel.Env, lines_of: dict[str, list[str]],
+                   errors: list[SourceError]) -> dict[str, ToolCost]:
+    assert src.bundle is not None and src.bundle_source is not None
+    bsrc = src.bundle_source
+    out: dict[str, ToolCost] = {}
+    for tool, info in src.bundle.spec.tools.items():
+        if info.cost is None:
+            continue
+        compiled = compile_cost(info.cost, env)
+        if isinstance(compiled, ToolCost):
+            out[tool] = compiled
+            continue
+        node = locate(bsrc.node, ("spec", "tools", tool, "cost"))
+        if bsrc.file not in lines_of:
+            data = src.texts.get(bsrc.file)
+            text = data.decode("utf-8") if data is not None else Path(bsrc.file).read_text(encoding="utf-8")
+            lines_of[bsrc.file] = text.splitlines()
+        for ce in compiled:
+            if isinstance(node, yaml.ScalarNode):
+                line, col = _expression_position(node, lines_of[bsrc.file], ce.line, ce.column)
+            else:
+                line, col = node.start_mark.line + 1, node.start_mark.column + 1
+            errors.append(SourceError(bsrc.file, line, col, f"spec.tools.{tool}.cost: {ce.message}"))
+    return out
 
 
 def _compile_schemas(src: LoadedSource, errors: list[SourceError]) -> dict[str, ToolSchema]:

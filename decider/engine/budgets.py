@@ -17,7 +17,7 @@ from decider.engine.state import BudgetUsage, State, kill_scope_value
 from decider.v1 import decider_pb2 as pb
 
 __all__ = ["WINDOW_SECONDS", "EPSILON", "BudgetKey", "window_start", "applicable_budgets", "budget_views",
-           "exceeded_text", "mentions_budget", "first_exceeded"]
+           "exceeded_text", "first_exceeded"]
 
 WINDOW_SECONDS = {"1h": 3600, "1d": 86400, "30d": 30 * 86400, "total": 0}
 # Float costs: tolerate rounding so that ten reservations of 0.1 fit a limit of 1.0.
@@ -73,12 +73,13 @@ def budget_views(bundle: Bundle, state: State) -> dict[str, dict[str, float]]:
 def first_exceeded(budgets: list[BudgetKey], usage: Mapping[str, BudgetUsage],
                    cost: float) -> tuple[BudgetKey, BudgetUsage] | None:
     """The first budget (in key order, as the store reserves) without room for `cost`, else None.
-    Only a call with a cost needs budget: one with none is never denied for it (its actual cost,
-    once reported, is still charged)."""
+    A call with no cost still needs a budget that is not already spent (SPEC §11: a spent budget
+    denies every call it applies to, estimate or not)."""
     get = usage.get
     for b in sorted(budgets):
         use = get(b.scope) or BudgetUsage()
-        if use.spent + use.reserved + cost > b.limit + EPSILON:
+        need = use.spent + use.reserved + cost
+        if need > b.limit + EPSILON or (cost <= 0 and need >= b.limit - EPSILON):
             return b, use
     return None
 
@@ -87,17 +88,3 @@ def exceeded_text(b: BudgetKey, spent: float, reserved: float, cost: float) -> s
     window = "total" if b.window == "total" else f"{b.window} window"
     return (f"budget exceeded: {b.scope} {b.scope_key!r} ({window}) limit {b.limit:g}, spent {spent:g}, "
             f"reserved {reserved:g}, this call {cost:g}")
-
-
-_MENTIONS: dict[tuple[str, str], bool] = {}
-
-
-def mentions_budget(bundle: Bundle, tool_name: str) -> bool:
-    """Does any rule that can apply to this tool read `budget`? Memoised per bundle revision."""
-    key = (bundle.revision, tool_name)
-    hit = _MENTIONS.get(key)
-    if hit is None:
-        hit = any("budget" in r.when for p in bundle.candidates(tool_name) for r in p.rules)
-        if len(_MENTIONS) < 8192:
-            _MENTIONS[key] = hit
-    return hit

@@ -8,6 +8,8 @@ test` and `replay` in memory, the shadow evaluation not at all. The rules, in or
 - `dry_run`: the rules' decision, no effects (evaluate and record, change no state).
 - ALLOW with `estimated_cost` > 0: the cost must fit every applicable budget (spent + reserved +
   cost <= limit), else DENY `budget_exceeded` naming the budget; if it fits, reserve it on all.
+  ALLOW without a cost: DENY `budget_exceeded` when an applicable budget is already spent
+  (spent + reserved >= limit); nothing is reserved.
 - REQUIRE_APPROVAL, looking at the approvals bound to this exact call (agent id, owner, team,
   workflow, environment, tool, server, arguments), oldest first:
   - pending and not yet expired: the answer is that decision (`same_as`), nothing is recorded;
@@ -29,7 +31,7 @@ from decider.engine.decision import NO_EFFECTS, Decision, Effects
 from decider.engine.state import ApprovalView, State
 from decider.v1 import decider_pb2 as pb
 
-__all__ = ["settle", "needs_approvals", "needs_budget_usage", "deny", "budget_denial", "approved_text",
+__all__ = ["settle", "needs_approvals", "deny", "budget_denial", "approved_text",
            "rejected_text"]
 
 _OPEN = Effects(open_approval=True)
@@ -38,12 +40,6 @@ _OPEN = Effects(open_approval=True)
 def needs_approvals(request: pb.DecideRequest, decision: Decision) -> bool:
     """Does settling this decision read the call's approvals? (The server reads them only then.)"""
     return decision.outcome == pb.REQUIRE_APPROVAL and not request.dry_run
-
-
-def needs_budget_usage(bundle: Bundle, request: pb.DecideRequest) -> bool:
-    """Can a budget stop this call? Only a call with a cost needs budget (a rule that reads
-    `budget` needs the usage too; the server checks `mentions_budget` for that)."""
-    return bool(bundle.budgets) and request.request.estimated_cost > 0
 
 
 def deny(decision: Decision, rule_id: str, text: str, **changes: object) -> Decision:
@@ -69,7 +65,7 @@ def rejected_text(ap: ApprovalView) -> str:
 def _with_budget(bundle: Bundle, request: pb.DecideRequest, decision: Decision, state: State,
                  now: datetime, effects: Effects = NO_EFFECTS) -> Decision:
     cost = request.request.estimated_cost
-    if not (cost > 0 and bundle.budgets):
+    if not bundle.budgets:
         return decision.with_effects(effects) if effects is not NO_EFFECTS else decision
     budgets = applicable_budgets(bundle, decision.agent or request.agent, now)   # the merged identity
     if not budgets:
@@ -78,6 +74,8 @@ def _with_budget(bundle: Bundle, request: pb.DecideRequest, decision: Decision, 
     if hit is not None:
         b, use = hit
         return budget_denial(decision, b, use.spent, use.reserved, cost)
+    if cost <= 0:   # nothing to hold: a call without cost only needs a budget not yet spent
+        return decision.with_effects(effects) if effects is not NO_EFFECTS else decision
     return decision.with_effects(replace(effects, reserve=tuple(sorted(budgets)), amount=cost))
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from decider.bundle.compile import Bundle, Reason
 from decider.engine.controls import needs_approvals, settle
 from decider.engine.decision import NO_EFFECTS, Decision, Effects, outcome_name, outcome_value
+from decider.engine.procedure import admit, evaluate_call
 from decider.engine.rules import evaluate
 from decider.engine.state import EMPTY_STATE, State
 from decider.v1 import decider_pb2 as pb
@@ -23,5 +24,7 @@ __all__ = ["Reason", "Decision", "Effects", "NO_EFFECTS", "decide", "evaluate", 
 
 
 def decide(bundle: Bundle, request: pb.DecideRequest, state: State = EMPTY_STATE) -> Decision:
-    """The final decision and the effects to apply. `state.approvals` None reads as "none"."""
-    return settle(bundle, request, evaluate(bundle, request, state), state)
+    """The final decision and the effects to apply. `state.approvals` None reads as "none".
+    The request is admitted first (engine/procedure.py: the tool's default estimate)."""
+    refused = admit(bundle, request)
+    return settle(bundle, request, evaluate_call(bundle, request, state, refused), state)

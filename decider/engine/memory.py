@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 
 from decider.bundle.compile import Bundle
-from decider.engine.budgets import applicable_budgets, mentions_budget
+from decider.engine.budgets import applicable_budgets
 from decider.engine.decide import evaluate, needs_approvals, settle
 from decider.engine.decision import NO_EFFECTS, Decision
 from decider.engine.identity import identity_of
@@ -79,7 +79,7 @@ class MemoryState:
         """The state the server would read for this request (`approvals=False`: without the
         call's approvals, which only a REQUIRE_APPROVAL decision needs)."""
         kills = tuple(k.switch for k in self.kill_switches if k.active(now)) if self.kill_switches else ()
-        if bundle.budgets and (req.request.estimated_cost > 0 or mentions_budget(bundle, req.tool.name)):
+        if bundle.budgets:   # a spent budget denies calls without a cost too (engine/controls.py)
             usage: dict[str, BudgetUsage] = {}
             for b in applicable_budgets(bundle, identity_of(bundle, req), now):
                 use = self._counter(b.key, b.scope, b.scope_key)

@@ -140,8 +140,11 @@ class Guard:
 
     def __init__(self, client: DeciderClient | str, *, agent: Mapping[str, Any], server: str = "",
                  approval_wait: float = 0.0, timeout: float = 5.0, token: str | None = None,
-                 context: Mapping[str, Any] | None = None) -> None:
+                 context: Mapping[str, Any] | None = None, costs: Mapping[str, float] | None = None) -> None:
         self.client = DeciderClient(client, timeout=timeout, token=token) if isinstance(client, str) else client
+        # Estimated cost per tool name, for calls that give none (the bundle's `spec.tools.<name>.cost`
+        # applies when neither does).
+        self.costs = dict(costs or {})
         self.agent = dict(agent)
         self.server = server
         self.approval_wait = approval_wait
@@ -152,6 +155,7 @@ class Guard:
                estimated_cost: float = 0.0, server: str | None = None) -> Verdict:
         """Ask once. Raises DeciderUnavailable when no decision could be had (fail closed)."""
         arguments = jsonable(dict(args or {}))
+        estimated_cost = estimated_cost or self.costs.get(tool, 0.0)
         try:
             resp = self.client.decide(agent=self.agent, tool=tool, args=arguments,
                                       server=self.server if server is None else server, call_id=call_id,
@@ -204,8 +208,9 @@ class Guard:
             return pending.with_approval(status)
         return self.decide(pending.tool, args, call_id=call_id, estimated_cost=estimated_cost, server=server)
 
-    def report(self, decision_id: str, status: str, actual_cost: float = 0.0) -> None:
-        """ReportOutcome; a failure is logged, never raised (the tool already ran)."""
+    def report(self, decision_id: str, status: str, actual_cost: float | None = None) -> None:
+        """ReportOutcome; a failure is logged, never raised (the tool already ran). `actual_cost`
+        only when the caller knows it: absent, the estimate reserved for the call stands."""
         try:
             self.client.report_outcome(decision_id, actual_cost, status[:64])
         except grpc.RpcError as e:
@@ -221,7 +226,7 @@ class Guard:
     async def aresume(self, pending: Verdict, args: Mapping[str, Any] | None = None, **kw: Any) -> Verdict:
         return await asyncio.to_thread(self.resume, pending, args, **kw)
 
-    async def areport(self, decision_id: str, status: str, actual_cost: float = 0.0) -> None:
+    async def areport(self, decision_id: str, status: str, actual_cost: float | None = None) -> None:
         await asyncio.to_thread(self.report, decision_id, status, actual_cost)
 
     def close(self) -> None:

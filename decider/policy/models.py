@@ -72,6 +72,18 @@ class ToolInfo(_Strict):
     # The tool's argument schema: JSON Schema in the MCP `inputSchema` dialect (SPEC §9). Checked
     # as a schema at load; calls whose arguments violate it are denied `invalid_arguments`.
     args: dict[str, Any] | None = None
+    # The estimated cost of a call that carries none (SPEC §11): a number, or a CEL expression over
+    # the call (`tool.args.pages * 0.01`) that gives one.
+    cost: float | str | None = None
+
+    @field_validator("cost")
+    @classmethod
+    def _cost(cls, v: float | str | None) -> float | str | None:
+        if isinstance(v, str) and not v.strip():
+            raise ValueError("cost: an empty expression")
+        if isinstance(v, (int, float)) and not (v >= 0 and v != float("inf")):
+            raise ValueError(f"cost: {v} must be a finite number >= 0")
+        return v
 
 
 class AgentsSpec(_Strict):

@@ -37,8 +37,7 @@ from decider.bundle.archive import (
     load_public_key,
 )
 from decider.bundle.compile import Bundle, open_bundle, open_bundle_bytes
-from decider.engine.decide import decide
-from decider.engine.state import State
+from decider.engine.decision import Decision
 from decider.errors import DeciderError, PolicyLoadError
 from decider.policy.loader import source_files
 from decider.record.record import BundleRef, DecisionRecord
@@ -329,20 +328,12 @@ class LiveBundles(BundleHolder):
 
     # ---- per decision (hot path) ----
 
-    def shadow_into(self, record: DecisionRecord, req: pb.DecideRequest, state: State) -> None:
-        """Evaluate the shadow bundle (if any) and put its outcome into the record, never into
-        the response. The same pure `decide` as the active bundle, on the same state snapshot; its
-        effects are never applied. Any failure is logged, never fails the call."""
-        shadow = self.shadow  # read once, like the active bundle
-        if shadow is None:
-            return
-        try:
-            d = decide(shadow, req, state)
-        except Exception as e:  # noqa: BLE001 - the shadow must never affect the real decision
-            log.warning("shadow evaluation failed", extra={"error": str(e), "revision": shadow.revision})
-            return
-        record.shadow_outcome = d.outcome_name
-        record.shadow_rules = d.matched_rules
+    def shadow_into(self, record: DecisionRecord, shadow: Bundle, decision: Decision) -> None:
+        """The shadow bundle's decision (made by the service on the shadow's own view of the same
+        state, approvals included: server/service.py `_shadow`) into the record, never into the
+        response; its effects are never applied."""
+        record.shadow_outcome = decision.outcome_name
+        record.shadow_rules = decision.matched_rules
         record.shadow_bundle = _shadow_ref(shadow.revision)
 
     def count(self, outcome: str) -> None:

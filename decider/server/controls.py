@@ -30,7 +30,7 @@ import grpc
 from sqlalchemy import Engine
 
 from decider.bundle.compile import Bundle
-from decider.engine.budgets import applicable_budgets, mentions_budget, window_start
+from decider.engine.budgets import applicable_budgets, window_start
 from decider.engine.controls import budget_denial, deny, needs_approvals
 from decider.engine.controls import settle as engine_settle
 from decider.engine.decision import Decision, Effects
@@ -182,8 +182,9 @@ class Controls:
 
     # ---- the Decide hooks ----------------------------------------------------------------------
     def state_at_hand(self, req: pb.DecideRequest, bundle: Bundle, now: datetime) -> State | None:
-        """The state when no budget can matter to this call (no store read), else None."""
-        if not bundle.budgets or not (req.request.estimated_cost > 0 or mentions_budget(bundle, req.tool.name)):
+        """The state when no budget can matter to this call (no store read), else None. A budget the
+        bundle declares can matter to every call: one already spent denies calls without a cost too."""
+        if not bundle.budgets:
             return State(kill_switches=self.kill_switches, now=now)
         return None
 
@@ -195,7 +196,10 @@ class Controls:
         budgets = applicable_budgets(bundle, identity_of(bundle, req), now)   # as the decision will see it
         if not budgets:
             return State(kill_switches=kills, now=now)
-        usage = await asyncio.to_thread(self.budgets.usage, [b.key for b in budgets])
+        keys = [b.key for b in budgets]
+        usage = self.budgets.usage_inline(keys)
+        if usage is None:
+            usage = await asyncio.to_thread(self.budgets.usage, keys)
         return State(kill_switches=kills, now=now, budget_usage={
             b.scope: BudgetUsage(*usage.get(b.key, (0.0, 0.0))) for b in budgets})
 
@@ -236,6 +240,14 @@ class Controls:
         except BaseException:
             applied.done(False)
             raise
+
+    async def approvals_of(self, req: pb.DecideRequest) -> tuple[ApprovalView, ...]:
+        """The approvals bound to exactly this call, as the engine reads them (for the shadow)."""
+        ask = (req.agent.id, req.tool.name, req.tool.server, binding_hash(req, self.binding_key))
+        rows = self.approvals.open_for_call_inline(*ask) if self.approvals.inline else None
+        if rows is None:
+            rows = await asyncio.to_thread(self.approvals.open_for_call, *ask)
+        return tuple(self._view(r) for r in rows)
 
     async def _settle_approval(self, applied: Applied, req: pb.DecideRequest, evaluated: Decision, bundle: Bundle,
                                state: State, key: str, decision_id: str, now: datetime) -> bool:
@@ -331,9 +343,11 @@ class Controls:
     async def report_outcome(self, req: pb.ReportOutcomeRequest, context: grpc.aio.ServicerContext) -> pb.DecisionRecord:
         if not req.decision_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "decision_id: is required")
-        if not math.isfinite(req.actual_cost) or req.actual_cost < 0:
+        # Absent: the estimate stands (SPEC §11); proto3 `optional` tells absent from 0.
+        actual = req.actual_cost if req.HasField("actual_cost") else None
+        if actual is not None and (not math.isfinite(actual) or actual < 0):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"actual_cost: is {req.actual_cost}; must be a finite number >= 0")
+                                f"actual_cost: is {actual}; must be a finite number >= 0")
         if len(req.status) > 64:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "status: longer than 64 characters")
         if len(req.labels) > MAX_REPORTED_LABELS:
@@ -352,10 +366,10 @@ class Controls:
             if self.writer is not None and self.writer.runs_ops and self._outcome_op is not None:
                 # SQLite file: one read and one write inside the group-commit writer's transaction,
                 # batched with decision records (on the loop when nothing else is in flight).
-                op = self._outcome_op.bind(req.decision_id, req.actual_cost, req.status or "ok", budgets_of)
+                op = self._outcome_op.bind(req.decision_id, actual, req.status or "ok", budgets_of)
                 row = await self.writer.run(op, alone=self.alone())
             else:
-                row = await asyncio.to_thread(settle_outcome, self.engine, req.decision_id, req.actual_cost,
+                row = await asyncio.to_thread(settle_outcome, self.engine, req.decision_id, actual,
                                               req.status or "ok", budgets_of)
         except OutcomeRefused as e:
             code = grpc.StatusCode.NOT_FOUND if e.kind == "not_found" else grpc.StatusCode.FAILED_PRECONDITION

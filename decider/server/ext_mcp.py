@@ -231,7 +231,7 @@ class ExtMcpService:
         status = "error" if result.get("isError") is True else "ok"
         try:
             await self.controls.report_outcome(
-                pb.ReportOutcomeRequest(decision_id=decision_id, actual_cost=0.0, status=status),
+                pb.ReportOutcomeRequest(decision_id=decision_id, status=status),
                 _InternalCall())  # type: ignore[arg-type]
         except _Refusal as e:
             log.warning("outcome not reported", extra={"decision_id": decision_id, "error": str(e)})

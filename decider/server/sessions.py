@@ -29,7 +29,7 @@ from decider.record.record import DecisionRecord
 from decider.store.decisions import DecisionStore
 from decider.times import utc
 
-__all__ = ["SessionHistory", "DEFAULT_MAX_SESSIONS"]
+__all__ = ["SessionHistory", "DEFAULT_MAX_SESSIONS", "session_call_of"]
 
 # Sessions kept in memory (least recently used dropped first; a dropped one reloads from the index).
 DEFAULT_MAX_SESSIONS = 10_000
@@ -48,6 +48,12 @@ def _call_of(row: dict[str, Any]) -> SessionCall:
     return SessionCall(tool=row["tool_name"], server=row["tool_server"] or "", args=json.loads(row["args"] or "{}"),
                        outcome=row["outcome"], at=utc(row["time"]), labels=tuple(json.loads(row["labels"] or "[]")),
                        status=row["outcome_status"] or "", decision_id=row["decision_id"])
+
+
+def session_call_of(record: DecisionRecord) -> SessionCall:
+    """A record as the later calls of its session see it."""
+    return SessionCall(tool=record.tool_name, server=record.tool_server, args=record.args, outcome=record.outcome,
+                       at=record.time, labels=record.labels, decision_id=record.decision_id)
 
 
 class SessionHistory:
@@ -92,9 +98,7 @@ class SessionHistory:
             return
         if any(c.decision_id == record.decision_id for c in list(buf.calls)[-8:]):
             return   # already read by a load that ran after the write
-        buf.calls.append(SessionCall(tool=record.tool_name, server=record.tool_server, args=record.args,
-                                     outcome=record.outcome, at=record.time, labels=record.labels,
-                                     decision_id=record.decision_id))
+        buf.calls.append(session_call_of(record))
 
     def reported(self, session_id: str, decision_id: str, status: str, labels: tuple[str, ...]) -> None:
         """ReportOutcome: the call's status and labels, in the buffer too."""

@@ -12,6 +12,8 @@ PostgreSQL); if any one fails the transaction rolls back and nothing is held.
 
 from __future__ import annotations
 
+import sqlite3
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -36,6 +38,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from decider.engine.budgets import EPSILON, BudgetKey
 from decider.store.db import metadata
+from decider.store.sqlite_raw import LOOP_BUSY_TIMEOUT_MS, connect_raw, is_busy, sqlite_file
 
 __all__ = ["budget_usage", "budget_reservations", "BudgetStore", "BudgetKey", "Exceeded", "AlreadySettled"]
 
@@ -84,6 +87,30 @@ class BudgetStore:
         self._insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
         if engine.dialect.name not in ("postgresql", "sqlite"):
             self._insert = None
+        # On an SQLite file the usage read (every call a budget applies to) is one primary-key read
+        # on the stdlib driver, cheap enough for the event loop (`usage_inline`), as the approvals'.
+        self._file = sqlite_file(engine)
+        self._local = threading.local()
+
+    def usage_inline(self, keys: Sequence[str]) -> dict[str, tuple[float, float]] | None:
+        """`usage` on the stdlib driver, for the event loop; None when not an SQLite file or the
+        database is locked beyond LOOP_BUSY_TIMEOUT_MS (then ask `usage` from a thread)."""
+        if self._file is None:
+            return None
+        if not keys:
+            return {}
+        try:
+            conn = getattr(self._local, "conn", None)
+            if conn is None:
+                conn = self._local.conn = connect_raw(self._file, busy_timeout_ms=LOOP_BUSY_TIMEOUT_MS)
+            marks = ", ".join("?" * len(keys))
+            rows = conn.execute(f'SELECT "budget_key", "spent", "reserved" FROM "budget_usage" '
+                                f'WHERE "budget_key" IN ({marks})', tuple(keys)).fetchall()
+            return {k: (s, r) for k, s, r in rows}
+        except sqlite3.OperationalError as exc:
+            if is_busy(exc):
+                return None
+            raise
 
     def usage(self, keys: Sequence[str]) -> dict[str, tuple[float, float]]:
         """(spent, reserved) per budget key; absent keys have used nothing."""
@@ -126,7 +153,7 @@ class BudgetStore:
             ])
         return None
 
-    def settle(self, decision_id: str, actual: float, budgets: Sequence[BudgetKey] = (),
+    def settle(self, decision_id: str, actual: float | None, budgets: Sequence[BudgetKey] = (),
                now: datetime | None = None) -> int:
         """Replace the estimate with the actual cost. Returns how many budgets were settled.
 
@@ -137,9 +164,10 @@ class BudgetStore:
         with self.engine.begin() as conn:
             return self.settle_in(conn, decision_id, actual, budgets, now)
 
-    def settle_in(self, conn: Any, decision_id: str, actual: float, budgets: Sequence[BudgetKey] = (),
+    def settle_in(self, conn: Any, decision_id: str, actual: float | None, budgets: Sequence[BudgetKey] = (),
                   now: datetime | None = None) -> int:
-        """`settle` inside the caller's open transaction (store/outcomes.py)."""
+        """`settle` inside the caller's open transaction (store/outcomes.py). `actual` None: the
+        estimate stands (each reservation is charged what it held; nothing reserved, nothing charged)."""
         r = budget_reservations.c
         u = budget_usage.c
         rows = conn.execute(select(r.budget_key, r.amount, r.state).where(r.decision_id == decision_id)
@@ -147,6 +175,8 @@ class BudgetStore:
         if rows and all(state == "settled" for _, _, state in rows):
             raise AlreadySettled(decision_id)
         if not rows:
+            if actual is None:
+                return 0
             when = now or utcnow()
             for b in sorted(budgets):
                 self._ensure(conn, b)
@@ -162,14 +192,15 @@ class BudgetStore:
             if state == "settled":
                 continue
             # Conditional on the state we read, so a concurrent release/settle cannot double-count.
+            charged = amount if actual is None else actual
             done = conn.execute(update(budget_reservations)
                                 .where(r.decision_id == decision_id, r.budget_key == key, r.state == state)
-                                .values(state="settled", actual=actual))
+                                .values(state="settled", actual=charged))
             if done.rowcount != 1:
                 raise AlreadySettled(decision_id)
             held = amount if state == "reserved" else 0.0   # a released reservation no longer holds
             conn.execute(update(budget_usage).where(u.budget_key == key)
-                         .values(reserved=u.reserved - held, spent=u.spent + actual))
+                         .values(reserved=u.reserved - held, spent=u.spent + charged))
             n += 1
         return n
 

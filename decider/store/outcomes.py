@@ -23,7 +23,7 @@ from decider.store.decisions import decisions
 from decider.store.sqlite_raw import RawInsert, RawSelect
 from decider.times import utc
 
-__all__ = ["OutcomeRefused", "OutcomeOp", "settle_outcome", "check_reportable"]
+__all__ = ["OutcomeRefused", "OutcomeOp", "settle_outcome", "check_reportable", "charged_cost"]
 
 # The budgets that applied to a recorded decision (computed from the row and the active bundle).
 BudgetsOf = Callable[[dict[str, Any]], Sequence[BudgetKey]]
@@ -66,13 +66,13 @@ class OutcomeOp:
         self._get = RawSelect(engine, decisions, '"decision_id" = ?')
         self._settled_row = RawInsert(engine, budget_reservations)
 
-    def bind(self, decision_id: str, actual: float, status: str,
+    def bind(self, decision_id: str, actual: float | None, status: str,
              budgets_of: BudgetsOf) -> Callable[[sqlite3.Connection], dict[str, Any]]:
         def op(conn: sqlite3.Connection) -> dict[str, Any]:
             return self.run(conn, decision_id, actual, status, budgets_of)
         return op
 
-    def run(self, conn: sqlite3.Connection, decision_id: str, actual: float, status: str,
+    def run(self, conn: sqlite3.Connection, decision_id: str, actual: float | None, status: str,
             budgets_of: BudgetsOf) -> dict[str, Any]:
         rows = self._get.run(conn, (decision_id,))
         row = check_reportable(decision_id, rows[0] if rows else None)
@@ -80,7 +80,7 @@ class OutcomeOp:
                             'WHERE "decision_id" = ? ORDER BY "budget_key"', (decision_id,)).fetchall()
         if held and all(state == "settled" for _, _, state in held):
             raise _already(decision_id)
-        if not held:
+        if not held and actual is not None:
             # Nothing reserved (estimate 0): charge the actual cost on the budgets that applied,
             # unconditionally, with a settled row per budget so a second report is refused.
             when = utc(row["time"])
@@ -96,22 +96,29 @@ class OutcomeOp:
         for key, amount, state in held:
             if state == "settled":
                 continue
+            charged = amount if actual is None else actual   # no cost reported: the estimate stands
             done = conn.execute('UPDATE "budget_reservations" SET "state" = \'settled\', "actual" = ? '
                                 'WHERE "decision_id" = ? AND "budget_key" = ? AND "state" = ?',
-                                (actual, decision_id, key, state))
+                                (charged, decision_id, key, state))
             if done.rowcount != 1:
                 raise _already(decision_id)
             was_held = amount if state == "reserved" else 0.0   # a released reservation no longer holds
             conn.execute('UPDATE "budget_usage" SET "reserved" = "reserved" - ?, "spent" = "spent" + ? '
-                         'WHERE "budget_key" = ?', (was_held, actual, key))
+                         'WHERE "budget_key" = ?', (was_held, charged, key))
+        cost = charged_cost(row, actual)
         conn.execute('UPDATE "decisions" SET "actual_cost" = ?, "outcome_status" = ? WHERE "decision_id" = ?',
-                     (actual, status, decision_id))
-        row["actual_cost"] = actual
+                     (cost, status, decision_id))
+        row["actual_cost"] = cost
         row["outcome_status"] = status
         return row
 
 
-def settle_outcome(engine: Engine, decision_id: str, actual: float, status: str,
+def charged_cost(row: dict[str, Any], actual: float | None) -> float:
+    """The cost the record keeps: the one reported, else the estimate (SPEC §11: absent, the estimate stands)."""
+    return float(row.get("estimated_cost") or 0.0) if actual is None else actual
+
+
+def settle_outcome(engine: Engine, decision_id: str, actual: float | None, status: str,
                    budgets_of: BudgetsOf) -> dict[str, Any]:
     """The report in one SQLAlchemy transaction (PostgreSQL, or an in-memory SQLite database).
 
@@ -130,8 +137,9 @@ def settle_outcome(engine: Engine, decision_id: str, actual: float, status: str,
             store.settle_in(conn, decision_id, actual, budgets_of(row), utc(row["time"]))
         except AlreadySettled:
             raise _already(decision_id) from None
+        cost = charged_cost(row, actual)
         conn.execute(update(decisions).where(c.decision_id == decision_id)
-                     .values(actual_cost=actual, outcome_status=status))
-    row["actual_cost"] = actual
+                     .values(actual_cost=cost, outcome_status=status))
+    row["actual_cost"] = cost
     row["outcome_status"] = status
     return row
