@@ -113,8 +113,9 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path, 
     srv = start_server(tmp, bundle, None, "--poll-interval", "0.2")
     try:
         s = Script(srv)
-        # A budget running out: 40 + 40 fit the agent's 100, a third 40 does not, 20 still does.
-        for n, cost in enumerate((40.0, 40.0, 40.0, 20.0)):
+        # A budget running out: 40 + 40 fit the agent's 100, a third 40 does not, 10 still does.
+        # (Not 20: a budget spent to its limit denies every call it applies to, costless or not.)
+        for n, cost in enumerate((40.0, 40.0, 40.0, 10.0)):
             s.call("work.step", {"n": n}, cost)
         # An approval: pending → approved → consumed by the identical call, once.
         refund = {"amount": 1, "order": "o-1"}

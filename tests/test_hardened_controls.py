@@ -119,21 +119,24 @@ def test_actual_cost_is_charged_without_an_estimate_and_overspend_denies_the_nex
         srv: ServerProcess) -> None:
     agent = {**AGENT, "team": "spenders"}
     with srv.client() as c:
-        for n in range(10):
+        for n in range(3):
             d = c.decide(agent=agent, tool="llm.call", args={"n": n}, estimated_cost=0.0)
             assert d.outcome == pb.ALLOW
-            c.report_outcome(d.decision_id, 100.0)
+            c.report_outcome(d.decision_id, 200.0)
         with sqlite3.connect(db_file(srv)) as db:
             spent = db.execute("SELECT spent FROM budget_usage WHERE scope = 'team' AND scope_key = 'spenders'").fetchone()
-        assert spent == (1000.0,)      # beyond the limit of 500
+        assert spent == (600.0,)      # beyond the limit of 500
         over = [b for b in c.status().budgets if b.scope_key == "spenders"]
-        assert [(b.scope, b.spent, b.limit, b.remaining) for b in over] == [("team", 1000.0, 500.0, -500.0)]
+        assert [(b.scope, b.spent, b.limit, b.remaining) for b in over] == [("team", 600.0, 500.0, -100.0)]
         later = c.decide(agent=agent, tool="llm.call", args={"n": "big"}, estimated_cost=400.0)
+        # Issue 22: a spent budget denies every call it applies to, estimate or not.
+        free = c.decide(agent=agent, tool="llm.call", args={"n": "free"}, estimated_cost=0.0)
     assert later.outcome == pb.DENY and later.deciding_rule == "budget_exceeded"
-    assert "spent 1000" in later.reasons[0].text
+    assert "spent 600" in later.reasons[0].text
+    assert free.outcome == pb.DENY and free.deciding_rule == "budget_exceeded"
     shown = subprocess.run([sys.executable, "-m", "decider", "status", "--server", srv.target],
                            capture_output=True, text=True, cwd=ROOT, timeout=60)
-    assert "over:    team 'spenders' (total) spent 1000 + reserved 0 of 500" in shown.stdout, shown.stdout
+    assert "over:    team 'spenders' (total) spent 600 + reserved 0 of 500" in shown.stdout, shown.stdout
 
 
 def test_report_outcome_on_a_deny_is_a_failed_precondition(srv: ServerProcess) -> None:

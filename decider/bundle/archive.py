@@ -37,6 +37,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from decider.bundle.revision import revision_of
 from decider.errors import DeciderError
 
 __all__ = [
@@ -299,7 +300,6 @@ def read_bundle_bytes(data: bytes, source: str, pubkey: Ed25519PublicKey | None 
         elif hashlib.sha256(files[rel]).hexdigest() != expected[rel]:
             problems.append(f"{rel}: sha256 does not match the manifest (changed)")
     if not problems:
-        from decider.bundle.compile import revision_of  # the one definition of a revision
 
         actual = revision_of(files)
         if actual != manifest["revision"]:

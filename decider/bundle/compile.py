@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from cel_expr_python import cel
 from decider.bundle.costs import ToolCost, compile_cost
 from decider.bundle.identity_lint import identity_warnings
 from decider.bundle.manifests import EMPTY_INDEX, AgentIndex, compile_manifests
+from decider.bundle.revision import revision_of
 from decider.bundle.schemas import ToolSchema, argument_reads, compile_schemas, tools_covered
 from decider.cel.env import ListDecl, compile_combined, compile_condition, environment
 from decider.errors import PolicyLoadError, SourceError
@@ -269,14 +269,6 @@ def _matcher(patterns: list[str]) -> Callable[[str], object] | None:
     if not patterns:
         return None
     return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns)).match
-
-
-def revision_of(files: dict[str, bytes]) -> str:
-    """sha256 over the sorted (path, content hash) pairs: same sources, same revision."""
-    h = hashlib.sha256()
-    for rel in sorted(files):
-        h.update(rel.encode("utf-8") + b"\0" + hashlib.sha256(files[rel]).digest())
-    return h.hexdigest()
 
 
 @dataclass(frozen=True, slots=True)

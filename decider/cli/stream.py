@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from decider.errors import InvalidRequest
+from decider.record.lines import line_of
 
 __all__ = ["register", "open_db", "follow_lines", "resolve_after", "line_of"]
 
@@ -92,14 +93,6 @@ def resolve_after(engine: Engine, after: str | None) -> int:
     if seq is None:
         raise InvalidRequest("--after", f"no decision {after!r} in this database")
     return seq
-
-
-def line_of(row: dict[str, Any]) -> dict[str, Any]:
-    """One stream line: the exported record plus its journal position."""
-    from decider.record.record import DecisionRecord
-
-    seq, change = row.pop("seq"), row.pop("change")
-    return {"seq": seq, "change": change, **DecisionRecord.from_row(row).to_json()}
 
 
 def follow_lines(engine: Engine, after: int, poll_s: float = DEFAULT_POLL_S, batch: int = 500,

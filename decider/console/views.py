@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import timezone
 from typing import Any
 
 from google.protobuf import json_format, timestamp_pb2
@@ -79,7 +79,3 @@ def budget_view(b: pb.BudgetUsage) -> dict[str, Any]:
     return {"scope": b.scope, "scope_key": b.scope_key, "window": b.window, "window_start": when(b.window_start),
             "limit": b.limit, "spent": b.spent, "reserved": b.reserved, "remaining": b.remaining,
             "percent": min(100.0, 100.0 * used / b.limit) if b.limit > 0 else 100.0}
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")

@@ -16,9 +16,10 @@ from datetime import datetime, timedelta, timezone
 
 from decider.bundle.compile import Bundle
 from decider.engine.budgets import applicable_budgets
-from decider.engine.decide import evaluate, needs_approvals, settle
+from decider.engine.controls import needs_approvals, settle
 from decider.engine.decision import NO_EFFECTS, Decision
 from decider.engine.identity import identity_of
+from decider.engine.procedure import admit, evaluate_call, intake
 from decider.engine.state import ApprovalView, BudgetUsage, KillSwitch, SessionCall, State
 from decider.record.canonical import binding_hash, struct_to_dict
 from decider.record.masking import mask_json, split_mask_paths
@@ -112,8 +113,11 @@ class MemoryState:
     # ---- deciding ------------------------------------------------------------------------------
     def decide(self, bundle: Bundle, req: pb.DecideRequest, now: datetime | None = None,
                decision_id: str = "", session: str | None = None) -> Decision:
-        """`engine.decide` on this state, with its effects applied. `session`: the session key the
+        """The decision procedure (engine/procedure.py) on this state, with its effects applied:
+        the request checked as the server checks it (InvalidRequest naming the field), admitted
+        (the tool's default estimate), evaluated and settled. `session`: the session key the
         call's history is kept under (default: `agent.session_id`; replay passes the trace's)."""
+        intake(req)
         at = now or (req.request.time.ToDatetime(tzinfo=timezone.utc) if req.request.HasField("time") else _EPOCH)
         key = req.agent.session_id if session is None else session
         d = self._decide(bundle, req, at, decision_id, key)
@@ -146,15 +150,16 @@ class MemoryState:
         return tuple(self.sessions.get(k, ()))
 
     def _decide(self, bundle: Bundle, req: pb.DecideRequest, at: datetime, decision_id: str, key: str) -> Decision:
-        # engine.decide in its two halves, as the server runs it: the approvals are looked up (a
+        # The procedure in its two halves, as the server runs it: the approvals are looked up (a
         # keyed hash of the call) only for a decision that asks for approval.
+        refused = admit(bundle, req)
         if self.kill_switches or bundle.budgets:
             state = self.snapshot(bundle, req, at, approvals=False)
         else:
             state = State(now=at)   # nothing else can be in it: the common replay
         if bundle.reads_session:
             state = state.with_history(self.history(bundle, req, key))
-        evaluated = evaluate(bundle, req, state)
+        evaluated = evaluate_call(bundle, req, state, refused)
         binding = ""
         if needs_approvals(req, evaluated):
             binding = binding_hash(req, self.key)

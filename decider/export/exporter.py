@@ -57,7 +57,7 @@ class Exporter:
 
     def run(self, once: bool = False) -> int:
         """Export until stopped (or, with `once`, until caught up). Returns the records sent."""
-        from decider.cli.stream import line_of
+        from decider.record.lines import line_of
 
         backoff = 0.0
         while not self.stopping:

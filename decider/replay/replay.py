@@ -30,8 +30,9 @@ from google.protobuf import struct_pb2
 from decider.bundle.compile import Bundle
 from decider.engine.decide import Decision, decide
 from decider.engine.memory import MemoryState, Resolution
+from decider.engine.procedure import intake
 from decider.engine.state import EMPTY_STATE
-from decider.errors import DeciderError
+from decider.errors import DeciderError, InvalidRequest
 from decider.replay.parallel import map_forked
 from decider.replay.traces import TraceCall
 from decider.replay.traces._parse import parse_time
@@ -172,8 +173,19 @@ def _outcome(bundle: Bundle, call: TraceCall, mapping: IdentityMapping) -> Outco
         return INDETERMINATE, "", call.indeterminate or "the call's arguments are absent", (), ()
     if not call.tool_name:
         return INDETERMINATE, "", "the call has no tool name", (), ()
-    d: Decision = decide(bundle, call_to_request(call, mapping), EMPTY_STATE)
+    req = call_to_request(call, mapping)
+    try:
+        intake(req)
+    except InvalidRequest as e:
+        return _refused(e)
+    d: Decision = decide(bundle, req, EMPTY_STATE)
     return d.outcome_name, d.deciding_rule, d.reasons[0].text if d.reasons else "", d.matched_rules, d.labels
+
+
+def _refused(e: InvalidRequest) -> Outcome:
+    """A call the server would refuse before deciding it: not a decision, so INDETERMINATE, with
+    the server's error as the reason."""
+    return INDETERMINATE, "", f"INVALID_ARGUMENT {e} (the server refuses this request)", (), ()
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -193,11 +205,14 @@ def _simulated(bundle: Bundle, call: TraceCall, mapping: IdentityMapping, sim: M
     # The call's session (SPEC §10: a trajectory / trace / conversation is a session).
     key = session_key(call)
     session = "" if key == NO_SESSION else key
-    if not label:   # most traces: nothing recorded beyond the call itself
-        d = sim.decide(bundle, req, now, session=session)
-        return d.outcome_name, d.deciding_rule, d.reasons[0].text if d.reasons else "", d.matched_rules, d.labels
-    recorded_id = str(label.get("decision_id") or "")
-    d = sim.decide(bundle, req, now, recorded_id, session=session)
+    try:
+        if not label:   # most traces: nothing recorded beyond the call itself
+            d = sim.decide(bundle, req, now, session=session)
+            return d.outcome_name, d.deciding_rule, d.reasons[0].text if d.reasons else "", d.matched_rules, d.labels
+        recorded_id = str(label.get("decision_id") or "")
+        d = sim.decide(bundle, req, now, recorded_id, session=session)
+    except InvalidRequest as e:
+        return _refused(e)
     if label.get("approval_state") and label.get("outcome") == "REQUIRE_APPROVAL":
         _learn_resolution(sim, label, recorded_id)
     actual = label.get("actual_cost")

@@ -19,11 +19,12 @@ from decider.server.bundles import CONTROL_SERVICE_NAME, BundleSettings, LiveBun
 from decider.server.bundles import control_handlers as bundle_control_handlers
 from decider.server.controls import DEFAULT_POLL_INTERVAL_S, DEFAULT_RESERVATION_TTL_S, Controls
 from decider.server.decoding import strict_decoding
+from decider.server.handlers import control_rpc_handlers, decision_handler, kill_switch_handlers
 from decider.server.notify import ApprovalNotifier, WebhookSettings
 from decider.server.observability import Observability
 from decider.server.queries import QUERIES_SERVICE_NAME, DecisionFeed
 from decider.server.queries import handlers as query_handlers
-from decider.server.service import SERVICE_NAME, DeciderService, generic_handler
+from decider.server.service import SERVICE_NAME, DeciderService
 from decider.store import DecisionStore, GroupCommitWriter, connect
 from decider.store.bundles import BundleStore
 from decider.store.decisions import decisions
@@ -138,14 +139,14 @@ async def start_server(cfg: ServerConfig) -> RunningServer:
         ]
     )
     # Every module's Control RPCs, merged into the one decider.v1.Control service.
-    control: dict[str, grpc.RpcMethodHandler] = {**controls.control_handlers(), **bundle_control_handlers(live)}
+    control: dict[str, grpc.RpcMethodHandler] = {**kill_switch_handlers(controls), **bundle_control_handlers(live)}
     queries = QueryStore(engine)
     feed = DecisionFeed(queries)
     # strict_decoding: a request that does not parse gets INVALID_ARGUMENT naming the field, for
     # every method listed here (add new services to this tuple to get it too).
     handlers: list[grpc.GenericRpcHandler] = [
-        generic_handler(svc),
-        grpc.method_handlers_generic_handler(SERVICE_NAME, controls.decider_handlers()),
+        decision_handler(svc),
+        grpc.method_handlers_generic_handler(SERVICE_NAME, control_rpc_handlers(controls)),
         grpc.method_handlers_generic_handler(CONTROL_SERVICE_NAME, control),
         grpc.method_handlers_generic_handler(
             QUERIES_SERVICE_NAME, query_handlers(queries, feed, lambda: live.active, lambda: live.shadow, controls.groups_of)),

@@ -1,4 +1,4 @@
-"""Approvals: the watch hub, the approver checks, and the Decider RPCs that act on approvals
+"""Approvals: the approver checks, and the Decider RPCs that act on approvals
 (ResolveApproval, ListApprovals, WatchDecision)."""
 
 from __future__ import annotations
@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +13,7 @@ import grpc
 
 from decider.record.record import record_to_proto
 from decider.server.auth import ANONYMOUS, current_principal
+from decider.server.watch_hub import WatchHub
 from decider.times import utc
 from decider.v1 import decider_pb2 as pb
 
@@ -34,56 +34,12 @@ def fingerprint(row: dict[str, Any]) -> tuple[Any, ...]:
     return (row.get("approval_state"), utc(row.get("resolved_at")), row.get("outcome_status"), row.get("actual_cost"))
 
 
-def normalise_version(v: tuple[Any, ...]) -> tuple[Any, ...]:
-    return (v[0], utc(v[1]), v[2], v[3])
-
-
 def is_final(row: dict[str, Any]) -> bool:
     """Nothing more will happen that a waiting enforcement point cares about."""
     state = row.get("approval_state")
     if state is not None:
         return state != "pending"
     return row["outcome"] != "ALLOW" or bool(row.get("outcome_status"))
-
-
-@dataclass(eq=False)
-class _Sub:
-    event: asyncio.Event = field(default_factory=asyncio.Event)
-    version: tuple[Any, ...] = ()
-
-
-class WatchHub:
-    """Who is watching which decision. Local changes notify at once; the poller notifies the rest."""
-
-    def __init__(self) -> None:
-        self._subs: dict[str, set[_Sub]] = {}
-
-    def subscribe(self, decision_id: str) -> _Sub:
-        sub = _Sub()
-        self._subs.setdefault(decision_id, set()).add(sub)
-        return sub
-
-    def unsubscribe(self, decision_id: str, sub: _Sub) -> None:
-        subs = self._subs.get(decision_id)
-        if subs is not None:
-            subs.discard(sub)
-            if not subs:
-                del self._subs[decision_id]
-
-    def notify(self, decision_id: str) -> None:
-        for sub in self._subs.get(decision_id, ()):
-            sub.event.set()
-
-    def watched(self) -> list[str]:
-        return list(self._subs)
-
-    def changed(self, versions: dict[str, tuple[Any, ...]]) -> None:
-        """Wake every watcher whose last-seen version differs from the database's."""
-        for decision_id, v in versions.items():
-            v = normalise_version(v)
-            for sub in self._subs.get(decision_id, ()):
-                if sub.version != v:
-                    sub.event.set()
 
 
 def self_approval(row: dict[str, Any], who: str) -> bool:

@@ -39,11 +39,10 @@ from decider.engine.state import ApprovalView, BudgetUsage, KillSwitch, State
 from decider.policy.models import LABEL_PATTERN
 from decider.record.canonical import binding_hash
 from decider.record.record import Approval, DecisionRecord, record_to_proto, response_from_row
-from decider.server import approvals as approvals_rpc
-from decider.server import kill_switches as kill_rpc
-from decider.server.approvals import WatchHub
 from decider.server.auth import TokenConfig
+from decider.server.keyed_locks import KeyedLocks
 from decider.server.sessions import SessionHistory
+from decider.server.watch_hub import WatchHub
 from decider.store.approvals import ApprovalStore
 from decider.store.auth_events import AuthEventStore
 from decider.store.budgets import BudgetStore
@@ -108,7 +107,7 @@ class Controls:
         self.reservation_ttl_s = reservation_ttl_s
         self.hub = WatchHub()
         self.kill_switches: tuple[KillSwitch, ...] = ()
-        self._call_locks: dict[tuple[str, ...], asyncio.Lock] = {}
+        self._call_locks = KeyedLocks()
         # A stored approval as the engine reads it, and as an identical call is answered with, built
         # once per version of the row (`_version`) instead of once per identical call (issue 17).
         # The rows themselves are read from the store on every such call: it stays the truth.
@@ -149,7 +148,7 @@ class Controls:
     # ---- kill switches -------------------------------------------------------------------------
     async def refresh_kill_switches(self) -> None:
         rows = await asyncio.to_thread(self.kill_store.active)
-        kills = tuple(kill_rpc.to_state(r) for r in rows)
+        kills = tuple(KillSwitch(r["id"], r["scope"], r["value"], r["reason"]) for r in rows)
         if kills != self.kill_switches:
             self.kill_switches = kills
 
@@ -224,14 +223,13 @@ class Controls:
             decision = engine_settle(bundle, req, evaluated, state)
             return await self._reserve(Applied(decision), decision.effects, decision_id, now)
         key = binding_hash(req, self.binding_key)
-        lock = self._call_locks.setdefault(key, asyncio.Lock())
-        if before_wait is not None and (lock.locked() or lock._waiters):  # type: ignore[attr-defined]
+        if before_wait is not None and self._call_locks.busy(key):
             await before_wait()
-        await lock.acquire()
+        await self._call_locks.acquire(key)
         # Held until this decision's record is written, so an identical call arriving meanwhile in
         # this process finds it (across replicas, the unique pending index is the guard).
         applied = Applied(evaluated, args_hash=key)
-        applied._on_done.append(lambda _w: self._unlock(key, lock))
+        applied._on_done.append(lambda _w: self._call_locks.release(key))
         try:
             for _attempt in range(3):
                 if await self._settle_approval(applied, req, evaluated, bundle, state, key, decision_id, now):
@@ -334,11 +332,6 @@ class Controls:
         resp.request_id = req.request.id
         return resp
 
-    def _unlock(self, key: tuple[str, ...], lock: asyncio.Lock) -> None:
-        lock.release()
-        if not lock.locked() and not lock._waiters:  # type: ignore[attr-defined]
-            self._call_locks.pop(key, None)
-
     # ---- ReportOutcome -------------------------------------------------------------------------
     async def report_outcome(self, req: pb.ReportOutcomeRequest, context: grpc.aio.ServicerContext) -> pb.DecisionRecord:
         if not req.decision_id:
@@ -400,18 +393,6 @@ class Controls:
                                        reserved=row["reserved"], remaining=limit - row["spent"] - row["reserved"]))
         out.sort(key=lambda b: (b.remaining >= 0, b.scope, b.scope_key))
         return out[:1000]
-
-    # ---- handlers ------------------------------------------------------------------------------
-    def decider_handlers(self) -> dict[str, grpc.RpcMethodHandler]:
-        """Decider RPCs implemented here (merged with DeciderService's own)."""
-        out = approvals_rpc.handlers(self)
-        out["ReportOutcome"] = grpc.unary_unary_rpc_method_handler(
-            self.report_outcome, request_deserializer=pb.ReportOutcomeRequest.FromString,
-            response_serializer=pb.DecisionRecord.SerializeToString)
-        return out
-
-    def control_handlers(self) -> dict[str, grpc.RpcMethodHandler]:
-        return kill_rpc.handlers(self)
 
 
 def _budgets_of(bundle: Bundle | None, row: dict[str, Any]) -> list[Any]:

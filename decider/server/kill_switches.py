@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from decider.engine.state import KILL_SCOPES, KillSwitch
+from decider.engine.state import KILL_SCOPES
 from decider.record.ids import new_id
 from decider.server.auth import current_principal
 from decider.times import utc
@@ -22,13 +22,9 @@ from decider.v1 import decider_pb2 as pb
 if TYPE_CHECKING:
     from decider.server.controls import Controls
 
-__all__ = ["to_state", "to_proto", "handlers"]
+__all__ = ["to_proto", "handlers"]
 
 MAX_VALUE = 256
-
-
-def to_state(row: dict[str, Any]) -> KillSwitch:
-    return KillSwitch(row["id"], row["scope"], row["value"], row["reason"])
 
 
 def to_proto(row: dict[str, Any]) -> pb.KillSwitch:

@@ -26,7 +26,7 @@ from decider.server.sessions import session_call_of
 from decider.store import DecisionStore, GroupCommitWriter
 from decider.v1 import decider_pb2 as pb
 
-__all__ = ["BundleHolder", "DeciderService", "DecisionFailed", "generic_handler", "SERVICE_NAME"]
+__all__ = ["BundleHolder", "DeciderService", "DecisionFailed", "SERVICE_NAME"]
 
 log = logging.getLogger("decider.server")
 SERVICE_NAME = "decider.v1.Decider"
@@ -367,7 +367,14 @@ class DeciderService:
             return None
         try:
             own = state if shadow is active else await self.state_for(req, shadow, now, earlier)
-            evaluated = evaluate_call(shadow, req, own)
+            refused = ""
+            if shadow.costs and not req.request.estimated_cost:
+                # Admitted by the shadow's own tool costs (a copy: the active request is recorded).
+                # An estimate the active bundle filled in stands for the shadow too.
+                mine = pb.DecideRequest()
+                mine.CopyFrom(req)
+                refused, req = admit(shadow, mine), mine
+            evaluated = evaluate_call(shadow, req, own, refused)
             if needs_approvals(req, evaluated):
                 own = own.with_approvals(await self.controls.approvals_of(req))
             return shadow, settle(shadow, req, evaluated, own)
@@ -451,25 +458,3 @@ class DeciderService:
         if row is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"decision_id: no decision {req.decision_id!r}")
         return record_to_proto(row)
-
-
-def generic_handler(svc: DeciderService) -> grpc.GenericRpcHandler:
-    from decider.server.stream import decide_batch_stream_handler, decide_stream_handler  # builds on this module
-
-    return grpc.method_handlers_generic_handler(
-        SERVICE_NAME,
-        {
-            # Raw bytes in: a request that does not even decode still gets INVALID_ARGUMENT naming
-            # the field, instead of grpc's generic INTERNAL deserialisation failure.
-            "Decide": grpc.unary_unary_rpc_method_handler(
-                svc.decide, request_deserializer=None, response_serializer=pb.DecideResponse.SerializeToString
-            ),
-            "DecideStream": decide_stream_handler(svc),
-            "DecideBatchStream": decide_batch_stream_handler(svc),
-            "GetDecision": grpc.unary_unary_rpc_method_handler(
-                svc.get_decision,
-                request_deserializer=pb.GetDecisionRequest.FromString,
-                response_serializer=pb.DecisionRecord.SerializeToString,
-            ),
-        },
-    )

@@ -125,9 +125,3 @@ class ApprovalStore:
             c.decision_id.in_(list(decision_ids)))
         with self.engine.connect() as conn:
             return {r[0]: tuple(r[1:]) for r in conn.execute(q)}
-
-    def set_outcome(self, decision_id: str, actual_cost: float, status: str) -> bool:
-        with self.engine.begin() as conn:
-            res = conn.execute(update(decisions).where(c.decision_id == decision_id)
-                               .values(actual_cost=actual_cost, outcome_status=status))
-            return res.rowcount == 1

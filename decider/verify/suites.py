@@ -49,8 +49,9 @@ from decider.cel.env import environment
 from decider.engine.budgets import budget_views
 from decider.engine.decide import Decision, Reason, decide
 from decider.engine.memory import MemoryState
+from decider.engine.procedure import intake
 from decider.engine.state import KILL_SCOPES, ApprovalView, BudgetUsage, KillSwitch, State
-from decider.errors import PolicyLoadError, SourceError
+from decider.errors import InvalidRequest, PolicyLoadError, SourceError
 from decider.policy.loader import _compose_all, _mark, _to_python, locate  # shared YAML-with-positions machinery
 from decider.v1 import decider_pb2 as pb
 
@@ -68,7 +69,10 @@ __all__ = [
     "LoadedSuite",
 ]
 
-OutcomeName = Literal["allow", "deny", "require_approval"]
+# `invalid_argument`: the server refuses the request before deciding it (SPEC §3 validation);
+# `decider test` checks a request exactly as the server does, so a suite can pin that down.
+OutcomeName = Literal["allow", "deny", "require_approval", "invalid_argument"]
+INVALID = "invalid_argument"
 
 
 class _Strict(BaseModel):
@@ -316,7 +320,6 @@ def _build(suite: TestSuite, case: Case | Step, default_agent: str | dict[str, A
     return req, state
 
 
-_EFFECT = {"allow": pb.ALLOW, "deny": pb.DENY, "require_approval": pb.REQUIRE_APPROVAL}
 # A field path a condition reads: `tool.args.amount`, `agent.labels["env"]`, `budget.team.remaining`.
 _FIELD = re.compile(r"\b(?:agent|tool|request|context|budget)(?:\.[A-Za-z_]\w*|\[\s*(?:\"[^\"]*\"|'[^']*')\s*\])+")
 
@@ -368,10 +371,23 @@ def run_suites(bundle: Bundle, suites: Sequence[LoadedSuite]) -> list[SuiteResul
                 cases.append(CaseResult(ls.suite.metadata.name, ls.file, line, case.name, False, case.expect,
                                         "", "", (), (), (), problem=f"cannot build the request: {e}"))
                 continue
+            try:
+                intake(req)
+            except InvalidRequest as e:
+                cases.append(_refused(ls, line, case.name, case.expect, e))
+                continue
             d = decide(bundle, req, state)
             cases.append(_result(ls, line, case.name, case.expect, d, bundle, req, state, rules_by_id))
         results.append(SuiteResult(ls.suite.metadata.name, ls.file, tuple(cases)))
     return results
+
+
+def _refused(ls: LoadedSuite, line: int, name: str, exp: Expect, e: InvalidRequest) -> CaseResult:
+    """A request the server would refuse with INVALID_ARGUMENT: passes only when that is expected
+    (and the expected reason, if any, is in the error)."""
+    ok = exp.outcome == INVALID and (exp.reason is None or exp.reason in str(e))
+    return CaseResult(ls.suite.metadata.name, ls.file, line, name, ok, exp, INVALID, "",
+                      (Reason("invalid", f"INVALID_ARGUMENT {e}"),), (), ())
 
 
 def _result(ls: LoadedSuite, line: int, name: str, exp: Expect, d: Decision, bundle: Bundle,
@@ -413,7 +429,11 @@ def _run_steps(bundle: Bundle, ls: LoadedSuite, case: Case, line: int,
         req.request.time.FromDatetime(at)
         session = req.agent.session_id or f"test:{ls.file}:{line}"
         state = State(now=at).with_history(sim.history(bundle, req, session))
-        d = sim.decide(bundle, req, at, session=session)
+        try:
+            d = sim.decide(bundle, req, at, session=session)
+        except InvalidRequest as e:   # refused before deciding: no effects, as on the server
+            out.append(_refused(ls, line, name, step.expect, e))
+            continue
         if step.report is not None and d.outcome != pb.DENY:   # a denied call did not run: nothing to report
             sim.report(session, step.report.status, tuple(step.report.labels))
         out.append(_result(ls, line, name, step.expect, d, bundle, req, state, rules_by_id))

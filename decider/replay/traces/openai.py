@@ -54,6 +54,9 @@ class _Run:
     tokens_out: int | None = None
     # tau-bench's environment answers a failed action with the text "Error: ...".
     error_prefix: str | None = None
+    # Where the conversation is in the input (a file, or a run in it): SPEC §10 makes a conversation
+    # one session, so it keys the session when the run names no session id.
+    conversation: str | None = None
 
 
 def _is_message(record: dict[str, Any]) -> bool:
@@ -171,6 +174,7 @@ def _call_fields(name: str, raw: object, call_id: str | None, server: str | None
     kw["tool_name"], kw["arguments"], kw["raw_arguments"], kw["indeterminate"] = name, args, raw, why
     kw["call_id"], kw["server"], kw["model"], kw["session_id"] = call_id, server, run.model, run.session_id
     kw["label"], kw["context"], kw["source"], kw["format"] = run.label, run.context, source, FORMAT
+    kw["trace_id"] = None if run.session_id else run.conversation
     return kw
 
 
@@ -287,6 +291,7 @@ def read_openai(obj_or_lines: ObjOrLines, source: str, *, model: str | None = No
             loose_where.append(where)
             continue
         messages, key, run = conv
+        run.conversation = where
         # SPEC §10: the user's first message is `context.user_request`.
         run.context = with_user_request(run.context, user_request_in(messages))
         calls = _conversation(messages, f"{where}.{key}", run)
@@ -294,5 +299,5 @@ def read_openai(obj_or_lines: ObjOrLines, source: str, *, model: str | None = No
             calls = list(_swe_agent_actions(record, where, run))
         yield from calls
     if loose:
-        run = _Run(model=model, context=with_user_request(None, user_request_in(loose)))
+        run = _Run(model=model, context=with_user_request(None, user_request_in(loose)), conversation=source)
         yield from _conversation(loose, loose_where, run)

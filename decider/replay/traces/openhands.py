@@ -71,6 +71,8 @@ def _run_calls(run: dict[str, Any], events: list[Any], base: str | list[str]) ->
     agent = text_or_none(metadata.get("agent_class"))
     run_model = text_or_none(llm_config.get("model"))
     session_id = text_or_none(run.get("instance_id"))
+    # SPEC §10: a trajectory is a session; without an instance id, its place in the input names it.
+    trajectory = base if isinstance(base, str) else (base[0].rsplit(":", 1)[0] if base else "")
     # SPEC §10: the user's first message (the task) is `context.user_request`.
     context = with_user_request(None, first_user_event(events) or text_or_none(run.get("instruction")))
     # Observations answer actions by `cause`; index them once so pairing stays linear.
@@ -113,6 +115,7 @@ def _run_calls(run: dict[str, Any], events: list[Any], base: str | list[str]) ->
             "indeterminate": why if name else "tool name missing" + (f"; {why}" if why else ""),
             "call_id": text_or_none(tcm.get("tool_call_id")), "server": server, "agent": agent,
             "model": text_or_none(response.get("model")) or run_model, "session_id": session_id,
+            "trace_id": None if session_id else trajectory,
             "tokens_in": to_int(usage.get("prompt_tokens")) if first else 0,
             "tokens_out": to_int(usage.get("completion_tokens")) if first else 0,
             "cost": cost, "started_at": parse_time(e.get("timestamp")),
