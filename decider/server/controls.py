@@ -73,6 +73,9 @@ class Applied:
     approval: Approval | None = None                          # the approval an ALLOW consumed, for its record
     args_hash: str = ""                                       # the binding hash, when the approvals needed it
     existing: pb.DecideResponse | None = None                 # answer with this earlier decision instead
+    # The budget had room when the state was read and none at the atomic reservation: concurrent
+    # calls took it. Nothing of this call is in the store, so a fresh read sees what the check saw.
+    raced: bool = False
     _on_done: list[Callable[[bool], None]] = field(default_factory=list)
 
     def done(self, written: bool) -> None:
@@ -270,6 +273,7 @@ class Controls:
             trial = await self._reserve(Applied(decision), effects, decision_id, now)
             if trial.decision.outcome != pb.ALLOW:
                 applied.decision = trial.decision   # the approval stays for a call that fits the budget
+                applied.raced = trial.raced
                 return True
             consumed = await asyncio.to_thread(self.approvals.transition, effects.consume, "approved", "consumed")
             if not consumed:
@@ -299,6 +303,7 @@ class Controls:
             # Another decision took the room between our read and this atomic reservation.
             applied.decision = budget_denial(applied.decision, exceeded.budget, exceeded.spent, exceeded.reserved,
                                              cost)
+            applied.raced = True
             return applied
 
         def release_if_unwritten(written: bool) -> None:

@@ -51,6 +51,14 @@ OUTSTANDING_TTL_S = 3600.0
 _DENY_CODES = {"budget_exceeded": xpb.AuthorizationError.RESOURCE_EXHAUSTED}
 
 
+_FAILED_CODES = {
+    grpc.StatusCode.INVALID_ARGUMENT: xpb.AuthorizationError.INVALID,
+    grpc.StatusCode.PERMISSION_DENIED: xpb.AuthorizationError.PERMISSION_DENIED,
+    grpc.StatusCode.UNAUTHENTICATED: xpb.AuthorizationError.PERMISSION_DENIED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: xpb.AuthorizationError.RESOURCE_EXHAUSTED,
+}
+
+
 class BadMcpRequest(Exception):
     """A CheckRequest decider cannot decide: answered with AuthorizationError INVALID."""
 
@@ -176,9 +184,10 @@ class ExtMcpService:
                 # gives this call its own ALLOW record (the one the outcome is reported on).
                 resp = await self.svc.decide_bytes(raw)
         except DecisionFailed as e:
-            # No decision, no call (fail closed); INVALID for a request decider refuses to decide.
-            code = (xpb.AuthorizationError.INVALID if e.code == grpc.StatusCode.INVALID_ARGUMENT
-                    else xpb.AuthorizationError.UNKNOWN)
+            # No decision, no call (fail closed), with the code the unary Decide would have given:
+            # INVALID for a request decider refuses to decide, PERMISSION_DENIED for a caller
+            # that may not ask for this agent (parity with the other surfaces).
+            code = _FAILED_CODES.get(e.code, xpb.AuthorizationError.UNKNOWN)
             return _error(code, f"decider: no decision: {e.message}")
         if resp.outcome == pb.ALLOW:
             self._remember(req.service_name, decide_req.agent.id, resp.decision_id)

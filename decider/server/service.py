@@ -354,6 +354,11 @@ class DeciderService:
         if applied.existing is not None:
             applied.existing.request_id = req.request.id
             return applied.existing
+        if applied.raced and shadow is not None:
+            # Concurrent calls took the budget's room between the read and the reservation: the
+            # shadow decides again on the state the reservation found (this call left nothing).
+            fresh = await self.state_for(req, bundle, now, earlier)
+            shadow = await self._shadow(req, now, bundle, fresh, earlier)
         return self._record(req, now, bundle, applied, decision_id, caller, started, shadow)
 
     async def _shadow(self, req: pb.DecideRequest, now: datetime, active: Bundle, state: State,
