@@ -19,14 +19,11 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
-import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-import grpc
 from sqlalchemy import Engine
 
 from decider.bundle.compile import Bundle
@@ -36,9 +33,8 @@ from decider.engine.controls import settle as engine_settle
 from decider.engine.decision import Decision, Effects
 from decider.engine.identity import identity_of
 from decider.engine.state import ApprovalView, BudgetUsage, KillSwitch, State
-from decider.policy.models import LABEL_PATTERN
 from decider.record.canonical import binding_hash
-from decider.record.record import Approval, DecisionRecord, record_to_proto, response_from_row
+from decider.record.record import Approval, DecisionRecord, response_from_row
 from decider.server.auth import TokenConfig
 from decider.server.keyed_locks import KeyedLocks
 from decider.server.sessions import SessionHistory
@@ -48,7 +44,7 @@ from decider.store.auth_events import AuthEventStore
 from decider.store.budgets import BudgetStore
 from decider.store.decisions import DecisionStore
 from decider.store.kill_switches import KillSwitchStore
-from decider.store.outcomes import OutcomeOp, OutcomeRefused, settle_outcome
+from decider.store.outcomes import OutcomeOp
 from decider.store.secrets import binding_key
 from decider.store.sqlite_raw import sqlite_file
 from decider.store.writer import GroupCommitWriter
@@ -60,8 +56,6 @@ __all__ = ["Controls", "Applied", "DEFAULT_POLL_INTERVAL_S", "DEFAULT_RESERVATIO
 log = logging.getLogger("decider.server.controls")
 
 DEFAULT_POLL_INTERVAL_S = 1.0
-MAX_REPORTED_LABELS = 16
-_LABEL = re.compile(LABEL_PATTERN)
 DEFAULT_RESERVATION_TTL_S = 3600.0
 
 
@@ -99,7 +93,7 @@ class Controls:
         self.engine = engine
         # The group-commit writer (set by the server): ReportOutcome's transaction rides its batches.
         self.writer: GroupCommitWriter | None = None
-        self._outcome_op = OutcomeOp(engine) if sqlite_file(engine) else None
+        self.outcome_op = OutcomeOp(engine) if sqlite_file(engine) else None
         # Is nothing else in flight? (set by the server from DeciderService._alone's counters)
         self.alone: Callable[[], bool] = lambda: False
         # The HMAC key of the approval binding hash: this deployment's own, from its own table.
@@ -337,50 +331,6 @@ class Controls:
         resp.request_id = req.request.id
         return resp
 
-    # ---- ReportOutcome -------------------------------------------------------------------------
-    async def report_outcome(self, req: pb.ReportOutcomeRequest, context: grpc.aio.ServicerContext) -> pb.DecisionRecord:
-        if not req.decision_id:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "decision_id: is required")
-        # Absent: the estimate stands (SPEC §11); proto3 `optional` tells absent from 0.
-        actual = req.actual_cost if req.HasField("actual_cost") else None
-        if actual is not None and (not math.isfinite(actual) or actual < 0):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"actual_cost: is {actual}; must be a finite number >= 0")
-        if len(req.status) > 64:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "status: longer than 64 characters")
-        if len(req.labels) > MAX_REPORTED_LABELS:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"labels: {len(req.labels)} labels; at most {MAX_REPORTED_LABELS}")
-        for i, label in enumerate(req.labels):
-            if not _LABEL.match(label):
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                    f"labels[{i}]: {label[:80]!r} must be 1-64 of letters, digits and . _ : -")
-        bundle = self.active_bundle()   # read once: the budgets of the bundle serving now
-
-        def budgets_of(row: dict[str, Any]) -> list[Any]:
-            return _budgets_of(bundle, row)
-
-        try:
-            if self.writer is not None and self.writer.runs_ops and self._outcome_op is not None:
-                # SQLite file: one read and one write inside the group-commit writer's transaction,
-                # batched with decision records (on the loop when nothing else is in flight).
-                op = self._outcome_op.bind(req.decision_id, actual, req.status or "ok", budgets_of)
-                row = await self.writer.run(op, alone=self.alone())
-            else:
-                row = await asyncio.to_thread(settle_outcome, self.engine, req.decision_id, actual,
-                                              req.status or "ok", budgets_of)
-        except OutcomeRefused as e:
-            code = grpc.StatusCode.NOT_FOUND if e.kind == "not_found" else grpc.StatusCode.FAILED_PRECONDITION
-            await context.abort(code, e.message)
-            raise  # unreachable: abort raises
-        labels = tuple(json.loads(row.get("labels") or "[]"))
-        if req.labels:
-            labels = await asyncio.to_thread(self.decisions.add_labels, req.decision_id, list(req.labels))
-            row = {**row, "labels": json.dumps(list(labels), separators=(",", ":"))}
-        self.sessions.reported(row["session_id"], req.decision_id, req.status or "ok", labels)
-        self.hub.notify(req.decision_id)
-        return record_to_proto(row)
-
     def budget_status(self, bundle: Bundle) -> list[pb.BudgetStatus]:
         """The bundle's budget counters in their current window, overspent first (for Status)."""
         if not bundle.budgets:
@@ -398,15 +348,6 @@ class Controls:
                                        reserved=row["reserved"], remaining=limit - row["spent"] - row["reserved"]))
         out.sort(key=lambda b: (b.remaining >= 0, b.scope, b.scope_key))
         return out[:1000]
-
-
-def _budgets_of(bundle: Bundle | None, row: dict[str, Any]) -> list[Any]:
-    """The budgets that applied to a recorded decision (the bundle's, in its window)."""
-    if bundle is None or not bundle.budgets:
-        return []
-    agent = pb.Agent(id=row["agent_id"], owner=row["owner"], team=row["team"], workflow=row["workflow"],
-                     session_id=row["session_id"])
-    return applicable_budgets(bundle, agent, utc(row["time"]))
 
 
 def _error(decision: Decision, text: str) -> Decision:

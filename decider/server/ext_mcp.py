@@ -34,6 +34,7 @@ from decider.agentgateway import ext_mcp_pb2 as xpb
 from decider.record.record import struct_to_dict
 from decider.server.approvals import fingerprint
 from decider.server.controls import Controls
+from decider.server.outcomes import report_outcome
 from decider.server.service import DeciderService, DecisionFailed
 from decider.v1 import decider_pb2 as pb
 
@@ -239,7 +240,8 @@ class ExtMcpService:
         result = struct_to_dict(req.mcp_response)
         status = "error" if result.get("isError") is True else "ok"
         try:
-            await self.controls.report_outcome(
+            await report_outcome(
+                self.controls,
                 pb.ReportOutcomeRequest(decision_id=decision_id, status=status),
                 _InternalCall())  # type: ignore[arg-type]
         except _Refusal as e:

@@ -5,11 +5,14 @@ by the server (server/app.py), so none of those modules imports another to regis
 
 from __future__ import annotations
 
+from functools import partial
+
 import grpc
 
 from decider.server import approvals as approvals_rpc
 from decider.server import kill_switches as kill_rpc
 from decider.server.controls import Controls
+from decider.server.outcomes import report_outcome
 from decider.server.service import SERVICE_NAME, DeciderService
 from decider.server.stream import decide_batch_stream_handler, decide_stream_handler
 from decider.v1 import decider_pb2 as pb
@@ -42,7 +45,7 @@ def control_rpc_handlers(controls: Controls) -> dict[str, grpc.RpcMethodHandler]
     ReportOutcome."""
     out = approvals_rpc.handlers(controls)
     out["ReportOutcome"] = grpc.unary_unary_rpc_method_handler(
-        controls.report_outcome, request_deserializer=pb.ReportOutcomeRequest.FromString,
+        partial(report_outcome, controls), request_deserializer=pb.ReportOutcomeRequest.FromString,
         response_serializer=pb.DecisionRecord.SerializeToString)
     return out
 

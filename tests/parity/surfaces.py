@@ -454,7 +454,8 @@ def test_steps(sc: Scenario, tmp: Path) -> list[Row]:
     for c in sc.calls:
         exp = sc.expected[c.row]
         steps.append({"tool": c.tool, "args": c.args, "agent": c.agent, "request": {"time": c.at.isoformat()},
-                      "expect": {"outcome": (exp.outcome or "deny").lower()}})
+                      "expect": {"outcome": (exp.outcome or ("invalid_argument" if exp.error == "INVALID_ARGUMENT"
+                                                             else "deny")).lower()}})
     suite = {"apiVersion": "decider/v1", "kind": "TestSuite", "metadata": {"name": sc.name},
              "cases": [{"name": sc.name, "agent": sc.agent, "steps": steps}]}
     path = tmp / f"{sc.name}_test.yaml"
@@ -462,7 +463,9 @@ def test_steps(sc: Scenario, tmp: Path) -> list[Row]:
     (result,) = run_suites(load_bundle(BUNDLE), load_suites([path]))
     rows = []
     for case in result.cases:
-        if case.problem or not case.actual_outcome:
+        if case.actual_outcome == "invalid_argument":   # refused as the server refuses it
+            rows.append(Row(error="INVALID_ARGUMENT", message=" ".join(r.text for r in case.actual_reasons)))
+        elif case.problem or not case.actual_outcome:
             rows.append(Row(error="INVALID_ARGUMENT" if "invalid" in case.problem.lower() else "UNKNOWN",
                             message=case.problem))
         else:
