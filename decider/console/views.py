@@ -8,13 +8,12 @@ from typing import Any
 
 from google.protobuf import json_format, timestamp_pb2
 
+from decider.api.names import approval_state_name
 from decider.v1 import decider_pb2 as pb
 
 __all__ = ["record_view", "when", "kill_view", "bundle_view", "budget_view", "OUTCOMES"]
 
 OUTCOMES = ("ALLOW", "DENY", "REQUIRE_APPROVAL")
-_APPROVAL = {pb.APPROVAL_PENDING: "pending", pb.APPROVAL_APPROVED: "approved", pb.APPROVAL_REJECTED: "rejected",
-             pb.APPROVAL_EXPIRED: "expired", pb.APPROVAL_CONSUMED: "consumed"}
 
 
 def when(ts: timestamp_pb2.Timestamp) -> str:
@@ -50,7 +49,7 @@ def record_view(r: pb.DecisionRecord) -> dict[str, Any]:
         "shadow_rules": list(r.shadow_rules),
         "shadow_bundle": r.shadow_bundle.revision,
         "eval_us": r.eval_us,
-        "approval": {"state": _APPROVAL.get(approval.state, ""), "id": approval.approval_id,
+        "approval": {"state": approval_state_name(approval.state), "id": approval.approval_id,
                      "approvers": list(approval.approvers), "expires_at": when(approval.expires_at),
                      "resolved_by": approval.resolved_by, "resolved_at": when(approval.resolved_at),
                      "comment": approval.comment},

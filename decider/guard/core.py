@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 import grpc
 
+from decider.api.names import APPROVAL_STATE_NAMES
 from decider.client import DeciderClient
 from decider.errors import DeciderError
 from decider.v1 import decider_pb2 as pb
@@ -24,9 +25,7 @@ __all__ = ["Guard", "Verdict", "ApprovalStatus", "GuardError", "ToolDenied", "Ap
 
 log = logging.getLogger("decider.guard")
 
-APPROVAL_STATES = {pb.APPROVAL_PENDING: "pending", pb.APPROVAL_APPROVED: "approved",
-                   pb.APPROVAL_REJECTED: "rejected", pb.APPROVAL_EXPIRED: "expired",
-                   pb.APPROVAL_CONSUMED: "consumed", pb.APPROVAL_STATE_UNSPECIFIED: "none"}
+APPROVAL_STATES = {**APPROVAL_STATE_NAMES, pb.APPROVAL_STATE_UNSPECIFIED: "none"}
 
 
 class ApprovalStatus(NamedTuple):

@@ -7,7 +7,7 @@ engine uses; nothing on the request path touches these models.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -41,6 +41,7 @@ Effect = Literal["allow", "deny", "require_approval"]
 # A rule's effect: a vote, or `label` (SPEC §10: the rule only labels the call's record, no vote).
 RuleEffect = Literal["allow", "deny", "require_approval", "label"]
 BudgetScope = Literal["agent", "team", "workflow", "session", "owner"]
+BUDGET_SCOPES: tuple[str, ...] = get_args(BudgetScope)   # the one list of budget scopes
 BudgetWindow = Literal["1h", "1d", "30d", "total"]
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]*$"

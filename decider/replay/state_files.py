@@ -12,11 +12,11 @@ import yaml
 from decider.engine.memory import TimedKillSwitch
 from decider.engine.state import KILL_SCOPES, BudgetUsage, KillSwitch
 from decider.errors import DeciderError
+from decider.policy.models import BUDGET_SCOPES
 from decider.replay.traces._parse import parse_time
 
 __all__ = ["read_budget_state", "read_kill_switches"]
 
-_BUDGET_SCOPES = ("agent", "team", "workflow", "session", "owner")
 
 
 def _number(path: str, where: str, v: Any) -> float:
@@ -35,8 +35,8 @@ def read_budget_state(path: str | Path) -> Iterator[tuple[str, str, BudgetUsage]
         raise DeciderError(f"{path}: budget state must be a mapping of scope → value → usage")
     out = []
     for scope, values in data.items():
-        if scope not in _BUDGET_SCOPES:
-            raise DeciderError(f"{path}: unknown budget scope {scope!r}; use {', '.join(_BUDGET_SCOPES)}")
+        if scope not in BUDGET_SCOPES:
+            raise DeciderError(f"{path}: unknown budget scope {scope!r}; use {', '.join(BUDGET_SCOPES)}")
         if not isinstance(values, dict):
             raise DeciderError(f"{path}: {scope}: must map each {scope} value to its usage")
         for value, use in values.items():

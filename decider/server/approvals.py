@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from decider.api.names import APPROVAL_STATE_NAMES
 from decider.record.record import record_to_proto
 from decider.server.auth import ANONYMOUS, current_principal
 from decider.server.watch_hub import WatchHub
@@ -23,9 +24,6 @@ if TYPE_CHECKING:
 __all__ = ["WatchHub", "fingerprint", "is_final", "self_approval", "approver_matches", "handlers",
            "APPROVAL_STATE_NAMES"]
 
-APPROVAL_STATE_NAMES = {pb.APPROVAL_PENDING: "pending", pb.APPROVAL_APPROVED: "approved",
-                        pb.APPROVAL_REJECTED: "rejected", pb.APPROVAL_EXPIRED: "expired",
-                        pb.APPROVAL_CONSUMED: "consumed"}
 MAX_LIST = 1000
 
 
