@@ -92,3 +92,15 @@ def test_gateway_command_refuses_a_bad_config_with_every_error(tmp_path: Path) -
     assert f"{cfg}:1:1: agent: required when listen is stdio" in out.stderr
     assert f"{cfg}:3:1: upstreams: a non-empty list is required" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_pass_through_lists_governed_methods_other_than_tools_call() -> None:
+    cfg = parse_config(GOOD + "pass_through: [prompts/get, completion/complete]\n", "gw.yaml", {"GW_TOKEN": "t"})
+    assert cfg.pass_through == {"prompts/get", "completion/complete"}
+    assert not cfg.governs("prompts/get") and cfg.governs("resources/read") and cfg.governs("tools/call")
+    assert not cfg.governs("tools/list")                      # a list is never decided
+    with pytest.raises(GatewayConfigError) as e:
+        parse_config(GOOD + "pass_through: [tools/call, resources/raed]\n", "gw.yaml", {"GW_TOKEN": "t"})
+    text = str(e.value)
+    assert "tools/call is always decided" in text and "'resources/raed' is not a governed method" in text
+    assert "gw.yaml:11:" in text

@@ -215,7 +215,7 @@ def test_upstream_reached_by_url_is_proxied_and_decided(setup: Setup) -> None:
         upstream.stop()
 
 
-def test_resources_prompts_and_progress_pass_through(setup: Setup) -> None:
+def test_resources_prompts_and_progress_are_relayed(setup: Setup) -> None:
     progress: list[tuple[float, float | None, str | None]] = []
 
     async def on_progress(p: float, total: float | None, message: str | None) -> None:

@@ -7,6 +7,7 @@ listen: stdio                                 # or http://127.0.0.1:8800/mcp
 clients:                                      # HTTP only: bearer token → agent identity
   - {token_env: CODER_TOKEN, agent: {id: coder-7, team: platform}}
 approval_wait: 30s
+pass_through: [completion/complete]           # governed methods forwarded without a decision
 upstreams:
   - {name: time, command: [python, -m, mcp_server_time]}
   - {name: docs, url: http://127.0.0.1:9000/mcp, token_env: DOCS_TOKEN}
@@ -29,7 +30,7 @@ import yaml
 
 from decider.errors import DeciderError, SourceError
 
-__all__ = ["AGENT_FIELDS", "ClientToken", "DeciderTarget", "GatewayConfig", "GatewayConfigError", "Upstream",
+__all__ = ["AGENT_FIELDS", "GOVERNED_METHODS", "ClientToken", "DeciderTarget", "GatewayConfig", "GatewayConfigError", "Upstream",
            "load_config", "parse_config"]
 
 # The Agent message's string fields a config may set (labels/capabilities handled apart).
@@ -37,6 +38,9 @@ AGENT_FIELDS = ("id", "instance_id", "owner", "team", "workflow", "model", "sess
 # Upstream names become `mcp://<name>` and the `<name>__` prefix of tool names: no `_`, so the first
 # `__` in an exposed name always ends the upstream name (collision-free, see naming.py).
 _UPSTREAM_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+# The MCP methods that reach an upstream with an effect or a payload: each is decided (SPEC §8 Round
+# two) unless listed under `pass_through:`. tools/call is always decided: it is what decider is for.
+GOVERNED_METHODS = ("tools/call", "resources/read", "resources/subscribe", "prompts/get", "completion/complete")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
 
 
@@ -89,7 +93,11 @@ class GatewayConfig:
     upstreams: tuple[Upstream, ...]
     clients: tuple[ClientToken, ...] = ()
     tool_names: str = "prefixed"    # prefixed | plain (plain: one upstream only)
+    pass_through: frozenset[str] = frozenset()   # governed methods forwarded without a decision
     source: str = "<config>"
+
+    def governs(self, method: str) -> bool:
+        return method in GOVERNED_METHODS and method not in self.pass_through
 
     @property
     def http(self) -> tuple[str, int, str] | None:
@@ -168,7 +176,7 @@ def parse_config(text: str, source: str = "<config>", environ: dict[str, str] | 
         raise GatewayConfigError([SourceError(source, line, col, f"bad YAML: {getattr(e, 'problem', e)}")]) from None
     if not isinstance(doc, _Map):
         raise GatewayConfigError([SourceError(source, 1, 1, "the gateway config must be a mapping")])
-    known = {"decider", "agent", "listen", "approval_wait", "upstreams", "clients", "tool_names"}
+    known = {"decider", "agent", "listen", "approval_wait", "upstreams", "clients", "tool_names", "pass_through"}
     for k in doc:
         if k not in known:
             err(doc, k, f"unknown key '{k}' (expected one of: {', '.join(sorted(known))})")
@@ -313,7 +321,22 @@ def parse_config(text: str, source: str = "<config>", environ: dict[str, str] | 
     elif tool_names == "plain" and len(ups) > 1:
         err(doc, "tool_names", "tool_names: plain names need exactly one upstream (several would collide)")
 
+    pass_through: set[str] = set()
+    raw_pass = doc.get("pass_through", [])
+    if not isinstance(raw_pass, list):
+        err(doc, "pass_through", f"pass_through: a list of MCP methods (any of: {', '.join(GOVERNED_METHODS[1:])})")
+        raw_pass = []
+    for m in raw_pass:
+        if m == "tools/call":
+            err(doc, "pass_through", "pass_through: tools/call is always decided")
+        elif m not in GOVERNED_METHODS:
+            err(doc, "pass_through", f"pass_through: '{m}' is not a governed method "
+                f"(any of: {', '.join(GOVERNED_METHODS[1:])})")
+        else:
+            pass_through.add(str(m))
+
     if errors:
         raise GatewayConfigError(errors)
     return GatewayConfig(decider=decider, agent=agent, listen=listen, approval_wait_s=wait, upstreams=tuple(ups),
-                         clients=tuple(clients), tool_names=tool_names, source=source)
+                         clients=tuple(clients), tool_names=tool_names, pass_through=frozenset(pass_through),
+                         source=source)
