@@ -147,7 +147,8 @@ class Gateway:
             if resp.decision_id not in ids:
                 ids.append(resp.decision_id)
             if resp.outcome != pb.ALLOW:
-                return _error(_refusal_text(params.name, resp), ids)
+                # _meta says what the record says: this call's decision is REQUIRE_APPROVAL
+                return _error(_refusal_text(params.name, resp), ids, "REQUIRE_APPROVAL")
         if resp.outcome != pb.ALLOW:
             return _error(_refusal_text(params.name, resp), ids)
         return await self._forward(ctx, up, tool, args, resp.decision_id, ids)
@@ -187,6 +188,7 @@ class Gateway:
         """Wait for an approver; then decide the identical call again (consuming the approval)."""
         wait = self.cfg.approval_wait_s
         state = pb.APPROVAL_PENDING
+        last: pb.DecisionRecord | None = None
         decision_id = pending.decision_id
         started = anyio.current_time()
 
@@ -201,6 +203,7 @@ class Gateway:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(tick)
                 async for rec in self.link.watch(decision_id, wait):
+                    last = rec
                     state = rec.approval.state
                     if state != pb.APPROVAL_PENDING:
                         break
@@ -210,6 +213,10 @@ class Gateway:
         if state != pb.APPROVAL_APPROVED:
             word = _STATE_WORD.get(state, "pending")
             text = (f"approval still pending after {wait:g}s" if word == "pending" else f"approval {word}")
+            if last is not None and last.approval.resolved_by:   # who rejected it, and what they said
+                text += f" by {last.approval.resolved_by}"
+                if last.approval.comment:
+                    text += f' ("{last.approval.comment}")'
             return _synthetic(decision_id, pb.DENY, text, state=word)
         try:
             again = await self.link.decide(req)   # the approved identical call: ALLOW once, reason "approved"
@@ -414,6 +421,6 @@ def _refusal_text(exposed: str, resp: pb.DecideResponse) -> str:
     return f"decider refused {what}: {why or 'denied'} (decision {resp.decision_id}). The call was not made."
 
 
-def _error(text: str, ids: list[str] | None = None) -> types.CallToolResult:
-    meta = {META_KEY: {"decision_ids": ids, "outcome": "DENY"}} if ids else None
+def _error(text: str, ids: list[str] | None = None, outcome: str = "DENY") -> types.CallToolResult:
+    meta = {META_KEY: {"decision_ids": ids, "outcome": outcome}} if ids else None
     return types.CallToolResult(content=[types.TextContent(text=text)], is_error=True, _meta=meta)
