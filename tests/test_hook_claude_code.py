@@ -2,7 +2,7 @@
 new process per event, the event JSON on stdin, the decision JSON on stdout, against a real
 `decider serve`. The events are shaped like Claude Code's documented hook input (session_id,
 transcript_path, cwd, permission_mode, hook_event_name, tool_name, tool_input, tool_use_id, and
-tool_response after the tool ran)."""
+tool_response after the tool ran). The HTTP form is posted to a real `decider gateway mcp` listener."""
 
 from __future__ import annotations
 
@@ -16,12 +16,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import pytest
 
 from decider.client import DeciderClient
 from decider.hooks.claude_code import tool_of
 from decider.v1 import decider_pb2 as pb
 
+from .gateway_support import HTTP_AGENT, HTTP_CLIENT_TOKEN, Setup, make_setup, start_http_gateway
 from .helpers import ROOT, ServerProcess, start_server
 
 BUNDLE = """\
@@ -227,3 +229,71 @@ def test_bad_stdin_blocks_and_other_events_pass(decider: ServerProcess, tmp_path
     other = hook(decider.target, {"hook_event_name": "UserPromptSubmit", "session_id": SESSION, "prompt": "hi"},
                  tmp_path)
     assert (other.returncode, other.stdout) == (0, "")
+
+
+# ---- the same over HTTP: POST /hooks/claude-code on the MCP gateway's listener ----
+
+@pytest.fixture(scope="module")
+def gw_setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    s = make_setup(tmp_path_factory.mktemp("hooks-http"))
+    try:
+        yield s
+    finally:
+        s.decider.stop()
+
+
+def post_hook(url: str, ev: Any, token: str | None = HTTP_CLIENT_TOKEN, query: str = "") -> httpx2.Response:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    body = ev if isinstance(ev, str) else json.dumps(ev)
+    return httpx2.post(url.removesuffix("/mcp") + "/hooks/claude-code" + query, content=body,
+                       headers={**headers, "Content-Type": "application/json"}, timeout=60)
+
+
+def test_http_hook_decides_with_the_tokens_identity(gw_setup: Setup) -> None:
+    gw = start_http_gateway(gw_setup.config("time", listen="http://127.0.0.1:0/mcp", file="gw-hooks.yaml"),
+                            name="gw-hooks")
+    try:
+        ok = post_hook(gw.url, event("PreToolUse", "mcp__time__get_current_time", {"timezone": "UTC"}, "toolu_h1"))
+        assert ok.status_code == 200
+        spec = ok.json()["hookSpecificOutput"]
+        assert spec["permissionDecision"] == "allow"
+        rec = record_of(gw_setup.decider.target, spec["permissionDecisionReason"])
+        assert (rec.tool_name, rec.tool_server, rec.call_id) == ("get_current_time", "mcp://time", "toolu_h1")
+        assert (rec.agent.id, rec.agent.session_id) == (HTTP_AGENT["id"], SESSION)   # the token's agent
+
+        done = post_hook(gw.url, event("PostToolUse", "mcp__time__get_current_time", {"timezone": "UTC"},
+                                       "toolu_h1", tool_response={"content": [], "isError": True}))
+        assert (done.status_code, done.json()) == (200, {})
+        with DeciderClient(gw_setup.decider.target, token="admin-token") as c:
+            assert c.get_decision(rec.decision_id).outcome_status == "error"
+
+        denied = post_hook(gw.url, event("PreToolUse", "Bash", {"command": "ls"}, "toolu_h2"))
+        assert denied.json()["hookSpecificOutput"]["permissionDecision"] == "deny"
+        args = {"source_timezone": "UTC", "time": "08:00", "target_timezone": "Asia/Tokyo"}
+        asked = post_hook(gw.url, event("PreToolUse", "mcp__time__convert_time", args, "toolu_h3"))
+        assert asked.json()["hookSpecificOutput"]["permissionDecision"] == "ask"
+
+        assert post_hook(gw.url, event("PreToolUse", "Bash", {"command": "ls"}, "toolu_h4"), token="wrong") \
+            .status_code == 401
+        bad = post_hook(gw.url, "{not json")
+        assert bad.status_code == 200 and bad.json()["hookSpecificOutput"]["permissionDecision"] == "deny"
+    finally:
+        gw.stop()
+
+
+def test_http_hook_fails_closed_with_a_deny_when_decider_is_down(gw_setup: Setup) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    gw = start_http_gateway(gw_setup.config("time", listen="http://127.0.0.1:0/mcp", file="gw-hooks-down.yaml",
+                                            target=f"127.0.0.1:{port}", deadline="1s"), name="gw-hooks-down")
+    try:
+        # Claude Code lets the tool run on a non-2xx hook answer: the refusal is a 200 deny
+        resp = post_hook(gw.url, event("PreToolUse", "mcp__time__get_current_time", {}, "toolu_h5"))
+        assert resp.status_code == 200
+        spec = resp.json()["hookSpecificOutput"]
+        assert spec["permissionDecision"] == "deny" and "fails closed" in spec["permissionDecisionReason"]
+    finally:
+        gw.stop()

@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from decider.gateway.config import GatewayConfig
 from decider.gateway.decisions import DeciderLink
+from decider.gateway.hook_endpoint import HOOK_PATH, ClaudeCodeHookEndpoint
 from decider.gateway.proxy import Gateway
 from decider.gateway.stdio import serve_stdio
 from decider.gateway.upstreams import UpstreamConnection
@@ -165,7 +166,16 @@ async def _serve_http(gw: Gateway, cfg: GatewayConfig, port_file: str | None,
 
     assert cfg.http is not None
     host, port, path = cfg.http
-    app: Any = gw.server.streamable_http_app(streamable_http_path=path, host=host)
+    mcp_app: Any = gw.server.streamable_http_app(streamable_http_path=path, host=host)
+    hooks = ClaudeCodeHookEndpoint(cfg)
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        # Claude Code's "type": "http" hooks share the listener (and BearerAuth) with MCP
+        if scope["type"] == "http" and scope.get("path") == HOOK_PATH:
+            await hooks(scope, receive, send)
+        else:
+            await mcp_app(scope, receive, send)
+
     config = uvicorn.Config(BearerAuth(app, cfg), host=host, port=port, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     # uvicorn would replace the process's signal handlers; ours ask it to drain and exit instead.

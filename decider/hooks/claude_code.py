@@ -30,6 +30,7 @@ from typing import Any
 
 import grpc
 
+from decider.client import DeciderClient
 from decider.guard.core import DeciderUnavailable, Guard
 from decider.v1 import decider_pb2 as pb
 from decider.v1 import decider_pb2_grpc as pb_grpc
@@ -50,6 +51,20 @@ class HookConfig:
     wait_s: float = 30.0                             # on_approval=wait: how long to wait for an approver
     state_dir: Path = field(default_factory=lambda: default_state_dir())
     outcome_labels: tuple[tuple[str, str], ...] = ()  # (tool-name glob, label) added by ReportOutcome
+    tls_ca: bytes | None = None                      # PEM: TLS to decider (the gateway's decider options)
+    tls_cert: bytes | None = None
+    tls_key: bytes | None = None
+
+    def channel(self) -> grpc.Channel:
+        if self.tls_ca is not None or self.tls_cert is not None:
+            creds = grpc.ssl_channel_credentials(root_certificates=self.tls_ca, private_key=self.tls_key,
+                                                 certificate_chain=self.tls_cert)
+            return grpc.secure_channel(self.target, creds)
+        return grpc.insecure_channel(self.target)
+
+    def client(self) -> DeciderClient:
+        return DeciderClient(self.target, timeout=self.timeout_s, token=self.token, tls_ca=self.tls_ca,
+                             tls_cert=self.tls_cert, tls_key=self.tls_key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +114,7 @@ def _pre_tool_use(event: Mapping[str, Any], cfg: HookConfig) -> HookResult:
     agent = {**dict(cfg.agent), **({"session_id": session} if session else {})}
     context = {k: event[k] for k in ("cwd", "permission_mode") if isinstance(event.get(k), str)}
     try:
-        with Guard(cfg.target, agent=agent, context=context, timeout=cfg.timeout_s, token=cfg.token) as guard:
+        with Guard(cfg.client(), agent=agent, context=context, timeout=cfg.timeout_s) as guard:
             verdict = first = guard.decide(tool, args, call_id=call_id, server=server)
             if verdict.outcome == "REQUIRE_APPROVAL" and cfg.on_approval == "wait":
                 verdict = guard.resume(verdict, args, call_id=call_id, wait=cfg.wait_s, server=server)
@@ -133,8 +148,8 @@ def _post_tool_use(event: Mapping[str, Any], cfg: HookConfig) -> HookResult:
     labels = sorted({label for glob, label in cfg.outcome_labels if fnmatch.fnmatchcase(tool_name, glob)})
     metadata = (("authorization", f"Bearer {cfg.token}"),) if cfg.token else None
     try:
-        with grpc.insecure_channel(cfg.target) as channel:
-            # no actual_cost: the hook knows no cost, so the estimate stands
+        with cfg.channel() as channel:
+            # no actual_cost (DeciderClient.report_outcome always sends one): the hook knows no cost
             pb_grpc.DeciderStub(channel).ReportOutcome(
                 pb.ReportOutcomeRequest(decision_id=decision_id, status=status, labels=labels),
                 timeout=cfg.timeout_s, metadata=metadata)
