@@ -104,3 +104,17 @@ def test_pass_through_lists_governed_methods_other_than_tools_call() -> None:
     text = str(e.value)
     assert "tools/call is always decided" in text and "'resources/raed' is not a governed method" in text
     assert "gw.yaml:11:" in text
+
+
+def test_costs_name_an_upstream_and_a_tool_or_star() -> None:
+    cfg = parse_config(GOOD + 'costs: {"time/*": 0.5, "time/convert_time": 2, "docs-v2/resources/read": 0.01}\n',
+                       "gw.yaml", {"GW_TOKEN": "t"})
+    assert cfg.cost_of("time", "convert_time") == 2.0 and cfg.cost_of("time", "get_current_time") == 0.5
+    assert cfg.cost_of("docs-v2", "resources/read") == 0.01 and cfg.cost_of("docs-v2", "search") is None
+    with pytest.raises(GatewayConfigError) as e:
+        parse_config(GOOD + 'costs: {"nope/x": 1, "time/x": -1, "time/y": "3", "time": 1}\n', "gw.yaml",
+                     {"GW_TOKEN": "t"})
+    text = str(e.value)
+    assert "costs: 'nope/x' must be <upstream>/<tool>" in text and "costs: 'time': " not in text
+    assert "'time/x': -1 is not a number >= 0" in text and "'time/y': '3' is not a number" in text
+    assert "costs: 'time' must be" in text

@@ -176,3 +176,18 @@ def test_decider_killed_every_governed_method_fails_closed(setup: Setup, tmp_pat
     finally:
         doomed.stop()
     assert [s["method"] for s in seen_upstream(setup)] == ["resources/read"]    # only the one decided
+
+
+def test_configured_costs_are_the_estimate_and_the_reported_actual_cost(setup: Setup) -> None:
+    async def run() -> tuple[str, str]:
+        cfg = setup.config("time", file="gw-costs.yaml", costs={"time/get_current_time": 0.25})
+        async with stdio_gateway(cfg) as gw:
+            priced = await gw.call_tool("time__get_current_time", {"timezone": "UTC"})
+        async with stdio_gateway(setup.config("time", file="gw-no-costs.yaml")) as gw:
+            unpriced = await gw.call_tool("time__get_current_time", {"timezone": "UTC"})
+        return ids_of(priced)[0], ids_of(unpriced)[0]
+
+    priced, unpriced = anyio.run(run)
+    recs = {r.decision_id: r for r in records(setup, "mcp://time")}
+    assert (recs[priced].estimated_cost, recs[priced].actual_cost, recs[priced].outcome_status) == (0.25, 0.25, "ok")
+    assert recs[unpriced].estimated_cost == 0.0 and recs[unpriced].outcome_status == "ok"

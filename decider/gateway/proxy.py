@@ -134,8 +134,10 @@ class Gateway:
                 raise MCPError(types.INVALID_PARAMS, f"Unknown tool: {params.name} "
                                f"(upstream '{up.name}' has no tool '{tool}')")
         args = params.arguments or {}
+        cost = self.cfg.cost_of(up.name, tool)
         req = build_request(agent=self.identity(ctx), tool=tool, server=up.spec.server,
-                            call_id="" if ctx.request_id is None else str(ctx.request_id), args=args)
+                            call_id="" if ctx.request_id is None else str(ctx.request_id), args=args,
+                            estimated_cost=cost or 0.0)
         try:
             resp = await self.link.decide(req)
         except DecisionUnavailable as e:
@@ -151,10 +153,11 @@ class Gateway:
                 return _error(_refusal_text(params.name, resp), ids, "REQUIRE_APPROVAL")
         if resp.outcome != pb.ALLOW:
             return _error(_refusal_text(params.name, resp), ids)
-        return await self._forward(ctx, up, tool, args, resp.decision_id, ids)
+        return await self._forward(ctx, up, tool, args, resp.decision_id, ids, cost)
 
     async def _forward(self, ctx: ServerRequestContext[Any], up: UpstreamConnection, tool: str,
-                       args: dict[str, Any], decision_id: str, ids: list[str]) -> types.CallToolResult:
+                       args: dict[str, Any], decision_id: str, ids: list[str],
+                       cost: float | None = None) -> types.CallToolResult:
         async def progress(p: float, total: float | None, message: str | None) -> None:
             await ctx.session.report_progress(p, total, message)
 
@@ -167,18 +170,18 @@ class Gateway:
             request = types.CallToolRequest(params=types.CallToolRequestParams(name=tool, arguments=args))
             result = await up.call(lambda s: s.send_request(request, types.CallToolResult, progress_callback=relay))
         except UpstreamUnavailable as e:
-            self.link.report_later(decision_id, "error")
+            self.link.report_later(decision_id, "error", cost)
             return _error(f"{e}. Decision {decision_id} allowed the call; its outcome is recorded as error.", ids)
         except MCPError as e:
-            self.link.report_later(decision_id, "error")
+            self.link.report_later(decision_id, "error", cost)
             raise MCPError(e.code, f"{e.message} (decision {decision_id})", e.data) from None
         except BaseException:
             # Cancelled by the client (notifications/cancelled) or the gateway stopping: the SDK has
             # told the upstream to cancel; record what happened before unwinding.
             with anyio.CancelScope(shield=True), anyio.move_on_after(2):
-                await self.link.report(decision_id, "cancelled")
+                await self.link.report(decision_id, "cancelled", cost)
             raise
-        self.link.report_later(decision_id, "error" if result.is_error else "ok")
+        self.link.report_later(decision_id, "error" if result.is_error else "ok", cost)
         meta = dict(result.meta or {})
         meta[META_KEY] = {"decision_ids": ids, "outcome": "ALLOW"}
         return result.model_copy(update={"meta": meta})
@@ -231,7 +234,8 @@ class Gateway:
         decision id and every decision id involved, or MCPError POLICY_REFUSED (not forwarded).
         A refusal here is a protocol error: these methods have no result the model could read."""
         req = build_request(agent=self.identity(ctx), tool=method, server=up.spec.server,
-                            call_id="" if ctx.request_id is None else str(ctx.request_id), args=args)
+                            call_id="" if ctx.request_id is None else str(ctx.request_id), args=args,
+                            estimated_cost=self.cfg.cost_of(up.name, method) or 0.0)
         try:
             resp = await self.link.decide(req)
         except DecisionUnavailable as e:
@@ -258,15 +262,16 @@ class Gateway:
             except UpstreamUnavailable as e:
                 raise MCPError(types.INTERNAL_ERROR, str(e)) from None
         decision_id, ids = await self._decide_method(ctx, method, up, args, label)
+        cost = self.cfg.cost_of(up.name, method)
         try:
             result = await up.call(fn)
         except UpstreamUnavailable as e:
-            self.link.report_later(decision_id, "error")
+            self.link.report_later(decision_id, "error", cost)
             raise MCPError(types.INTERNAL_ERROR, f"{e} (decision {decision_id})") from None
         except MCPError as e:
-            self.link.report_later(decision_id, "error")
+            self.link.report_later(decision_id, "error", cost)
             raise MCPError(e.code, f"{e.message} (decision {decision_id})", e.data) from None
-        self.link.report_later(decision_id, "ok")
+        self.link.report_later(decision_id, "ok", cost)
         meta = dict(result.meta or {})
         meta[META_KEY] = {"decision_ids": ids, "outcome": "ALLOW"}
         return result.model_copy(update={"meta": meta})
