@@ -1,6 +1,7 @@
 """Real parts for the MCP gateway tests: a decider server with a test bundle and tokens, the gateway
 as a subprocess (stdio or streamable HTTP), real upstream MCP servers (mcp-server-time,
-mcp-server-git from PyPI; @modelcontextprotocol/server-filesystem from npm) and the mcp SDK client."""
+mcp-server-git from PyPI; @modelcontextprotocol/server-filesystem and server-everything from npm) and
+the mcp SDK client."""
 
 from __future__ import annotations
 
@@ -72,6 +73,32 @@ spec:
     - id: crashy-allowed
       effect: allow
       when: tool.server == "mcp://crashy" && tool.name in ["echo", "crash", "slow", "steps"]
+    - id: crashy-readme-and-greeting
+      effect: allow
+      when: >-
+        tool.server == "mcp://crashy" && ((tool.name == "resources/read" && tool.args.uri.startsWith("crashy://"))
+        || (tool.name == "prompts/get" && tool.args.name == "greet"))
+    - id: everything-static-documents
+      effect: allow
+      when: >-
+        tool.server == "mcp://everything" && tool.name in ["resources/read", "resources/subscribe"]
+        && tool.args.uri.startsWith("demo://resource/static/")
+    - id: everything-no-dynamic-resources
+      effect: deny
+      when: tool.server == "mcp://everything" && tool.name == "resources/read" && tool.args.uri.startsWith("demo://resource/dynamic/")
+      reason: "Dynamic resources are not for agents"
+    - id: everything-weather-prompt
+      effect: allow
+      when: tool.server == "mcp://everything" && tool.name == "prompts/get" && tool.args.name == "args-prompt"
+    - id: everything-prompt-needs-approval
+      effect: require_approval
+      when: tool.server == "mcp://everything" && tool.name == "prompts/get" && tool.args.name == "resource-prompt"
+      reason: "Prompts that embed resources need an approver"
+      approvers: ["user:carol"]
+      approval_ttl: 1h
+    - id: everything-completions
+      effect: allow
+      when: tool.server == "mcp://everything" && tool.name == "completion/complete" && tool.args.ref.type == "ref/prompt"
 """
 
 TOKENS = """\
@@ -100,6 +127,11 @@ class Setup:
     outside: Path
     repo: Path
 
+    @property
+    def crashy_log(self) -> Path:
+        """Every request the crashy upstream received (see crashy_mcp_server.py)."""
+        return self.tmp / "crashy-seen.jsonl"
+
     def upstreams(self, *names: str) -> list[dict[str, Any]]:
         py = sys.executable
         all_: dict[str, dict[str, Any]] = {
@@ -108,13 +140,15 @@ class Setup:
             # The filesystem server may write anywhere under tmp: only the policy keeps writes in the
             # workspace, so a file that stays absent proves the gateway did not forward the call.
             "fs": {"name": "fs", "command": [str(NODE_BIN / "mcp-server-filesystem"), str(self.tmp)]},
-            "crashy": {"name": "crashy", "command": [py, str(CRASHY)]},
+            "crashy": {"name": "crashy", "command": [py, str(CRASHY)], "env": {"CRASHY_LOG": str(self.crashy_log)}},
+            # resources (static and templated), prompts, completions, subscriptions
+            "everything": {"name": "everything", "command": [str(NODE_BIN / "mcp-server-everything"), "stdio"]},
         }
         return [all_[n] for n in names]
 
     def config(self, *names: str, listen: str = "stdio", approval_wait: str = "3s", deadline: str = "5s",
                target: str | None = None, file: str = "gateway.yaml",
-               extra_upstreams: list[dict[str, Any]] | None = None) -> Path:
+               extra_upstreams: list[dict[str, Any]] | None = None, **more: Any) -> Path:
         cfg: dict[str, Any] = {
             "decider": {"target": target or self.decider.target, "token": "gw-token", "deadline": deadline},
             "agent": AGENT,
@@ -124,6 +158,7 @@ class Setup:
         }
         if listen != "stdio":
             cfg["clients"] = [{"token": HTTP_CLIENT_TOKEN, "agent": HTTP_AGENT}]
+        cfg.update(more)
         path = self.tmp / file
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         return path

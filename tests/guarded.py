@@ -46,6 +46,9 @@ spec:
     - id: reads
       effect: allow
       when: tool.name in ["get_weather", "read_file", "flaky"]
+    - id: docs-resources
+      effect: allow
+      when: tool.name == "resources/read" && tool.args.uri.startsWith("docs://")
 """
 
 TOKENS = """\

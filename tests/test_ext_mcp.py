@@ -181,13 +181,55 @@ def test_budget_exceeded_is_resource_exhausted(stub: xpb_grpc.ExtMcpStub, waitin
     assert "budget_exceeded" in second.error.reason
 
 
-def test_other_methods_pass_without_a_decision(stub: xpb_grpc.ExtMcpStub, waiting: ServerProcess) -> None:
+def test_methods_without_effect_pass_without_a_decision(stub: xpb_grpc.ExtMcpStub, waiting: ServerProcess) -> None:
     before = record_count(waiting.db_url)
-    for method, params in (("tools/list", {}), ("resources/read", {"uri": "file:///etc/hosts"}),
-                           ("prompts/get", {"name": "p"}), ("initialize", {})):
+    for method, params in (("tools/list", {}), ("resources/list", {}), ("prompts/list", {}), ("initialize", {}),
+                           ("notifications/initialized", {}), ("ping", {})):
         res = stub.CheckRequest(xpb.McpRequest(service_name="billing", method=method,
                                                mcp_request=struct(params)), metadata=GW)
         assert res.WhichOneof("result") == "pass", method
+    assert record_count(waiting.db_url) == before
+
+
+def test_resources_prompts_and_completions_are_decided(stub: xpb_grpc.ExtMcpStub, waiting: ServerProcess) -> None:
+    def check(method: str, params: dict[str, Any]) -> xpb.McpRequestResult:
+        return stub.CheckRequest(xpb.McpRequest(service_name="files", method=method,
+                                                metadata_context=struct({"agent": AGENT}),
+                                                mcp_request=struct(params)), metadata=GW)
+
+    ok = check("resources/read", {"uri": "docs://handbook"})
+    assert ok.WhichOneof("result") == "pass"
+    rec = record(waiting, ok.metadata["decision_id"])
+    assert (rec.tool_name, rec.tool_server, dict(rec.args)) == ("resources/read", "mcp://files",
+                                                                {"uri": "docs://handbook"})
+    stub.CheckResponse(xpb.McpResponse(service_name="files", method="resources/read",
+                                       metadata_context=struct({"agent": AGENT}),
+                                       mcp_response=struct({"contents": []})), metadata=GW)
+    assert eventually(lambda: record(waiting, rec.decision_id).outcome_status, what="outcome") == "ok"
+
+    for method, params in (("resources/read", {"uri": "file:///etc/passwd"}),
+                           ("prompts/get", {"name": "p", "arguments": {"x": "1"}}),
+                           ("completion/complete", {"ref": {"type": "ref/prompt", "name": "p"},
+                                                    "argument": {"name": "x", "value": "1"}})):
+        res = check(method, params)
+        assert res.WhichOneof("result") == "error", method
+        assert res.error.code == xpb.AuthorizationError.PERMISSION_DENIED
+        denied = record(waiting, res.error.mcp_error["decision_id"])
+        assert (denied.tool_name, denied.outcome) == (method, pb.DENY)
+    assert dict(record(waiting, check("prompts/get", {"name": "p"}).error.mcp_error["decision_id"]).args) == \
+        {"name": "p", "arguments": {}}
+
+    bad = check("resources/read", {})
+    assert bad.error.code == xpb.AuthorizationError.INVALID and "mcp_request.uri" in bad.error.reason
+
+
+def test_unknown_methods_are_refused(stub: xpb_grpc.ExtMcpStub, waiting: ServerProcess) -> None:
+    before = record_count(waiting.db_url)
+    for method in ("sampling/createMessage", "tools/cal", ""):
+        res = stub.CheckRequest(xpb.McpRequest(service_name="billing", method=method, mcp_request=struct({})),
+                                metadata=GW)
+        assert res.WhichOneof("result") == "error", method
+        assert res.error.code == xpb.AuthorizationError.PERMISSION_DENIED and "refused" in res.error.reason
     assert record_count(waiting.db_url) == before
 
 

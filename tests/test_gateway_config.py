@@ -92,3 +92,29 @@ def test_gateway_command_refuses_a_bad_config_with_every_error(tmp_path: Path) -
     assert f"{cfg}:1:1: agent: required when listen is stdio" in out.stderr
     assert f"{cfg}:3:1: upstreams: a non-empty list is required" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_pass_through_lists_governed_methods_other_than_tools_call() -> None:
+    cfg = parse_config(GOOD + "pass_through: [prompts/get, completion/complete]\n", "gw.yaml", {"GW_TOKEN": "t"})
+    assert cfg.pass_through == {"prompts/get", "completion/complete"}
+    assert not cfg.governs("prompts/get") and cfg.governs("resources/read") and cfg.governs("tools/call")
+    assert not cfg.governs("tools/list")                      # a list is never decided
+    with pytest.raises(GatewayConfigError) as e:
+        parse_config(GOOD + "pass_through: [tools/call, resources/raed]\n", "gw.yaml", {"GW_TOKEN": "t"})
+    text = str(e.value)
+    assert "tools/call is always decided" in text and "'resources/raed' is not a governed method" in text
+    assert "gw.yaml:11:" in text
+
+
+def test_costs_name_an_upstream_and_a_tool_or_star() -> None:
+    cfg = parse_config(GOOD + 'costs: {"time/*": 0.5, "time/convert_time": 2, "docs-v2/resources/read": 0.01}\n',
+                       "gw.yaml", {"GW_TOKEN": "t"})
+    assert cfg.cost_of("time", "convert_time") == 2.0 and cfg.cost_of("time", "get_current_time") == 0.5
+    assert cfg.cost_of("docs-v2", "resources/read") == 0.01 and cfg.cost_of("docs-v2", "search") is None
+    with pytest.raises(GatewayConfigError) as e:
+        parse_config(GOOD + 'costs: {"nope/x": 1, "time/x": -1, "time/y": "3", "time": 1}\n', "gw.yaml",
+                     {"GW_TOKEN": "t"})
+    text = str(e.value)
+    assert "costs: 'nope/x' must be <upstream>/<tool>" in text and "costs: 'time': " not in text
+    assert "'time/x': -1 is not a number >= 0" in text and "'time/y': '3' is not a number" in text
+    assert "costs: 'time' must be" in text

@@ -75,7 +75,8 @@ def settled(setup: Setup, decision_id: str) -> pb.DecisionRecord:
     raise AssertionError(f"no outcome reported for {decision_id}")
 
 
-def approve_when_pending(setup: Setup, tool: str, args: dict[str, str], verb: str = "approve") -> str:
+def approve_when_pending(setup: Setup, tool: str, args: dict[str, str], verb: str = "approve",
+                         comment: str = "") -> str:
     """Wait (bounded) for the gateway's pending approval of this call, then `decider approve` (or
     `reject`) it."""
     with DeciderClient(setup.decider.target, token="carol-token") as c:
@@ -88,7 +89,8 @@ def approve_when_pending(setup: Setup, tool: str, args: dict[str, str], verb: st
             raise AssertionError(f"no pending approval for {tool}")
     decision_id = pending[0].decision_id
     out = subprocess.run([sys.executable, "-m", "decider", verb, decision_id, "--server", setup.decider.target,
-                          "--token", "carol-token"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+                          "--token", "carol-token", *(["--comment", comment] if comment else [])],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     return decision_id
 
@@ -215,7 +217,7 @@ def test_upstream_reached_by_url_is_proxied_and_decided(setup: Setup) -> None:
         upstream.stop()
 
 
-def test_resources_prompts_and_progress_pass_through(setup: Setup) -> None:
+def test_resources_prompts_and_progress_are_relayed(setup: Setup) -> None:
     progress: list[tuple[float, float | None, str | None]] = []
 
     async def on_progress(p: float, total: float | None, message: str | None) -> None:
@@ -298,12 +300,16 @@ def test_http_rejected_approval_is_an_error_naming_the_state(setup: Setup, http_
         async with http_session(http_gw.url) as gw:
             args = {"source_timezone": "UTC", "time": "23:45", "target_timezone": "Australia/Sydney"}
             async with anyio.create_task_group() as tg:
-                tg.start_soon(anyio.to_thread.run_sync, approve_when_pending, setup, "convert_time", args, "reject")
+                tg.start_soon(anyio.to_thread.run_sync, approve_when_pending, setup, "convert_time", args, "reject",
+                              "not before the audit")
                 result = await gw.call_tool("time__convert_time", args)
-            assert result.is_error and "approval rejected" in text_of(result)
+            # who rejected it and their comment, as the guards say it
+            assert result.is_error and 'approval rejected by user:carol ("not before the audit")' in text_of(result)
             [decision_id] = decision_ids(result)
             assert decision_id in text_of(result)
-            assert record(setup, decision_id).approval.state == pb.APPROVAL_REJECTED
+            rec = record(setup, decision_id)
+            assert rec.approval.state == pb.APPROVAL_REJECTED
+            assert result.meta["dev.decider/decision"]["outcome"] == pb.Outcome.Name(rec.outcome) == "REQUIRE_APPROVAL"
 
     anyio.run(run)
 

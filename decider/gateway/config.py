@@ -7,6 +7,8 @@ listen: stdio                                 # or http://127.0.0.1:8800/mcp
 clients:                                      # HTTP only: bearer token → agent identity
   - {token_env: CODER_TOKEN, agent: {id: coder-7, team: platform}}
 approval_wait: 30s
+pass_through: [completion/complete]           # governed methods forwarded without a decision
+costs: {"time/*": 0.001, "docs/search": 0.02}  # estimated cost per call (<upstream>/<tool or method>)
 upstreams:
   - {name: time, command: [python, -m, mcp_server_time]}
   - {name: docs, url: http://127.0.0.1:9000/mcp, token_env: DOCS_TOKEN}
@@ -18,6 +20,7 @@ Every mistake is reported at once as `file:line:col: message`, like policy files
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -29,7 +32,7 @@ import yaml
 
 from decider.errors import DeciderError, SourceError
 
-__all__ = ["AGENT_FIELDS", "ClientToken", "DeciderTarget", "GatewayConfig", "GatewayConfigError", "Upstream",
+__all__ = ["AGENT_FIELDS", "GOVERNED_METHODS", "ClientToken", "DeciderTarget", "GatewayConfig", "GatewayConfigError", "Upstream",
            "load_config", "parse_config"]
 
 # The Agent message's string fields a config may set (labels/capabilities handled apart).
@@ -37,6 +40,9 @@ AGENT_FIELDS = ("id", "instance_id", "owner", "team", "workflow", "model", "sess
 # Upstream names become `mcp://<name>` and the `<name>__` prefix of tool names: no `_`, so the first
 # `__` in an exposed name always ends the upstream name (collision-free, see naming.py).
 _UPSTREAM_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+# The MCP methods that reach an upstream with an effect or a payload: each is decided (SPEC §8 Round
+# two) unless listed under `pass_through:`. tools/call is always decided: it is what decider is for.
+GOVERNED_METHODS = ("tools/call", "resources/read", "resources/subscribe", "prompts/get", "completion/complete")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
 
 
@@ -89,7 +95,17 @@ class GatewayConfig:
     upstreams: tuple[Upstream, ...]
     clients: tuple[ClientToken, ...] = ()
     tool_names: str = "prefixed"    # prefixed | plain (plain: one upstream only)
+    pass_through: frozenset[str] = frozenset()   # governed methods forwarded without a decision
+    costs: dict[str, float] = field(default_factory=dict)   # "<upstream>/<name>" or "<upstream>/*" → cost
     source: str = "<config>"
+
+    def cost_of(self, upstream: str, name: str) -> float | None:
+        """The configured cost of one call (tool name, or the method for resources/prompts), or None:
+        the gateway then sends no estimate and no actual cost, so decider's own figures stand."""
+        return self.costs.get(f"{upstream}/{name}", self.costs.get(f"{upstream}/*"))
+
+    def governs(self, method: str) -> bool:
+        return method in GOVERNED_METHODS and method not in self.pass_through
 
     @property
     def http(self) -> tuple[str, int, str] | None:
@@ -168,7 +184,8 @@ def parse_config(text: str, source: str = "<config>", environ: dict[str, str] | 
         raise GatewayConfigError([SourceError(source, line, col, f"bad YAML: {getattr(e, 'problem', e)}")]) from None
     if not isinstance(doc, _Map):
         raise GatewayConfigError([SourceError(source, 1, 1, "the gateway config must be a mapping")])
-    known = {"decider", "agent", "listen", "approval_wait", "upstreams", "clients", "tool_names"}
+    known = {"decider", "agent", "listen", "approval_wait", "upstreams", "clients", "tool_names", "pass_through",
+             "costs"}
     for k in doc:
         if k not in known:
             err(doc, k, f"unknown key '{k}' (expected one of: {', '.join(sorted(known))})")
@@ -313,7 +330,38 @@ def parse_config(text: str, source: str = "<config>", environ: dict[str, str] | 
     elif tool_names == "plain" and len(ups) > 1:
         err(doc, "tool_names", "tool_names: plain names need exactly one upstream (several would collide)")
 
+    pass_through: set[str] = set()
+    raw_pass = doc.get("pass_through", [])
+    if not isinstance(raw_pass, list):
+        err(doc, "pass_through", f"pass_through: a list of MCP methods (any of: {', '.join(GOVERNED_METHODS[1:])})")
+        raw_pass = []
+    for m in raw_pass:
+        if m == "tools/call":
+            err(doc, "pass_through", "pass_through: tools/call is always decided")
+        elif m not in GOVERNED_METHODS:
+            err(doc, "pass_through", f"pass_through: '{m}' is not a governed method "
+                f"(any of: {', '.join(GOVERNED_METHODS[1:])})")
+        else:
+            pass_through.add(str(m))
+
+    costs: dict[str, float] = {}
+    raw_costs = doc.get("costs", {})
+    if not isinstance(raw_costs, dict):
+        err(doc, "costs", 'costs: a mapping "<upstream>/<tool>" (or "<upstream>/*") → estimated cost per call')
+        raw_costs = {}
+    names = {u.name for u in ups}
+    for key, value in raw_costs.items():
+        upstream, sep, tool = str(key).partition("/")
+        if not sep or not tool or upstream not in names:
+            err(raw_costs, key, f"costs: '{key}' must be <upstream>/<tool> or <upstream>/* with an upstream of this "
+                f"config (one of: {', '.join(sorted(names))})")
+        elif isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+            err(raw_costs, key, f"costs: '{key}': {value!r} is not a number >= 0")
+        else:
+            costs[str(key)] = float(value)
+
     if errors:
         raise GatewayConfigError(errors)
     return GatewayConfig(decider=decider, agent=agent, listen=listen, approval_wait_s=wait, upstreams=tuple(ups),
-                         clients=tuple(clients), tool_names=tool_names, source=source)
+                         clients=tuple(clients), tool_names=tool_names, pass_through=frozenset(pass_through),
+                         costs=costs, source=source)

@@ -9,13 +9,18 @@ mcp://<upstream>, tool.args, tool.call_id = the JSON-RPC id.
   the identical call is decided again (which consumes the one-shot approval, SPEC §4) and forwarded;
   otherwise isError naming the state (pending / rejected / expired) and the decision id.
 - decider unreachable, refusing or late → not forwarded (fail closed).
-tools/list, resources/*, prompts/* pass through, merged over upstreams (naming.py).
+resources/read, resources/subscribe, prompts/get and completion/complete are decided the same way
+(tool.name = the method, tool.args = its params, SPEC §8 Round two) unless the config lists them under
+`pass_through:`; a refusal is a JSON-RPC error (POLICY_REFUSED) naming the reason and the decision id.
+tools/list, resources/list, resources/templates/list, prompts/list pass through, merged over upstreams
+(naming.py).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -41,6 +46,9 @@ log = logging.getLogger("decider.gateway")
 META_KEY = "dev.decider/decision"
 _STATE_WORD = {pb.APPROVAL_PENDING: "pending", pb.APPROVAL_REJECTED: "rejected", pb.APPROVAL_EXPIRED: "expired",
                pb.APPROVAL_APPROVED: "approved", pb.APPROVAL_CONSUMED: "consumed"}
+# JSON-RPC error code of a policy refusal of a method that has no result the model could read (the
+# code agentgateway gives a permission denial, so clients of either gateway see one code).
+POLICY_REFUSED = -32001
 PROGRESS_EVERY_S = 1.0  # between progress notifications while a call waits for an approver
 
 
@@ -51,6 +59,7 @@ class Gateway:
         self.upstreams = {u.name: u for u in upstreams}
         self._plain = upstreams[0].name if cfg.tool_names == "plain" else None
         self._resource_owner: dict[str, str] = {}   # uri → upstream, learnt from resources/list
+        self._template_owner: dict[str, tuple[str, re.Pattern[str]]] = {}   # uri template → (upstream, regex)
         # stdio clients without a configured session id share one per gateway process, so
         # session-aware policies (SPEC §10) see one session per run.
         self._stdio_session = f"gw-{os.getpid()}-{os.urandom(4).hex()}"
@@ -59,8 +68,9 @@ class Gateway:
             instructions="Tool calls pass through decider (policy decision point) before they reach a server.",
             on_list_tools=self.list_tools, on_call_tool=self.call_tool,
             on_list_resources=self.list_resources, on_list_resource_templates=self.list_resource_templates,
-            on_read_resource=self.read_resource,
-            on_list_prompts=self.list_prompts, on_get_prompt=self.get_prompt,
+            on_read_resource=self.read_resource, on_subscribe_resource=self.subscribe_resource,
+            on_unsubscribe_resource=self.unsubscribe_resource,
+            on_list_prompts=self.list_prompts, on_get_prompt=self.get_prompt, on_completion=self.complete,
         )
         # The SDK's default OpenTelemetry middleware is a no-op without an exporter but still runs per
         # message; the gateway's own record of each call is the decision record.
@@ -124,8 +134,10 @@ class Gateway:
                 raise MCPError(types.INVALID_PARAMS, f"Unknown tool: {params.name} "
                                f"(upstream '{up.name}' has no tool '{tool}')")
         args = params.arguments or {}
+        cost = self.cfg.cost_of(up.name, tool)
         req = build_request(agent=self.identity(ctx), tool=tool, server=up.spec.server,
-                            call_id="" if ctx.request_id is None else str(ctx.request_id), args=args)
+                            call_id="" if ctx.request_id is None else str(ctx.request_id), args=args,
+                            estimated_cost=cost or 0.0)
         try:
             resp = await self.link.decide(req)
         except DecisionUnavailable as e:
@@ -137,13 +149,15 @@ class Gateway:
             if resp.decision_id not in ids:
                 ids.append(resp.decision_id)
             if resp.outcome != pb.ALLOW:
-                return _error(_refusal_text(params.name, resp), ids)
+                # _meta says what the record says: this call's decision is REQUIRE_APPROVAL
+                return _error(_refusal_text(params.name, resp), ids, "REQUIRE_APPROVAL")
         if resp.outcome != pb.ALLOW:
             return _error(_refusal_text(params.name, resp), ids)
-        return await self._forward(ctx, up, tool, args, resp.decision_id, ids)
+        return await self._forward(ctx, up, tool, args, resp.decision_id, ids, cost)
 
     async def _forward(self, ctx: ServerRequestContext[Any], up: UpstreamConnection, tool: str,
-                       args: dict[str, Any], decision_id: str, ids: list[str]) -> types.CallToolResult:
+                       args: dict[str, Any], decision_id: str, ids: list[str],
+                       cost: float | None = None) -> types.CallToolResult:
         async def progress(p: float, total: float | None, message: str | None) -> None:
             await ctx.session.report_progress(p, total, message)
 
@@ -156,18 +170,18 @@ class Gateway:
             request = types.CallToolRequest(params=types.CallToolRequestParams(name=tool, arguments=args))
             result = await up.call(lambda s: s.send_request(request, types.CallToolResult, progress_callback=relay))
         except UpstreamUnavailable as e:
-            self.link.report_later(decision_id, "error")
+            self.link.report_later(decision_id, "error", cost)
             return _error(f"{e}. Decision {decision_id} allowed the call; its outcome is recorded as error.", ids)
         except MCPError as e:
-            self.link.report_later(decision_id, "error")
+            self.link.report_later(decision_id, "error", cost)
             raise MCPError(e.code, f"{e.message} (decision {decision_id})", e.data) from None
         except BaseException:
             # Cancelled by the client (notifications/cancelled) or the gateway stopping: the SDK has
             # told the upstream to cancel; record what happened before unwinding.
             with anyio.CancelScope(shield=True), anyio.move_on_after(2):
-                await self.link.report(decision_id, "cancelled")
+                await self.link.report(decision_id, "cancelled", cost)
             raise
-        self.link.report_later(decision_id, "error" if result.is_error else "ok")
+        self.link.report_later(decision_id, "error" if result.is_error else "ok", cost)
         meta = dict(result.meta or {})
         meta[META_KEY] = {"decision_ids": ids, "outcome": "ALLOW"}
         return result.model_copy(update={"meta": meta})
@@ -177,6 +191,7 @@ class Gateway:
         """Wait for an approver; then decide the identical call again (consuming the approval)."""
         wait = self.cfg.approval_wait_s
         state = pb.APPROVAL_PENDING
+        last: pb.DecisionRecord | None = None
         decision_id = pending.decision_id
         started = anyio.current_time()
 
@@ -191,6 +206,7 @@ class Gateway:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(tick)
                 async for rec in self.link.watch(decision_id, wait):
+                    last = rec
                     state = rec.approval.state
                     if state != pb.APPROVAL_PENDING:
                         break
@@ -200,12 +216,65 @@ class Gateway:
         if state != pb.APPROVAL_APPROVED:
             word = _STATE_WORD.get(state, "pending")
             text = (f"approval still pending after {wait:g}s" if word == "pending" else f"approval {word}")
+            if last is not None and last.approval.resolved_by:   # who rejected it, and what they said
+                text += f" by {last.approval.resolved_by}"
+                if last.approval.comment:
+                    text += f' ("{last.approval.comment}")'
             return _synthetic(decision_id, pb.DENY, text, state=word)
         try:
             again = await self.link.decide(req)   # the approved identical call: ALLOW once, reason "approved"
         except DecisionUnavailable as e:
             return _synthetic(decision_id, pb.DENY, f"approved, but {e}")
         return again
+
+    # ---- every other governed method (SPEC §8 Round two) ----
+    async def _decide_method(self, ctx: ServerRequestContext[Any], method: str, up: UpstreamConnection,
+                             args: dict[str, Any], label: str) -> tuple[str, list[str]]:
+        """Decide a non-tool method (tool.name = the method, tool.server = mcp://<upstream>): the
+        decision id and every decision id involved, or MCPError POLICY_REFUSED (not forwarded).
+        A refusal here is a protocol error: these methods have no result the model could read."""
+        req = build_request(agent=self.identity(ctx), tool=method, server=up.spec.server,
+                            call_id="" if ctx.request_id is None else str(ctx.request_id), args=args,
+                            estimated_cost=self.cfg.cost_of(up.name, method) or 0.0)
+        try:
+            resp = await self.link.decide(req)
+        except DecisionUnavailable as e:
+            log.warning("request refused: no decision", extra={"method": method, "upstream": up.name, "error": str(e)})
+            raise MCPError(POLICY_REFUSED, f"{label} was not forwarded: {e}. The gateway fails closed.") from None
+        ids = [resp.decision_id]
+        first = resp.outcome
+        if resp.outcome == pb.REQUIRE_APPROVAL:
+            resp = await self._await_approval(ctx, req, resp, label)
+            if resp.decision_id not in ids:
+                ids.append(resp.decision_id)
+        if resp.outcome != pb.ALLOW:
+            text = _refusal_text(label, resp)
+            outcome = pb.Outcome.Name(first if first == pb.REQUIRE_APPROVAL else resp.outcome)
+            raise MCPError(POLICY_REFUSED, text, {META_KEY: {"decision_ids": ids, "outcome": outcome}})
+        return resp.decision_id, ids
+
+    async def _governed(self, ctx: ServerRequestContext[Any], method: str, up: UpstreamConnection,
+                        args: dict[str, Any], label: str, fn: Callable[[Any], Any]) -> Any:
+        """Decide (unless the config passes this method through), forward, report the outcome."""
+        if not self.cfg.governs(method):
+            try:
+                return await up.call(fn)
+            except UpstreamUnavailable as e:
+                raise MCPError(types.INTERNAL_ERROR, str(e)) from None
+        decision_id, ids = await self._decide_method(ctx, method, up, args, label)
+        cost = self.cfg.cost_of(up.name, method)
+        try:
+            result = await up.call(fn)
+        except UpstreamUnavailable as e:
+            self.link.report_later(decision_id, "error", cost)
+            raise MCPError(types.INTERNAL_ERROR, f"{e} (decision {decision_id})") from None
+        except MCPError as e:
+            self.link.report_later(decision_id, "error", cost)
+            raise MCPError(e.code, f"{e.message} (decision {decision_id})", e.data) from None
+        self.link.report_later(decision_id, "ok", cost)
+        meta = dict(result.meta or {})
+        meta[META_KEY] = {"decision_ids": ids, "outcome": "ALLOW"}
+        return result.model_copy(update={"meta": meta})
 
     # ---- resources ----
     async def list_resources(self, ctx: ServerRequestContext[Any],
@@ -225,22 +294,60 @@ class Gateway:
         for up in self._with("resources"):
             res = await self._safe(up, lambda s: s.list_resource_templates())
             if res is not None:
+                for t in res.resource_templates:
+                    self._template_owner[t.uri_template] = (up.name, _template_regex(t.uri_template))
                 out += res.resource_templates
         return types.ListResourceTemplatesResult(resource_templates=out)
 
+    def _owner_of(self, uri: str) -> str | None:
+        if uri in self._resource_owner:
+            return self._resource_owner[uri]
+        for name, pattern in self._template_owner.values():
+            if pattern.fullmatch(uri):
+                return name
+        return None
+
+    async def _resource_upstream(self, ctx: ServerRequestContext[Any], uri: str) -> UpstreamConnection:
+        """The one upstream a URI belongs to (so the decision names its server): learnt from
+        resources/list and resources/templates/list, asked again once when unknown; with a single
+        resource-serving upstream, that one."""
+        candidates = self._with("resources")
+        if len(candidates) == 1:
+            return candidates[0]
+        owner = self._owner_of(uri)
+        if owner is None:
+            await self.list_resources(ctx, None)
+            await self.list_resource_templates(ctx, None)
+            owner = self._owner_of(uri)
+        if owner is None or owner not in self.upstreams:
+            raise MCPError(types.INVALID_PARAMS, f"Unknown resource: {uri} (no upstream lists it)")
+        return self.upstreams[owner]
+
     async def read_resource(self, ctx: ServerRequestContext[Any],
                             params: types.ReadResourceRequestParams) -> types.ReadResourceResult:
-        owner = self._resource_owner.get(params.uri)
-        candidates = [self.upstreams[owner]] if owner else self._with("resources")
-        last: MCPError | None = None
-        for up in candidates:
-            try:
-                return await up.call(lambda s: s.read_resource(params.uri))
-            except MCPError as e:
-                last = e
-            except UpstreamUnavailable as e:
-                last = MCPError(types.INTERNAL_ERROR, str(e))
-        raise last or MCPError(types.INVALID_PARAMS, f"Unknown resource: {params.uri}")
+        uri = str(params.uri)
+        up = await self._resource_upstream(ctx, uri)
+        return await self._governed(ctx, "resources/read", up, {"uri": uri}, f"resources/read {uri}",
+                                    lambda s: s.read_resource(uri))
+
+    async def subscribe_resource(self, ctx: ServerRequestContext[Any],
+                                 params: types.SubscribeRequestParams) -> types.EmptyResult:
+        uri = str(params.uri)
+        up = await self._resource_upstream(ctx, uri)
+        if not _can_subscribe(up):
+            raise MCPError(types.METHOD_NOT_FOUND, f"upstream '{up.name}' does not support resources/subscribe")
+        return await self._governed(ctx, "resources/subscribe", up, {"uri": uri}, f"resources/subscribe {uri}",
+                                    lambda s: s.subscribe_resource(uri))
+
+    async def unsubscribe_resource(self, ctx: ServerRequestContext[Any],
+                                   params: types.UnsubscribeRequestParams) -> types.EmptyResult:
+        # Not decided: it only takes away (SPEC §8 lists the governed methods).
+        uri = str(params.uri)
+        up = await self._resource_upstream(ctx, uri)
+        try:
+            return await up.call(lambda s: s.unsubscribe_resource(uri))
+        except UpstreamUnavailable as e:
+            raise MCPError(types.INTERNAL_ERROR, str(e)) from None
 
     # ---- prompts ----
     async def list_prompts(self, ctx: ServerRequestContext[Any],
@@ -253,16 +360,35 @@ class Gateway:
                         for p in res.prompts]
         return types.ListPromptsResult(prompts=out)
 
-    async def get_prompt(self, ctx: ServerRequestContext[Any],
-                         params: types.GetPromptRequestParams) -> types.GetPromptResult:
-        parts = naming.split(params.name, self._plain)
+    def _prompt_route(self, exposed: str) -> tuple[UpstreamConnection, str]:
+        parts = naming.split(exposed, self._plain)
         up = self.upstreams.get(parts[0]) if parts else None
         if parts is None or up is None:
-            raise MCPError(types.INVALID_PARAMS, f"Unknown prompt: {params.name}")
-        try:
-            return await up.call(lambda s: s.get_prompt(parts[1], params.arguments))
-        except UpstreamUnavailable as e:
-            raise MCPError(types.INTERNAL_ERROR, str(e)) from None
+            raise MCPError(types.INVALID_PARAMS, f"Unknown prompt: {exposed}")
+        return up, parts[1]
+
+    async def get_prompt(self, ctx: ServerRequestContext[Any],
+                         params: types.GetPromptRequestParams) -> types.GetPromptResult:
+        up, name = self._prompt_route(params.name)
+        args = {"name": name, "arguments": dict(params.arguments or {})}
+        return await self._governed(ctx, "prompts/get", up, args, f"prompts/get {params.name}",
+                                    lambda s: s.get_prompt(name, params.arguments))
+
+    # ---- completion ----
+    async def complete(self, ctx: ServerRequestContext[Any], params: types.CompleteRequestParams) -> types.CompleteResult:
+        ref: types.ResourceTemplateReference | types.PromptReference
+        if isinstance(params.ref, types.PromptReference):
+            up, name = self._prompt_route(params.ref.name)
+            ref = params.ref.model_copy(update={"name": name})
+        else:
+            up = await self._resource_upstream(ctx, params.ref.uri)
+            ref = params.ref
+        upstream_params = params.model_copy(update={"ref": ref})
+        args = upstream_params.model_dump(mode="json", by_alias=True, exclude_none=True)
+        args.pop("_meta", None)
+        request = types.CompleteRequest(params=upstream_params)
+        return await self._governed(ctx, "completion/complete", up, args, f"completion/complete for {params.ref.type}",
+                                    lambda s: s.send_request(request, types.CompleteResult))
 
     def _with(self, capability: str) -> list[UpstreamConnection]:
         return [u for u in self.upstreams.values() if u.supports(capability)]
@@ -276,6 +402,17 @@ class Gateway:
             return None
 
 
+def _template_regex(template: str) -> re.Pattern[str]:
+    """An RFC 6570 URI template as a regex: each {expression} matches one or more characters."""
+    parts = re.split(r"\{[^}]*\}", template)
+    return re.compile(".+".join(re.escape(p) for p in parts))
+
+
+def _can_subscribe(up: UpstreamConnection) -> bool:
+    caps = up.init.capabilities.resources if up.init and up.init.capabilities else None
+    return bool(caps and caps.subscribe)
+
+
 def _synthetic(decision_id: str, outcome: int, text: str, state: str = "") -> pb.DecideResponse:
     resp = pb.DecideResponse(decision_id=decision_id, outcome=outcome)  # type: ignore[arg-type]
     resp.reasons.add(rule_id=f"approval_{state}" if state else "gateway", text=text)
@@ -283,10 +420,12 @@ def _synthetic(decision_id: str, outcome: int, text: str, state: str = "") -> pb
 
 
 def _refusal_text(exposed: str, resp: pb.DecideResponse) -> str:
+    """`exposed` is a tool's exposed name, or "<method> <what>" for the other governed methods."""
     why = "; ".join(f"{r.text or r.rule_id} [{r.rule_id}]" if r.text else r.rule_id for r in resp.reasons)
-    return f"decider refused tool {exposed}: {why or 'denied'} (decision {resp.decision_id}). The call was not made."
+    what = exposed if "/" in exposed.split(" ", 1)[0] else f"tool {exposed}"
+    return f"decider refused {what}: {why or 'denied'} (decision {resp.decision_id}). The call was not made."
 
 
-def _error(text: str, ids: list[str] | None = None) -> types.CallToolResult:
-    meta = {META_KEY: {"decision_ids": ids, "outcome": "DENY"}} if ids else None
+def _error(text: str, ids: list[str] | None = None, outcome: str = "DENY") -> types.CallToolResult:
+    meta = {META_KEY: {"decision_ids": ids, "outcome": outcome}} if ids else None
     return types.CallToolResult(content=[types.TextContent(text=text)], is_error=True, _meta=meta)

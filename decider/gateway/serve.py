@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import signal
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from decider.gateway.config import GatewayConfig
 from decider.gateway.decisions import DeciderLink
+from decider.gateway.hook_endpoint import HOOK_PATH, ClaudeCodeHookEndpoint
 from decider.gateway.proxy import Gateway
 from decider.gateway.stdio import serve_stdio
 from decider.gateway.upstreams import UpstreamConnection
@@ -30,30 +33,93 @@ log = logging.getLogger("decider.gateway")
 
 
 class BearerAuth:
-    """ASGI middleware: an HTTP client must present a bearer token listed in `clients`; else 401.
+    """ASGI middleware in front of the MCP endpoint.
+
+    - Exactly one `Authorization: Bearer <token>` header with a token listed in `clients`, else 401
+      (two headers could name two identities; the SDK and this layer might read different ones).
+      The 401 carries `WWW-Authenticate: Bearer error="invalid_token"` (RFC 6750) and a JSON-RPC
+      error body, so clients say "invalid token" instead of starting an OAuth flow.
+    - An MCP session belongs to the token that opened it (the `Mcp-Session-Id` of its initialize
+      response): a request with that session id and another token is refused with 403, so no
+      caller can write into (or read the history of) another caller's session. A session id this
+      layer never saw issued is refused with 404 (the spec's "session not found": re-initialize).
     Identity is never read from any other header."""
+
+    MAX_SESSIONS = 100_000   # bound on remembered owners; the oldest are forgotten (their ids then get 404)
 
     def __init__(self, app: ASGIApp, cfg: GatewayConfig) -> None:
         self.app = app
         self.cfg = cfg
+        self._owners: OrderedDict[str, str] = OrderedDict()   # MCP session id → sha256 of its token
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            auth = ""
-            for k, v in scope.get("headers", []):
-                if k == b"authorization":
-                    auth = v.decode("latin-1")
-            scheme, _, token = auth.partition(" ")
-            if scheme.lower() != "bearer" or self.cfg.agent_for_token(token.strip()) is None:
-                digest = hashlib.sha256(token.encode()).hexdigest()[:12] if token else "none"
-                log.warning("client refused: unknown bearer token", extra={"token_sha256_12": digest})
-                body = b'{"error": "unauthorized: send Authorization: Bearer <a token from the gateway config>"}'
-                await send({"type": "http.response.start", "status": 401,
-                            "headers": [(b"content-type", b"application/json"),
-                                        (b"www-authenticate", b'Bearer realm="decider-gateway"')]})
-                await send({"type": "http.response.body", "body": body})
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        auths = [v.decode("latin-1") for k, v in scope.get("headers", []) if k == b"authorization"]
+        sids = [v.decode("latin-1") for k, v in scope.get("headers", []) if k == b"mcp-session-id"]
+        scheme, _, token = (auths[0] if auths else "").partition(" ")
+        token = token.strip()
+        if len(auths) != 1 or scheme.lower() != "bearer" or self.cfg.agent_for_token(token) is None:
+            why = ("several Authorization headers" if len(auths) > 1 else
+                   "no Authorization header" if not auths else
+                   "Authorization scheme is not Bearer" if scheme.lower() != "bearer" else
+                   "unknown bearer token")
+            digest = hashlib.sha256(token.encode()).hexdigest()[:12] if token else "none"
+            log.warning("client refused", extra={"why": why, "token_sha256_12": digest})
+            await _refuse(send, 401, f"invalid token: {why}; send one Authorization: Bearer <token> header "
+                          "with a token from the gateway config's clients",
+                          [(b"www-authenticate", f'Bearer realm="decider-gateway", error="invalid_token", '
+                            f'error_description="{why}"'.encode("latin-1"))])
+            return
+        owner = hashlib.sha256(token.encode()).hexdigest()
+        if len(sids) > 1:
+            await _refuse(send, 400, "several Mcp-Session-Id headers")
+            return
+        if sids:
+            bound = self._owners.get(sids[0])
+            if bound is None:
+                await _refuse(send, 404, f"MCP session {sids[0]} not found: initialize a new session", code=-32001)
                 return
-        await self.app(scope, receive, send)
+            if bound != owner:
+                log.warning("client refused: MCP session of another client",
+                            extra={"mcp_session_id": sids[0], "token_sha256_12": owner[:12]})
+                await _refuse(send, 403, f"MCP session {sids[0]} belongs to another client: initialize your own "
+                              "session (a request without Mcp-Session-Id)")
+                return
+            await self.app(scope, receive, self._forget_on_success(sids[0], send)
+                           if scope.get("method") == "DELETE" else send)
+            return
+        await self.app(scope, receive, self._bind_issued_session(owner, send))
+
+    def _bind_issued_session(self, owner: str, send: Send) -> Send:
+        """The session id the SDK issues on this (initialize) response becomes this token's."""
+        async def wrapped(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                for k, v in message.get("headers", []):
+                    if k.lower() == b"mcp-session-id":
+                        self._owners[v.decode("latin-1")] = owner
+                        while len(self._owners) > self.MAX_SESSIONS:
+                            self._owners.popitem(last=False)
+            await send(message)
+        return wrapped
+
+    def _forget_on_success(self, sid: str, send: Send) -> Send:
+        async def wrapped(message: Any) -> None:
+            if message["type"] == "http.response.start" and message.get("status", 500) < 300:
+                self._owners.pop(sid, None)
+            await send(message)
+        return wrapped
+
+
+async def _refuse(send: Send, status: int, message: str, extra_headers: list[tuple[bytes, bytes]] | None = None,
+                  code: int = -32600) -> None:
+    """An HTTP refusal whose body is a JSON-RPC error (id null: the request was not read), which MCP
+    clients surface as the error's message."""
+    body = json.dumps({"jsonrpc": "2.0", "id": None, "error": {"code": code, "message": message}}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), *(extra_headers or [])]})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def run_gateway(cfg: GatewayConfig, *, port_file: str | None = None) -> None:
@@ -100,7 +166,16 @@ async def _serve_http(gw: Gateway, cfg: GatewayConfig, port_file: str | None,
 
     assert cfg.http is not None
     host, port, path = cfg.http
-    app: Any = gw.server.streamable_http_app(streamable_http_path=path, host=host)
+    mcp_app: Any = gw.server.streamable_http_app(streamable_http_path=path, host=host)
+    hooks = ClaudeCodeHookEndpoint(cfg)
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        # Claude Code's "type": "http" hooks share the listener (and BearerAuth) with MCP
+        if scope["type"] == "http" and scope.get("path") == HOOK_PATH:
+            await hooks(scope, receive, send)
+        else:
+            await mcp_app(scope, receive, send)
+
     config = uvicorn.Config(BearerAuth(app, cfg), host=host, port=port, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     # uvicorn would replace the process's signal handlers; ours ask it to drain and exit instead.

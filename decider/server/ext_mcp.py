@@ -9,8 +9,13 @@ agentgateway asks `CheckRequest` before it forwards an MCP method to an upstream
   ALLOW → `pass`; DENY → `error` naming the reason and the decision id; REQUIRE_APPROVAL → wait up to
   `approval_wait_s` for an approver, then decide the identical call again (which consumes the
   approval, once) and `pass`, or `error` naming the approval's state and the decision id.
-- every other method → `pass` (no decision).
-- `CheckResponse` for `tools/call` → ReportOutcome on the call's decision (status `error` when the
+- `resources/read`, `resources/subscribe`, `prompts/get`, `completion/complete` → decided the same
+  way, mapped as the MCP gateway maps them (SPEC §8 Round two): `tool.name` = the method, `tool.args`
+  = `{"uri": …}` / `{"name": …, "arguments": {…}}` / the completion's params.
+- methods with no effect or payload of their own (`initialize`, `ping`, `*/list`, `notifications/*`,
+  `resources/unsubscribe`, `logging/setLevel`) → `pass` (no decision); any other method → `error`
+  (an unknown method is refused, not waved through: fail closed).
+- `CheckResponse` for a decided method → ReportOutcome on its decision (status `error` when the
   result has `isError: true`, else `ok`), then `pass`: a result is never held back.
 
 Identity comes from `metadata_context` (agentgateway fills it from CEL expressions in its own config,
@@ -48,6 +53,11 @@ AGENT_FIELDS = frozenset(f.name for f in pb.Agent.DESCRIPTOR.fields)
 # never sends CheckResponse cannot grow this without limit.
 MAX_OUTSTANDING = 10_000
 OUTSTANDING_TTL_S = 3600.0
+# The methods decided (SPEC §8 Round two), and those passed without a decision: they carry no
+# effect or payload of their own. Anything else is refused.
+GOVERNED_METHODS = ("tools/call", "resources/read", "resources/subscribe", "prompts/get", "completion/complete")
+PASS_METHODS = frozenset({"initialize", "ping", "tools/list", "resources/list", "resources/templates/list",
+                          "prompts/list", "resources/unsubscribe", "logging/setLevel"})
 # A denial the gateway should report as "resource exhausted" rather than "permission denied".
 _DENY_CODES = {"budget_exceeded": xpb.AuthorizationError.RESOURCE_EXHAUSTED}
 
@@ -104,19 +114,35 @@ def identity_from_metadata(meta: dict[str, Any]) -> tuple[pb.Agent, dict[str, An
     return msg, rest
 
 
-def decide_request_for(req: xpb.McpRequest) -> pb.DecideRequest:
-    """The DecideRequest for one `tools/call`. Raises BadMcpRequest naming the field."""
-    if not req.service_name:
-        raise BadMcpRequest("service_name: is required")
-    params = struct_to_dict(req.mcp_request)
+def _tool_and_args(method: str, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(tool.name, tool.args) of a governed method's params. Raises BadMcpRequest naming the field."""
+    if method in ("resources/read", "resources/subscribe"):
+        uri = params.get("uri")
+        if not isinstance(uri, str) or not uri:
+            raise BadMcpRequest("mcp_request.uri: is required (the resource)")
+        return method, {"uri": uri}
+    if method == "completion/complete":
+        return method, {k: v for k, v in params.items() if k != "_meta"}
     name = params.get("name")
     if not isinstance(name, str) or not name:
-        raise BadMcpRequest("mcp_request.name: is required (the tool to call)")
+        what = "the tool to call" if method == "tools/call" else "the prompt"
+        raise BadMcpRequest(f"mcp_request.name: is required ({what})")
     arguments = params.get("arguments")
     if arguments is None:
         arguments = {}
     if not isinstance(arguments, dict):
         raise BadMcpRequest(f"mcp_request.arguments: must be an object, got {type(arguments).__name__}")
+    if method == "prompts/get":
+        return method, {"name": name, "arguments": arguments}
+    return name, arguments
+
+
+def decide_request_for(req: xpb.McpRequest) -> pb.DecideRequest:
+    """The DecideRequest for one governed method (`tools/call`, `resources/read`, …). Raises
+    BadMcpRequest naming the field."""
+    if not req.service_name:
+        raise BadMcpRequest("service_name: is required")
+    name, arguments = _tool_and_args(req.method or "tools/call", struct_to_dict(req.mcp_request))
     agent, context = identity_from_metadata(struct_to_dict(req.metadata_context))
     cost = context.pop("estimated_cost", 0.0)
     if isinstance(cost, bool) or not isinstance(cost, int | float):
@@ -154,13 +180,18 @@ class ExtMcpService:
         self.svc = svc
         self.controls = controls
         self.approval_wait_s = approval_wait_s
-        self._outstanding: OrderedDict[tuple[str, str], deque[tuple[str, float]]] = OrderedDict()
+        # (backend, method), agent → allowed decisions waiting for their CheckResponse
+        self._outstanding: OrderedDict[tuple[tuple[str, str], str], deque[tuple[str, float]]] = OrderedDict()
         self._count = 0
 
     # ---- CheckRequest ------------------------------------------------------------------------
     async def check_request(self, req: xpb.McpRequest, context: grpc.aio.ServicerContext) -> xpb.McpRequestResult:
-        if req.method != "tools/call":
+        if req.method in PASS_METHODS or req.method.startswith("notifications/"):
             return xpb.McpRequestResult(**{"pass": xpb.Pass()})
+        if req.method not in GOVERNED_METHODS:
+            return _error(xpb.AuthorizationError.PERMISSION_DENIED,
+                          f"decider: method '{req.method}' is neither decided nor known to be harmless; refused "
+                          f"(decided: {', '.join(GOVERNED_METHODS)})")
         try:
             decide_req = decide_request_for(req)
         except BadMcpRequest as e:
@@ -191,7 +222,7 @@ class ExtMcpService:
             code = _FAILED_CODES.get(e.code, xpb.AuthorizationError.UNKNOWN)
             return _error(code, f"decider: no decision: {e.message}")
         if resp.outcome == pb.ALLOW:
-            self._remember(req.service_name, decide_req.agent.id, resp.decision_id)
+            self._remember((req.service_name, req.method), decide_req.agent.id, resp.decision_id)
             return _passed(resp.decision_id)
         return _error(_DENY_CODES.get(resp.deciding_rule, xpb.AuthorizationError.PERMISSION_DENIED),
                       f"decider denied {decide_req.tool.name} (decision {resp.decision_id}): {_reasons(resp)}",
@@ -223,7 +254,7 @@ class ExtMcpService:
     async def check_response(self, req: xpb.McpResponse,
                              context: grpc.aio.ServicerContext) -> xpb.McpResponseResult:
         passed = xpb.McpResponseResult(**{"pass": xpb.Pass()})
-        if req.method != "tools/call":
+        if req.method not in GOVERNED_METHODS:
             return passed
         meta = struct_to_dict(req.metadata_context)
         decision_id = meta.get("decision_id") if isinstance(meta.get("decision_id"), str) else None
@@ -232,9 +263,9 @@ class ExtMcpService:
             agent_id = agent.id
         except BadMcpRequest:
             agent_id = ""
-        decision_id = self._take(req.service_name, agent_id, decision_id)
+        decision_id = self._take((req.service_name, req.method), agent_id, decision_id)
         if decision_id is None:
-            log.warning("CheckResponse without a matching allowed tools/call; outcome not reported",
+            log.warning("CheckResponse without a matching allowed call; outcome not reported",
                         extra={"service_name": req.service_name, "agent": agent_id})
             return passed
         result = struct_to_dict(req.mcp_response)
@@ -242,6 +273,7 @@ class ExtMcpService:
         try:
             await report_outcome(
                 self.controls,
+                # no actual_cost: agentgateway tells us none, so the estimate stands
                 pb.ReportOutcomeRequest(decision_id=decision_id, status=status),
                 _InternalCall())  # type: ignore[arg-type]
         except _Refusal as e:
@@ -249,15 +281,16 @@ class ExtMcpService:
         return passed
 
     # ---- which decision a CheckResponse belongs to -------------------------------------------
-    def _remember(self, service_name: str, agent_id: str, decision_id: str) -> None:
-        self._outstanding.setdefault((service_name, agent_id), deque()).append((decision_id, time.monotonic()))
+    def _remember(self, backend: tuple[str, str], agent_id: str, decision_id: str) -> None:
+        self._outstanding.setdefault((backend, agent_id), deque()).append((decision_id, time.monotonic()))
         self._count += 1
         self._trim()
 
-    def _take(self, service_name: str, agent_id: str, decision_id: str | None) -> str | None:
+    def _take(self, backend: tuple[str, str], agent_id: str, decision_id: str | None) -> str | None:
         """The decision a CheckResponse settles: the one named in metadata_context.decision_id (exact),
-        else the oldest allowed call on this backend for this agent (exact when calls do not overlap)."""
-        queue = self._outstanding.get((service_name, agent_id))
+        else the oldest allowed call of this method on this backend for this agent (exact when calls
+        do not overlap)."""
+        queue = self._outstanding.get((backend, agent_id))
         if decision_id is not None:
             if queue is not None:
                 for item in queue:
@@ -271,7 +304,7 @@ class ExtMcpService:
         taken, _ = queue.popleft()
         self._count -= 1
         if not queue:
-            del self._outstanding[(service_name, agent_id)]
+            del self._outstanding[(backend, agent_id)]
         return taken
 
     def _trim(self) -> None:

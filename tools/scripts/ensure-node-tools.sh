@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../node"
 exec 9>.install.lock
 flock -w 600 9
-if [[ -x node_modules/.bin/mcp-server-filesystem && -x node_modules/.bin/mcp-inspector-cli \
+if [[ -x node_modules/.bin/mcp-server-filesystem && -x node_modules/.bin/mcp-inspector-cli && -x node_modules/.bin/mcp-server-everything \
       && node_modules/.package-lock.json -nt package-lock.json ]]; then
   exit 0
 fi
