@@ -126,3 +126,19 @@ def test_make_run_serves_with_the_example_tokens_so_the_quickstart_can_approve(t
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(30)
+
+
+def test_report_prints_money_with_cents_in_every_column(open_srv: ServerProcess) -> None:
+    # Item 8: a group whose calls all wait for approval has no allowed or denied spend; its money
+    # columns said "0" where the others said "0.00".
+    ask_refund(open_srv.target, "o-money")
+    done = cli("report", "--db", open_srv.db_url, "--since", "1h", "--by", "team")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    head = next(line for line in lines if line.startswith("team "))
+    finance = next(line for line in lines if line.startswith("finance "))
+    # columns are right-aligned: a value ends where its heading ends
+    money = {h: finance[:head.index(h) + len(h)].split()[-1] for h in ("est cost", "act cost", "denied $")}
+    assert money == {"est cost": "0.00", "act cost": "0.00", "denied $": "0.00"}, done.stdout
+    rep = json.loads(cli("report", "--db", open_srv.db_url, "--since", "1h", "--format", "json").stdout)
+    assert all(isinstance(rep["total"][k], float) for k in ("estimated_cost", "actual_cost", "denied_spend"))
