@@ -4,6 +4,7 @@ same way whatever it names, with refusals that say what to do (never "X is not a
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -11,10 +12,14 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from decider.client import DeciderClient
+from decider.v1 import decider_pb2 as pb
 
 from .helpers import ROOT, ServerProcess, start_server
 
@@ -142,3 +147,118 @@ def test_report_prints_money_with_cents_in_every_column(open_srv: ServerProcess)
     assert money == {"est cost": "0.00", "act cost": "0.00", "denied $": "0.00"}, done.stdout
     rep = json.loads(cli("report", "--db", open_srv.db_url, "--since", "1h", "--format", "json").stdout)
     assert all(isinstance(rep["total"][k], float) for k in ("estimated_cost", "actual_cost", "denied_spend"))
+
+
+def test_sigterm_releases_the_metrics_port_so_an_immediate_restart_serves(tmp_path: Path) -> None:
+    # Item 7: the old server drains (a watch is in flight, --grace 30) while the new one binds the same
+    # gRPC and /metrics ports and serves; before, the restart failed `Address already in use`.
+    ports = ["--listen", f"127.0.0.1:{_free_port()}", "--metrics-listen", f"127.0.0.1:{_free_port()}",
+             "--grace", "30"]
+    metrics_url = f"http://{ports[3]}/metrics"
+    first = start_server(tmp_path, ROOT / "policies", None, *ports, name="first")
+    second: ServerProcess | None = None
+    with DeciderClient(first.target) as c:
+        try:
+            asked = c.decide(agent={"id": "refund-bot", "team": "finance", "model": "gpt-5"},
+                             tool="payments.refund", args={"amount": 2500, "order": "o-restart"})
+            watch = c.watch_decision(asked.decision_id)
+            assert next(watch).approval.state == pb.APPROVAL_PENDING   # a call in flight: the drain waits
+            first.proc.send_signal(signal.SIGTERM)
+            for _ in range(200):   # bounded: until the first server says it is shutting down
+                if "shutting down" in first.log():
+                    break
+                time.sleep(0.05)
+            assert "shutting down" in first.log()
+            second = start_server(tmp_path, ROOT / "policies", None, *ports, name="second")
+            assert first.proc.poll() is None, "the first server should still be draining"
+            with urllib.request.urlopen(metrics_url, timeout=10) as resp:
+                assert resp.status == 200 and b"decider_decisions_total" in resp.read()
+            with DeciderClient(second.target) as c2:
+                again = c2.decide(agent={"id": "coder-7", "capabilities": ["shell"]}, tool="shell.exec",
+                                  args={"command": "ls"})
+                assert again.decision_id
+            watch.cancel()
+        finally:
+            first.stop()
+            if second is not None:
+                second.stop()
+
+
+def test_the_gateway_decides_the_first_call_after_decider_restarts(tmp_path: Path) -> None:
+    # Item 7: after decider was down a few seconds, grpc's reconnect backoff had grown and the gateway
+    # refused calls for ~5 s after decider came back. The first call after the restart is decided now.
+    from decider.client import build_request
+    from decider.gateway.config import DeciderTarget
+    from decider.gateway.decisions import DeciderLink, DecisionUnavailable
+
+    listen = ["--listen", f"127.0.0.1:{_free_port()}"]
+    before = start_server(tmp_path, ROOT / "policies", None, *listen, name="before")
+    servers = [before]
+
+    def call() -> pb.DecideRequest:
+        return build_request(agent={"id": "coder-7", "capabilities": ["shell"]}, tool="shell.exec",
+                             args={"command": "ls"})
+
+    async def run() -> None:
+        link = DeciderLink(DeciderTarget(before.target, deadline_s=2.0))
+        try:
+            assert (await link.decide(call())).decision_id
+            before.stop()
+            for _ in range(3):   # decider is down: each call fails closed, and the backoff grows
+                with pytest.raises(DecisionUnavailable):
+                    await link.decide(call())
+            servers.append(start_server(tmp_path, ROOT / "policies", None, *listen, name="after"))
+            assert (await link.decide(call())).decision_id
+        finally:
+            await link.close()
+
+    try:
+        asyncio.run(run())
+    finally:
+        for s in servers:
+            s.stop()
+
+
+# ---- item 5: one meaning per name --------------------------------------------------------------
+
+SHELL = ["--agent", "coder-7", "--capability", "shell", "--tool", "shell.exec", "--args", '{"command": "ls"}']
+
+
+def test_decider_address_is_decider_and_server_is_a_warned_alias(open_srv: ServerProcess) -> None:
+    done = cli("decide", "--decider", open_srv.target, *SHELL)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert json.loads(done.stdout)["outcome"] == "ALLOW"
+    old = cli("decide", "--server", open_srv.target, *SHELL)
+    assert old.returncode == 0 and json.loads(old.stdout)["outcome"] == "ALLOW"
+    assert "decider: warning: --server is deprecated; use --decider" in old.stderr
+    listed = cli("approvals", "--decider", open_srv.target)
+    assert listed.returncode == 0 and listed.stderr == "", listed.stderr
+    status = cli("status", "--server", open_srv.target)
+    assert status.returncode == 0 and "--server is deprecated" in status.stderr
+
+
+def test_decider_addr_is_the_environment_variable_and_decider_server_is_warned(open_srv: ServerProcess) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("DECIDER_SERVER", "DECIDER_ADDR")}
+    done = subprocess.run([sys.executable, "-m", "decider", "decide", *SHELL], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, env={**env, "DECIDER_ADDR": open_srv.target})
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    done = subprocess.run([sys.executable, "-m", "decider", "approvals"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, env={**env, "DECIDER_SERVER": open_srv.target})
+    assert done.returncode == 0 and "$DECIDER_SERVER is deprecated; use $DECIDER_ADDR" in done.stderr
+
+
+def test_python_names_the_tools_server_tool_server_and_warns_on_the_old_keyword(open_srv: ServerProcess) -> None:
+    from decider.client import build_request
+    from decider.guard import Guard
+
+    assert build_request(agent={"id": "a"}, tool="t", tool_server="mcp://billing").tool.server == "mcp://billing"
+    with pytest.warns(DeprecationWarning, match="server= is deprecated; use tool_server="):
+        old = build_request(agent={"id": "a"}, tool="t", server="mcp://billing")
+    assert old.tool.server == "mcp://billing"
+    agent = {"id": "refund-bot", "team": "finance", "model": "gpt-5"}
+    with pytest.warns(DeprecationWarning, match="Guard: server= is deprecated"):
+        Guard(open_srv.target, agent=agent, server="mcp://billing").close()
+    with Guard(open_srv.target, agent=agent, tool_server="mcp://billing") as g:
+        verdict = g.decide("payments.refund", {"amount": 10, "order": "o-g"})
+        assert verdict.outcome == "ALLOW", verdict
+        assert g.client.get_decision(verdict.decision_id).tool_server == "mcp://billing"

@@ -124,7 +124,7 @@ class Gateway:
                 raise MCPError(types.INVALID_PARAMS, f"Unknown tool: {params.name} "
                                f"(upstream '{up.name}' has no tool '{tool}')")
         args = params.arguments or {}
-        req = build_request(agent=self.identity(ctx), tool=tool, server=up.spec.server,
+        req = build_request(agent=self.identity(ctx), tool=tool, tool_server=up.spec.server,
                             call_id="" if ctx.request_id is None else str(ctx.request_id), args=args)
         try:
             resp = await self.link.decide(req)
