@@ -262,3 +262,11 @@ def test_python_names_the_tools_server_tool_server_and_warns_on_the_old_keyword(
         verdict = g.decide("payments.refund", {"amount": 10, "order": "o-g"})
         assert verdict.outcome == "ALLOW", verdict
         assert g.client.get_decision(verdict.decision_id).tool_server == "mcp://billing"
+
+
+def test_decide_format_text_is_one_line_a_person_reads() -> None:
+    done = cli("decide", "--bundle", "policies", *REFUND, "--args", '{"amount": 2500, "order": "o-1"}',
+               "--format", "text")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ("REQUIRE_APPROVAL refund-needs-approval-above-1000 | Refunds above 1000 need a finance "
+                           "approver  (approvers: group:finance-oncall)\n")

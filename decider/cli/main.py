@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--env", default="", help="request.environment")
     d.add_argument("--cost", type=float, default=0.0, help="request.estimated_cost")
     d.add_argument("--dry-run", action="store_true")
+    d.add_argument("--format", choices=["json", "text"], default="json",
+                   help="text: one line, OUTCOME rule | reason (decision ID; approvers)")
     d.add_argument("--token", default=os.environ.get("DECIDER_TOKEN"), help="bearer token for --decider")
 
     lg = sub.add_parser("log", help="list or export decision records")
@@ -273,8 +275,23 @@ def _decide(args: argparse.Namespace) -> int:
             out["errors"] = list(d.errors)
         if d.approvers:
             out["approvers"] = list(d.approvers)
-    print(json.dumps(out, indent=2))
+    print(json.dumps(out, indent=2) if args.format == "json" else _decision_line(out))
     return EXIT_FAIL if str(out.get("outcome", "")).lower() in fail_on else EXIT_OK
+
+
+def _decision_line(out: dict[str, Any]) -> str:
+    """`--format text`: what a person reads first — the outcome, the rule, why, and what to do next."""
+    reasons = out.get("reasons") or []
+    line = f"{out.get('outcome', '')} {out.get('decidingRule', '')}"
+    if reasons and reasons[0].get("text"):
+        line += f" | {reasons[0]['text']}"
+    extra = []
+    if out.get("decisionId"):
+        extra.append(f"decision {out['decisionId']}")
+    approvers = out.get("approval", {}).get("approvers") or out.get("approvers")
+    if approvers and out.get("outcome") == "REQUIRE_APPROVAL":
+        extra.append(f"approvers: {', '.join(approvers)}")
+    return line + (f"  ({'; '.join(extra)})" if extra else "")
 
 
 def _log(args: argparse.Namespace) -> int:
