@@ -12,6 +12,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -26,6 +27,8 @@ from starlette.staticfiles import StaticFiles
 
 from decider.console.api import ApiError, DeciderApi
 from decider.console.config import ConsoleConfig
+from decider.console.overview import MAX_RECORDS, WINDOWS, parse_time
+from decider.console.overview import overview as overview_of
 from decider.console.sessions import COOKIE, Session, SessionCodec, load_secret
 from decider.console.views import OUTCOMES, budget_view, bundle_view, kill_view, record_view
 from decider.engine.state import KILL_SCOPES
@@ -286,6 +289,38 @@ class Console:
         return self.render("session.html", session, session_id=session_id, rows=rows, total_cost=total_cost,
                            truncated=len(rows) >= 10_000)
 
+    # ---- overview --------------------------------------------------------------------------------
+    async def overview(self, request: Request, session: Session) -> Response:
+        assert self.api is not None
+        window = request.query_params.get("window", "1h")
+        if window not in WINDOWS:
+            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"window: must be one of {', '.join(WINDOWS)}")
+        now = datetime.now(timezone.utc)
+        start = now - WINDOWS[window][0]
+        records: list[dict[str, Any]] = []
+        before, truncated = "", False
+        while True:   # newest first, page by page, until the window's start (bounded by MAX_RECORDS)
+            resp = await self.api.list_decisions(session.token, pb.DecisionFilter(), limit=1000,
+                                                 newest_first=True, before_id=before)
+            page = [record_view(r) for r in resp.decisions]
+            records += page
+            if len(page) < 1000 or (page and (parse_time(page[-1]["time"]) or now) < start):
+                break
+            if len(records) >= MAX_RECORDS:
+                truncated = True
+                break
+            before = page[-1]["id"]
+        budgets = await self.api.budgets(session.token)
+        try:
+            switches: list[pb.KillSwitch] | None = await self.api.kill_switches(session.token, include_cleared=True)
+        except ApiError as e:
+            if e.status != 403:
+                raise
+            switches = None   # listing kill switches is the admin's; an approver sees the rest
+        data = overview_of(records, [kill_view(k) for k in switches or []], [budget_view(b) for b in budgets],
+                           window, now, truncated)
+        return self.render("overview.html", session, o=data, kill_listed=switches is not None)
+
     # ---- kill switches ---------------------------------------------------------------------------
     async def kill_switches(self, request: Request, session: Session) -> Response:
         assert self.api is not None
@@ -364,7 +399,7 @@ def build_app(cfg: ConsoleConfig) -> Starlette:
             await c.api.close()
 
     async def home(request: Request) -> Response:
-        return RedirectResponse("/approvals", status_code=303)
+        return RedirectResponse("/overview", status_code=303)   # the first page an operator sees
 
     async def healthz(request: Request) -> Response:
         return PlainTextResponse("ok")
@@ -376,6 +411,7 @@ def build_app(cfg: ConsoleConfig) -> Starlette:
         Route("/login", p(c.login_form, login=False), methods=["GET"]),
         Route("/login", p(c.login, login=False, post=True), methods=["POST"]),
         Route("/logout", p(c.logout, login=False, post=True), methods=["POST"]),
+        Route("/overview", p(c.overview)),
         Route("/approvals", p(c.approvals)),
         Route("/approvals/{decision_id}/resolve", p(c.resolve, post=True), methods=["POST"]),
         Route("/events/approvals", p(c.approval_events)),
