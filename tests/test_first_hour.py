@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -270,3 +272,90 @@ def test_decide_format_text_is_one_line_a_person_reads() -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout == ("REQUIRE_APPROVAL refund-needs-approval-above-1000 | Refunds above 1000 need a finance "
                            "approver  (approvers: group:finance-oncall)\n")
+
+
+# ---- the README's gateway path, run as written -------------------------------------------------
+
+def _readme_block(heading: str) -> list[tuple[str, list[str]]]:
+    """The first code block after `heading` in README.md: (command, shown output lines) per `$ ` line."""
+    lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    start = lines.index(heading)
+    first = next(i for i in range(start, len(lines)) if lines[i].startswith("```"))
+    steps: list[tuple[str, list[str]]] = []
+    for raw in lines[first + 1:]:
+        if raw.startswith("```"):
+            break
+        if raw.startswith("$ "):
+            steps.append((raw[2:], []))
+        elif steps and steps[-1][0].endswith("\\"):
+            steps[-1] = (steps[-1][0][:-1] + raw.strip(), [])
+        elif steps:
+            steps[-1][1].append(raw)
+    return steps
+
+
+def _gist(line: str) -> tuple[str, ...]:
+    # tool, ok/isError, and for a refusal its reason up to the decision id (ids and times differ)
+    tool, status, *rest = line.split(None, 2)
+    return (tool, status, rest[0].split(" (decision")[0]) if status == "isError" and rest else (tool, status)
+
+
+def test_the_readme_gateway_path_runs_as_written(tmp_path: Path) -> None:
+    # The README's step 4 with its own files, on ports of this test's own (written into a copy of
+    # gateway.yaml, and $DECIDER_ADDR for `decider approve`); every command as the README shows it.
+    from .gateway_support import ensure_node_tools
+
+    ensure_node_tools()
+    steps = _readme_block("### 4. Put the gateway in front of an agent")
+    commands = [c.split("  #")[0].strip() for c, _ in steps]
+    assert commands[0] == "mkdir -p /tmp/agent-workspace"
+    assert commands[1].startswith("decider serve --bundle examples/mcp-gateway/bundle") and commands[1].endswith("&")
+    assert "decider gateway mcp --config examples/mcp-gateway/gateway.yaml" in commands[2]
+    work = tmp_path / "work"
+    shutil.copytree(ROOT / "examples", work / "examples")
+    grpc_port, http_port = _free_port(), _free_port()
+    cfg = work / "examples" / "mcp-gateway" / "gateway.yaml"
+    cfg.write_text(cfg.read_text().replace("127.0.0.1:50051", f"127.0.0.1:{grpc_port}")
+                   .replace("127.0.0.1:8800", f"127.0.0.1:{http_port}"))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           "DECIDER_ADDR": f"127.0.0.1:{grpc_port}", "GATEWAY_URL": f"http://127.0.0.1:{http_port}/mcp",
+           "PYTHONUNBUFFERED": "1"}
+    env.pop("DECIDER_TOKEN", None)
+
+    def run(cmd: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["bash", "-c", cmd], cwd=work, env=env, capture_output=True, text=True, timeout=120)
+
+    def background(cmd: str, log: Path, ready: str) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(["bash", "-c", cmd.rstrip("& ")], cwd=work, env=env,
+                                stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+        for _ in range(1200):   # bounded: up to ~120 s (npx may fetch the filesystem server)
+            if ready in log.read_text(errors="replace") or proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert ready in log.read_text(errors="replace"), log.read_text(errors="replace")
+        return proc
+
+    assert run(commands[0]).returncode == 0
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        serve = commands[1].replace("decider serve", f"decider serve --listen 127.0.0.1:{grpc_port} "
+                                    f"--db sqlite:///{tmp_path / 'gw.db'}", 1)
+        procs.append(background(serve, tmp_path / "serve.log", '"msg": "serving"'))
+        procs.append(background(commands[2], tmp_path / "gateway.log", "gateway serving"))
+        first = run(commands[3])
+        assert first.returncode == 0, first.stderr
+        assert [_gist(x) for x in first.stdout.splitlines()] == [_gist(x) for x in steps[3][1]], first.stdout
+        pending = re.search(r"time__convert_time .*\(decision (\w+)\)", first.stdout)
+        assert pending is not None
+        shown = re.search(r"decider approve (\w+)", commands[4])
+        assert shown is not None
+        approved = run(commands[4].replace(shown.group(1), pending.group(1)))
+        assert approved.returncode == 0 and f"{pending.group(1)} approved by user:ana at " in approved.stdout, \
+            approved.stderr
+        retry = run(commands[5])
+        assert retry.returncode == 0, retry.stderr
+        assert [_gist(x) for x in retry.stdout.splitlines()] == [_gist(x) for x in steps[5][1]], retry.stdout
+    finally:
+        for p in reversed(procs):
+            os.killpg(p.pid, signal.SIGTERM)
+            p.wait(30)
