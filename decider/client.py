@@ -86,6 +86,9 @@ class DeciderClient:
 
     def decide(self, request: pb.DecideRequest | None = None, **kwargs: Any) -> pb.DecideResponse:
         """Send a DecideRequest, or build one from keyword arguments (see `build_request`)."""
+        if "server" in kwargs:   # warn at the caller's line, not here
+            kwargs["tool_server"] = renamed_server(kwargs.get("tool_server", ""), kwargs.pop("server"),
+                                                   "DeciderClient.decide")
         req = request if request is not None else build_request(**kwargs)
         return self._stub.Decide(req, timeout=self._timeout, metadata=with_trace_context(self._metadata))
 
