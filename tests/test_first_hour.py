@@ -123,6 +123,14 @@ def test_make_run_serves_with_the_example_tokens_so_the_quickstart_can_approve(t
         assert "EXAMPLE SECRETS, FOR LOCAL USE ONLY" in text.splitlines()[0]
         assert "ana-secret" in text and "gw-secret" in text
         assert "alembic" not in text    # no migration plumbing before "serving"
+        # The serving line the README shows is this one, but for its time, address and database.
+        readme = next(json.loads(x) for x in (ROOT / "README.md").read_text().splitlines()
+                      if x.startswith("{") and '"msg": "serving"' in x)
+        real = next(json.loads(x) for x in text.splitlines() if x.startswith("{") and '"msg": "serving"' in x)
+        assert readme.keys() == real.keys()
+        assert {k: v for k, v in readme.items() if k not in ("ts", "address", "db")} == \
+            {k: v for k, v in real.items() if k not in ("ts", "address", "db")}
+        assert '"msg": "serving"' in [x for x in text.splitlines() if x.startswith("{")][-1]   # "the last one"
         target = f"127.0.0.1:{port}"
         denied = cli("decide", "--server", target, *REFUND, "--args", '{"amount": 2500, "order": "o-1"}')
         assert denied.returncode == 1 and "UNAUTHENTICATED" in denied.stderr
