@@ -17,9 +17,14 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-## The service on the example bundle, with an embedded SQLite file.
+TOKENS ?= examples/tokens.yaml
+
+## The service on the example bundle, with an embedded SQLite file and the example token file (its
+## secrets are public: for a local try-out only), so approvals and the console work from the start.
 run: $(STAMP)
-	$(BIN)/decider serve --bundle policies --db $(DB) --listen 127.0.0.1:$(PORT)
+	@echo "make run: tokens from $(TOKENS) -- EXAMPLE SECRETS, FOR LOCAL USE ONLY, never on a shared machine:"
+	@grep -v '^#' $(TOKENS) | sed 's/^/    /'
+	$(BIN)/decider serve --bundle policies --db $(DB) --listen 127.0.0.1:$(PORT) --tokens $(TOKENS)
 
 ## Everything CI checks: lint, generated-code drift, the whole test suite (installs PostgreSQL and
 ## Debian's chromium for their tests when missing).

@@ -49,7 +49,8 @@ _CODES = {c.value[0]: c for c in grpc.StatusCode}
 
 class BatchingDecider:
     def __init__(self, target: str | grpc.aio.Channel, *, metadata: Sequence[tuple[str, str]] | None = None,
-                 max_batch: int = 64, max_in_flight: int = 2, timeout: float = 10.0) -> None:
+                 max_batch: int = 64, max_in_flight: int = 2, timeout: float = 10.0,
+                 wait_for_ready: bool = False) -> None:
         if not 1 <= max_batch <= MAX_BATCH:
             raise ValueError(f"max_batch: {max_batch}; must be 1..{MAX_BATCH}")
         self._own_channel = isinstance(target, str)
@@ -58,6 +59,9 @@ class BatchingDecider:
         self._max_batch = max_batch
         self._timeout = timeout
         self._max_in_flight = max_in_flight
+        # True: a stream opened while the channel reconnects waits for it (within `timeout`) instead of
+        # failing at once, so the first call after decider restarts is decided.
+        self._wait_for_ready = wait_for_ready
         self._slots = asyncio.Semaphore(max_in_flight)
         self._buffer: list[tuple[bytes, asyncio.Future[pb.DecideResponse]]] = []
         self._sent: collections.deque[list[asyncio.Future[pb.DecideResponse]]] = collections.deque()
@@ -91,7 +95,7 @@ class BatchingDecider:
         # DecideBatch), the reply split by position.
         self._call = self._channel.stream_stream(_METHOD, request_serializer=None,
                                                  response_deserializer=pb.DecideBatchResponse.FromString)(
-            metadata=self._metadata)
+            metadata=self._metadata, wait_for_ready=self._wait_for_ready)
         self._sender = asyncio.get_running_loop().create_task(self._send(self._call))
         self._reader = asyncio.get_running_loop().create_task(self._read(self._call))
 

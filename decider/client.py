@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from opentelemetry.propagate import inject
@@ -11,7 +12,19 @@ from opentelemetry.propagate import inject
 from decider.v1 import decider_pb2 as pb
 from decider.v1 import decider_pb2_grpc as pb_grpc
 
-__all__ = ["DeciderClient", "build_request", "with_trace_context"]
+__all__ = ["DeciderClient", "build_request", "with_trace_context", "renamed_server"]
+
+T = TypeVar("T", str, "str | None")
+
+
+def renamed_server(tool_server: T, server: str | None, where: str) -> T:
+    """`server=` meant the tool's server, while `--server` on the CLI was decider's address (issue 28):
+    the keyword is now `tool_server=`. The old one still works, with a DeprecationWarning."""
+    if server is None:
+        return tool_server
+    warnings.warn(f"{where}: server= is deprecated; use tool_server= (the tool's own server, e.g. mcp://billing)",
+                  DeprecationWarning, stacklevel=3)
+    return tool_server or server  # type: ignore[return-value]
 
 
 def build_request(
@@ -19,7 +32,7 @@ def build_request(
     agent: Mapping[str, Any],
     tool: str,
     args: Mapping[str, Any] | None = None,
-    server: str = "",
+    tool_server: str = "",
     call_id: str = "",
     risk_tier: int | None = None,
     estimated_cost: float = 0.0,
@@ -28,10 +41,12 @@ def build_request(
     labels: Mapping[str, str] | None = None,
     context: Mapping[str, Any] | None = None,
     dry_run: bool = False,
+    server: str | None = None,   # deprecated: tool_server
 ) -> pb.DecideRequest:
+    tool_server = renamed_server(tool_server, server, "build_request")
     req = pb.DecideRequest(
         agent=pb.Agent(**dict(agent)),
-        tool=pb.ToolCall(name=tool, server=server, call_id=call_id),
+        tool=pb.ToolCall(name=tool, server=tool_server, call_id=call_id),
         request=pb.Request(id=request_id, estimated_cost=estimated_cost, environment=environment,
                            labels=dict(labels or {})),
         dry_run=dry_run,
@@ -71,6 +86,9 @@ class DeciderClient:
 
     def decide(self, request: pb.DecideRequest | None = None, **kwargs: Any) -> pb.DecideResponse:
         """Send a DecideRequest, or build one from keyword arguments (see `build_request`)."""
+        if "server" in kwargs:   # warn at the caller's line, not here
+            kwargs["tool_server"] = renamed_server(kwargs.get("tool_server", ""), kwargs.pop("server"),
+                                                   "DeciderClient.decide")
         req = request if request is not None else build_request(**kwargs)
         return self._stub.Decide(req, timeout=self._timeout, metadata=with_trace_context(self._metadata))
 

@@ -34,3 +34,7 @@ def setup_logging(level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # Alembic narrates every plugin it sets up and every stamp at info: ten lines of plumbing before
+    # "serving" on each new database. Its warnings still show; `--log-level debug` shows all of it.
+    if root.level > logging.DEBUG:
+        logging.getLogger("alembic").setLevel(logging.WARNING)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import http.cookiejar
+import re
 import subprocess
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
-
-import pytest
 
 from .console_helpers import start_console
 from .helpers import ROOT, start_server
@@ -39,15 +40,34 @@ def test_without_tokens_the_console_refuses_to_listen_beyond_loopback() -> None:
     assert "refusing to listen on 0.0.0.0:0 without --tokens" in proc.stderr
 
 
-def test_a_console_without_tokens_in_front_of_a_decider_with_tokens_says_what_to_do(tmp_path: Path) -> None:
+def _post(opener: urllib.request.OpenerDirector, url: str, form: dict[str, str]) -> tuple[int, str, str]:
+    req = urllib.request.Request(url, data=urllib.parse.urlencode(form).encode(), method="POST")
+    try:
+        with opener.open(req, timeout=10) as resp:
+            return resp.status, resp.geturl(), resp.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, url, e.read().decode()
+
+
+def test_a_console_without_tokens_in_front_of_a_decider_with_tokens_shows_its_log_in_page(tmp_path: Path) -> None:
+    # Issue 28 item 2: this was a 502 on every page. The console finds out that decider requires
+    # tokens, asks for one, and lets decider check it.
     srv = start_server(tmp_path, write_bundle(tmp_path), None, "--tokens", str(write_tokens(tmp_path)))
     try:
         con = start_console(tmp_path, srv.target)
         try:
-            with pytest.raises(urllib.error.HTTPError) as err:
-                urllib.request.urlopen(con.url + "/approvals", timeout=10)
-            assert err.value.code == 502
-            assert "start the console with --tokens FILE" in err.value.read().decode()
+            opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+            with opener.open(con.url + "/approvals", timeout=10) as resp:
+                html = resp.read().decode()
+                assert resp.status == 200 and resp.geturl().endswith("/login")
+            assert "Log in" in html and 'name="token"' in html
+            csrf = re.search(r'name="csrf" value="([^"]+)"', html)
+            assert csrf is not None
+            code, _, html = _post(opener, con.url + "/login", {"csrf": csrf.group(1), "token": "not-a-token"})
+            assert code == 401 and "Unknown token." in html
+            code, where, html = _post(opener, con.url + "/login", {"csrf": csrf.group(1), "token": "ana-token"})
+            assert code == 200 and where.endswith("/approvals"), html
+            assert "Pending approvals" in html and "user:ana" in html and "Log out" in html
         finally:
             con.stop()
     finally:

@@ -4,7 +4,8 @@
 A marked block is a ```console block whose previous line is an HTML comment:
 
     <!-- example -->                 offline: runs in a scratch folder holding copies of policies/ and examples/
-    <!-- example: server -->         also a `decider serve` on that folder's policies/ (no tokens)
+    <!-- example: server -->         also a `decider serve` on that folder's policies/ (no tokens), its
+                                     database the folder's decider.db (as `make run` writes it)
     <!-- example: server tokens -->  the same server with --tokens examples/tokens.yaml
 
 Lines starting with `$ ` are commands (a trailing `\\` continues one), run one by one with bash,
@@ -106,13 +107,15 @@ def test_marked_examples_print_what_the_page_shows(page: str, tmp_path: Path) ->
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
            "COLUMNS": "200"}
     env.pop("DECIDER_SERVER", None)
+    env.pop("DECIDER_ADDR", None)
     env.pop("DECIDER_TOKEN", None)
     page_blocks = blocks(page)
     srv = None
     if any("server" in b.options for b in page_blocks):
         extra = ["--tokens", str(work / "examples" / "tokens.yaml")] \
             if any("tokens" in b.options for b in page_blocks) else []
-        srv = start_server(tmp_path, work / "policies", None, *extra)
+        # the database is the scratch folder's decider.db, as `make run` writes it: `decider log --db decider.db`
+        srv = start_server(tmp_path, work / "policies", f"sqlite:///{work / 'decider.db'}", *extra)
     target = srv.target if srv else SERVER
     ids: dict[str, str] = {}
     last_rc = 0

@@ -37,7 +37,8 @@ def test_make_run_serves_decide_on_loopback(tmp_path: Path) -> None:
         resp = None
         while time.monotonic() < deadline and resp is None:
             try:
-                with DeciderClient(f"127.0.0.1:{port}", timeout=2) as c:
+                # `make run` serves with examples/tokens.yaml (issue 28): the gateway's example token
+                with DeciderClient(f"127.0.0.1:{port}", timeout=2, token="gw-secret") as c:
                     resp = c.decide(agent=CODER, tool="fs.read", args={"path": "/workspace/README.md"})
             except grpc.RpcError:
                 assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""

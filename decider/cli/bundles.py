@@ -1,7 +1,7 @@
 """`decider bundle build | verify | sign | keygen | list | activate | rollback | shadow`, `decider status`,
 `decider log --shadow-diff`, and the bundle options of `decider serve`.
 
-Commands that talk to a server take `--server host:port` (default `$DECIDER_SERVER`, else
+Commands that talk to a server take `--decider host:port` (default `$DECIDER_ADDR`, else
 127.0.0.1:50051) and send `authorization: Bearer <token>` from `--token` or `$DECIDER_TOKEN`
 (the Control RPCs are for the admin role).
 """
@@ -108,7 +108,9 @@ def serve_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _server_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--server", default=os.environ.get("DECIDER_SERVER", "127.0.0.1:50051"), help="host:port")
+    from decider.cli.remote import add_decider_arg
+
+    add_decider_arg(p)
     p.add_argument("--token", default=None, help="bearer token (default: $DECIDER_TOKEN)")
     p.add_argument("--timeout", type=float, default=10.0)
 
@@ -226,6 +228,9 @@ class _Control:
         token = args.token or os.environ.get("DECIDER_TOKEN")
         self.metadata = (("authorization", f"Bearer {token}"),) if token else None
         self.timeout = args.timeout
+        from decider.cli.remote import decider_address
+
+        args.server = decider_address(args)
         self.channel = grpc.insecure_channel(args.server)
         self.stub = pb_grpc.ControlStub(self.channel)
 

@@ -12,9 +12,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("console", help="the operations console: a web UI over a decider server's API")
     p.add_argument("--decider", default="127.0.0.1:50051", help="decider's gRPC address, host:port")
     p.add_argument("--listen", default="127.0.0.1:8080", help="host:port for the web UI (port 0 = ephemeral)")
-    p.add_argument("--tokens", help="decider's token file: log-in with a bearer token from it is required "
-                   "(without it there is no log-in, decider must run without tokens, and the console "
-                   "listens on loopback only)")
+    p.add_argument("--tokens", help="decider's token file: log-in with a bearer token from it is required and "
+                   "unknown tokens are refused before they reach decider; needed to listen beyond loopback. "
+                   "Without it the console asks for a token only when decider requires one, and decider checks it")
     p.add_argument("--tls-cert", help="certificate (PEM) to serve the console over HTTPS (cookies become Secure)")
     p.add_argument("--tls-key", help="its private key (PEM)")
     p.add_argument("--decider-ca", help="CA (PEM) that signed decider's certificate: talk to decider over TLS")

@@ -15,6 +15,7 @@ import grpc
 from google.protobuf import json_format
 
 from decider.cli import bundles
+from decider.cli.remote import add_decider_arg, decider_address
 from decider.errors import DeciderError, InvalidRequest, PolicyLoadError
 
 __all__ = ["main", "build_parser"]
@@ -59,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("decide", help="decide one request (locally on a bundle, or by asking a server)")
     where = d.add_mutually_exclusive_group()
     where.add_argument("--bundle", help="evaluate locally on this bundle folder (nothing is recorded)")
-    where.add_argument("--server", help="ask a running server at host:port (the decision is recorded); "
-                       "the default when --bundle is not given: $DECIDER_SERVER, else 127.0.0.1:50051")
+    add_decider_arg(where, "ask decider at this address (the decision is recorded); the default when --bundle "
+                           "is not given: $DECIDER_ADDR, else 127.0.0.1:50051")
     d.add_argument("--fail-on", default="", metavar="OUTCOMES",
                    help="exit 1 when the outcome is one of these (comma-separated: deny,require_approval,allow)")
     d.add_argument("--request", help="a DecideRequest as JSON (file path, or - for stdin)")
@@ -71,12 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--capability", action="append", default=[], help="agent capability (repeatable)")
     d.add_argument("--session", default="", help="agent.session_id (session policies see its earlier calls)")
     d.add_argument("--tool", help="tool.name")
-    d.add_argument("--tool-server", default="", help="tool.server")
+    d.add_argument("--tool-server", default="", help="tool.server: the tool's own server, e.g. mcp://billing")
     d.add_argument("--args", default="{}", help="tool arguments as a JSON object")
     d.add_argument("--env", default="", help="request.environment")
     d.add_argument("--cost", type=float, default=0.0, help="request.estimated_cost")
     d.add_argument("--dry-run", action="store_true")
-    d.add_argument("--token", default=os.environ.get("DECIDER_TOKEN"), help="bearer token for --server")
+    d.add_argument("--format", choices=["json", "text"], default="json",
+                   help="text: one line, OUTCOME rule | reason (decision ID; approvers)")
+    d.add_argument("--token", default=os.environ.get("DECIDER_TOKEN"), help="bearer token for --decider")
 
     lg = sub.add_parser("log", help="list or export decision records")
     lg.add_argument("--db", default="sqlite:///decider.db")
@@ -241,9 +244,9 @@ def _decide(args: argparse.Namespace) -> int:
     from decider.api.validate import validate_request
 
     fail_on = _fail_on(args.fail_on)
-    if not args.bundle and not args.server:
+    if not args.bundle:
         # Like every other command that talks to a server (cli/remote.py).
-        args.server = os.environ.get("DECIDER_SERVER") or "127.0.0.1:50051"
+        args.server = decider_address(args)
     req = _request_from_args(args)
     validate_request(req)
     if args.server:
@@ -272,8 +275,23 @@ def _decide(args: argparse.Namespace) -> int:
             out["errors"] = list(d.errors)
         if d.approvers:
             out["approvers"] = list(d.approvers)
-    print(json.dumps(out, indent=2))
+    print(json.dumps(out, indent=2) if args.format == "json" else _decision_line(out))
     return EXIT_FAIL if str(out.get("outcome", "")).lower() in fail_on else EXIT_OK
+
+
+def _decision_line(out: dict[str, Any]) -> str:
+    """`--format text`: what a person reads first — the outcome, the rule, why, and what to do next."""
+    reasons = out.get("reasons") or []
+    line = f"{out.get('outcome', '')} {out.get('decidingRule', '')}"
+    if reasons and reasons[0].get("text"):
+        line += f" | {reasons[0]['text']}"
+    extra = []
+    if out.get("decisionId"):
+        extra.append(f"decision {out['decisionId']}")
+    approvers = out.get("approval", {}).get("approvers") or out.get("approvers")
+    if approvers and out.get("outcome") == "REQUIRE_APPROVAL":
+        extra.append(f"approvers: {', '.join(approvers)}")
+    return line + (f"  ({'; '.join(extra)})" if extra else "")
 
 
 def _log(args: argparse.Namespace) -> int:

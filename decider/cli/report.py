@@ -88,9 +88,10 @@ def _group_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "median_time_to_approval_s": round(statistics.median(waits), 3) if waits else None,
         "p90_time_to_approval_s": round(_pct(waits, 0.9), 3) if waits else None,  # type: ignore[arg-type]
         "expired_approvals": sum(1 for r in asked if r.get("approval_state") == "expired"),
-        "estimated_cost": round(sum(r["estimated_cost"] or 0.0 for r in rows if r["outcome"] == "ALLOW"), 4),
-        "actual_cost": round(sum(r["actual_cost"] or 0.0 for r in rows), 4),
-        "denied_spend": round(sum(r["estimated_cost"] or 0.0 for r in rows if r["outcome"] == "DENY"), 4),
+        # start=0.0: an empty sum is the int 0, which the table printed as "0" beside "2.50" (issue 28)
+        "estimated_cost": round(sum((r["estimated_cost"] or 0.0 for r in rows if r["outcome"] == "ALLOW"), 0.0), 4),
+        "actual_cost": round(sum((r["actual_cost"] or 0.0 for r in rows), 0.0), 4),
+        "denied_spend": round(sum((r["estimated_cost"] or 0.0 for r in rows if r["outcome"] == "DENY"), 0.0), 4),
         "kill_switch_denials": sum(1 for r in rows if r.get("kill_switch_id")),
     }
 
@@ -143,11 +144,14 @@ def _in_scope(row: dict[str, Any], switch: dict[str, Any]) -> bool:
     return col is not None and row.get(col.name) == switch["value"]
 
 
-def _fmt(v: Any) -> str:
+MONEY = ("estimated_cost", "actual_cost", "denied_spend")
+
+
+def _fmt(v: Any, money: bool = False) -> str:
     if v is None:
         return "-"
-    if isinstance(v, float):
-        return f"{v:.2f}"
+    if isinstance(v, float) or money:   # money always shows cents, whatever type the store returned
+        return f"{float(v):.2f}"
     return str(v)
 
 
@@ -159,7 +163,7 @@ def _table(report: dict[str, Any]) -> str:
     lines = [f"decisions since {report['since']}: {report['calls']}"]
     for g, groups in report["groups"].items():
         head = [g] + [short[k] for k in COLUMNS]
-        body = [[str(x[g] or "(none)")] + [_fmt(x[k]) for k in COLUMNS] for x in groups]
+        body = [[str(x[g] or "(none)")] + [_fmt(x[k], k in MONEY) for k in COLUMNS] for x in groups]
         widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
         lines.append("")
         lines.append("  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(head, widths, strict=True))))

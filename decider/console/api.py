@@ -96,8 +96,9 @@ class DeciderApi:
         return await self.call(self.decider.GetDecision, pb.GetDecisionRequest(decision_id=decision_id), token)
 
     async def list_decisions(self, token: str, f: pb.DecisionFilter, *, limit: int = 100, after_id: str = "",
-                             newest_first: bool = False) -> pb.ListDecisionsResponse:
-        req = pb.ListDecisionsRequest(filter=f, limit=limit, after_id=after_id, newest_first=newest_first)
+                             newest_first: bool = False, before_id: str = "") -> pb.ListDecisionsResponse:
+        req = pb.ListDecisionsRequest(filter=f, limit=limit, after_id=after_id, newest_first=newest_first,
+                                      before_id=before_id)
         return await self.call(self.queries.ListDecisions, req, token)
 
     async def watch_decisions(self, token: str, f: pb.DecisionFilter,
@@ -108,8 +109,9 @@ class DeciderApi:
             for rec in batch.decisions:
                 yield rec
 
-    async def kill_switches(self, token: str) -> list[pb.KillSwitch]:
-        resp = await self.call(self.control.ListKillSwitches, pb.ListKillSwitchesRequest(), token)
+    async def kill_switches(self, token: str, include_cleared: bool = False) -> list[pb.KillSwitch]:
+        resp = await self.call(self.control.ListKillSwitches,
+                               pb.ListKillSwitchesRequest(include_cleared=include_cleared), token)
         return list(resp.kill_switches)
 
     async def engage(self, token: str, scope: str, value: str, reason: str) -> pb.KillSwitch:

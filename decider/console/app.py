@@ -12,6 +12,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -26,6 +27,8 @@ from starlette.staticfiles import StaticFiles
 
 from decider.console.api import ApiError, DeciderApi
 from decider.console.config import ConsoleConfig
+from decider.console.overview import MAX_RECORDS, WINDOWS, parse_time
+from decider.console.overview import overview as overview_of
 from decider.console.sessions import COOKIE, Session, SessionCodec, load_secret
 from decider.console.views import OUTCOMES, budget_view, bundle_view, kill_view, record_view
 from decider.engine.state import KILL_SCOPES
@@ -66,8 +69,8 @@ class Console:
 
     # ---- plumbing ------------------------------------------------------------------------------
     def render(self, name: str, session: Session, status: int = 200, **ctx: Any) -> HTMLResponse:
-        html = self.templates.get_template(name).render(session=session, login_required=self.tokens is not None,
-                                                        **ctx)
+        html = self.templates.get_template(name).render(
+            session=session, login_required=self.tokens is not None or bool(session.token), **ctx)
         return HTMLResponse(html, status_code=status)
 
     def fragment(self, name: str, **ctx: Any) -> str:
@@ -93,24 +96,27 @@ class Console:
                                                          "and try again.")
                     return self._with(resp, session, fresh)
             if login and not session.logged_in:
-                if self.tokens is None:
+                needs_login = self.tokens is not None
+                if not needs_login:
                     try:
                         session = await self._open_session(session)
+                        fresh = True
                     except ApiError as e:
-                        hint = (" decider requires tokens: start the console with --tokens FILE."
-                                if e.status == 401 else "")
-                        return self._with(self.render("error.html", session, 502 if e.status == 401 else e.status,
-                                                      title="decider is not available",
-                                                      message=e.message + hint), session, fresh)
-                    fresh = True
-                elif post or request.url.path.startswith("/events/"):
+                        if e.status != 401:
+                            return self._with(self.render("error.html", session, e.status,
+                                                          title="decider is not available", message=e.message),
+                                              session, fresh)
+                        # decider has tokens though this console was given no token file: log in with a
+                        # token, which decider itself checks (issue 28: this was a 502 on every page).
+                        needs_login = True
+                if needs_login and (post or request.url.path.startswith("/events/")):
                     return self._with(PlainTextResponse("log in first", status_code=401), session, fresh)
-                else:
+                if needs_login:
                     return self._with(RedirectResponse("/login", status_code=303), session, fresh)
             try:
                 resp = await handler(request, session)
             except ApiError as e:
-                if e.status == 401 and self.tokens is not None:
+                if e.status == 401 and (self.tokens is not None or session.token):
                     # The token was withdrawn from decider's file: this session is over.
                     return self._with(RedirectResponse("/login", status_code=303), Session(), True)
                 resp = self.render("error.html", session, e.status, title=f"decider said {e.code.name}",
@@ -132,22 +138,38 @@ class Console:
         return Session(token=token, principal=me.principal or "anonymous", roles=tuple(me.roles))
 
     # ---- log-in ----------------------------------------------------------------------------------
+    async def _decider_is_open(self) -> bool:
+        """Whether decider answers without a token (a server without a token file)."""
+        assert self.api is not None
+        try:
+            await self.api.whoami("")
+        except ApiError as e:
+            if e.status == 401:
+                return False
+            raise
+        return True
+
     async def login_form(self, request: Request, session: Session) -> Response:
-        if session.logged_in or self.tokens is None:
+        if session.logged_in or (self.tokens is None and await self._decider_is_open()):
             return RedirectResponse("/approvals", status_code=303)
         return self.render("login.html", session, error="")
 
     async def login(self, request: Request, session: Session) -> Response:
         form = await request.form()
         token = str(form.get("token") or "").strip()
-        if self.tokens is None:
+        if self.tokens is None and await self._decider_is_open():
             return RedirectResponse("/approvals", status_code=303)
-        if not token or len(token) > MAX_TOKEN or self.tokens.authenticate(token) is None:
+        # With the token file an unknown token is refused here, before it reaches decider; without
+        # it, decider's own answer to WhoAmI with the token decides.
+        if not token or len(token) > MAX_TOKEN or (self.tokens is not None and self.tokens.authenticate(token) is None):
             log.warning("console log-in refused", extra={"peer": request.client.host if request.client else ""})
             return self.render("login.html", session, 401, error="Unknown token.")
         try:
             new = await self._open_session(session, token)
         except ApiError as e:
+            if e.status == 401 and self.tokens is None:
+                log.warning("console log-in refused", extra={"peer": request.client.host if request.client else ""})
+                return self.render("login.html", session, 401, error="Unknown token.")
             return self.render("login.html", session, 401 if e.status == 401 else e.status,
                                error=f"decider refused this token: {e.message}")
         log.info("console log-in", extra={"principal": new.principal})
@@ -156,7 +178,8 @@ class Console:
         return resp
 
     async def logout(self, request: Request, session: Session) -> Response:
-        resp = RedirectResponse("/login" if self.tokens is not None else "/approvals", status_code=303)
+        resp = RedirectResponse("/login" if self.tokens is not None or session.token else "/approvals",
+                                status_code=303)
         self._cookie(resp, Session())
         return resp
 
@@ -266,6 +289,38 @@ class Console:
         return self.render("session.html", session, session_id=session_id, rows=rows, total_cost=total_cost,
                            truncated=len(rows) >= 10_000)
 
+    # ---- overview --------------------------------------------------------------------------------
+    async def overview(self, request: Request, session: Session) -> Response:
+        assert self.api is not None
+        window = request.query_params.get("window", "1h")
+        if window not in WINDOWS:
+            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"window: must be one of {', '.join(WINDOWS)}")
+        now = datetime.now(timezone.utc)
+        start = now - WINDOWS[window][0]
+        records: list[dict[str, Any]] = []
+        before, truncated = "", False
+        while True:   # newest first, page by page, until the window's start (bounded by MAX_RECORDS)
+            resp = await self.api.list_decisions(session.token, pb.DecisionFilter(), limit=1000,
+                                                 newest_first=True, before_id=before)
+            page = [record_view(r) for r in resp.decisions]
+            records += page
+            if len(page) < 1000 or (page and (parse_time(page[-1]["time"]) or now) < start):
+                break
+            if len(records) >= MAX_RECORDS:
+                truncated = True
+                break
+            before = page[-1]["id"]
+        budgets = await self.api.budgets(session.token)
+        try:
+            switches: list[pb.KillSwitch] | None = await self.api.kill_switches(session.token, include_cleared=True)
+        except ApiError as e:
+            if e.status != 403:
+                raise
+            switches = None   # listing kill switches is the admin's; an approver sees the rest
+        data = overview_of(records, [kill_view(k) for k in switches or []], [budget_view(b) for b in budgets],
+                           window, now, truncated)
+        return self.render("overview.html", session, o=data, kill_listed=switches is not None)
+
     # ---- kill switches ---------------------------------------------------------------------------
     async def kill_switches(self, request: Request, session: Session) -> Response:
         assert self.api is not None
@@ -344,7 +399,7 @@ def build_app(cfg: ConsoleConfig) -> Starlette:
             await c.api.close()
 
     async def home(request: Request) -> Response:
-        return RedirectResponse("/approvals", status_code=303)
+        return RedirectResponse("/overview", status_code=303)   # the first page an operator sees
 
     async def healthz(request: Request) -> Response:
         return PlainTextResponse("ok")
@@ -356,6 +411,7 @@ def build_app(cfg: ConsoleConfig) -> Starlette:
         Route("/login", p(c.login_form, login=False), methods=["GET"]),
         Route("/login", p(c.login, login=False, post=True), methods=["POST"]),
         Route("/logout", p(c.logout, login=False, post=True), methods=["POST"]),
+        Route("/overview", p(c.overview)),
         Route("/approvals", p(c.approvals)),
         Route("/approvals/{decision_id}/resolve", p(c.resolve, post=True), methods=["POST"]),
         Route("/events/approvals", p(c.approval_events)),

@@ -47,7 +47,7 @@ async def serve(cfg: ConsoleConfig) -> None:
     if server.started:
         bound = server.servers[0].sockets[0].getsockname()[1]
         log.info("console serving", extra={"address": f"{host}:{bound}", "decider": cfg.decider,
-                                           "login": "token" if cfg.tokens else "none (decider without tokens)",
+                                           "login": "token" if cfg.tokens else "token when decider requires one (checked by decider)",
                                            "tls": bool(cfg.tls_cert)})
         if cfg.port_file:
             Path(cfg.port_file).write_text(str(bound))

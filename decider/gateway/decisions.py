@@ -31,6 +31,13 @@ log = logging.getLogger("decider.gateway")
 REPLY_FIRST_TURNS = 3   # event-loop turns a ReportOutcome yields to the reply it follows (report_later)
 
 
+# grpc's default reconnect backoff grows to 120 s (1 s, 1.6 s, 2.6 s, ...): after decider was down a few
+# seconds, the gateway refused calls for seconds after it came back. Retry at most every second, and
+# let a call wait for the reconnect within its deadline (wait_for_ready above).
+RECONNECT = (("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
+             ("grpc.max_reconnect_backoff_ms", 1000))
+
+
 class DecisionUnavailable(Exception):
     """decider could not be asked or did not answer in time: the call must not be forwarded."""
 
@@ -41,12 +48,13 @@ class DeciderLink:
         if target.tls_ca is not None or target.tls_cert is not None:
             creds = grpc.ssl_channel_credentials(root_certificates=target.tls_ca, private_key=target.tls_key,
                                                  certificate_chain=target.tls_cert)
-            self._channel = grpc.aio.secure_channel(target.target, creds)
+            self._channel = grpc.aio.secure_channel(target.target, creds, options=RECONNECT)
         else:
-            self._channel = grpc.aio.insecure_channel(target.target)
+            self._channel = grpc.aio.insecure_channel(target.target, options=RECONNECT)
         self._stub = pb_grpc.DeciderStub(self._channel)
         self._metadata = (("authorization", f"Bearer {target.token}"),) if target.token else None
-        self._decisions = BatchingDecider(self._channel, metadata=self._metadata, timeout=target.deadline_s)
+        self._decisions = BatchingDecider(self._channel, metadata=self._metadata, timeout=target.deadline_s,
+                                          wait_for_ready=True)
         # request ids: unique per gateway process, cheap to make (no uuid per call)
         self._prefix = f"gw-{os.getpid()}-{os.urandom(3).hex()}-"
         self._seq = itertools.count(1)

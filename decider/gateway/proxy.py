@@ -135,7 +135,7 @@ class Gateway:
                                f"(upstream '{up.name}' has no tool '{tool}')")
         args = params.arguments or {}
         cost = self.cfg.cost_of(up.name, tool)
-        req = build_request(agent=self.identity(ctx), tool=tool, server=up.spec.server,
+        req = build_request(agent=self.identity(ctx), tool=tool, tool_server=up.spec.server,
                             call_id="" if ctx.request_id is None else str(ctx.request_id), args=args,
                             estimated_cost=cost or 0.0)
         try:
@@ -233,7 +233,7 @@ class Gateway:
         """Decide a non-tool method (tool.name = the method, tool.server = mcp://<upstream>): the
         decision id and every decision id involved, or MCPError POLICY_REFUSED (not forwarded).
         A refusal here is a protocol error: these methods have no result the model could read."""
-        req = build_request(agent=self.identity(ctx), tool=method, server=up.spec.server,
+        req = build_request(agent=self.identity(ctx), tool=method, tool_server=up.spec.server,
                             call_id="" if ctx.request_id is None else str(ctx.request_id), args=args,
                             estimated_cost=self.cfg.cost_of(up.name, method) or 0.0)
         try:

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import grpc
 
 from decider.api.names import APPROVAL_STATE_NAMES
-from decider.client import DeciderClient
+from decider.client import DeciderClient, renamed_server
 from decider.errors import DeciderError
 from decider.v1 import decider_pb2 as pb
 
@@ -132,32 +132,35 @@ def jsonable(value: Any) -> Any:
 class Guard:
     """One agent's connection to decider: `check` before a tool runs, `report` after it ran.
 
-    `agent` is the identity decider sees (`{"id": ..., "team": ..., "model": ...}`); `server` is
+    `agent` is the identity decider sees (`{"id": ..., "team": ..., "model": ...}`); `tool_server` is
     `tool.server` for every call (e.g. `"python://billing"`); `approval_wait` is how long `check`
     waits for an approver before it gives up (0: do not wait); `timeout` bounds every RPC.
     """
 
-    def __init__(self, client: DeciderClient | str, *, agent: Mapping[str, Any], server: str = "",
+    def __init__(self, client: DeciderClient | str, *, agent: Mapping[str, Any], tool_server: str = "",
                  approval_wait: float = 0.0, timeout: float = 5.0, token: str | None = None,
-                 context: Mapping[str, Any] | None = None, costs: Mapping[str, float] | None = None) -> None:
+                 context: Mapping[str, Any] | None = None, costs: Mapping[str, float] | None = None,
+                 server: str | None = None) -> None:
         self.client = DeciderClient(client, timeout=timeout, token=token) if isinstance(client, str) else client
         # Estimated cost per tool name, for calls that give none (the bundle's `spec.tools.<name>.cost`
         # applies when neither does).
         self.costs = dict(costs or {})
         self.agent = dict(agent)
-        self.server = server
+        self.tool_server = renamed_server(tool_server, server, "Guard")
         self.approval_wait = approval_wait
         self.context = dict(context or {})
 
     # ---- one decision ------------------------------------------------------------------------
     def decide(self, tool: str, args: Mapping[str, Any] | None = None, *, call_id: str = "",
-               estimated_cost: float = 0.0, server: str | None = None) -> Verdict:
+               estimated_cost: float = 0.0, tool_server: str | None = None, server: str | None = None) -> Verdict:
         """Ask once. Raises DeciderUnavailable when no decision could be had (fail closed)."""
+        tool_server = renamed_server(tool_server, server, "Guard.decide")
         arguments = jsonable(dict(args or {}))
         estimated_cost = estimated_cost or self.costs.get(tool, 0.0)
         try:
             resp = self.client.decide(agent=self.agent, tool=tool, args=arguments,
-                                      server=self.server if server is None else server, call_id=call_id,
+                                      tool_server=self.tool_server if tool_server is None else tool_server,
+                                      call_id=call_id,
                                       estimated_cost=estimated_cost, context=self.context or None)
         except grpc.RpcError as e:
             raise DeciderUnavailable(f"decider gave no decision for {tool} ({_status(e)}); "
@@ -187,25 +190,31 @@ class Guard:
         return status
 
     def check(self, tool: str, args: Mapping[str, Any] | None = None, *, call_id: str = "",
-              estimated_cost: float = 0.0, wait: float | None = None, server: str | None = None) -> Verdict:
+              estimated_cost: float = 0.0, wait: float | None = None, tool_server: str | None = None,
+              server: str | None = None) -> Verdict:
         """Decide, and for REQUIRE_APPROVAL wait up to `wait` (default `approval_wait`) seconds for
         an approver. Approved → the identical call is decided again, which consumes the approval
         and gives this call its own ALLOW record. The verdict says what to do; it never raises for a
         refusal, only when decider cannot be asked (DeciderUnavailable)."""
-        verdict = self.decide(tool, args, call_id=call_id, estimated_cost=estimated_cost, server=server)
+        tool_server = renamed_server(tool_server, server, "Guard.check")
+        verdict = self.decide(tool, args, call_id=call_id, estimated_cost=estimated_cost, tool_server=tool_server)
         wait = self.approval_wait if wait is None else wait
         if verdict.outcome != "REQUIRE_APPROVAL" or wait <= 0:
             return verdict
-        return self.resume(verdict, args, call_id=call_id, estimated_cost=estimated_cost, wait=wait, server=server)
+        return self.resume(verdict, args, call_id=call_id, estimated_cost=estimated_cost, wait=wait,
+                           tool_server=tool_server)
 
     def resume(self, pending: Verdict, args: Mapping[str, Any] | None = None, *, call_id: str = "",
-               estimated_cost: float = 0.0, wait: float = 0.0, server: str | None = None) -> Verdict:
+               estimated_cost: float = 0.0, wait: float = 0.0, tool_server: str | None = None,
+               server: str | None = None) -> Verdict:
         """After an approval request: its state now (or after up to `wait` s); approved → decide the
         identical call again (ALLOW, consuming the approval)."""
+        tool_server = renamed_server(tool_server, server, "Guard.resume")
         status = self.approval_state(pending.decision_id, wait)
         if status.state != "approved":
             return pending.with_approval(status)
-        return self.decide(pending.tool, args, call_id=call_id, estimated_cost=estimated_cost, server=server)
+        return self.decide(pending.tool, args, call_id=call_id, estimated_cost=estimated_cost,
+                           tool_server=tool_server)
 
     def report(self, decision_id: str, status: str, actual_cost: float | None = None) -> None:
         """ReportOutcome; a failure is logged, never raised (the tool already ran). `actual_cost`

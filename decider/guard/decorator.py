@@ -14,7 +14,7 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, ParamSpec, TypeVar, cast
 
-from decider.client import DeciderClient
+from decider.client import DeciderClient, renamed_server
 from decider.guard.core import Guard, Verdict
 
 __all__ = ["guard", "call_args"]
@@ -40,18 +40,20 @@ def call_args(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str
 
 
 def guard(tool: str | None = None, *, client: Guard | DeciderClient | str, agent: Mapping[str, Any] | None = None,
-          server: str = "", approval_wait: float | None = None,
-          cost: Callable[..., float] | float = 0.0) -> Callable[[Callable[P, R]], Callable[P, R]]:
+          tool_server: str = "", approval_wait: float | None = None,
+          cost: Callable[..., float] | float = 0.0,
+          server: str | None = None) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Guard a sync or async function. `client` is a `Guard` (identity included), or a client or
     target with `agent=`; `tool` defaults to the function's name; `cost` is the estimated cost, or a
     function of the call's arguments that gives it."""
+    tool_server = renamed_server(tool_server, server, "guard")
     if isinstance(client, Guard):
         g = client
     else:
         if agent is None:
             raise TypeError("guard(): agent= is required unless client is a decider.guard.Guard")
-        g = Guard(client, agent=agent, server=server)
-    srv = server or None   # None: the Guard's own server
+        g = Guard(client, agent=agent, tool_server=tool_server)
+    srv = tool_server or None   # None: the Guard's own tool server
 
     def decorate(fn: Callable[P, R]) -> Callable[P, R]:
         name = tool or fn.__name__
@@ -60,14 +62,14 @@ def guard(tool: str | None = None, *, client: Guard | DeciderClient | str, agent
             return float(cost(**arguments)) if callable(cost) else float(cost)
 
         def verdict_for(arguments: dict[str, Any]) -> Verdict:
-            return g.check(name, arguments, estimated_cost=estimate(arguments), wait=approval_wait, server=srv)
+            return g.check(name, arguments, estimated_cost=estimate(arguments), wait=approval_wait, tool_server=srv)
 
         if inspect.iscoroutinefunction(fn):
             @functools.wraps(fn)
             async def run_async(*args: P.args, **kwargs: P.kwargs) -> Any:
                 arguments = call_args(fn, args, kwargs)
                 verdict = await g.acheck(name, arguments, estimated_cost=estimate(arguments), wait=approval_wait,
-                                         server=srv)
+                                         tool_server=srv)
                 if not verdict.allowed:
                     raise verdict.error()
                 try:

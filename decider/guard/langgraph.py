@@ -35,6 +35,7 @@ from typing import Any, Literal
 from langchain_core.tools import BaseTool, StructuredTool
 from langgraph.types import interrupt
 
+from decider.client import renamed_server
 from decider.guard.core import ApprovalStatus, DeciderUnavailable, Guard, GuardError, Verdict, jsonable
 
 __all__ = ["guard_tool", "guard_tools", "approval_request"]
@@ -67,10 +68,11 @@ def _asked_about(answer: Any, current: Verdict) -> Verdict:
     return current
 
 
-def guard_tool(tool: BaseTool, guard: Guard, *, on_refusal: Refusal = "return", server: str | None = None,
-               name: str | None = None) -> BaseTool:
+def guard_tool(tool: BaseTool, guard: Guard, *, on_refusal: Refusal = "return", tool_server: str | None = None,
+               name: str | None = None, server: str | None = None) -> BaseTool:
     """A tool with the same name, description and arguments that runs `tool` only on ALLOW. `name` is
     the tool's name for decider's policies (default: the tool's own name)."""
+    tool_server = renamed_server(tool_server, server, "guard_tool")
     name = name or tool.name
 
     def refuse(text: str, decision_id: str) -> str:
@@ -80,11 +82,11 @@ def guard_tool(tool: BaseTool, guard: Guard, *, on_refusal: Refusal = "return", 
 
     def run(**kwargs: Any) -> Any:
         try:
-            verdict = guard.decide(name, kwargs, server=server)
+            verdict = guard.decide(name, kwargs, tool_server=tool_server)
             while verdict.outcome == "REQUIRE_APPROVAL":
                 answer = _pause(verdict, kwargs)
                 verdict = guard.resume(_asked_about(answer, verdict), kwargs, wait=guard.approval_wait,
-                                       server=server)
+                                       tool_server=tool_server)
                 if verdict.outcome == "REQUIRE_APPROVAL" and (verdict.approval_state != "pending"
                                                              or answer is _OUTSIDE):
                     return refuse(verdict.refusal(), verdict.decision_id)
@@ -102,11 +104,11 @@ def guard_tool(tool: BaseTool, guard: Guard, *, on_refusal: Refusal = "return", 
 
     async def arun(**kwargs: Any) -> Any:
         try:
-            verdict = await guard.adecide(name, kwargs, server=server)
+            verdict = await guard.adecide(name, kwargs, tool_server=tool_server)
             while verdict.outcome == "REQUIRE_APPROVAL":
                 answer = _pause(verdict, kwargs)
                 verdict = await guard.aresume(_asked_about(answer, verdict), kwargs, wait=guard.approval_wait,
-                                              server=server)
+                                              tool_server=tool_server)
                 if verdict.outcome == "REQUIRE_APPROVAL" and (verdict.approval_state != "pending"
                                                              or answer is _OUTSIDE):
                     return refuse(verdict.refusal(), verdict.decision_id)
@@ -128,7 +130,10 @@ def guard_tool(tool: BaseTool, guard: Guard, *, on_refusal: Refusal = "return", 
 
 
 def guard_tools(tools: Sequence[BaseTool], guard: Guard, *, on_refusal: Refusal = "return",
-                server: str | None = None, names: Mapping[str, str] | None = None) -> list[BaseTool]:
+                tool_server: str | None = None, names: Mapping[str, str] | None = None,
+                server: str | None = None) -> list[BaseTool]:
     """`guard_tool` for each; `names` maps a tool's own name to its name for decider's policies."""
     names = names or {}
-    return [guard_tool(t, guard, on_refusal=on_refusal, server=server, name=names.get(t.name)) for t in tools]
+    tool_server = renamed_server(tool_server, server, "guard_tools")
+    return [guard_tool(t, guard, on_refusal=on_refusal, tool_server=tool_server, name=names.get(t.name))
+            for t in tools]

@@ -115,9 +115,9 @@ def _pre_tool_use(event: Mapping[str, Any], cfg: HookConfig) -> HookResult:
     context = {k: event[k] for k in ("cwd", "permission_mode") if isinstance(event.get(k), str)}
     try:
         with Guard(cfg.client(), agent=agent, context=context, timeout=cfg.timeout_s) as guard:
-            verdict = first = guard.decide(tool, args, call_id=call_id, server=server)
+            verdict = first = guard.decide(tool, args, call_id=call_id, tool_server=server)
             if verdict.outcome == "REQUIRE_APPROVAL" and cfg.on_approval == "wait":
-                verdict = guard.resume(verdict, args, call_id=call_id, wait=cfg.wait_s, server=server)
+                verdict = guard.resume(verdict, args, call_id=call_id, wait=cfg.wait_s, tool_server=server)
     except DeciderUnavailable as e:
         return HookResult(EXIT_BLOCK, stderr=f"{e} (decider hook fails closed)")
     if session and call_id:

@@ -91,7 +91,10 @@ class RunningServer:
     notifier: ApprovalNotifier | None = None
 
     async def stop(self, grace_s: float) -> None:
-        """Stop taking calls, let in-flight ones finish, then flush the writer."""
+        """Release every listener, stop taking calls, let in-flight ones finish, then flush the writer."""
+        # The ports first (grpc's own listener closes in server.stop, before its grace): a server
+        # restarted at once binds them while this one drains.
+        await self.observability.close_listeners()
         await self.bundles.stop()
         await self.controls.stop()
         await self.feed.stop()

@@ -77,8 +77,12 @@ async def resolve_approval(ctrl: Controls, req: pb.ResolveApprovalRequest,
         await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                             f"approver: you are {caller.name}; you cannot resolve as {req.approver}")
     who = req.approver or (caller.name if authenticated else "")
+    open_server = ctrl.tokens is None   # no token file: every caller is admin, approver and enforcer
     if not who:
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "approver: is required (e.g. user:ana)")
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                            "approver: is required: this server has no token file, so name one of the "
+                            "approval's approvers as written (e.g. --approver group:finance-oncall)"
+                            if open_server else "approver: is required (e.g. user:ana)")
     row = await asyncio.to_thread(ctrl.decisions.get, req.decision_id)
     if row is None:
         await context.abort(grpc.StatusCode.NOT_FOUND, f"decision_id: no decision {req.decision_id!r}")
@@ -96,9 +100,17 @@ async def resolve_approval(ctrl: Controls, req: pb.ResolveApprovalRequest,
         await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                             f"decision {req.decision_id} is already {row['approval_state']}")
     allowed = json.loads(row.get("approvers") or "[]")
-    if not approver_matches(allowed, who, ctrl.groups_of(who)):
+    groups = ctrl.groups_of(who)
+    # Without a token file nobody's groups are known, so a `group:NAME` approver matches only when
+    # named as written: the rule's approvers are still checked (SPEC), fail closed.
+    if not (approver_matches(allowed, who, groups) or (open_server and who in allowed)):
+        if open_server:
+            why = ("this server has no token file, so group memberships are unknown: name one of them as "
+                   "written, or serve with --tokens")
+        else:
+            why = f"{who} is in {', '.join(f'group:{g}' for g in sorted(groups)) or 'no group'}"
         await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                            f"{who} is not among this approval's approvers {allowed}")
+                            f"{who} is not among this approval's approvers ({', '.join(allowed)}): {why}")
     to_state = "approved" if req.resolution == pb.APPROVE else "rejected"
     won = await asyncio.to_thread(ctrl.approvals.transition, req.decision_id, "pending", to_state,
                                   resolved_by=who, resolved_at=now, comment=req.comment)

@@ -36,7 +36,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 from sqlalchemy import Engine, func, select
 
-__all__ = ["Metrics", "serve_metrics", "serve_multiprocess_metrics", "parse_listen", "MULTIPROC_ENV",
+__all__ = ["Metrics", "serve_metrics", "close_metrics_listeners", "serve_multiprocess_metrics", "parse_listen", "MULTIPROC_ENV",
            "TOP_BUDGET_KEYS"]
 
 log = logging.getLogger("decider.server")
@@ -253,6 +253,9 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+_LISTENERS: list[Any] = []   # the /metrics HTTP servers of this process, closed on shutdown
+
+
 def serve_metrics(listen: str, registry: CollectorRegistry | None = None) -> int:
     """Serve /metrics from a daemon thread; returns the bound port (0 in `listen` picks one)."""
     from decider.errors import InvalidRequest
@@ -262,7 +265,17 @@ def serve_metrics(listen: str, registry: CollectorRegistry | None = None) -> int
         server, _thread = start_http_server(port, addr=host, registry=registry or REGISTRY)
     except (ValueError, OSError) as e:   # e.g. the port is taken: one clear line, no traceback
         raise InvalidRequest("--metrics-listen", f"cannot serve metrics on {listen}: {e}") from None
+    _LISTENERS.append(server)
     return int(server.server_address[1])
+
+
+def close_metrics_listeners() -> None:
+    """Release the /metrics ports now: shutdown closes them before draining, so a server restarted at
+    once can bind them (it used to fail `Address already in use` until the drain ended)."""
+    while _LISTENERS:
+        server = _LISTENERS.pop()
+        server.shutdown()
+        server.server_close()
 
 
 def serve_multiprocess_metrics(listen: str) -> int:

@@ -99,6 +99,13 @@ class Observability:
                 log.warning("metrics sample failed", extra={"error": str(exc)})
             await asyncio.sleep(SAMPLE_INTERVAL_S)
 
+    async def close_listeners(self) -> None:
+        """Release the /metrics port before the drain (the rest of observability stops after it)."""
+        if self.metrics_port is not None:
+            from decider.server.metrics import close_metrics_listeners
+
+            await asyncio.to_thread(close_metrics_listeners)
+
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()

@@ -112,6 +112,10 @@ def run_workers(cfg: ServerConfig, workers: int, log_level: str = "info") -> int
         log.error(str(e))
         code = 1
     finally:
+        if metrics_dir:
+            from decider.server.metrics import close_metrics_listeners
+
+            close_metrics_listeners()   # the port is free for a restart while the workers drain
         for p in procs:
             if p.is_alive():
                 p.terminate()  # SIGTERM: each worker drains its calls and flushes its writer

@@ -8,7 +8,7 @@ from decider.guard import ApprovalPending, Guard, ToolDenied, guard
 
 target = sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1:50051"
 bot = Guard(target, agent={"id": "refund-bot", "team": "finance", "model": "gpt-5"},
-            server="mcp://billing", token="agent-token")
+            tool_server="mcp://billing", token="agent-token")
 
 
 @guard(tool="payments.refund", client=bot, cost=5.0)

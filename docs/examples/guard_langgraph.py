@@ -48,7 +48,7 @@ def refund(order: str, amount: float) -> str:
 
 
 guard = Guard(target, agent={"id": "refund-bot", "team": "finance", "model": "gpt-5"},
-              server="mcp://billing", token="agent-token")
+              tool_server="mcp://billing", token="agent-token")
 tools = guard_tools([refund], guard, names={"refund": "payments.refund"})   # the policies' name
 model = OneRefundModel().bind_tools(tools)
 g = StateGraph(MessagesState)

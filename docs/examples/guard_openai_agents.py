@@ -39,7 +39,7 @@ def refund(order: str, amount: float) -> str:
 
 async def main() -> None:
     guard = AgentsGuard(Guard(target, agent={"id": "refund-bot", "team": "finance", "model": "gpt-5"},
-                              server="mcp://billing", token="agent-token"),
+                              tool_server="mcp://billing", token="agent-token"),
                         names={"refund": "payments.refund"})   # the SDK's tool name → the policies' name
     agent = Agent(name="refunds", model=OneRefundModel(), tools=guard.protect([refund]))
     run = RunConfig(tracing_disabled=True)

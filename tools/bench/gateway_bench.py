@@ -177,7 +177,7 @@ async def breakdown(target: str, decider_pid: int, n: int) -> dict[str, float]:
     link = DeciderLink(DeciderTarget(target=target, deadline_s=10))
 
     def req(i: int) -> Any:
-        return build_request(agent={"id": "bench-agent"}, tool="get_current_time", server="mcp://time",
+        return build_request(agent={"id": "bench-agent"}, tool="get_current_time", tool_server="mcp://time",
                              args={"timezone": "UTC"}, call_id=f"b{i}")
 
     for i in range(20):

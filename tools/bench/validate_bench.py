@@ -40,7 +40,7 @@ def shapes() -> dict[str, Any]:
         "minimal": build_request(agent={"id": "a"}, tool="work.do"),
         "typical": build_request(agent={"id": "coder-7", "team": "platform", "model": "claude-opus-4"},
                                  tool="fs.read", args={"path": "/workspace/a.txt"}),
-        "full identity": build_request(agent=full_agent, tool="payments.refund", server="mcp://billing",
+        "full identity": build_request(agent=full_agent, tool="payments.refund", tool_server="mcp://billing",
                                        args={"amount": 2500, "order": "o-1"}, environment="production",
                                        estimated_cost=5.0, labels={"ticket": "T-1"}),
     }

@@ -31,13 +31,14 @@ def main() -> int:
     work = scratch(tmp)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("DECIDER_SERVER", None)
+    env.pop("DECIDER_ADDR", None)
     env.pop("DECIDER_TOKEN", None)
     page_blocks = blocks(args.page)
     srv = None
     if any("server" in b.options for b in page_blocks):
         extra = ["--tokens", str(work / "examples" / "tokens.yaml")] \
             if any("tokens" in b.options for b in page_blocks) else []
-        srv = start_server(tmp, work / "policies", None, *extra)
+        srv = start_server(tmp, work / "policies", f"sqlite:///{work / 'decider.db'}", *extra)
     target = srv.target if srv else SERVER
     ids: dict[str, str] = {}
     rc = 0

@@ -1,6 +1,7 @@
 // decider console: live parts in plain JavaScript (no build step, no framework).
 // - the approvals queue and the decision feed follow server-sent events;
-// - expiry countdowns tick every second.
+// - expiry countdowns tick every second;
+// - the overview re-reads itself every few seconds and swaps its numbers and charts in place.
 "use strict";
 
 function fromHTML(html) {
@@ -55,6 +56,23 @@ function followFeed(feed) {
   });
 }
 
+function followOverview(box) {
+  const every = Number(box.dataset.refresh) || 5000;
+  const refresh = async () => {
+    try {
+      const r = await fetch(window.location.href, {credentials: "same-origin", headers: {"Accept": "text/html"}});
+      if (!r.ok) throw new Error(String(r.status));
+      const doc = new DOMParser().parseFromString(await r.text(), "text/html");
+      const fresh = doc.getElementById("overview");
+      if (fresh) { box.replaceChildren(...fresh.childNodes); box.dataset.refreshed = String(Date.now()); }
+      setLive("live", true);
+    } catch (e) {
+      setLive("reconnecting…", false);
+    }
+  };
+  setInterval(refresh, every);
+}
+
 function tick() {
   const now = Date.now();
   for (const el of document.querySelectorAll("[data-expires-at]")) {
@@ -74,6 +92,8 @@ document.addEventListener("DOMContentLoaded", () => {
   if (queue) followApprovals(queue);
   const feed = document.getElementById("feed");
   if (feed) followFeed(feed);
+  const overview = document.getElementById("overview");
+  if (overview) followOverview(overview);
   tick();
   setInterval(tick, 1000);
 });
