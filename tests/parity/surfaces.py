@@ -13,8 +13,10 @@ import asyncio
 import contextlib
 import io
 import json
+import os
 import queue
 import re
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -32,7 +34,7 @@ from decider.client import DeciderClient, build_request
 from decider.v1 import decider_pb2 as pb
 from decider.v1 import decider_pb2_grpc as pb_grpc
 
-from ..helpers import ServerProcess
+from ..helpers import ROOT, ServerProcess
 from .scenario import Action, Call, Row, Scenario
 
 BUNDLE = Path(__file__).resolve().parent / "bundle"
@@ -579,11 +581,6 @@ def hook_claude_code(sc: Scenario, srv: Served) -> list[Row]:
     event on stdin. The agent from `--agent-id` (and `--team`), the caller's token from `--token-env`,
     the session from the event; PreToolUse, then PostToolUse for a call that was allowed (the tool
     ran; the hook reports no actual cost). REQUIRE_APPROVAL is answered `ask`; its row is the record's."""
-    import os
-    import subprocess
-
-    from ..helpers import ROOT
-
     state = srv.tmp / f"hook-state-{sc.name}"
 
     def run_hook(c: Call, event: dict[str, Any]) -> subprocess.CompletedProcess[str]:

@@ -2,8 +2,9 @@
 surface that decides a tool call, each compared with the scenario's one expected table.
 
 `SURFACES` is the one registry. `test_every_surface_is_in_the_matrix` fails when the package has a
-surface the registry lacks (a guard module, a Decide* RPC, an ExtMcp-like server hook, a gateway
-transport, `decider test` / `replay`), so a new surface joins the matrix or the test fails. A
+surface the registry lacks (a guard module, a Decide* RPC, an ExtMcp-like server hook, a coding-agent
+hook under decider/hooks/, a gateway listener: stdio, streamable HTTP and its hook endpoint,
+`decider test` / `replay`), so a new surface joins the matrix or the test fails. A
 scenario row that is not meaningful on a surface is declared in the scenario file with its reason
 and shows as skipped with that reason.
 
