@@ -13,8 +13,10 @@ import asyncio
 import contextlib
 import io
 import json
+import os
 import queue
 import re
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -32,7 +34,7 @@ from decider.client import DeciderClient, build_request
 from decider.v1 import decider_pb2 as pb
 from decider.v1 import decider_pb2_grpc as pb_grpc
 
-from ..helpers import ServerProcess
+from ..helpers import ROOT, ServerProcess
 from .scenario import Action, Call, Row, Scenario
 
 BUNDLE = Path(__file__).resolve().parent / "bundle"
@@ -538,3 +540,178 @@ def replay_openai(sc: Scenario, tmp: Path) -> list[Row]:
     if any(isinstance(s, Action) and s.kind == "approve" for s in sc.steps):
         extra += ["--assume", "approved"]
     return _replay(sc, tmp, trace, *extra)
+
+
+# ---- Claude Code hooks (decider/hooks/) and the gateway's HTTP listener ---------------------------
+
+_DECISION_ID = re.compile(r"\(decision (\w+)\)")
+
+
+def _hook_event(c: Call, sc: Scenario, name: str, **more: Any) -> dict[str, Any]:
+    """A Claude Code hook event for the call, shaped as Claude Code sends it: the scenario's session
+    is the event's `session_id` (the hook takes agent.session_id from there, not from its flags)."""
+    session = str(c.agent.get("session_id") or "")
+    return {"session_id": session, "transcript_path": f"/home/dev/.claude/projects/parity/{session[:40]}.jsonl",
+            "cwd": "/home/dev/parity", "permission_mode": "default", "hook_event_name": name,
+            "tool_name": c.tool, "tool_input": c.args, "tool_use_id": f"toolu_{sc.name}_{c.row}", **more}
+
+
+def _hook_row(srv: Served, c: Call, spec: dict[str, Any]) -> tuple[Row, str]:
+    """The row of a PreToolUse answer that names its decision (allow, deny, ask): the record's, which
+    must be the scenario's agent and session as the hook mapped them."""
+    m = _DECISION_ID.search(str(spec.get("permissionDecisionReason") or ""))
+    if m is None:
+        return no_decision(str(spec.get("permissionDecisionReason") or "")), ""
+    rec = srv.record(m[1])
+    assert (rec.agent.id, rec.agent.session_id) == (c.agent["id"], c.agent.get("session_id", "")), rec.agent
+    return Row(outcome=pb.Outcome.Name(rec.outcome), rule=rec.deciding_rule), m[1]
+
+
+_TOOL_RAN = {"stdout": "done", "stderr": "", "interrupted": False, "isImage": False}
+
+
+def _assert_reported(srv: Served, decision_id: str) -> None:
+    """PostToolUse reached ReportOutcome on the decision PreToolUse got (a hook that found no
+    decision for the call answers the same empty exit 0, so the record is the proof)."""
+    assert srv.record(decision_id).outcome_status == "ok", f"PostToolUse did not report decision {decision_id}"
+
+
+def hook_claude_code(sc: Scenario, srv: Served) -> list[Row]:
+    """`decider hook claude-code` run as Claude Code runs a command hook: a new process per event, the
+    event on stdin. The agent from `--agent-id` (and `--team`), the caller's token from `--token-env`,
+    the session from the event; PreToolUse, then PostToolUse for a call that was allowed (the tool
+    ran; the hook reports no actual cost). REQUIRE_APPROVAL is answered `ask`; its row is the record's."""
+    state = srv.tmp / f"hook-state-{sc.name}"
+
+    def run_hook(c: Call, event: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+        unknown = set(c.agent) - {"id", "team", "session_id"}
+        assert not unknown, f"the hook's flags cannot say agent {sorted(unknown)}"
+        team = ["--team", str(c.agent["team"])] if c.agent.get("team") else []
+        return subprocess.run(
+            [sys.executable, "-m", "decider", "hook", "claude-code", "--decider", srv.target,
+             "--token-env", "PARITY_HOOK_TOKEN", "--agent-id", str(c.agent["id"]), *team,
+             "--state-dir", str(state), "--timeout", "10s"],
+            input=json.dumps(event), capture_output=True, text=True, timeout=60, cwd=ROOT,
+            env={**os.environ, "PARITY_HOOK_TOKEN": c.token})
+
+    def call(c: Call) -> tuple[Row, str]:
+        out = run_hook(c, _hook_event(c, sc, "PreToolUse"))
+        if out.returncode != 0:   # exit 2: blocked with no decision; stderr says why
+            assert out.returncode == 2 and not out.stdout, (out.returncode, out.stdout, out.stderr)
+            return no_decision(out.stderr), ""
+        spec = json.loads(out.stdout)["hookSpecificOutput"]
+        row, decision_id = _hook_row(srv, c, spec)
+        if spec["permissionDecision"] == "allow":
+            done = run_hook(c, _hook_event(c, sc, "PostToolUse", tool_response=_TOOL_RAN))
+            assert (done.returncode, done.stdout) == (0, ""), done.stderr
+            _assert_reported(srv, decision_id)
+        return row, decision_id
+    return run_steps(sc, srv, call)
+
+
+class _HttpGateways:
+    """`decider gateway mcp` on a loopback HTTP listener in front of the parity MCP server: one per
+    caller (the caller's token is the gateway's decider token), each agent of that caller a client
+    with its own bearer token. `with_session`: the client's agent names the scenario's session (the
+    MCP gateway's clients), or not (the HTTP hook takes the session from the event)."""
+
+    def __init__(self, sc: Scenario, srv: Served, with_session: bool) -> None:
+        self.gateways: dict[str, Any] = {}
+        self.tokens: dict[str, str] = {}   # agent+caller → client token
+        from ..gateway_support import start_http_gateway
+
+        by_caller: dict[str, list[dict[str, Any]]] = {}
+        for c in sc.calls:
+            agent = c.agent if with_session else {k: v for k, v in c.agent.items() if k != "session_id"}
+            key = self._key(c)
+            if key not in self.tokens:
+                self.tokens[key] = f"client-{len(self.tokens)}-{c.caller}"
+                by_caller.setdefault(c.caller, []).append({"token": self.tokens[key], "agent": agent})
+        tag = "mcp" if with_session else "hook"
+        try:
+            for caller, clients in by_caller.items():
+                cfg = srv.tmp / f"gw-http-{tag}-{sc.name}-{caller}.yaml"
+                cfg.write_text(yaml.safe_dump({
+                    "decider": {"target": srv.target, "token": f"{caller}-token", "deadline": "10s"},
+                    "listen": "http://127.0.0.1:0/mcp", "clients": clients, "approval_wait": "0s",
+                    "upstreams": [{"name": "parity", "command": [sys.executable, str(MCP_TOOLS)]}]}))
+                self.gateways[caller] = start_http_gateway(cfg, name=cfg.stem)
+        except BaseException:
+            self.close()
+            raise
+
+    @staticmethod
+    def _key(c: Call) -> str:
+        return json.dumps(c.agent, sort_keys=True) + c.caller
+
+    def url(self, c: Call) -> str:
+        return str(self.gateways[c.caller].url)
+
+    def token(self, c: Call) -> str:
+        return self.tokens[self._key(c)]
+
+    def close(self) -> None:
+        for gw in self.gateways.values():
+            gw.stop()
+
+
+def gateway_http(sc: Scenario, srv: Served) -> list[Row]:
+    """The MCP gateway over streamable HTTP, driven by the mcp SDK client with a bearer token: one MCP
+    session per client, kept open across the scenario."""
+    from ..gateway_support import decision_ids, http_session, text_of
+
+    gws = _HttpGateways(sc, srv, with_session=True)
+
+    async def run() -> list[Row]:
+        rows: list[Row] = []
+        last_id = ""
+        async with contextlib.AsyncExitStack() as stack:
+            sessions: dict[str, Any] = {}
+            for step in sc.steps:
+                if isinstance(step, Action):
+                    await asyncio.to_thread(srv.act, step, last_id if step.kind == "approve" else "")
+                    continue
+                token = gws.token(step)
+                if token not in sessions:
+                    sessions[token] = await stack.enter_async_context(http_session(gws.url(step), token))
+                result = await sessions[token].call_tool(f"parity__{step.tool}", step.args)
+                ids = decision_ids(result)
+                if not ids:
+                    rows.append(no_decision(text_of(result)))
+                    continue
+                last_id = ids[-1]
+                rec = await asyncio.to_thread(srv.record, last_id)
+                rows.append(Row(outcome=pb.Outcome.Name(rec.outcome), rule=rec.deciding_rule))
+        return rows
+    try:
+        return asyncio.run(run())
+    finally:
+        gws.close()
+
+
+def hook_claude_code_http(sc: Scenario, srv: Served) -> list[Row]:
+    """`POST /hooks/claude-code` on the gateway's HTTP listener (Claude Code's `"type": "http"` hooks):
+    the agent is the one the client's bearer token maps to, the session from the event. A refusal is
+    a 200 `deny` without a decision id; its reason names the status decider gave."""
+    import httpx2
+
+    gws = _HttpGateways(sc, srv, with_session=False)
+
+    def post(c: Call, event: dict[str, Any]) -> dict[str, Any]:
+        resp = httpx2.post(gws.url(c).removesuffix("/mcp") + "/hooks/claude-code", content=json.dumps(event),
+                           headers={"Authorization": f"Bearer {gws.token(c)}", "Content-Type": "application/json"},
+                           timeout=60)
+        assert resp.status_code == 200, (resp.status_code, resp.text)
+        return dict(resp.json())
+
+    def call(c: Call) -> tuple[Row, str]:
+        spec = post(c, _hook_event(c, sc, "PreToolUse"))["hookSpecificOutput"]
+        row, decision_id = _hook_row(srv, c, spec)
+        if spec["permissionDecision"] == "allow":
+            assert post(c, _hook_event(c, sc, "PostToolUse", tool_response=_TOOL_RAN)) == {}
+            _assert_reported(srv, decision_id)
+        return row, decision_id
+    try:
+        return run_steps(sc, srv, call)
+    finally:
+        gws.close()

@@ -2,8 +2,9 @@
 surface that decides a tool call, each compared with the scenario's one expected table.
 
 `SURFACES` is the one registry. `test_every_surface_is_in_the_matrix` fails when the package has a
-surface the registry lacks (a guard module, a Decide* RPC, an ExtMcp-like server hook, a gateway
-transport, `decider test` / `replay`), so a new surface joins the matrix or the test fails. A
+surface the registry lacks (a guard module, a Decide* RPC, an ExtMcp-like server hook, a coding-agent
+hook under decider/hooks/, a gateway listener: stdio, streamable HTTP and its hook endpoint,
+`decider test` / `replay`), so a new surface joins the matrix or the test fails. A
 scenario row that is not meaningful on a surface is declared in the scenario file with its reason
 and shows as skipped with that reason.
 
@@ -47,6 +48,9 @@ SURFACES: dict[str, Surface] = {
     "shadow": Surface(s.shadow, "server", "decider/server/bundles.py"),
     "ext_mcp": Surface(s.ext_mcp, "server", "decider/server/ext_mcp.py"),
     "gateway.stdio": Surface(s.gateway_stdio, "server", "decider/gateway/stdio.py"),
+    "gateway.http": Surface(s.gateway_http, "server", "decider/gateway/serve.py"),
+    "hook.claude_code": Surface(s.hook_claude_code, "server", "decider/hooks/claude_code.py"),
+    "hook.claude_code.http": Surface(s.hook_claude_code_http, "server", "decider/gateway/hook_endpoint.py"),
     "guard.core": Surface(s.guard_core, "server", "decider/guard/core.py"),
     "guard.decorator": Surface(s.guard_decorator, "server", "decider/guard/decorator.py"),
     "guard.langgraph": Surface(s.guard_langgraph, "server", "decider/guard/langgraph.py"),
@@ -149,17 +153,20 @@ def test_the_shadow_agrees_on_calls_decided_together(served: s.Served) -> None:
 
 def test_every_surface_is_in_the_matrix() -> None:
     """A surface the package has but the registry lacks fails here: every guard module, every
-    Decider RPC that decides, every agentgateway hook and gateway transport, `test` and `replay`."""
+    Decider RPC that decides, every agentgateway hook, every coding-agent hook, every gateway
+    listener (stdio, HTTP, the HTTP hook endpoint), `test` and `replay`."""
     pkg = ROOT / "decider"
     registered = {surface.module for surface in SURFACES.values()}
     required = {f"decider/guard/{p.name}" for p in (pkg / "guard").glob("*.py") if p.name != "__init__.py"}
     required |= {f"rpc:{m.name}" for m in pb.DESCRIPTOR.services_by_name["Decider"].methods
                  if m.name.startswith("Decide")}
     required |= {f"decider/server/{p.name}" for p in (pkg / "server").glob("ext_*.py")}
-    # A gateway transport is a module that serves MCP clients (stdio today; HTTP is served by the
-    # same proxy as stdio, so stdio stands for it).
-    required |= {"decider/gateway/stdio.py", "decider/verify/suites.py", "decider/replay/replay.py",
-                 "decider/server/bundles.py"}
+    # Every coding-agent hook (a command per event) and every gateway listener: the stdio transport,
+    # the streamable-HTTP listener (serve.py: BearerAuth in front of the same proxy) and the HTTP
+    # form of the hooks on that listener.
+    required |= {f"decider/hooks/{p.name}" for p in (pkg / "hooks").glob("*.py") if p.name != "__init__.py"}
+    required |= {"decider/gateway/stdio.py", "decider/gateway/serve.py", "decider/gateway/hook_endpoint.py",
+                 "decider/verify/suites.py", "decider/replay/replay.py", "decider/server/bundles.py"}
     missing = sorted(required - registered)
     assert not missing, f"surfaces missing from the parity matrix (add them to SURFACES): {missing}"
     assert all((ROOT / m).exists() for m in registered if not m.startswith("rpc:")), registered
