@@ -124,16 +124,19 @@ def run_replay(args: argparse.Namespace) -> int:
         results = _progress(replay(bundle, read_traces(args.traces, args.trace_format), mapping, workers=workers,
                                    state=state), not args.no_progress)
         report = ReplayReport()
+        calls: list[dict[str, Any]] = []   # every call, for --format json
         for r in results:
             report.add(r)
             if args.format == "jsonl":
                 print(json.dumps(_call_json(r), default=str))
+            elif args.format == "json":
+                calls.append(_call_json(r))
     except (PolicyLoadError, TraceFormatError, DeciderError, OSError) as e:
         return _load_errors(e)
     if args.format == "table":
         _replay_table(report, bundle.name, bundle.revision, args.examples, args.sessions)
     elif args.format == "json":
-        print(json.dumps(_replay_json(report, bundle.name, bundle.revision), indent=2, default=str))
+        print(json.dumps(_replay_json(report, bundle.name, bundle.revision, calls), indent=2, default=str))
     elif args.format == "junit":
         print(_replay_junit(report, fail_on))
     failing = sum(report.by_outcome[o] for o in fail_on)
@@ -196,7 +199,8 @@ def _sessions_table(rep: ReplayReport, limit: int) -> None:
         print(f"… {len(flagged) - limit:,} more (--sessions N, or --format json for all)")
 
 
-def _replay_json(rep: ReplayReport, name: str, revision: str) -> dict[str, Any]:
+def _replay_json(rep: ReplayReport, name: str, revision: str, calls: list[dict[str, Any]]) -> dict[str, Any]:
+    """The summary, the flagged calls, and `calls`: every call in input order (as `--format jsonl` prints them)."""
     return {
         "bundle": {"name": name, "revision": revision},
         "total": rep.total,
@@ -213,6 +217,7 @@ def _replay_json(rep: ReplayReport, name: str, revision: str) -> dict[str, Any]:
                         for key, s in rep.flagged_sessions()],
         },
         "flagged": [_call_json(r) for r in rep.flagged],
+        "calls": calls,
     }
 
 
