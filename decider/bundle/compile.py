@@ -88,6 +88,8 @@ class CompiledRule:
     # Attached to the call's record when the condition holds (SPEC §10). An `effect: label` rule
     # has outcome OUTCOME_UNSPECIFIED: it never votes.
     labels: tuple[str, ...] = ()
+    # A policy's `spec.default` (`<policy>.default`): on a tie with explicit rules, they decide.
+    policy_default: bool = False
 
 
 def _policy_default(policy: str, effect: str, location: str) -> CompiledRule:
@@ -98,7 +100,7 @@ def _policy_default(policy: str, effect: str, location: str) -> CompiledRule:
     return CompiledRule(
         id=rid, policy=policy, effect=effect, outcome=EFFECT_OUTCOME[effect], program=None,  # type: ignore[arg-type]
         reason=text, approvers=(), approval_ttl_s=DEFAULT_APPROVAL_TTL_S, location=location, when="true",
-        always=True, reason_of=Reason(rid, text, policy, effect),
+        always=True, reason_of=Reason(rid, text, policy, effect), policy_default=True,
     )
 
 
