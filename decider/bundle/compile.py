@@ -51,7 +51,7 @@ class Reason:
 
 
 # The CEL variables a condition can name; a policy binds only those its conditions mention.
-_VARIABLE = re.compile(r"\b(agent|tool|request|context|budget|session)\b")
+_VARIABLE = re.compile(r"\b(agent|tool|request|context|budget|session|call)\b")
 # `lists.<name>` not followed by `(`: `lists.range(3)` is the CEL lists extension, not a named list.
 _LIST_REF = re.compile(r"\blists\s*\.\s*([A-Za-z_]\w*)\b(?!\s*\()")
 _UNKNOWN_LIST = re.compile(r"undeclared reference to 'lists\.([A-Za-z_]\w*)'")

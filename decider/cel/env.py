@@ -22,7 +22,7 @@ from decider.v1 import decider_pb2  # noqa: F401 - registers decider.v1 types in
 __all__ = ["environment", "compile_condition", "compile_errors", "compile_combined", "CelError", "CEL_VARIABLES", "EXTENSIONS",
            "ListDecl"]
 
-CEL_VARIABLES = ("agent", "tool", "request", "context", "budget", "session")
+CEL_VARIABLES = ("agent", "tool", "request", "context", "budget", "session", "call")
 
 # The CEL standard extensions cel-expr-python carries (SPEC §10): `"a,b".split(",")`, `[3, 1].sort()`,
 # `math.greatest(…)`, `sets.contains(…)`, `base64.encode(…)`. cel-expr-python enables them through
@@ -62,6 +62,9 @@ def environment(lists: ListDecl = ()) -> cel.Env:
         # SPEC §10: {"calls": [{tool, server, args, outcome, labels, status, at}], "labels": [...]}.
         # A map of dyn: `session.calls` and `session.labels` are the two keys (engine/session.py).
         "session": cel.Type.Map(cel.Type.STRING, cel.Type.DYN),
+        # SPEC §10 round two: "call" or "text" (engine/call_source.py). A qualified name, like
+        # `lists.<name>`, so that `call.sorce` is a build error, not a condition that never holds.
+        "call.source": cel.Type.STRING,
     }
     for name, element in lists:
         variables[f"lists.{name}"] = cel.Type.List(_ELEMENT[element])

@@ -149,7 +149,7 @@ def _call_json(r: Replayed) -> dict[str, Any]:
     c = r.call
     return {"source": c.source, "format": c.format, "tool": c.tool_name, "server": c.server, "call_id": c.call_id,
             "agent": c.agent, "session": session_key(c), "arguments": c.arguments, "from_text": c.from_text,
-            "outcome": r.outcome, "rule": r.rule, "reason": r.reason, "matched_rules": list(r.matched),
+            "repeats": c.repeats or None, "outcome": r.outcome, "rule": r.rule, "reason": r.reason, "matched_rules": list(r.matched),
             "labels": list(r.labels)}
 
 
@@ -185,6 +185,9 @@ def _sessions_table(rep: ReplayReport, limit: int) -> None:
           f"with a REQUIRE_APPROVAL: {rep.sessions_with('REQUIRE_APPROVAL'):,}; with either: {len(flagged):,}")
     if rep.from_text:
         print(f"calls written only as text in a final answer (from_text): {rep.from_text:,}")
+    if rep.duplicates:
+        print(f"text actions repeating a call made in the same turn (not decided again, not counted): "
+              f"{rep.duplicates:,}")
     if not flagged or limit <= 0:
         return
     labelled = any(s.labels for _, s in flagged[:limit])
@@ -200,7 +203,8 @@ def _sessions_table(rep: ReplayReport, limit: int) -> None:
 
 
 def _replay_json(rep: ReplayReport, name: str, revision: str, calls: list[dict[str, Any]]) -> dict[str, Any]:
-    """The summary, the flagged calls, and `calls`: every call in input order (as `--format jsonl` prints them)."""
+    """The summary, the flagged calls, and `calls`: every call in input order (as `--format jsonl` prints them;
+    a text action repeating a call already made is there with outcome DUPLICATE, outside the counts)."""
     return {
         "bundle": {"name": name, "revision": revision},
         "total": rep.total,
@@ -208,6 +212,7 @@ def _replay_json(rep: ReplayReport, name: str, revision: str, calls: list[dict[s
         "by_tool": {k: dict(v) for k, v in rep.by_tool.items()},
         "by_rule": dict(rep.by_rule),
         "from_text": rep.from_text,
+        "duplicates": rep.duplicates,
         "sessions": {
             "total": len(rep.sessions),
             "with_deny": rep.sessions_with("DENY"),

@@ -21,6 +21,7 @@ from decider.bundle.compile import EFFECT_OUTCOME, Bundle, CompiledPolicy, Compi
 from decider.cel.env import environment
 from decider.engine.arguments import check_arguments
 from decider.engine.budgets import budget_views
+from decider.engine.call_source import call_source
 from decider.engine.decision import Decision
 from decider.engine.identity import resolve
 from decider.engine.session import session_view
@@ -52,6 +53,8 @@ def _activation(bundle: Bundle, request: pb.DecideRequest, agent: pb.Agent, stat
     if "session" in needs:
         data["session"] = session_view(state.history, bundle.session_max_calls, bundle.session_window_s,
                                        state.at(request))
+    if "call" in needs:
+        data["call.source"] = call_source()
     lists = bundle.list_data(tool.name)
     if lists:
         data.update(lists)

@@ -28,6 +28,7 @@ import yaml
 from google.protobuf import struct_pb2
 
 from decider.bundle.compile import Bundle
+from decider.engine.call_source import TEXT, source
 from decider.engine.decide import Decision, decide
 from decider.engine.memory import MemoryState, Resolution
 from decider.engine.state import EMPTY_STATE
@@ -41,6 +42,9 @@ __all__ = ["IdentityMapping", "Replayed", "ReplayReport", "SessionCounts", "call
            "DiffReport", "session_key"]
 
 INDETERMINATE = "INDETERMINATE"
+# A text action identical to a call already made in the same turn (TraceCall.repeats): reported,
+# not decided again, and not counted with the calls.
+DUPLICATE = "DUPLICATE"
 UNKNOWN_AGENT = "unknown-agent"
 _AGENT_FIELDS = ("id", "instance_id", "owner", "team", "workflow", "model", "session_id")
 
@@ -167,12 +171,22 @@ def call_to_request(call: TraceCall, mapping: IdentityMapping) -> pb.DecideReque
 Outcome = tuple[str, str, str, tuple[str, ...], tuple[str, ...]]  # outcome, rule, reason, matched rules, labels
 
 
+def _repeat(call: TraceCall) -> Outcome:
+    return DUPLICATE, "", f"written as text after the same call was made ({call.repeats}): not decided again", (), ()
+
+
 def _outcome(bundle: Bundle, call: TraceCall, mapping: IdentityMapping) -> Outcome:
     if call.indeterminate or call.arguments is None:
         return INDETERMINATE, "", call.indeterminate or "the call's arguments are absent", (), ()
     if not call.tool_name:
         return INDETERMINATE, "", "the call has no tool name", (), ()
-    d: Decision = decide(bundle, call_to_request(call, mapping), EMPTY_STATE)
+    if call.repeats:
+        return _repeat(call)
+    if call.from_text:
+        with source(TEXT):   # `call.source` (SPEC §10 round two)
+            d: Decision = decide(bundle, call_to_request(call, mapping), EMPTY_STATE)
+    else:
+        d = decide(bundle, call_to_request(call, mapping), EMPTY_STATE)
     return d.outcome_name, d.deciding_rule, d.reasons[0].text if d.reasons else "", d.matched_rules, d.labels
 
 
@@ -185,6 +199,15 @@ def _simulated(bundle: Bundle, call: TraceCall, mapping: IdentityMapping, sim: M
         return INDETERMINATE, "", call.indeterminate or "the call's arguments are absent", (), ()
     if not call.tool_name:
         return INDETERMINATE, "", "the call has no tool name", (), ()
+    if call.repeats:
+        return _repeat(call)
+    if call.from_text:
+        with source(TEXT):   # `call.source` (SPEC §10 round two)
+            return _decided(bundle, call, mapping, sim)
+    return _decided(bundle, call, mapping, sim)
+
+
+def _decided(bundle: Bundle, call: TraceCall, mapping: IdentityMapping, sim: MemoryState) -> Outcome:
     req = call_to_request(call, mapping)
     now = call.started_at or _EPOCH
     if now.tzinfo is None:
@@ -306,6 +329,7 @@ class ReplayReport:
     flagged: list[Replayed] = field(default_factory=list)     # deny, approval and indeterminate calls
     sessions: dict[str, SessionCounts] = field(default_factory=dict)   # in first-seen order
     from_text: int = 0                # calls written as text in a final answer (TraceCall.from_text)
+    duplicates: int = 0               # text actions repeating a call already made (not in the counts above)
 
     def sessions_with(self, outcome: str) -> int:
         return sum(1 for s in self.sessions.values() if s.by_outcome[outcome])
@@ -316,6 +340,9 @@ class ReplayReport:
         return sorted(found, key=lambda kv: (-kv[1].by_outcome["DENY"], -kv[1].by_outcome["REQUIRE_APPROVAL"]))
 
     def add(self, r: Replayed) -> None:
+        if r.outcome == DUPLICATE:
+            self.duplicates += 1
+            return
         self.total += 1
         key = session_key(r.call)
         session = self.sessions.get(key)

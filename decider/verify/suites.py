@@ -47,6 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from decider.bundle.compile import Bundle, CompiledRule
 from decider.cel.env import environment
 from decider.engine.budgets import applicable_budgets, budget_views
+from decider.engine.call_source import source as call_source
 from decider.engine.decide import Decision, Reason, decide
 from decider.engine.identity import identity_of
 from decider.engine.memory import MemoryState, TimedKillSwitch
@@ -142,6 +143,7 @@ class Step(_Strict):
     state: StateSpec | None = None
     expect: Expect
     report: ReportSpec | None = None   # the call's reported outcome, seen by the later steps
+    source: Literal["call", "text"] | None = None   # `call.source`; default: the case's
 
 
 class Case(_Strict):
@@ -155,6 +157,8 @@ class Case(_Strict):
     expect: Expect | None = None
     # Several calls in one session, each with its expectation (instead of `tool`/`expect`).
     steps: list[Step] = Field(default_factory=list)
+    # `call.source` (SPEC §10 round two): "text" tests a rule on actions replay reads from text.
+    source: Literal["call", "text"] = "call"
 
     @model_validator(mode="after")
     def _one_call_or_steps(self) -> Case:
@@ -378,7 +382,8 @@ def run_suites(bundle: Bundle, suites: Sequence[LoadedSuite]) -> list[SuiteResul
                 cases.append(CaseResult(ls.suite.metadata.name, ls.file, line, case.name, False, case.expect,
                                         "", "", (), (), (), problem=f"cannot build the request: {e}"))
                 continue
-            d = decide(bundle, req, state)
+            with call_source(case.source):
+                d = decide(bundle, req, state)
             cases.append(_result(ls, line, case.name, case.expect, d, bundle, req, state, rules_by_id))
         results.append(SuiteResult(ls.suite.metadata.name, ls.file, tuple(cases)))
     return results
@@ -424,7 +429,8 @@ def _run_steps(bundle: Bundle, ls: LoadedSuite, case: Case, line: int,
         _step_state(bundle, sim, req, step.state or case.state, at, step.state is not None, i)
         session = req.agent.session_id or f"test:{ls.file}:{line}"
         state = State(now=at).with_history(sim.history(bundle, req, session))
-        d = sim.decide(bundle, req, at, session=session)
+        with call_source(step.source or case.source):
+            d = sim.decide(bundle, req, at, session=session)
         if step.report is not None and d.outcome != pb.DENY:   # a denied call did not run: nothing to report
             sim.report(session, step.report.status, tuple(step.report.labels))
         out.append(_result(ls, line, name, step.expect, d, bundle, req, state, rules_by_id))
