@@ -25,9 +25,10 @@ __all__ = ["environment", "compile_condition", "compile_errors", "compile_combin
 CEL_VARIABLES = ("agent", "tool", "request", "context", "budget", "session", "call")
 
 # The CEL standard extensions cel-expr-python carries (SPEC §10): `"a,b".split(",")`, `[3, 1].sort()`,
-# `math.greatest(…)`, `sets.contains(…)`, `base64.encode(…)`. cel-expr-python enables them through
+# `math.greatest(…)`, `sets.contains(…)`, `base64.encode(…)`, and (round two) `cel.bind(name, value,
+# expression)` to name a sub-expression once. cel-expr-python enables them through
 # an env config (the same YAML form as cel-go's); its `ext` modules cover only some of them.
-EXTENSIONS = ("strings", "lists", "math", "sets", "encoders")
+EXTENSIONS = ("strings", "lists", "math", "sets", "encoders", "bindings")
 _CONFIG = "extensions:\n" + "".join(f"  - name: {name}\n" for name in EXTENSIONS)
 
 # A bundle's named lists as CEL sees them: (name, element type) with the type one of
@@ -72,7 +73,7 @@ def environment(lists: ListDecl = ()) -> cel.Env:
         descriptor_pool=descriptor_pool.Default(),
         config=cel.NewEnvConfigFromYaml(_CONFIG),
         variables=variables,
-        functions=[*functions.declarations(), regex.declaration()],
+        functions=[*functions.declarations(), regex.declaration(), *regex.capture_declarations()],
     )
 
 
