@@ -597,7 +597,7 @@ DOCUMENTED = _documented_examples()
 def test_the_documentation_has_examples_for_every_function() -> None:
     names = ["glob(", "path.within(", "url.host(", "url.scheme(", "email.domain(", "net.in_cidr("]
     names += ["shell.argv(", "shell.commands(", "secrets.found(", "secrets.kinds("]
-    names += ["re.extract(", "re.named("]
+    names += ["re.extract(", "re.named(", "re.any("]
     for name in names:
         assert any(expression.startswith(name) for expression, _ in DOCUMENTED), name
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import re2
 import yaml
 from cel_expr_python import cel
 
@@ -22,9 +23,9 @@ from decider.bundle.manifests import EMPTY_INDEX, AgentIndex, compile_manifests
 from decider.bundle.schemas import ToolSchema, argument_reads, compile_schemas, tools_covered
 from decider.cel.env import ListDecl, compile_combined, compile_condition, environment
 from decider.errors import PolicyLoadError, SourceError
-from decider.policy.lists import element_type
+from decider.policy.lists import PATTERNS, ListValue, element_type
 from decider.policy.loader import LoadedSource, Source, load_files, load_source, locate
-from decider.policy.models import BudgetSpec, ListItem, Rule, ToolInfo, parse_duration
+from decider.policy.models import BudgetSpec, Rule, ToolInfo, parse_duration
 from decider.v1 import decider_pb2 as pb
 
 __all__ = ["Reason", "Bundle", "CompiledPolicy", "CompiledRule", "compile_bundle", "load_bundle", "open_bundle",
@@ -109,7 +110,7 @@ class CompiledPolicy:
     name: str
     order: int
     rules: tuple[CompiledRule, ...]
-    tools: tuple[str, ...]
+    tools: tuple[str, ...]                  # names and globs (a plain list named in match.tools: its items)
     # Matchers for the non-tool match fields; None means "any".
     servers: Callable[[str], object] | None
     teams: Callable[[str], object] | None
@@ -125,6 +126,9 @@ class CompiledPolicy:
     lists: frozenset[str] = frozenset()     # named lists the conditions mention
     # `spec.default`: this vote counts when the policy fits and none of its rules held.
     default: CompiledRule | None = None
+    # RE2 patterns of the `kind: patterns` lists `match.tools` names (the whole tool name must match).
+    tool_patterns: tuple[str, ...] = ()
+    any_tool: bool = True                   # no `match.tools` at all (an empty list named there: no tool)
 
     def fits(self, agent: pb.Agent, tool: pb.ToolCall) -> bool:
         return (
@@ -150,14 +154,14 @@ class Bundle:
     tool_tiers: dict[str, int]
     tier_globs: tuple[tuple[re.Pattern[str], int], ...]
     _exact: dict[str, tuple[int, ...]]
-    _globbed: tuple[tuple[re.Pattern[str], int], ...]
+    _globbed: tuple[tuple[re.Pattern[str] | _ToolPatterns, int], ...]
     _always: tuple[int, ...]
     _cache: dict[str, tuple[CompiledPolicy, ...]] = field(default_factory=dict)
     _needs: dict[str, frozenset[str]] = field(default_factory=dict)
     # The named lists (`spec.lists`), and the CEL env whose `lists.<name>` variables they fill.
-    lists: dict[str, tuple[ListItem, ...]] = field(default_factory=dict)
+    lists: dict[str, ListValue] = field(default_factory=dict)
     env: object = None
-    _list_data: dict[str, dict[str, list[ListItem]]] = field(default_factory=dict)
+    _list_data: dict[str, dict[str, object]] = field(default_factory=dict)
     agents: AgentIndex = EMPTY_INDEX                       # `kind: Agent` manifests (SPEC §9)
     schemas: dict[str, ToolSchema] = field(default_factory=dict)   # catalogue key → argument schema
     _schema_globs: tuple[tuple[re.Pattern[str], ToolSchema], ...] = ()
@@ -201,13 +205,13 @@ class Bundle:
                 self._needs[tool_name] = hit
         return hit
 
-    def list_data(self, tool_name: str) -> dict[str, list[ListItem]]:
+    def list_data(self, tool_name: str) -> dict[str, object]:
         """`{"lists.<name>": values}` for the lists this tool's candidate policies name (memoised):
         CEL copies each bound list per decision, so a list no candidate reads is not bound."""
         hit = self._list_data.get(tool_name)
         if hit is None:
             names = frozenset().union(*(p.lists for p in self.candidates(tool_name)))
-            hit = {f"lists.{n}": list(self.lists[n]) for n in sorted(names) if n in self.lists}
+            hit = {f"lists.{n}": _cel_value(self.lists[n]) for n in sorted(names) if n in self.lists}
             if len(self._list_data) < _INDEX_CACHE_MAX:
                 self._list_data[tool_name] = hit
         return hit
@@ -238,6 +242,61 @@ class Bundle:
             if rx.match(tool_name):
                 return t
         return UNKNOWN_RISK_TIER
+
+
+_LIST_ENTRY = re.compile(r"^lists\.([A-Za-z_]\w*)$")
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False
+
+
+class _ToolPatterns:
+    """`match.tools` patterns from `kind: patterns` lists: RE2, matching the whole tool name (as a
+    glob there does), all of a policy's in one set."""
+
+    __slots__ = ("_set",)
+
+    def __init__(self, patterns: tuple[str, ...]) -> None:
+        self._set = re2.Set.FullMatchSet(_RE2_OPTIONS)
+        for p in patterns:
+            self._set.Add(p)
+        self._set.Compile()
+
+    def match(self, name: str) -> bool:
+        return self._set.Match(name) is not None
+
+
+def _match_tools(entries: list[str], source: Source, src: LoadedSource,
+                 errors: list[SourceError]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """`match.tools` with each `lists.<name>` entry replaced by the list: a plain list's strings are
+    names and globs, a `kind: patterns` list's are RE2 patterns. (names and globs, patterns)."""
+    tools: list[str] = []
+    patterns: list[str] = []
+    for i, entry in enumerate(entries):
+        m = _LIST_ENTRY.match(entry)
+        if m is None:
+            tools.append(entry)
+            continue
+        name = m[1]
+        node = locate(source.node, ("spec", "match", "tools", i))
+        line, col = node.start_mark.line + 1, node.start_mark.column + 1
+        items = src.lists.get(name)
+        if items is None:
+            if src.bundle is not None and name not in src.bundle.spec.lists:
+                known = ", ".join(sorted(src.bundle.spec.lists)) or "none"
+                errors.append(SourceError(source.file, line, col,
+                                          f"match.tools: unknown list {name!r} (the bundle's lists: {known})"))
+            continue   # a list whose file did not load has its own error
+        if isinstance(items, dict):
+            errors.append(SourceError(source.file, line, col,
+                                      f"match.tools: list {name!r} is a map; name a list of tool names or patterns"))
+        elif not all(isinstance(x, str) for x in items):
+            errors.append(SourceError(source.file, line, col,
+                                      f"match.tools: list {name!r} holds values that are not strings"))
+        elif src.list_kinds.get(name) == PATTERNS:
+            patterns.extend(str(x) for x in items)
+        else:
+            tools.extend(str(x) for x in items)
+    return tuple(tools), tuple(patterns)
 
 
 def _glob_rx(pattern: str) -> re.Pattern[str]:
@@ -318,15 +377,20 @@ def load_bundle_files(files: dict[str, bytes], display: str) -> LoadedSource:
     return load_files(files, Path(display), lambda rel: f"{display}!/{rel}")
 
 
-def list_declarations(lists: dict[str, tuple[ListItem, ...]]) -> ListDecl:
+def list_declarations(lists: dict[str, ListValue]) -> ListDecl:
     """The CEL declarations (name, element type) of a bundle's named lists."""
     return tuple((name, element_type(items)) for name, items in sorted(lists.items()))
 
 
-def bundle_lists(bundle: Bundle) -> dict[str, list[ListItem]]:
+def _cel_value(items: ListValue) -> object:
+    # A fresh list / dict: what CEL is handed must not alias the bundle's own values.
+    return dict(items) if isinstance(items, dict) else list(items)
+
+
+def bundle_lists(bundle: Bundle) -> dict[str, object]:
     """A bundle's named lists as plain values, e.g. for `decider eval --bundle` (bind each as
     `lists.<name>` in `environment(list_declarations(bundle.lists))`)."""
-    return {name: list(items) for name, items in bundle.lists.items()}
+    return {name: _cel_value(items) for name, items in bundle.lists.items()}
 
 
 def compile_bundle(src: LoadedSource) -> Bundle:
@@ -357,6 +421,7 @@ def compile_bundle(src: LoadedSource) -> Bundle:
             else:
                 seen_ids[default.id] = here
         m = doc.spec.match
+        tools, tool_patterns = _match_tools(m.tools, lp.source, src, errors)
         evaluated = [r for r in rules if not r.always]
         slots, k = [], 0
         for r in rules:
@@ -367,7 +432,9 @@ def compile_bundle(src: LoadedSource) -> Bundle:
                 name=doc.metadata.name,
                 order=order,
                 rules=tuple(rules),
-                tools=tuple(m.tools),
+                tools=tools,
+                tool_patterns=tool_patterns,
+                any_tool=not m.tools,
                 servers=_matcher(m.servers),
                 teams=_matcher(m.teams),
                 agents=_matcher(m.agents),
@@ -391,11 +458,13 @@ def compile_bundle(src: LoadedSource) -> Bundle:
         raise PolicyLoadError(errors)
 
     exact: dict[str, list[int]] = {}
-    globbed: list[tuple[re.Pattern[str], int]] = []
+    globbed: list[tuple[re.Pattern[str] | _ToolPatterns, int]] = []
     always: list[int] = []
     for i, p in enumerate(policies):
-        if not p.tools:
+        if p.any_tool:
             always.append(i)
+        if p.tool_patterns:
+            globbed.append((_ToolPatterns(p.tool_patterns), i))
         for t in p.tools:
             if _is_glob(t):
                 globbed.append((_glob_rx(t), i))

@@ -32,8 +32,9 @@ EXTENSIONS = ("strings", "lists", "math", "sets", "encoders", "bindings")
 _CONFIG = "extensions:\n" + "".join(f"  - name: {name}\n" for name in EXTENSIONS)
 
 # A bundle's named lists as CEL sees them: (name, element type) with the type one of
-# "string", "double", "bool", "dyn". Each is declared as the variable `lists.<name>`, so an unknown
-# name is a type-check error at build time (CEL resolves `lists.x` as one qualified name).
+# "string", "double", "bool", "dyn" (a list of those), or "map:string" / "map:dyn" (a map list, keys
+# strings). Each is declared as the variable `lists.<name>`, so an unknown name is a type-check
+# error at build time (CEL resolves `lists.x` as one qualified name).
 ListDecl = tuple[tuple[str, str], ...]
 _ELEMENT = {"string": cel.Type.STRING, "double": cel.Type.DOUBLE, "bool": cel.Type.BOOL, "dyn": cel.Type.DYN}
 
@@ -68,7 +69,10 @@ def environment(lists: ListDecl = ()) -> cel.Env:
         "call.source": cel.Type.STRING,
     }
     for name, element in lists:
-        variables[f"lists.{name}"] = cel.Type.List(_ELEMENT[element])
+        if element.startswith("map:"):
+            variables[f"lists.{name}"] = cel.Type.Map(cel.Type.STRING, _ELEMENT[element[4:]])
+        else:
+            variables[f"lists.{name}"] = cel.Type.List(_ELEMENT[element])
     return cel.NewEnv(
         descriptor_pool=descriptor_pool.Default(),
         config=cel.NewEnvConfigFromYaml(_CONFIG),

@@ -23,7 +23,7 @@ import re
 import re2
 from cel_expr_python import cel
 
-__all__ = ["MATCHES_FUNCTION", "declaration", "extract", "named", "rewrite_literal_matches"]
+__all__ = ["MATCHES_FUNCTION", "declaration", "extract", "named", "any_match", "rewrite_literal_matches"]
 
 MATCHES_FUNCTION = "_decider_matches"
 
@@ -112,6 +112,29 @@ def named(text: str, pattern: str) -> dict[str, str]:
     return {k: v if v is not None else "" for k, v in m.groupdict().items()}
 
 
+@functools.lru_cache(maxsize=256)
+def _pattern_set(patterns: tuple[str, ...]) -> re2.Set:
+    # One RE2 set for the whole list (a bundle's `kind: patterns` list, usually): one search over
+    # the text, whatever the number of patterns.
+    rs = re2.Set.SearchSet(_OPTIONS)
+    for p in patterns:
+        try:
+            rs.Add(p)
+        except re2.error as e:
+            why = e.args[0].decode(errors="replace") if e.args and isinstance(e.args[0], bytes) else str(e)
+            raise ValueError(f"invalid regular expression {p!r}: {why}") from None
+    rs.Compile()
+    return rs
+
+
+def any_match(text: str, patterns: list[str]) -> bool:
+    """Does any of the RE2 patterns match (search) somewhere in the text? (`re.any`, for a
+    `kind: patterns` list: `re.any(tool.args.body, lists.injection_phrases)`.)"""
+    if not patterns:
+        return False
+    return _pattern_set(tuple(patterns)).Match(text) is not None
+
+
 def capture_declarations() -> list[cel.FunctionDecl]:
     """`re.extract` and `re.named`: global functions, typed `string` like decider's others (a JSON
     value type-checks as `dyn`; a non-string there is a "no matching overload" evaluation error)."""
@@ -121,4 +144,6 @@ def capture_declarations() -> list[cel.FunctionDecl]:
                                                      [string, string], impl=extract)]),
         cel.FunctionDecl("re.named", [cel.Overload("re_named_string_string", cel.Type.Map(string, string),
                                                    [string, string], impl=named)]),
+        cel.FunctionDecl("re.any", [cel.Overload("re_any_string_list_string", cel.Type.BOOL,
+                                                 [string, cel.Type.List(string)], impl=any_match)]),
     ]
