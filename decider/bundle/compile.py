@@ -91,6 +91,8 @@ class CompiledRule:
     labels: tuple[str, ...] = ()
     # A policy's `spec.default` (`<policy>.default`): on a tie with explicit rules, they decide.
     policy_default: bool = False
+    # `on: outcome` (SPEC §10 round two): run when the outcome is reported, on the tool's result.
+    on_outcome: bool = False
 
 
 def _policy_default(policy: str, effect: str, location: str) -> CompiledRule:
@@ -129,6 +131,8 @@ class CompiledPolicy:
     # RE2 patterns of the `kind: patterns` lists `match.tools` names (the whole tool name must match).
     tool_patterns: tuple[str, ...] = ()
     any_tool: bool = True                   # no `match.tools` at all (an empty list named there: no tool)
+    # `on: outcome` rules (engine/outcome.py), never evaluated when the call is decided.
+    outcome_rules: tuple[CompiledRule, ...] = ()
 
     def fits(self, agent: pb.Agent, tool: pb.ToolCall) -> bool:
         return (
@@ -161,6 +165,7 @@ class Bundle:
     # The named lists (`spec.lists`), and the CEL env whose `lists.<name>` variables they fill.
     lists: dict[str, ListValue] = field(default_factory=dict)
     env: object = None
+    outcome_env: object = None      # the env of `on: outcome` rules (declares `result`); None without any
     _list_data: dict[str, dict[str, object]] = field(default_factory=dict)
     agents: AgentIndex = EMPTY_INDEX                       # `kind: Agent` manifests (SPEC §9)
     schemas: dict[str, ToolSchema] = field(default_factory=dict)   # catalogue key → argument schema
@@ -403,12 +408,15 @@ def compile_bundle(src: LoadedSource) -> Bundle:
     # A list whose file could not be read is still declared (already reported: no cascade of
     # "unknown list" errors); with no valid Bundle document, list names are not checked at all.
     unread = [n for n in (src.bundle.spec.lists if src.bundle is not None else ()) if n not in src.lists]
-    env = environment(tuple(sorted(list_declarations(src.lists) + tuple((n, "dyn") for n in unread))))
+    declared = tuple(sorted(list_declarations(src.lists) + tuple((n, "dyn") for n in unread)))
+    env = environment(declared)
+    outcome_env = environment(declared, outcome=True)
     list_names = sorted([*src.lists, *unread]) if src.bundle is not None else None
     for order, lp in enumerate(src.policies):
         doc = lp.doc
-        rules = _compile_rules(doc.metadata.name, lp.source, list(enumerate(doc.spec.rules)), seen_ids, lines_of,
-                               errors, src.texts, env, list_names)
+        compiled_rules = _compile_rules(doc.metadata.name, lp.source, list(enumerate(doc.spec.rules)), seen_ids,
+                                        lines_of, errors, src.texts, env, list_names, outcome_env)
+        rules = [r for r in compiled_rules if not r.on_outcome]
         default = None
         if doc.spec.default is not None:
             node = locate(lp.source.node, ("spec", "default"))
@@ -444,10 +452,12 @@ def compile_bundle(src: LoadedSource) -> Bundle:
                 needs=frozenset().union(*(variables_named(r.when) for r in evaluated)),
                 lists=frozenset().union(*(lists_named(r.when) for r in evaluated)),
                 default=default,
+                outcome_rules=tuple(r for r in compiled_rules if r.on_outcome),
             )
         )
     for pp in src.partial:
-        _compile_rules(pp.name, pp.source, pp.rules, seen_ids, lines_of, errors, src.texts, env, list_names)
+        _compile_rules(pp.name, pp.source, pp.rules, seen_ids, lines_of, errors, src.texts, env, list_names,
+                       outcome_env)
     agents, schemas = EMPTY_INDEX, {}
     if src.bundle is not None:
         agents = compile_manifests(src.agents, src.bundle.spec.agents.unregistered,
@@ -494,6 +504,7 @@ def compile_bundle(src: LoadedSource) -> Bundle:
         _always=tuple(always),
         lists=dict(src.lists),
         env=env,
+        outcome_env=outcome_env if any(p.outcome_rules for p in policies) else None,
         agents=agents,
         schemas=schemas,
         _schema_globs=tuple((_glob_rx(k), v) for k, v in sorted(schemas.items(), key=lambda kv: -len(kv[0]))
@@ -554,6 +565,7 @@ def _compile_rules(
     texts: dict[str, bytes],
     env: cel.Env,
     list_names: list[str] | None,
+    outcome_env: cel.Env | None = None,
 ) -> list[CompiledRule]:
     file = source.file
     if file not in lines_of:
@@ -570,7 +582,8 @@ def _compile_rules(
             errors.append(SourceError(file, line, col, f"duplicate rule id {rule.id!r} (first at {seen_ids[rule.id]})"))
         else:
             seen_ids[rule.id] = here
-        compiled = compile_condition(rule.when, env)
+        on_outcome = rule.on == "outcome"
+        compiled = compile_condition(rule.when, outcome_env if on_outcome and outcome_env is not None else env)
         if isinstance(compiled, list):
             when_node = locate(source.node, ("spec", "rules", i, "when"))
             if not isinstance(when_node, yaml.ScalarNode):  # no `when:` key: cannot fail
@@ -584,6 +597,8 @@ def _compile_rules(
                         column -= 5
                 eline, ecol = _expression_position(when_node, lines_of[file], ce.line, column)
                 message = _explain(ce.message, list_names)
+                if message and not on_outcome and "undeclared reference to 'result." in message:
+                    message += " (the tool's result is seen by `on: outcome` rules only)"
                 if message is not None:
                     errors.append(SourceError(file, eline, ecol, message))
             continue
@@ -602,6 +617,7 @@ def _compile_rules(
                 always=rule.when.strip() == "true",
                 reason_of=Reason(rule.id, rule.reason or rule.id, policy, rule.effect),
                 labels=tuple(rule.labels),
+                on_outcome=on_outcome,
             )
         )
     return rules

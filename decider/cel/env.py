@@ -52,9 +52,10 @@ class CelError:
 
 
 @lru_cache(maxsize=64)
-def environment(lists: ListDecl = ()) -> cel.Env:
+def environment(lists: ListDecl = (), outcome: bool = False) -> cel.Env:
     """The typed environment for bundles with these named lists (built once per distinct set of
-    lists: an env is immutable and thread-safe; a bundle without lists shares the plain one)."""
+    lists: an env is immutable and thread-safe; a bundle without lists shares the plain one).
+    `outcome`: the environment of `on: outcome` rules, which also declares `result`."""
     variables = {
         "agent": cel.Type("decider.v1.Agent"),
         "tool": cel.Type("decider.v1.ToolCall"),
@@ -68,6 +69,11 @@ def environment(lists: ListDecl = ()) -> cel.Env:
         # `lists.<name>`, so that `call.sorce` is a build error, not a condition that never holds.
         "call.source": cel.Type.STRING,
     }
+    if outcome:
+        # SPEC §10 round two: the tool's result (engine/outcome.py), as text and, where it is JSON,
+        # parsed (`null` otherwise). Qualified names, like `call.source`: `result.txet` is a build error.
+        variables["result.text"] = cel.Type.STRING
+        variables["result.json"] = cel.Type.DYN
     for name, element in lists:
         if element.startswith("map:"):
             variables[f"lists.{name}"] = cel.Type.Map(cel.Type.STRING, _ELEMENT[element[4:]])

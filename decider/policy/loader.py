@@ -334,7 +334,12 @@ def _to_python(file: str, node: yaml.Node, errors: list[SourceError]) -> Any:
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
         for k, v in node.value:
-            key = _to_python(file, k, errors)
+            # A key is a name: YAML 1.1 reads a plain `on:` (`yes:`, `off:` …) as a boolean, but a
+            # rule's `on: outcome` means the word (SPEC §10 round two).
+            if isinstance(k, yaml.ScalarNode) and k.tag == "tag:yaml.org,2002:bool" and not k.style:
+                key: Any = k.value
+            else:
+                key = _to_python(file, k, errors)
             if not isinstance(key, (str, int, float, bool)) and key is not None:
                 line, col = _mark(k)
                 errors.append(SourceError(file, line, col, "mapping keys must be scalars"))

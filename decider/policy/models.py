@@ -205,6 +205,9 @@ class Rule(_Strict):
     labels: list[str] = Field(default_factory=list)
     approvers: list[str] = Field(default_factory=list)
     approval_ttl: str | None = None
+    # `outcome` (SPEC §10 round two): the rule runs when the call's outcome is reported, sees the
+    # tool's `result`, and only labels (`effect: label`).
+    on: Literal["call", "outcome"] = "call"
 
     @field_validator("approval_ttl")
     @classmethod
@@ -233,6 +236,12 @@ class Rule(_Strict):
     def _label_rules_label(self) -> Rule:
         if self.effect == "label" and not self.labels:
             raise ValueError("a rule with effect label needs labels: [...]")
+        return self
+
+    @model_validator(mode="after")
+    def _outcome_rules_only_label(self) -> Rule:
+        if self.on == "outcome" and self.effect != "label":
+            raise ValueError("a rule with on: outcome only labels: effect must be label")
         return self
 
     @model_validator(mode="after")

@@ -31,6 +31,7 @@ from decider.bundle.compile import Bundle
 from decider.engine.call_source import TEXT, source
 from decider.engine.decide import Decision, decide
 from decider.engine.memory import MemoryState, Resolution
+from decider.engine.outcome import outcome_labels
 from decider.engine.state import EMPTY_STATE
 from decider.errors import DeciderError
 from decider.replay.parallel import map_forked
@@ -182,12 +183,14 @@ def _outcome(bundle: Bundle, call: TraceCall, mapping: IdentityMapping) -> Outco
         return INDETERMINATE, "", "the call has no tool name", (), ()
     if call.repeats:
         return _repeat(call)
+    req = call_to_request(call, mapping)
     if call.from_text:
         with source(TEXT):   # `call.source` (SPEC §10 round two)
-            d: Decision = decide(bundle, call_to_request(call, mapping), EMPTY_STATE)
+            d: Decision = decide(bundle, req, EMPTY_STATE)
     else:
-        d = decide(bundle, call_to_request(call, mapping), EMPTY_STATE)
-    return d.outcome_name, d.deciding_rule, d.reasons[0].text if d.reasons else "", d.matched_rules, d.labels
+        d = decide(bundle, req, EMPTY_STATE)
+    return (d.outcome_name, d.deciding_rule, d.reasons[0].text if d.reasons else "", d.matched_rules,
+            _with_outcome_labels(bundle, call, req, d, None, ""))
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -218,7 +221,8 @@ def _decided(bundle: Bundle, call: TraceCall, mapping: IdentityMapping, sim: Mem
     session = "" if key == NO_SESSION else key
     if not label:   # most traces: nothing recorded beyond the call itself
         d = sim.decide(bundle, req, now, session=session)
-        return d.outcome_name, d.deciding_rule, d.reasons[0].text if d.reasons else "", d.matched_rules, d.labels
+        return (d.outcome_name, d.deciding_rule, d.reasons[0].text if d.reasons else "", d.matched_rules,
+                _with_outcome_labels(bundle, call, req, d, sim, session))
     recorded_id = str(label.get("decision_id") or "")
     d = sim.decide(bundle, req, now, recorded_id, session=session)
     if label.get("approval_state") and label.get("outcome") == "REQUIRE_APPROVAL":
@@ -229,7 +233,23 @@ def _decided(bundle: Bundle, call: TraceCall, mapping: IdentityMapping, sim: Mem
     if session and bundle.reads_session and label.get("outcome_status"):
         # A decider log carries what ReportOutcome said: later calls of the session see it.
         sim.report(session, str(label["outcome_status"]), tuple(label.get("labels") or ()))
-    return d.outcome_name, d.deciding_rule, d.reasons[0].text if d.reasons else "", d.matched_rules, d.labels
+    return (d.outcome_name, d.deciding_rule, d.reasons[0].text if d.reasons else "", d.matched_rules,
+            _with_outcome_labels(bundle, call, req, d, sim, session))
+
+
+def _with_outcome_labels(bundle: Bundle, call: TraceCall, req: pb.DecideRequest, d: Decision,
+                         sim: MemoryState | None, session: str) -> tuple[str, ...]:
+    """The call's labels plus those its outcome rules give on the result the trace recorded (SPEC §10
+    round two), as ReportOutcome would add them: only for a call that ran (allowed), and seen by the
+    session's later calls."""
+    if bundle.outcome_env is None or call.result is None or d.outcome != pb.ALLOW:
+        return d.labels
+    added, _ = outcome_labels(bundle, req, call.result)
+    if not added:
+        return d.labels
+    if sim is not None and session and bundle.reads_session:
+        sim.report(session, "", added)
+    return tuple(dict.fromkeys([*d.labels, *added]))
 
 
 def _learn_resolution(sim: MemoryState, label: dict[str, Any], decision_id: str) -> None:

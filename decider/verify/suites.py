@@ -51,6 +51,7 @@ from decider.engine.call_source import source as call_source
 from decider.engine.decide import Decision, Reason, decide
 from decider.engine.identity import identity_of
 from decider.engine.memory import MemoryState, TimedKillSwitch
+from decider.engine.outcome import outcome_labels
 from decider.engine.state import KILL_SCOPES, ApprovalView, BudgetUsage, KillSwitch, State
 from decider.errors import PolicyLoadError, SourceError
 from decider.policy.loader import _compose_all, _mark, _to_python, locate  # shared YAML-with-positions machinery
@@ -144,6 +145,9 @@ class Step(_Strict):
     expect: Expect
     report: ReportSpec | None = None   # the call's reported outcome, seen by the later steps
     source: Literal["call", "text"] | None = None   # `call.source`; default: the case's
+    # The tool's result (any JSON: text, an MCP CallToolResult, …), seen by `on: outcome` rules when the
+    # step ran; the labels they give go on the step's call, seen by the later steps (SPEC §10 round two).
+    result: Any = None
 
 
 class Case(_Strict):
@@ -433,6 +437,11 @@ def _run_steps(bundle: Bundle, ls: LoadedSuite, case: Case, line: int,
             d = sim.decide(bundle, req, at, session=session)
         if step.report is not None and d.outcome != pb.DENY:   # a denied call did not run: nothing to report
             sim.report(session, step.report.status, tuple(step.report.labels))
+        if step.result is not None and d.outcome != pb.DENY:
+            with call_source(step.source or case.source):
+                added, _ = outcome_labels(bundle, req, step.result)
+            if added:
+                sim.report(session, "", added)
         out.append(_result(ls, line, name, step.expect, d, bundle, req, state, rules_by_id))
     return out
 
