@@ -6,6 +6,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import grpc
+from google.protobuf import json_format
 from opentelemetry.propagate import inject
 
 from decider.v1 import decider_pb2 as pb
@@ -96,9 +97,12 @@ class DeciderClient:
                                         metadata=self._metadata)
 
     def report_outcome(self, decision_id: str, actual_cost: float, status: str = "ok",
-                       labels: Sequence[str] = ()) -> pb.DecisionRecord:
+                       labels: Sequence[str] = (), result: Any = None) -> pb.DecisionRecord:
+        """`result`: the tool's result (any JSON value), for the bundle's `on: outcome` rules; never stored."""
         req = pb.ReportOutcomeRequest(decision_id=decision_id, actual_cost=actual_cost, status=status,
                                       labels=list(labels))
+        if result is not None:
+            json_format.ParseDict(result, req.result)
         return self._stub.ReportOutcome(req, timeout=self._timeout, metadata=self._metadata)
 
     # ---- kill switches (admin role) ----

@@ -10,17 +10,19 @@ never kept: only the labels the rules return are.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
+from google.protobuf import json_format, struct_pb2
+
+from decider.api.results import RESULT_MAX_BYTES, RESULT_TEXT_MAX
 from decider.bundle.compile import Bundle, CompiledRule
 from decider.engine.call_source import call_source
 from decider.v1 import decider_pb2 as pb
 
-__all__ = ["RESULT_TEXT_MAX", "outcome_labels", "result_view"]
+__all__ = ["RESULT_TEXT_MAX", "RESULT_MAX_BYTES", "outcome_labels", "result_view", "reported_labels",
+           "request_of_record"]
 
-# What an outcome rule may read of a result: enough for an SSN or an injected instruction, bounded
-# so that a huge download costs a bounded scan (the gateway and guards send at most this much too).
-RESULT_TEXT_MAX = 256 * 1024
 
 
 def _mcp_text(value: Any) -> str | None:
@@ -92,3 +94,29 @@ def outcome_labels(bundle: Bundle, req: pb.DecideRequest, result: Any) -> tuple[
         elif value is not False:
             errors.append(f"{rule.id}: {value if isinstance(value, str) else f'condition returned {value!r}'}")
     return tuple(labels), tuple(errors)
+
+
+def request_of_record(row: Mapping[str, Any]) -> pb.DecideRequest:
+    """The call a stored decision record describes (arguments as recorded: masked), for the outcome
+    rules ReportOutcome runs on the server."""
+    req = pb.DecideRequest()
+    a = req.agent
+    a.id, a.instance_id, a.owner, a.team = row["agent_id"], row["instance_id"], row["owner"], row["team"]
+    a.workflow, a.model, a.session_id = row["workflow"], row["model"], row["session_id"]
+    a.labels.update(json.loads(row.get("agent_labels") or "{}"))
+    a.capabilities.extend(json.loads(row.get("agent_capabilities") or "[]"))
+    req.tool.name, req.tool.server = row["tool_name"], row["tool_server"] or ""
+    req.tool.args.update(json.loads(row.get("args") or "{}"))
+    if row.get("risk_tier") is not None:
+        req.tool.risk_tier = int(row["risk_tier"])
+    req.request.id, req.request.environment = row.get("request_id") or "", row.get("environment") or ""
+    req.context.update(json.loads(row.get("context") or "{}"))
+    return req
+
+
+def reported_labels(bundle: Bundle | None, row: Mapping[str, Any],
+                    result: struct_pb2.Value) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """`outcome_labels` for ReportOutcome's `result` on the recorded call (the serving bundle's rules)."""
+    if bundle is None or bundle.outcome_env is None:
+        return (), ()
+    return outcome_labels(bundle, request_of_record(row), json_format.MessageToDict(result))

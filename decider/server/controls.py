@@ -35,6 +35,7 @@ from decider.engine.controls import budget_denial, deny, needs_approvals
 from decider.engine.controls import settle as engine_settle
 from decider.engine.decision import Decision, Effects
 from decider.engine.identity import identity_of
+from decider.engine.outcome import RESULT_MAX_BYTES, reported_labels
 from decider.engine.state import ApprovalView, BudgetUsage, KillSwitch, State
 from decider.policy.models import LABEL_PATTERN
 from decider.record.canonical import binding_hash
@@ -343,6 +344,9 @@ class Controls:
             if not _LABEL.match(label):
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                     f"labels[{i}]: {label[:80]!r} must be 1-64 of letters, digits and . _ : -")
+        if req.HasField("result") and req.result.ByteSize() > RESULT_MAX_BYTES:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"result: {req.result.ByteSize()} bytes; at most {RESULT_MAX_BYTES}")
         bundle = self.active_bundle()   # read once: the budgets of the bundle serving now
 
         def budgets_of(row: dict[str, Any]) -> list[Any]:
@@ -362,8 +366,13 @@ class Controls:
             await context.abort(code, e.message)
             raise  # unreachable: abort raises
         labels = tuple(json.loads(row.get("labels") or "[]"))
-        if req.labels:
-            labels = await asyncio.to_thread(self.decisions.add_labels, req.decision_id, list(req.labels))
+        # The bundle's `on: outcome` rules on the result (SPEC §10 round two): only their labels are kept.
+        # Off the loop: a scan of a large result must not hold up other calls' decisions.
+        added = (await asyncio.to_thread(reported_labels, bundle, row, req.result))[0] \
+            if req.HasField("result") else ()
+        if req.labels or added:
+            labels = await asyncio.to_thread(self.decisions.add_labels, req.decision_id,
+                                             list(dict.fromkeys([*req.labels, *added])))
             row = {**row, "labels": json.dumps(list(labels), separators=(",", ":"))}
         self.sessions.reported(row["session_id"], req.decision_id, req.status or "ok", labels)
         self.hub.notify(req.decision_id)
