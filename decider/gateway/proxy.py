@@ -27,7 +27,7 @@ from mcp.server.lowlevel import Server
 from mcp.shared.exceptions import MCPError
 from mcp.shared.jsonrpc_dispatcher import progress_token_from_params
 
-from decider.api.results import RESULT_TEXT_MAX
+from decider.api.results import RESULT_TEXT_MAX, STRUCTURED_MAX
 from decider.client import build_request
 from decider.gateway import naming
 from decider.gateway.config import GatewayConfig
@@ -296,10 +296,8 @@ def _error(text: str, ids: list[str] | None = None) -> types.CallToolResult:
 
 # What of a tool's result goes to ReportOutcome for the bundle's `on: outcome` rules (SPEC §10 round
 # two): its text content, cut to RESULT_TEXT_MAX characters in all, and its structured content when
-# small. Images, audio and embedded resources are not sent (their type only).
-_STRUCTURED_MAX = 64 * 1024
-
-
+# small. Images, audio and embedded resources are not sent (their type only). As
+# api/results.bounded_mcp_result does for a result in JSON, from the SDK's typed one without a dump.
 def result_for_report(result: types.CallToolResult) -> dict[str, Any]:
     budget = RESULT_TEXT_MAX
     content: list[dict[str, Any]] = []
@@ -314,7 +312,7 @@ def result_for_report(result: types.CallToolResult) -> dict[str, Any]:
     structured = result.structured_content
     if structured is not None:
         try:
-            if len(json.dumps(structured, default=str)) <= _STRUCTURED_MAX:
+            if len(json.dumps(structured, default=str)) <= STRUCTURED_MAX:
                 out["structuredContent"] = structured
         except (TypeError, ValueError):
             pass

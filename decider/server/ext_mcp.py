@@ -31,6 +31,7 @@ import grpc
 from google.protobuf import json_format
 
 from decider.agentgateway import ext_mcp_pb2 as xpb
+from decider.api.results import bounded_mcp_result
 from decider.record.record import struct_to_dict
 from decider.server.approvals import fingerprint
 from decider.server.controls import Controls
@@ -229,10 +230,11 @@ class ExtMcpService:
             return passed
         result = struct_to_dict(req.mcp_response)
         status = "error" if result.get("isError") is True else "ok"
+        report = pb.ReportOutcomeRequest(decision_id=decision_id, actual_cost=0.0, status=status)
+        # The upstream's result, bounded, for the bundle's `on: outcome` rules (never stored).
+        json_format.ParseDict(bounded_mcp_result(result), report.result)
         try:
-            await self.controls.report_outcome(
-                pb.ReportOutcomeRequest(decision_id=decision_id, actual_cost=0.0, status=status),
-                _InternalCall())  # type: ignore[arg-type]
+            await self.controls.report_outcome(report, _InternalCall())  # type: ignore[arg-type]
         except _Refusal as e:
             log.warning("outcome not reported", extra={"decision_id": decision_id, "error": str(e)})
         return passed
