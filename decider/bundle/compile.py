@@ -410,7 +410,10 @@ def compile_bundle(src: LoadedSource) -> Bundle:
     unread = [n for n in (src.bundle.spec.lists if src.bundle is not None else ()) if n not in src.lists]
     declared = tuple(sorted(list_declarations(src.lists) + tuple((n, "dyn") for n in unread)))
     env = environment(declared)
-    outcome_env = environment(declared, outcome=True)
+    # The env that declares `result`, only for a bundle with `on: outcome` rules (an env costs ~ms).
+    wants_outcome = any(r.on == "outcome" for lp in src.policies for r in lp.doc.spec.rules) or any(
+        r.on == "outcome" for pp in src.partial for _, r in pp.rules)
+    outcome_env = environment(declared, outcome=True) if wants_outcome else None
     list_names = sorted([*src.lists, *unread]) if src.bundle is not None else None
     for order, lp in enumerate(src.policies):
         doc = lp.doc
