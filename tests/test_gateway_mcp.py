@@ -531,8 +531,14 @@ def test_outcome_rules_label_a_read_with_instructions_and_later_writes_need_appr
         async with stdio_gateway(config("gw-outcome-1")) as gw:
             read = await gw.call_tool("fs__read_text_file", {"path": str(page)})
             assert not read.is_error and "Ignore all previous instructions" in text_of(read)
-            rec = settled(setup, decision_ids(read)[0])
-            assert list(rec.labels) == ["untrusted-content"]
+            # The labels land just after the status (ReportOutcome settles, then labels): wait for them.
+            read_id = decision_ids(read)[0]
+            settled(setup, read_id)
+            for _ in range(200):                      # bounded: ~10 s
+                if list(record(setup, read_id).labels):
+                    break
+                time.sleep(0.05)
+            assert list(record(setup, read_id).labels) == ["untrusted-content"]
             write = await gw.call_tool("fs__write_file", {"path": note, "content": "summary"})
             assert write.is_error and "pending" in text_of(write)
             rec = record(setup, decision_ids(write)[0])
@@ -540,9 +546,10 @@ def test_outcome_rules_label_a_read_with_instructions_and_later_writes_need_appr
         assert not Path(note).exists()
         async with stdio_gateway(config("gw-outcome-2")) as gw:
             read = await gw.call_tool("fs__read_text_file", {"path": str(clean)})
-            assert list(settled(setup, decision_ids(read)[0]).labels) == []
+            settled(setup, decision_ids(read)[0])
             write = await gw.call_tool("fs__write_file", {"path": note, "content": "summary"})
             assert not write.is_error, text_of(write)
+            assert list(record(setup, decision_ids(read)[0]).labels) == []
         assert Path(note).read_text() == "summary"
 
     anyio.run(run)
