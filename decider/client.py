@@ -7,6 +7,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf import json_format
 from opentelemetry.propagate import inject
 
 from decider.v1 import decider_pb2 as pb
@@ -114,11 +115,14 @@ class DeciderClient:
                                         metadata=self._metadata)
 
     def report_outcome(self, decision_id: str, actual_cost: float | None = None, status: str = "ok",
-                       labels: Sequence[str] = ()) -> pb.DecisionRecord:
-        """`actual_cost` None (not known): the estimate stands; 0 refunds it (SPEC §11)."""
+                       labels: Sequence[str] = (), result: Any = None) -> pb.DecisionRecord:
+        """`actual_cost` None (not known): the estimate stands; 0 refunds it (SPEC §11). `result`: the
+        tool's result (any JSON value), for the bundle's `on: outcome` rules; never stored."""
         req = pb.ReportOutcomeRequest(decision_id=decision_id, status=status, labels=list(labels))
         if actual_cost is not None:
             req.actual_cost = actual_cost
+        if result is not None:
+            json_format.ParseDict(result, req.result)
         return self._stub.ReportOutcome(req, timeout=self._timeout, metadata=self._metadata)
 
     # ---- kill switches (admin role) ----

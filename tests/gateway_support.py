@@ -99,6 +99,18 @@ spec:
     - id: everything-completions
       effect: allow
       when: tool.server == "mcp://everything" && tool.name == "completion/complete" && tool.args.ref.type == "ref/prompt"
+    # SPEC §10 round two: a file read whose text holds instructions for a model labels the call
+    # (an outcome rule sees the tool's result), and no write runs after it in the session unapproved.
+    - id: read-instructions
+      on: outcome
+      effect: label
+      labels: [untrusted-content]
+      when: tool.server == "mcp://fs" && result.text.matches("(?i)ignore (all )?previous instructions")
+    - id: no-writes-after-untrusted-content
+      effect: require_approval
+      when: tool.server == "mcp://fs" && tool.name == "write_file" && "untrusted-content" in session.labels
+      reason: "This session read content with instructions in it: a human checks its writes"
+      approvers: ["user:carol"]
 """
 
 TOKENS = """\

@@ -49,6 +49,12 @@ spec:
     - id: docs-resources
       effect: allow
       when: tool.name == "resources/read" && tool.args.uri.startsWith("docs://")
+    # An outcome rule (SPEC §10 round two): the guards send the tool's return value as the result.
+    - id: ssn-in-result
+      on: outcome
+      effect: label
+      labels: [pii-seen]
+      when: result.text.matches("[0-9]{3}-[0-9]{2}-[0-9]{4}")
 """
 
 TOKENS = """\

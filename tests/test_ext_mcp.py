@@ -326,3 +326,16 @@ def test_pending_after_the_wait_is_an_error_naming_pending(tmp_path: Path) -> No
             assert c.get_decision(decision_id).approval.state == pb.APPROVAL_CONSUMED
     finally:
         srv.stop()
+
+
+def test_the_response_goes_to_the_outcome_rules_as_the_result(stub: xpb_grpc.ExtMcpStub, waiting: ServerProcess) -> None:
+    # SPEC §10 round two: CheckResponse's upstream result is ReportOutcome's `result`; the bundle's
+    # `on: outcome` rule labels a read whose text holds an SSN.
+    res = stub.CheckRequest(tools_call("read_file", {"path": "/hr/bo"}, service="files"), metadata=GW)
+    decision_id = res.metadata["decision_id"]
+    stub.CheckResponse(xpb.McpResponse(
+        service_name="files", method="tools/call", metadata_context=struct({"agent": AGENT, "decision_id": decision_id}),
+        mcp_response=struct({"content": [{"type": "text", "text": "Bo, ssn 123-45-6789"}], "isError": False})),
+        metadata=GW)
+    rec = record(waiting, decision_id)
+    assert (rec.outcome_status, list(rec.labels)) == ("ok", ["pii-seen"])

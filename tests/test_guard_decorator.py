@@ -187,3 +187,29 @@ def test_unreachable_decider_fails_closed() -> None:
 def test_agent_is_required_without_a_guard() -> None:
     with pytest.raises(TypeError, match="agent="):
         guard(tool="x", client="127.0.0.1:1")
+
+
+def test_the_return_value_goes_to_the_outcome_rules_as_the_result(g: Guard, decider_server: ServerProcess) -> None:
+    # SPEC §10 round two: the guard reports what the tool returned; the bundle's `on: outcome` rule
+    # labels the record when it holds an SSN. The value itself is not stored.
+    @guard(tool="read_file", client=g)
+    def read_file(path: str) -> dict[str, str]:
+        return {"path": path, "text": "name: Bo, ssn: 123-45-6789" if path == "/hr/bo" else "nothing here"}
+
+    read_file("/hr/bo")
+    rec = last(decider_server, "read_file", "ALLOW")
+    assert (rec.outcome_status, list(rec.labels)) == ("ok", ["pii-seen"])
+    assert "123-45-6789" not in str(rec)
+    read_file("/tmp/x")
+    assert list(last(decider_server, "read_file", "ALLOW").labels) == []
+
+
+def test_a_reported_result_is_bounded() -> None:
+    from decider.api.results import RESULT_TEXT_MAX
+    from decider.guard.core import result_for_report
+
+    assert result_for_report(None) is None
+    assert result_for_report({"a": (1, 2)}) == {"a": [1, 2]}
+    assert len(result_for_report("x" * (RESULT_TEXT_MAX + 5))) == RESULT_TEXT_MAX
+    big = result_for_report({"rows": ["y" * 1000] * 400})
+    assert isinstance(big, str) and len(big) == RESULT_TEXT_MAX and big.startswith('{"rows": ["yyy')

@@ -137,3 +137,58 @@ cases:
                          timeout=60)
     assert run.returncode == 0, run.stdout + run.stderr
     assert run.stdout.rstrip().endswith("2 passed, 0 failed")
+
+
+# Written before PAYMENTS in the bundle (file p0), with an approval rule of its own, and an
+# `outbound.default` that denies: the reason a specific rule gives is the useful one.
+OUTBOUND = """\
+apiVersion: decider/v1
+kind: Policy
+metadata: {name: outbound}
+spec:
+  match: {tools: ["payments.*"]}
+  default: deny
+  rules:
+    - id: allowed-currency
+      effect: allow
+      when: has(tool.args.currency) && tool.args.currency == "EUR"
+"""
+
+SELF = """\
+apiVersion: decider/v1
+kind: Policy
+metadata: {name: self-dealing}
+spec:
+  match: {tools: ["payments.*"]}
+  rules:
+    - id: approve-large
+      effect: require_approval
+      when: tool.args.amount > 1000.0
+      reason: "Large payments need finance"
+      approvers: ["group:finance"]
+"""
+
+
+def test_an_explicit_rule_decides_when_a_policy_default_agrees_with_it(tmp_path: Path) -> None:
+    # SPEC §10 round two: outbound's default denies, and so does payments' no-refunds-to-self;
+    # outbound comes first, yet the explicit rule decides, with its reason first.
+    bundle = load(tmp_path, OUTBOUND, PAYMENTS)
+    outcome, rule, matched, text = ask(bundle, "payments.refund", amount=50, to="bot")
+    assert (outcome, rule) == ("DENY", "no-refunds-to-self")
+    assert matched == ("outbound.default", "small-refunds", "no-refunds-to-self")
+    req = pb.DecideRequest(agent=pb.Agent(id="bot"), tool=pb.ToolCall(name="payments.refund"))
+    req.tool.args.update({"amount": 50, "to": "bot"})
+    assert [r.rule_id for r in decide(bundle, req).reasons] == ["no-refunds-to-self", "outbound.default"]
+    # No explicit rule votes deny: outbound's default decides.
+    assert ask(bundle, "payments.refund", amount=50, to="x")[:2] == ("DENY", "outbound.default")
+
+
+def test_an_explicit_approval_rule_decides_over_an_agreeing_default_and_brings_its_approvers(tmp_path: Path) -> None:
+    # payments (p0) votes require_approval by its default; self-dealing (p1) by its rule.
+    bundle = load(tmp_path, PAYMENTS, SELF)
+    req = pb.DecideRequest(agent=pb.Agent(id="bot"), tool=pb.ToolCall(name="payments.refund"))
+    req.tool.args.update({"amount": 5000, "to": "x"})
+    d = decide(bundle, req)
+    assert (pb.Outcome.Name(d.outcome), d.deciding_rule, d.approvers) == (
+        "REQUIRE_APPROVAL", "approve-large", ("group:finance",))
+    assert d.reasons[0].text == "Large payments need finance"

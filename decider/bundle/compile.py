@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import re2
 import yaml
 from cel_expr_python import cel
 
@@ -23,9 +24,9 @@ from decider.bundle.revision import revision_of
 from decider.bundle.schemas import ToolSchema, argument_reads, compile_schemas, tools_covered
 from decider.cel.env import ListDecl, compile_combined, compile_condition, environment
 from decider.errors import PolicyLoadError, SourceError
-from decider.policy.lists import element_type
+from decider.policy.lists import PATTERNS, ListValue, element_type
 from decider.policy.loader import LoadedSource, Source, load_files, load_source, locate
-from decider.policy.models import BudgetSpec, ListItem, Rule, ToolInfo, parse_duration
+from decider.policy.models import BudgetSpec, Rule, ToolInfo, parse_duration
 from decider.v1 import decider_pb2 as pb
 
 __all__ = ["Reason", "Bundle", "CompiledPolicy", "CompiledRule", "compile_bundle", "load_bundle", "open_bundle",
@@ -52,7 +53,7 @@ class Reason:
 
 
 # The CEL variables a condition can name; a policy binds only those its conditions mention.
-_VARIABLE = re.compile(r"\b(agent|tool|request|context|budget|session)\b")
+_VARIABLE = re.compile(r"\b(agent|tool|request|context|budget|session|call)\b")
 # `lists.<name>` not followed by `(`: `lists.range(3)` is the CEL lists extension, not a named list.
 _LIST_REF = re.compile(r"\blists\s*\.\s*([A-Za-z_]\w*)\b(?!\s*\()")
 _UNKNOWN_LIST = re.compile(r"undeclared reference to 'lists\.([A-Za-z_]\w*)'")
@@ -89,6 +90,10 @@ class CompiledRule:
     # Attached to the call's record when the condition holds (SPEC §10). An `effect: label` rule
     # has outcome OUTCOME_UNSPECIFIED: it never votes.
     labels: tuple[str, ...] = ()
+    # A policy's `spec.default` (`<policy>.default`): on a tie with explicit rules, they decide.
+    policy_default: bool = False
+    # `on: outcome` (SPEC §10 round two): run when the outcome is reported, on the tool's result.
+    on_outcome: bool = False
 
 
 def _policy_default(policy: str, effect: str, location: str) -> CompiledRule:
@@ -99,7 +104,7 @@ def _policy_default(policy: str, effect: str, location: str) -> CompiledRule:
     return CompiledRule(
         id=rid, policy=policy, effect=effect, outcome=EFFECT_OUTCOME[effect], program=None,  # type: ignore[arg-type]
         reason=text, approvers=(), approval_ttl_s=DEFAULT_APPROVAL_TTL_S, location=location, when="true",
-        always=True, reason_of=Reason(rid, text, policy, effect),
+        always=True, reason_of=Reason(rid, text, policy, effect), policy_default=True,
     )
 
 
@@ -108,7 +113,7 @@ class CompiledPolicy:
     name: str
     order: int
     rules: tuple[CompiledRule, ...]
-    tools: tuple[str, ...]
+    tools: tuple[str, ...]                  # names and globs (a plain list named in match.tools: its items)
     # Matchers for the non-tool match fields; None means "any".
     servers: Callable[[str], object] | None
     teams: Callable[[str], object] | None
@@ -124,6 +129,11 @@ class CompiledPolicy:
     lists: frozenset[str] = frozenset()     # named lists the conditions mention
     # `spec.default`: this vote counts when the policy fits and none of its rules held.
     default: CompiledRule | None = None
+    # RE2 patterns of the `kind: patterns` lists `match.tools` names (the whole tool name must match).
+    tool_patterns: tuple[str, ...] = ()
+    any_tool: bool = True                   # no `match.tools` at all (an empty list named there: no tool)
+    # `on: outcome` rules (engine/outcome.py), never evaluated when the call is decided.
+    outcome_rules: tuple[CompiledRule, ...] = ()
 
     def fits(self, agent: pb.Agent, tool: pb.ToolCall) -> bool:
         return (
@@ -149,14 +159,15 @@ class Bundle:
     tool_tiers: dict[str, int]
     tier_globs: tuple[tuple[re.Pattern[str], int], ...]
     _exact: dict[str, tuple[int, ...]]
-    _globbed: tuple[tuple[re.Pattern[str], int], ...]
+    _globbed: tuple[tuple[re.Pattern[str] | _ToolPatterns, int], ...]
     _always: tuple[int, ...]
     _cache: dict[str, tuple[CompiledPolicy, ...]] = field(default_factory=dict)
     _needs: dict[str, frozenset[str]] = field(default_factory=dict)
     # The named lists (`spec.lists`), and the CEL env whose `lists.<name>` variables they fill.
-    lists: dict[str, tuple[ListItem, ...]] = field(default_factory=dict)
+    lists: dict[str, ListValue] = field(default_factory=dict)
     env: object = None
-    _list_data: dict[str, dict[str, list[ListItem]]] = field(default_factory=dict)
+    outcome_env: object = None      # the env of `on: outcome` rules (declares `result`); None without any
+    _list_data: dict[str, dict[str, object]] = field(default_factory=dict)
     agents: AgentIndex = EMPTY_INDEX                       # `kind: Agent` manifests (SPEC §9)
     schemas: dict[str, ToolSchema] = field(default_factory=dict)   # catalogue key → argument schema
     _schema_globs: tuple[tuple[re.Pattern[str], ToolSchema], ...] = ()
@@ -218,13 +229,13 @@ class Bundle:
                 self._needs[tool_name] = hit
         return hit
 
-    def list_data(self, tool_name: str) -> dict[str, list[ListItem]]:
+    def list_data(self, tool_name: str) -> dict[str, object]:
         """`{"lists.<name>": values}` for the lists this tool's candidate policies name (memoised):
         CEL copies each bound list per decision, so a list no candidate reads is not bound."""
         hit = self._list_data.get(tool_name)
         if hit is None:
             names = frozenset().union(*(p.lists for p in self.candidates(tool_name)))
-            hit = {f"lists.{n}": list(self.lists[n]) for n in sorted(names) if n in self.lists}
+            hit = {f"lists.{n}": _cel_value(self.lists[n]) for n in sorted(names) if n in self.lists}
             if len(self._list_data) < _INDEX_CACHE_MAX:
                 self._list_data[tool_name] = hit
         return hit
@@ -255,6 +266,61 @@ class Bundle:
             if rx.match(tool_name):
                 return t
         return UNKNOWN_RISK_TIER
+
+
+_LIST_ENTRY = re.compile(r"^lists\.([A-Za-z_]\w*)$")
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False
+
+
+class _ToolPatterns:
+    """`match.tools` patterns from `kind: patterns` lists: RE2, matching the whole tool name (as a
+    glob there does), all of a policy's in one set."""
+
+    __slots__ = ("_set",)
+
+    def __init__(self, patterns: tuple[str, ...]) -> None:
+        self._set = re2.Set.FullMatchSet(_RE2_OPTIONS)
+        for p in patterns:
+            self._set.Add(p)
+        self._set.Compile()
+
+    def match(self, name: str) -> bool:
+        return self._set.Match(name) is not None
+
+
+def _match_tools(entries: list[str], source: Source, src: LoadedSource,
+                 errors: list[SourceError]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """`match.tools` with each `lists.<name>` entry replaced by the list: a plain list's strings are
+    names and globs, a `kind: patterns` list's are RE2 patterns. (names and globs, patterns)."""
+    tools: list[str] = []
+    patterns: list[str] = []
+    for i, entry in enumerate(entries):
+        m = _LIST_ENTRY.match(entry)
+        if m is None:
+            tools.append(entry)
+            continue
+        name = m[1]
+        node = locate(source.node, ("spec", "match", "tools", i))
+        line, col = node.start_mark.line + 1, node.start_mark.column + 1
+        items = src.lists.get(name)
+        if items is None:
+            if src.bundle is not None and name not in src.bundle.spec.lists:
+                known = ", ".join(sorted(src.bundle.spec.lists)) or "none"
+                errors.append(SourceError(source.file, line, col,
+                                          f"match.tools: unknown list {name!r} (the bundle's lists: {known})"))
+            continue   # a list whose file did not load has its own error
+        if isinstance(items, dict):
+            errors.append(SourceError(source.file, line, col,
+                                      f"match.tools: list {name!r} is a map; name a list of tool names or patterns"))
+        elif not all(isinstance(x, str) for x in items):
+            errors.append(SourceError(source.file, line, col,
+                                      f"match.tools: list {name!r} holds values that are not strings"))
+        elif src.list_kinds.get(name) == PATTERNS:
+            patterns.extend(str(x) for x in items)
+        else:
+            tools.extend(str(x) for x in items)
+    return tuple(tools), tuple(patterns)
 
 
 def _glob_rx(pattern: str) -> re.Pattern[str]:
@@ -327,15 +393,20 @@ def load_bundle_files(files: dict[str, bytes], display: str) -> LoadedSource:
     return load_files(files, Path(display), lambda rel: f"{display}!/{rel}")
 
 
-def list_declarations(lists: dict[str, tuple[ListItem, ...]]) -> ListDecl:
+def list_declarations(lists: dict[str, ListValue]) -> ListDecl:
     """The CEL declarations (name, element type) of a bundle's named lists."""
     return tuple((name, element_type(items)) for name, items in sorted(lists.items()))
 
 
-def bundle_lists(bundle: Bundle) -> dict[str, list[ListItem]]:
+def _cel_value(items: ListValue) -> object:
+    # A fresh list / dict: what CEL is handed must not alias the bundle's own values.
+    return dict(items) if isinstance(items, dict) else list(items)
+
+
+def bundle_lists(bundle: Bundle) -> dict[str, object]:
     """A bundle's named lists as plain values, e.g. for `decider eval --bundle` (bind each as
     `lists.<name>` in `environment(list_declarations(bundle.lists))`)."""
-    return {name: list(items) for name, items in bundle.lists.items()}
+    return {name: _cel_value(items) for name, items in bundle.lists.items()}
 
 
 def compile_bundle(src: LoadedSource) -> Bundle:
@@ -348,12 +419,18 @@ def compile_bundle(src: LoadedSource) -> Bundle:
     # A list whose file could not be read is still declared (already reported: no cascade of
     # "unknown list" errors); with no valid Bundle document, list names are not checked at all.
     unread = [n for n in (src.bundle.spec.lists if src.bundle is not None else ()) if n not in src.lists]
-    env = environment(tuple(sorted(list_declarations(src.lists) + tuple((n, "dyn") for n in unread))))
+    declared = tuple(sorted(list_declarations(src.lists) + tuple((n, "dyn") for n in unread)))
+    env = environment(declared)
+    # The env that declares `result`, only for a bundle with `on: outcome` rules (an env costs ~ms).
+    wants_outcome = any(r.on == "outcome" for lp in src.policies for r in lp.doc.spec.rules) or any(
+        r.on == "outcome" for pp in src.partial for _, r in pp.rules)
+    outcome_env = environment(declared, outcome=True) if wants_outcome else None
     list_names = sorted([*src.lists, *unread]) if src.bundle is not None else None
     for order, lp in enumerate(src.policies):
         doc = lp.doc
-        rules = _compile_rules(doc.metadata.name, lp.source, list(enumerate(doc.spec.rules)), seen_ids, lines_of,
-                               errors, src.texts, env, list_names)
+        compiled_rules = _compile_rules(doc.metadata.name, lp.source, list(enumerate(doc.spec.rules)), seen_ids,
+                                        lines_of, errors, src.texts, env, list_names, outcome_env)
+        rules = [r for r in compiled_rules if not r.on_outcome]
         default = None
         if doc.spec.default is not None:
             node = locate(lp.source.node, ("spec", "default"))
@@ -366,6 +443,7 @@ def compile_bundle(src: LoadedSource) -> Bundle:
             else:
                 seen_ids[default.id] = here
         m = doc.spec.match
+        tools, tool_patterns = _match_tools(m.tools, lp.source, src, errors)
         evaluated = [r for r in rules if not r.always]
         slots, k = [], 0
         for r in rules:
@@ -376,7 +454,9 @@ def compile_bundle(src: LoadedSource) -> Bundle:
                 name=doc.metadata.name,
                 order=order,
                 rules=tuple(rules),
-                tools=tuple(m.tools),
+                tools=tools,
+                tool_patterns=tool_patterns,
+                any_tool=not m.tools,
                 servers=_matcher(m.servers),
                 teams=_matcher(m.teams),
                 agents=_matcher(m.agents),
@@ -386,10 +466,12 @@ def compile_bundle(src: LoadedSource) -> Bundle:
                 needs=frozenset().union(*(variables_named(r.when) for r in evaluated)),
                 lists=frozenset().union(*(lists_named(r.when) for r in evaluated)),
                 default=default,
+                outcome_rules=tuple(r for r in compiled_rules if r.on_outcome),
             )
         )
     for pp in src.partial:
-        _compile_rules(pp.name, pp.source, pp.rules, seen_ids, lines_of, errors, src.texts, env, list_names)
+        _compile_rules(pp.name, pp.source, pp.rules, seen_ids, lines_of, errors, src.texts, env, list_names,
+                       outcome_env)
     agents, schemas, costs = EMPTY_INDEX, {}, {}
     if src.bundle is not None:
         agents = compile_manifests(src.agents, src.bundle.spec.agents.unregistered,
@@ -401,11 +483,13 @@ def compile_bundle(src: LoadedSource) -> Bundle:
         raise PolicyLoadError(errors)
 
     exact: dict[str, list[int]] = {}
-    globbed: list[tuple[re.Pattern[str], int]] = []
+    globbed: list[tuple[re.Pattern[str] | _ToolPatterns, int]] = []
     always: list[int] = []
     for i, p in enumerate(policies):
-        if not p.tools:
+        if p.any_tool:
             always.append(i)
+        if p.tool_patterns:
+            globbed.append((_ToolPatterns(p.tool_patterns), i))
         for t in p.tools:
             if _is_glob(t):
                 globbed.append((_glob_rx(t), i))
@@ -435,6 +519,7 @@ def compile_bundle(src: LoadedSource) -> Bundle:
         _always=tuple(always),
         lists=dict(src.lists),
         env=env,
+        outcome_env=outcome_env if any(p.outcome_rules for p in policies) else None,
         agents=agents,
         schemas=schemas,
         _schema_globs=tuple((_glob_rx(k), v) for k, v in sorted(schemas.items(), key=lambda kv: -len(kv[0]))
@@ -524,6 +609,7 @@ def _compile_rules(
     texts: dict[str, bytes],
     env: cel.Env,
     list_names: list[str] | None,
+    outcome_env: cel.Env | None = None,
 ) -> list[CompiledRule]:
     file = source.file
     if file not in lines_of:
@@ -540,7 +626,8 @@ def _compile_rules(
             errors.append(SourceError(file, line, col, f"duplicate rule id {rule.id!r} (first at {seen_ids[rule.id]})"))
         else:
             seen_ids[rule.id] = here
-        compiled = compile_condition(rule.when, env)
+        on_outcome = rule.on == "outcome"
+        compiled = compile_condition(rule.when, outcome_env if on_outcome and outcome_env is not None else env)
         if isinstance(compiled, list):
             when_node = locate(source.node, ("spec", "rules", i, "when"))
             if not isinstance(when_node, yaml.ScalarNode):  # no `when:` key: cannot fail
@@ -554,6 +641,8 @@ def _compile_rules(
                         column -= 5
                 eline, ecol = _expression_position(when_node, lines_of[file], ce.line, column)
                 message = _explain(ce.message, list_names)
+                if message and not on_outcome and "undeclared reference to 'result." in message:
+                    message += " (the tool's result is seen by `on: outcome` rules only)"
                 if message is not None:
                     errors.append(SourceError(file, eline, ecol, message))
             continue
@@ -572,6 +661,7 @@ def _compile_rules(
                 always=rule.when.strip() == "true",
                 reason_of=Reason(rule.id, rule.reason or rule.id, policy, rule.effect),
                 labels=tuple(rule.labels),
+                on_outcome=on_outcome,
             )
         )
     return rules

@@ -22,17 +22,19 @@ from decider.v1 import decider_pb2  # noqa: F401 - registers decider.v1 types in
 __all__ = ["environment", "compile_condition", "compile_errors", "compile_combined", "CelError", "CEL_VARIABLES", "EXTENSIONS",
            "ListDecl"]
 
-CEL_VARIABLES = ("agent", "tool", "request", "context", "budget", "session")
+CEL_VARIABLES = ("agent", "tool", "request", "context", "budget", "session", "call")
 
 # The CEL standard extensions cel-expr-python carries (SPEC §10): `"a,b".split(",")`, `[3, 1].sort()`,
-# `math.greatest(…)`, `sets.contains(…)`, `base64.encode(…)`. cel-expr-python enables them through
+# `math.greatest(…)`, `sets.contains(…)`, `base64.encode(…)`, and (round two) `cel.bind(name, value,
+# expression)` to name a sub-expression once. cel-expr-python enables them through
 # an env config (the same YAML form as cel-go's); its `ext` modules cover only some of them.
-EXTENSIONS = ("strings", "lists", "math", "sets", "encoders")
+EXTENSIONS = ("strings", "lists", "math", "sets", "encoders", "bindings")
 _CONFIG = "extensions:\n" + "".join(f"  - name: {name}\n" for name in EXTENSIONS)
 
 # A bundle's named lists as CEL sees them: (name, element type) with the type one of
-# "string", "double", "bool", "dyn". Each is declared as the variable `lists.<name>`, so an unknown
-# name is a type-check error at build time (CEL resolves `lists.x` as one qualified name).
+# "string", "double", "bool", "dyn" (a list of those), or "map:string" / "map:dyn" (a map list, keys
+# strings). Each is declared as the variable `lists.<name>`, so an unknown name is a type-check
+# error at build time (CEL resolves `lists.x` as one qualified name).
 ListDecl = tuple[tuple[str, str], ...]
 _ELEMENT = {"string": cel.Type.STRING, "double": cel.Type.DOUBLE, "bool": cel.Type.BOOL, "dyn": cel.Type.DYN}
 
@@ -50,9 +52,10 @@ class CelError:
 
 
 @lru_cache(maxsize=64)
-def environment(lists: ListDecl = ()) -> cel.Env:
+def environment(lists: ListDecl = (), outcome: bool = False) -> cel.Env:
     """The typed environment for bundles with these named lists (built once per distinct set of
-    lists: an env is immutable and thread-safe; a bundle without lists shares the plain one)."""
+    lists: an env is immutable and thread-safe; a bundle without lists shares the plain one).
+    `outcome`: the environment of `on: outcome` rules, which also declares `result`."""
     variables = {
         "agent": cel.Type("decider.v1.Agent"),
         "tool": cel.Type("decider.v1.ToolCall"),
@@ -62,14 +65,25 @@ def environment(lists: ListDecl = ()) -> cel.Env:
         # SPEC §10: {"calls": [{tool, server, args, outcome, labels, status, at}], "labels": [...]}.
         # A map of dyn: `session.calls` and `session.labels` are the two keys (engine/session.py).
         "session": cel.Type.Map(cel.Type.STRING, cel.Type.DYN),
+        # SPEC §10 round two: "call" or "text" (engine/call_source.py). A qualified name, like
+        # `lists.<name>`, so that `call.sorce` is a build error, not a condition that never holds.
+        "call.source": cel.Type.STRING,
     }
+    if outcome:
+        # SPEC §10 round two: the tool's result (engine/outcome.py), as text and, where it is JSON,
+        # parsed (`null` otherwise). Qualified names, like `call.source`: `result.txet` is a build error.
+        variables["result.text"] = cel.Type.STRING
+        variables["result.json"] = cel.Type.DYN
     for name, element in lists:
-        variables[f"lists.{name}"] = cel.Type.List(_ELEMENT[element])
+        if element.startswith("map:"):
+            variables[f"lists.{name}"] = cel.Type.Map(cel.Type.STRING, _ELEMENT[element[4:]])
+        else:
+            variables[f"lists.{name}"] = cel.Type.List(_ELEMENT[element])
     return cel.NewEnv(
         descriptor_pool=descriptor_pool.Default(),
         config=cel.NewEnvConfigFromYaml(_CONFIG),
         variables=variables,
-        functions=[*functions.declarations(), regex.declaration()],
+        functions=[*functions.declarations(), regex.declaration(), *regex.capture_declarations()],
     )
 
 

@@ -51,7 +51,8 @@ def evaluate(expression: str, request: pb.DecideRequest | None = None,
         raise ExpressionError(compile_errors(expression, e)) from None
     req = request if request is not None else pb.DecideRequest()
     act = env.Activation(data={"agent": req.agent, "tool": req.tool, "request": req.request,
-                               "context": req.context, "budget": dict(budget or {}), **(extra or {})})
+                               "context": req.context, "budget": dict(budget or {}), "call.source": "call",
+                               **(extra or {})})
     try:
         value = program.eval(act)
     except RuntimeError as e:   # cost or iteration limits

@@ -124,16 +124,19 @@ def run_replay(args: argparse.Namespace) -> int:
         results = _progress(replay(bundle, read_traces(args.traces, args.trace_format), mapping, workers=workers,
                                    state=state), not args.no_progress)
         report = ReplayReport()
+        calls: list[dict[str, Any]] = []   # every call, for --format json
         for r in results:
             report.add(r)
             if args.format == "jsonl":
                 print(json.dumps(_call_json(r), default=str))
+            elif args.format == "json":
+                calls.append(_call_json(r))
     except (PolicyLoadError, TraceFormatError, DeciderError, OSError) as e:
         return _load_errors(e)
     if args.format == "table":
         _replay_table(report, bundle.name, bundle.revision, args.examples, args.sessions)
     elif args.format == "json":
-        print(json.dumps(_replay_json(report, bundle.name, bundle.revision), indent=2, default=str))
+        print(json.dumps(_replay_json(report, bundle.name, bundle.revision, calls), indent=2, default=str))
     elif args.format == "junit":
         print(_replay_junit(report, fail_on))
     failing = sum(report.by_outcome[o] for o in fail_on)
@@ -146,7 +149,7 @@ def _call_json(r: Replayed) -> dict[str, Any]:
     c = r.call
     return {"source": c.source, "format": c.format, "tool": c.tool_name, "server": c.server, "call_id": c.call_id,
             "agent": c.agent, "session": session_key(c), "arguments": c.arguments, "from_text": c.from_text,
-            "outcome": r.outcome, "rule": r.rule, "reason": r.reason, "matched_rules": list(r.matched),
+            "repeats": c.repeats or None, "outcome": r.outcome, "rule": r.rule, "reason": r.reason, "matched_rules": list(r.matched),
             "labels": list(r.labels)}
 
 
@@ -182,6 +185,9 @@ def _sessions_table(rep: ReplayReport, limit: int) -> None:
           f"with a REQUIRE_APPROVAL: {rep.sessions_with('REQUIRE_APPROVAL'):,}; with either: {len(flagged):,}")
     if rep.from_text:
         print(f"calls written only as text in a final answer (from_text): {rep.from_text:,}")
+    if rep.duplicates:
+        print(f"text actions repeating a call made in the same turn (not decided again, not counted): "
+              f"{rep.duplicates:,}")
     if not flagged or limit <= 0:
         return
     labelled = any(s.labels for _, s in flagged[:limit])
@@ -196,7 +202,9 @@ def _sessions_table(rep: ReplayReport, limit: int) -> None:
         print(f"… {len(flagged) - limit:,} more (--sessions N, or --format json for all)")
 
 
-def _replay_json(rep: ReplayReport, name: str, revision: str) -> dict[str, Any]:
+def _replay_json(rep: ReplayReport, name: str, revision: str, calls: list[dict[str, Any]]) -> dict[str, Any]:
+    """The summary, the flagged calls, and `calls`: every call in input order (as `--format jsonl` prints them;
+    a text action repeating a call already made is there with outcome DUPLICATE, outside the counts)."""
     return {
         "bundle": {"name": name, "revision": revision},
         "total": rep.total,
@@ -204,6 +212,7 @@ def _replay_json(rep: ReplayReport, name: str, revision: str) -> dict[str, Any]:
         "by_tool": {k: dict(v) for k, v in rep.by_tool.items()},
         "by_rule": dict(rep.by_rule),
         "from_text": rep.from_text,
+        "duplicates": rep.duplicates,
         "sessions": {
             "total": len(rep.sessions),
             "with_deny": rep.sessions_with("DENY"),
@@ -213,6 +222,7 @@ def _replay_json(rep: ReplayReport, name: str, revision: str) -> dict[str, Any]:
                         for key, s in rep.flagged_sessions()],
         },
         "flagged": [_call_json(r) for r in rep.flagged],
+        "calls": calls,
     }
 
 

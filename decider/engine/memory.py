@@ -204,6 +204,16 @@ class MemoryState:
             self.by_id[decision_id] = a
         return decision_id
 
+    def seed_approval(self, req: pb.DecideRequest, view: ApprovalView) -> None:
+        """An approval that exists for this exact call before it is decided (a `decider test` step's
+        `state.approval`); none is added when the call already has one here."""
+        binding = binding_hash(req, self.key)
+        if self.approvals.get(binding):
+            return
+        a = _Approval(view, binding)
+        self.approvals[binding] = [a]
+        self.by_id[view.approval_id] = a
+
     def resolve(self, approval_id: str, resolution: Resolution) -> None:
         """An approver's resolution of an approval (opened now or later by `approval_id`)."""
         a = self.by_id.get(approval_id)

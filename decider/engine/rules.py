@@ -5,7 +5,9 @@ controls (engine/controls.py).
 
 Combining (SPEC §2): a matching kill switch wins (deny, `killed`); otherwise
 deny > require_approval > allow, where a policy's `spec.default` votes like a rule (`<policy>.default`)
-when the policy fits and none of its rules held; no vote at all gives the bundle's `default`. A condition that
+when the policy fits and none of its rules held; no vote at all gives the bundle's `default`. Among
+the votes for the winning outcome the first explicit rule decides (policy order, then rule order),
+a policy default only when no explicit rule voted for that outcome. A condition that
 errors — a missing field, a type error, or the CEL runtime refusing it (e.g. its iteration budget
 exceeded) — counts as a deny when `on_error: deny` (fail closed), and is skipped when
 `on_error: skip`; either way the error is in the decision.
@@ -19,6 +21,7 @@ from decider.bundle.compile import EFFECT_OUTCOME, Bundle, CompiledPolicy, Compi
 from decider.cel.env import environment
 from decider.engine.arguments import check_arguments
 from decider.engine.budgets import budget_views
+from decider.engine.call_source import call_source
 from decider.engine.decision import Decision
 from decider.engine.identity import resolve
 from decider.engine.session import session_view
@@ -50,6 +53,8 @@ def _activation(bundle: Bundle, request: pb.DecideRequest, agent: pb.Agent, stat
     if "session" in needs:
         data["session"] = session_view(state.history, bundle.session_max_calls, bundle.session_window_s,
                                        state.at(request))
+    if "call" in needs:
+        data["call.source"] = call_source()
     lists = bundle.list_data(tool.name)
     if lists:
         data.update(lists)
@@ -110,6 +115,10 @@ def evaluate(bundle: Bundle, request: pb.DecideRequest, state: State = EMPTY_STA
         return _failed(tier, exc)
     finally:
         tool.ClearField("risk_tier")
+
+
+def _is_default(rule: CompiledRule) -> bool:
+    return rule.policy_default
 
 
 def _failed(tier: int, exc: Exception) -> Decision:
@@ -180,6 +189,10 @@ def _evaluate_request(bundle: Bundle, request: pb.DecideRequest, state: State, t
         if _RANK[rule.outcome] > best:
             best = _RANK[rule.outcome]
     winners = [r for r in matched if _RANK[r.outcome] == best] if best else []
+    if len(winners) > 1 and winners[0].policy_default:
+        # Tie-break (SPEC §10 round two): when a policy default and explicit rules agree on the
+        # outcome, the first explicit rule decides (its reason, approvers and ttl); defaults' reasons last.
+        winners.sort(key=_is_default)
     # The labels of every rule that held, whatever the combined outcome (SPEC §10), first seen first.
     labels = tuple(dict.fromkeys(x for r in matched if r.labels for x in r.labels)) if bundle.labels_rules else ()
     error_reasons: list[Reason] = []

@@ -16,8 +16,10 @@ import itertools
 import logging
 import os
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
+from google.protobuf import json_format
 
 from decider.batching import BatchingDecider, DecisionError
 from decider.gateway.config import DeciderTarget
@@ -93,34 +95,40 @@ class DeciderLink:
         return await self._stub.GetDecision(pb.GetDecisionRequest(decision_id=decision_id),
                                             timeout=self._cfg.deadline_s, metadata=self._metadata)
 
-    async def report(self, decision_id: str, status: str, actual_cost: float | None = None) -> None:
-        """ReportOutcome; a failure is logged, not raised (the call already happened). The actual
+    async def report(self, decision_id: str, status: str, actual_cost: float | None = None,
+                     result: dict[str, Any] | None = None) -> None:
+        """ReportOutcome, with the tool's result (bounded, see `result_for_report`) for the bundle's
+        `on: outcome` rules; a failure is logged, not raised (the call already happened). The actual
         cost is sent only when the config names one (else decider's estimate stands)."""
         req = pb.ReportOutcomeRequest(decision_id=decision_id, status=status)
         if actual_cost is not None:
             req.actual_cost = actual_cost
+        if result is not None:
+            json_format.ParseDict(result, req.result)
         try:
-            await self._stub.ReportOutcome(req,
-                                           timeout=max(self._cfg.deadline_s, 5.0), metadata=self._metadata)
+            await self._stub.ReportOutcome(req, timeout=max(self._cfg.deadline_s, 5.0), metadata=self._metadata)
         except grpc.aio.AioRpcError as e:
             log.warning("outcome not reported", extra={"decision_id": decision_id, "error": e.details()})
 
-    def report_later(self, decision_id: str, status: str, actual_cost: float | None = None) -> None:
+    def report_later(self, decision_id: str, status: str, actual_cost: float | None = None,
+                     result: dict[str, Any] | None = None) -> None:
         """ReportOutcome off the response path: the client gets its result without waiting for the
         bookkeeping, and the report is sent only after that reply is written (it costs the gateway
         ~0.3 ms of gRPC). `close()` waits for these."""
-        task = asyncio.get_running_loop().create_task(self._report_after_reply(decision_id, status, actual_cost))
+        task = asyncio.get_running_loop().create_task(
+            self._report_after_reply(decision_id, status, actual_cost, result))
         self._reports.add(task)
         task.add_done_callback(self._reports.discard)
 
-    async def _report_after_reply(self, decision_id: str, status: str, actual_cost: float | None) -> None:
+    async def _report_after_reply(self, decision_id: str, status: str, actual_cost: float | None,
+                                  result: dict[str, Any] | None) -> None:
         # Queued while the handler is still returning its result: a report sent in this task's first
         # step went out before the SDK wrote the reply (measured with tools/bench/gateway_hops.py).
         # Over stdio the reply is written within two loop turns; over HTTP it takes more hops and a
         # report may still be sent first (no worse than before).
         for _ in range(REPLY_FIRST_TURNS):
             await asyncio.sleep(0)
-        await self.report(decision_id, status, actual_cost)
+        await self.report(decision_id, status, actual_cost, result)
 
     async def close(self, drain_s: float = 10.0) -> None:
         if self._reports:

@@ -18,6 +18,7 @@ tools/list, resources/list, resources/templates/list, prompts/list pass through,
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -31,6 +32,7 @@ from mcp.server.lowlevel import Server
 from mcp.shared.exceptions import MCPError
 from mcp.shared.jsonrpc_dispatcher import progress_token_from_params
 
+from decider.api.results import RESULT_TEXT_MAX, STRUCTURED_MAX
 from decider.client import build_request
 from decider.gateway import naming
 from decider.gateway.config import GatewayConfig
@@ -181,7 +183,7 @@ class Gateway:
             with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                 await self.link.report(decision_id, "cancelled", cost)
             raise
-        self.link.report_later(decision_id, "error" if result.is_error else "ok", cost)
+        self.link.report_later(decision_id, "error" if result.is_error else "ok", cost, result_for_report(result))
         meta = dict(result.meta or {})
         meta[META_KEY] = {"decision_ids": ids, "outcome": "ALLOW"}
         return result.model_copy(update={"meta": meta})
@@ -429,3 +431,28 @@ def _refusal_text(exposed: str, resp: pb.DecideResponse) -> str:
 def _error(text: str, ids: list[str] | None = None, outcome: str = "DENY") -> types.CallToolResult:
     meta = {META_KEY: {"decision_ids": ids, "outcome": outcome}} if ids else None
     return types.CallToolResult(content=[types.TextContent(text=text)], is_error=True, _meta=meta)
+
+
+# What of a tool's result goes to ReportOutcome for the bundle's `on: outcome` rules (SPEC §10 round
+# two): its text content, cut to RESULT_TEXT_MAX characters in all, and its structured content when
+# small. Images, audio and embedded resources are not sent (their type only). As
+# api/results.bounded_mcp_result does for a result in JSON, from the SDK's typed one without a dump.
+def result_for_report(result: types.CallToolResult) -> dict[str, Any]:
+    budget = RESULT_TEXT_MAX
+    content: list[dict[str, Any]] = []
+    for item in result.content:
+        if isinstance(item, types.TextContent):
+            text = item.text[:max(budget, 0)]
+            budget -= len(text)
+            content.append({"type": "text", "text": text})
+        else:
+            content.append({"type": item.type})
+    out: dict[str, Any] = {"content": content, "isError": bool(result.is_error)}
+    structured = result.structured_content
+    if structured is not None:
+        try:
+            if len(json.dumps(structured, default=str)) <= STRUCTURED_MAX:
+                out["structuredContent"] = structured
+        except (TypeError, ValueError):
+            pass
+    return out

@@ -8,6 +8,7 @@ tool does not run when decider is unreachable, slow, or refuses the request (fai
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -16,6 +17,7 @@ from typing import Any, NamedTuple
 import grpc
 
 from decider.api.names import APPROVAL_STATE_NAMES
+from decider.api.results import RESULT_TEXT_MAX
 from decider.client import DeciderClient, renamed_server
 from decider.errors import DeciderError
 from decider.v1 import decider_pb2 as pb
@@ -129,6 +131,19 @@ def jsonable(value: Any) -> Any:
     return str(value)
 
 
+def result_for_report(value: Any) -> Any:
+    """A tool's return value as ReportOutcome's `result`: JSON (as `jsonable`), a string cut to
+    RESULT_TEXT_MAX characters, and a value whose JSON is longer than that sent as its cut JSON text;
+    None (nothing returned) is not sent."""
+    if value is None:
+        return None
+    value = jsonable(value)
+    if isinstance(value, str):
+        return value[:RESULT_TEXT_MAX]
+    text = json.dumps(value)
+    return value if len(text) <= RESULT_TEXT_MAX else text[:RESULT_TEXT_MAX]
+
+
 class Guard:
     """One agent's connection to decider: `check` before a tool runs, `report` after it ran.
 
@@ -216,11 +231,12 @@ class Guard:
         return self.decide(pending.tool, args, call_id=call_id, estimated_cost=estimated_cost,
                            tool_server=tool_server)
 
-    def report(self, decision_id: str, status: str, actual_cost: float | None = None) -> None:
+    def report(self, decision_id: str, status: str, actual_cost: float | None = None, result: Any = None) -> None:
         """ReportOutcome; a failure is logged, never raised (the tool already ran). `actual_cost`
-        only when the caller knows it: absent, the estimate reserved for the call stands."""
+        only when the caller knows it: absent, the estimate reserved for the call stands. `result`:
+        the tool's return value, for the bundle's `on: outcome` rules (bounded, see `result_for_report`)."""
         try:
-            self.client.report_outcome(decision_id, actual_cost, status[:64])
+            self.client.report_outcome(decision_id, actual_cost, status[:64], result=result_for_report(result))
         except grpc.RpcError as e:
             log.warning("outcome not reported", extra={"decision_id": decision_id, "error": _status(e)})
 
@@ -234,8 +250,9 @@ class Guard:
     async def aresume(self, pending: Verdict, args: Mapping[str, Any] | None = None, **kw: Any) -> Verdict:
         return await asyncio.to_thread(self.resume, pending, args, **kw)
 
-    async def areport(self, decision_id: str, status: str, actual_cost: float | None = None) -> None:
-        await asyncio.to_thread(self.report, decision_id, status, actual_cost)
+    async def areport(self, decision_id: str, status: str, actual_cost: float | None = None,
+                      result: Any = None) -> None:
+        await asyncio.to_thread(self.report, decision_id, status, actual_cost, result)
 
     def close(self) -> None:
         self.client.close()

@@ -77,7 +77,7 @@ def guard(tool: str | None = None, *, client: Guard | DeciderClient | str, agent
                 except BaseException:
                     await g.areport(verdict.decision_id, "error")
                     raise
-                await g.areport(verdict.decision_id, "ok")
+                await g.areport(verdict.decision_id, "ok", result=result)
                 return result
             wrapper = cast(Callable[P, R], run_async)
         else:
@@ -91,7 +91,7 @@ def guard(tool: str | None = None, *, client: Guard | DeciderClient | str, agent
                 except BaseException:
                     g.report(verdict.decision_id, "error")
                     raise
-                g.report(verdict.decision_id, "ok")
+                g.report(verdict.decision_id, "ok", result=result)
                 return result
             wrapper = run
         wrapper.__decider_tool__ = name  # type: ignore[attr-defined]

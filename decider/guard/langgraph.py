@@ -99,7 +99,7 @@ def guard_tool(tool: BaseTool, guard: Guard, *, on_refusal: Refusal = "return", 
         except BaseException:
             guard.report(verdict.decision_id, "error")
             raise
-        guard.report(verdict.decision_id, "ok")
+        guard.report(verdict.decision_id, "ok", result=out)
         return out
 
     async def arun(**kwargs: Any) -> Any:
@@ -121,7 +121,7 @@ def guard_tool(tool: BaseTool, guard: Guard, *, on_refusal: Refusal = "return", 
         except BaseException:
             await guard.areport(verdict.decision_id, "error")
             raise
-        await guard.areport(verdict.decision_id, "ok")
+        await guard.areport(verdict.decision_id, "ok", result=out)
         return out
 
     return StructuredTool.from_function(func=run, coroutine=arun, name=tool.name, description=tool.description,

@@ -123,7 +123,7 @@ class AgentsGuard:
             except BaseException:
                 await self.guard.areport(decision_id, "error")
                 raise
-            await self.guard.areport(decision_id, "ok")
+            await self.guard.areport(decision_id, "ok", result=out)
             return out
         guarded.on_invoke_tool = invoke
         return guarded

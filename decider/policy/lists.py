@@ -1,5 +1,7 @@
 """Named lists of a bundle (`spec.lists` in bundle.yaml, SPEC §10): inline, or read from a YAML or
-CSV file inside the bundle folder.
+CSV file inside the bundle folder. Round two: `{kind: patterns, items: […]}` holds RE2 regular
+expressions (each checked here, an invalid one is an error at its line), `{kind: map, items: {…}}`
+holds key -> value (a scalar or a list of scalars); `items` may name a YAML file too.
 
 A list file is part of the bundle's sources (its bytes are in the revision and in the `.bundle`
 archive), so the values a condition sees are always those of the revision that decided. Every
@@ -14,15 +16,22 @@ import posixpath
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
+import re2
 import yaml
 
 from decider.errors import SourceError
-from decider.policy.models import ListItem
+from decider.policy.models import ListItem, ListSpec, MapValue
 
 if TYPE_CHECKING:
     from decider.policy.loader import Source
 
-__all__ = ["list_paths", "read_lists", "element_type", "MAX_LIST_ITEMS"]
+__all__ = ["list_paths", "read_lists", "element_type", "MAX_LIST_ITEMS", "ListValue", "PATTERNS", "MAP"]
+
+PATTERNS, MAP = "patterns", "map"
+# A list's values as conditions see them: a tuple (a plain or patterns list), or a dict (a map).
+ListValue = tuple[ListItem, ...] | dict[str, MapValue]
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False
 
 # A list is copied into CEL for each decision whose policies name it: keep it a list, not a table.
 MAX_LIST_ITEMS = 100_000
@@ -53,14 +62,19 @@ def list_paths(documents: Iterable[list[yaml.Node]]) -> set[str]:
             lists = _child(spec, "lists") if spec is not None else None
             if isinstance(lists, yaml.MappingNode):
                 for _, v in lists.value:
+                    items = _child(v, "items")   # {kind: …, items: file.yaml}
+                    if items is not None:
+                        v = items
                     if isinstance(v, yaml.ScalarNode) and v.tag == "tag:yaml.org,2002:str":
                         found.add(posixpath.normpath(v.value))
     return found
 
 
-def element_type(items: tuple[ListItem, ...]) -> str:
+def element_type(items: ListValue) -> str:
     """The CEL element type of a list: string, double (any numbers: JSON arguments are doubles),
-    bool, or dyn for a mix."""
+    bool, or dyn for a mix; a map's is `map:string` (every value a string) or `map:dyn`."""
+    if isinstance(items, dict):
+        return "map:string" if all(isinstance(v, str) for v in items.values()) else "map:dyn"
     kinds = {type(v) for v in items}
     if kinds <= {str}:
         return "string"
@@ -72,19 +86,28 @@ def element_type(items: tuple[ListItem, ...]) -> str:
 
 
 def read_lists(
-    spec_lists: dict[str, list[ListItem] | str],
+    spec_lists: dict[str, list[ListItem] | str | ListSpec],
     bundle_src: Source,
     files: dict[str, bytes],
     composed: dict[str, list[yaml.Node]],
     display: Callable[[str], str],
     errors: list[SourceError],
-) -> dict[str, tuple[ListItem, ...]]:
-    """Each named list's values; a missing or malformed file adds an error and leaves the list out."""
-    out: dict[str, tuple[ListItem, ...]] = {}
+    kinds: dict[str, str] | None = None,
+) -> dict[str, ListValue]:
+    """Each named list's values; a missing or malformed file adds an error and leaves the list out.
+    `kinds` receives the kind of each list that has one (`patterns`, `map`)."""
+    out: dict[str, ListValue] = {}
     lists_node = _child(_child(bundle_src.node, "spec") or bundle_src.node, "lists")
     for name, value in spec_lists.items():
         here = _child(lists_node, name) if lists_node is not None else None
         line, col = _mark(here) if here is not None else _mark(bundle_src.node)
+        if isinstance(value, ListSpec):
+            got = _kind_items(name, value, bundle_src.file, here, files, composed, display, errors)
+            if got is not None:
+                out[name] = got
+                if kinds is not None:
+                    kinds[name] = value.kind
+            continue
         if not isinstance(value, str):
             items: tuple[ListItem, ...] | None = _normalised(value)
         else:
@@ -151,3 +174,86 @@ def _csv_items(file: str, data: bytes, errors: list[SourceError]) -> tuple[ListI
         errors.append(SourceError(file, reader.line_num, 1, f"bad CSV: {e}"))
         return None
     return tuple(values)
+
+
+def _kind_items(name: str, spec: ListSpec, file: str, here: yaml.Node | None, files: dict[str, bytes],
+                composed: dict[str, list[yaml.Node]], display: Callable[[str], str],
+                errors: list[SourceError]) -> ListValue | None:
+    """A `{kind, items}` list's values: patterns checked with RE2 (each error at its item's line),
+    map values normalised as list values are."""
+    items_node = _child(here, "items") if here is not None else None
+    where_file = file
+    nodes: list[yaml.Node] = [items_node] if items_node is not None else []
+    raw: object = spec.items
+    if isinstance(spec.items, str):
+        rel = posixpath.normpath(spec.items)
+        if rel not in files:
+            line, col = _mark(items_node or here) if (items_node or here) is not None else (1, 1)
+            errors.append(SourceError(file, line, col, f"list {name!r}: file {spec.items!r} is not in the bundle folder"))
+            return None
+        where_file = display(rel)
+        nodes = composed.get(rel, [])
+        want = yaml.SequenceNode if spec.kind == PATTERNS else yaml.MappingNode
+        if len(nodes) != 1 or not isinstance(nodes[0], want):
+            line, col = _mark(nodes[0]) if nodes else (1, 1)
+            shape = "one YAML sequence of strings" if spec.kind == PATTERNS else "one YAML mapping (key: value)"
+            errors.append(SourceError(where_file, line, col, f"a {spec.kind} list file holds {shape}"))
+            return None
+        raw = yaml.SafeLoader("").construct_document(nodes[0])
+    if len(raw) > MAX_LIST_ITEMS:  # type: ignore[arg-type]
+        line, col = _mark(here) if here is not None else (1, 1)
+        errors.append(SourceError(file, line, col, f"list {name!r} has {len(raw)} items; at most {MAX_LIST_ITEMS}"))  # type: ignore[arg-type]
+        return None
+    node = nodes[0] if nodes else None
+    if spec.kind == PATTERNS:
+        return _patterns(raw, node, where_file, errors)
+    return _map(raw, node, where_file, errors)
+
+
+def _item_mark(node: yaml.Node | None, i: int) -> tuple[int, int]:
+    if isinstance(node, yaml.SequenceNode) and i < len(node.value):
+        return _mark(node.value[i])
+    if isinstance(node, yaml.MappingNode) and i < len(node.value):
+        return _mark(node.value[i][1])
+    return _mark(node) if node is not None else (1, 1)
+
+
+def _patterns(raw: object, node: yaml.Node | None, file: str, errors: list[SourceError]) -> tuple[ListItem, ...] | None:
+    if not isinstance(raw, list):
+        line, col = _mark(node) if node is not None else (1, 1)
+        errors.append(SourceError(file, line, col, "a patterns list holds strings (RE2 regular expressions)"))
+        return None
+    ok = True
+    for i, p in enumerate(raw):
+        line, col = _item_mark(node, i)
+        if not isinstance(p, str):
+            errors.append(SourceError(file, line, col, "a pattern must be a string (an RE2 regular expression)"))
+            ok = False
+            continue
+        try:
+            re2.compile(p, _RE2_OPTIONS)
+        except re2.error as e:
+            why = e.args[0].decode(errors="replace") if e.args and isinstance(e.args[0], bytes) else str(e)
+            errors.append(SourceError(file, line, col, f"invalid RE2 pattern {p!r}: {why}"))
+            ok = False
+    return tuple(raw) if ok else None
+
+
+def _map(raw: object, node: yaml.Node | None, file: str, errors: list[SourceError]) -> dict[str, MapValue] | None:
+    if not isinstance(raw, dict):
+        line, col = _mark(node) if node is not None else (1, 1)
+        errors.append(SourceError(file, line, col, "a map list holds key: value entries"))
+        return None
+    out: dict[str, MapValue] = {}
+    ok = True
+    for i, (k, v) in enumerate(raw.items()):
+        scalar = (str, int, float, bool)
+        if not isinstance(k, str) or not (isinstance(v, scalar) or (isinstance(v, list)
+                                                                      and all(isinstance(x, scalar) for x in v))):
+            line, col = _item_mark(node, i)
+            errors.append(SourceError(file, line, col, "a map entry is a string key with a string, number, "
+                                                       "boolean or list of those as its value"))
+            ok = False
+            continue
+        out[k] = list(_normalised(v)) if isinstance(v, list) else _normalised((v,))[0]
+    return out if ok else None

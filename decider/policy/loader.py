@@ -17,8 +17,8 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from decider.errors import PolicyLoadError, SourceError
-from decider.policy.lists import list_paths, read_lists
-from decider.policy.models import API_VERSION, AgentDoc, BundleDoc, ListItem, PolicyDoc, Rule
+from decider.policy.lists import ListValue, list_paths, read_lists
+from decider.policy.models import API_VERSION, AgentDoc, BundleDoc, PolicyDoc, Rule
 from decider.policy.suggest import did_you_mean, valid_keys
 
 __all__ = ["MAX_FILE_BYTES", "MAX_DEPTH", "too_large", "Source", "LoadedAgent", "LoadedPolicy", "PartialPolicy", "LoadedSource", "load_source", "load_files", "source_files", "locate"]
@@ -71,8 +71,9 @@ class LoadedSource:
     errors: list[SourceError] = field(default_factory=list)
     partial: list[PartialPolicy] = field(default_factory=list)
     texts: dict[str, bytes] = field(default_factory=dict)   # by display name, for error positions
-    lists: dict[str, tuple[ListItem, ...]] = field(default_factory=dict)   # spec.lists, files read
+    lists: dict[str, ListValue] = field(default_factory=dict)   # spec.lists, files read
     agents: list[LoadedAgent] = field(default_factory=list)  # `kind: Agent` manifests
+    list_kinds: dict[str, str] = field(default_factory=dict)  # lists with a `kind` (patterns, map)
 
 
 def source_files(root: Path) -> list[Path]:
@@ -141,9 +142,11 @@ def load_files(files: dict[str, bytes], root: Path, display: Callable[[str], str
             line, col = _mark(src.node)
             errors.append(SourceError(src.file, line, col, "a bundle source has exactly one kind: Bundle"))
     bundle_doc, bundle_src = bundles[0] if len(bundles) == 1 else (None, None)
-    lists = read_lists(bundle_doc.spec.lists, bundle_src, files, composed, display, errors) \
+    list_kinds: dict[str, str] = {}
+    lists = read_lists(bundle_doc.spec.lists, bundle_src, files, composed, display, errors, list_kinds) \
         if bundle_doc is not None and bundle_src is not None else {}
-    return LoadedSource(root, bundle_doc, bundle_src, policies, dict(files), errors, partial, texts, lists, agents)
+    return LoadedSource(root, bundle_doc, bundle_src, policies, dict(files), errors, partial, texts, lists, agents,
+                        list_kinds)
 
 
 # A policy file is hand-written text: kilobytes. The caps keep a hostile file from costing more than
@@ -331,7 +334,12 @@ def _to_python(file: str, node: yaml.Node, errors: list[SourceError]) -> Any:
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
         for k, v in node.value:
-            key = _to_python(file, k, errors)
+            # A key is a name: YAML 1.1 reads a plain `on:` (`yes:`, `off:` …) as a boolean, but a
+            # rule's `on: outcome` means the word (SPEC §10 round two).
+            if isinstance(k, yaml.ScalarNode) and k.tag == "tag:yaml.org,2002:bool" and not k.style:
+                key: Any = k.value
+            else:
+                key = _to_python(file, k, errors)
             if not isinstance(key, (str, int, float, bool)) and key is not None:
                 line, col = _mark(k)
                 errors.append(SourceError(file, line, col, "mapping keys must be scalars"))

@@ -32,6 +32,8 @@ __all__ = [
     "PolicyDoc",
     "parse_duration",
     "ListItem",
+    "ListSpec",
+    "MapValue",
     "LIST_FILE_SUFFIXES",
 ]
 
@@ -49,6 +51,8 @@ _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]*$"
 _LIST_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 LIST_FILE_SUFFIXES = (".yaml", ".yml", ".csv")
 ListItem = str | int | float | bool
+# A map list's value: a scalar, or a list of scalars (e.g. tool -> the arguments that hold its object id).
+MapValue = ListItem | list[ListItem]
 LABEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}$"
 _LABEL = re.compile(LABEL_PATTERN)
 _DURATION = re.compile(r"^(\d+)(s|m|h|d)$")
@@ -112,6 +116,27 @@ class SessionSpec(_Strict):
         return v
 
 
+class ListSpec(_Strict):
+    """A named list that is not a plain list of values (SPEC §10 round two): `kind: patterns` holds
+    RE2 regular expressions (matched with `re.any`, and in `match.tools`); `kind: map` holds
+    key -> value. `items` inline, or the path of a YAML file inside the bundle folder."""
+
+    kind: Literal["patterns", "map"]
+    items: list[ListItem] | dict[str, MapValue] | str
+
+    @model_validator(mode="after")
+    def _items_fit_the_kind(self) -> ListSpec:
+        if isinstance(self.items, str):
+            if not self.items.endswith((".yaml", ".yml")):
+                raise ValueError(f"items: a {self.kind} list file is YAML (.yaml or .yml), not {self.items!r}")
+        elif self.kind == "patterns" and not (isinstance(self.items, list)
+                                              and all(isinstance(x, str) for x in self.items)):
+            raise ValueError("items: a patterns list holds strings (RE2 regular expressions)")
+        elif self.kind == "map" and not isinstance(self.items, dict):
+            raise ValueError("items: a map list holds key: value entries")
+        return self
+
+
 class BundleSpec(_Strict):
     default: Effect = "deny"
     session: SessionSpec = Field(default_factory=SessionSpec)
@@ -121,15 +146,19 @@ class BundleSpec(_Strict):
     mask: list[str] = Field(default_factory=list)
     # Named constant lists (SPEC §10): inline, or the path of a YAML/CSV file inside the bundle
     # folder. The loader reads the files; the compiled bundle holds only values.
-    lists: dict[str, list[ListItem] | str] = Field(default_factory=dict)
+    # Or `{kind: patterns | map, items: …}` (ListSpec).
+    lists: dict[str, list[ListItem] | str | ListSpec] = Field(default_factory=dict)
 
     @field_validator("lists")
     @classmethod
-    def _list_names_and_paths(cls, lists: dict[str, list[ListItem] | str]) -> dict[str, list[ListItem] | str]:
+    def _list_names_and_paths(cls, lists: dict[str, list[ListItem] | str | ListSpec],
+                              ) -> dict[str, list[ListItem] | str | ListSpec]:
         for name, value in lists.items():
             if not _LIST_NAME.match(name):
                 raise ValueError(f"list name {name!r} must be an identifier (letters, digits, _): "
                                  f"conditions write lists.{name}")
+            if isinstance(value, ListSpec) and isinstance(value.items, str):
+                value = value.items
             if isinstance(value, str):
                 parts = value.split("/")
                 if value.startswith("/") or ".." in parts or not value.endswith(LIST_FILE_SUFFIXES):
@@ -189,6 +218,9 @@ class Rule(_Strict):
     labels: list[str] = Field(default_factory=list)
     approvers: list[str] = Field(default_factory=list)
     approval_ttl: str | None = None
+    # `outcome` (SPEC §10 round two): the rule runs when the call's outcome is reported, sees the
+    # tool's `result`, and only labels (`effect: label`).
+    on: Literal["call", "outcome"] = "call"
 
     @field_validator("approval_ttl")
     @classmethod
@@ -217,6 +249,12 @@ class Rule(_Strict):
     def _label_rules_label(self) -> Rule:
         if self.effect == "label" and not self.labels:
             raise ValueError("a rule with effect label needs labels: [...]")
+        return self
+
+    @model_validator(mode="after")
+    def _outcome_rules_only_label(self) -> Rule:
+        if self.on == "outcome" and self.effect != "label":
+            raise ValueError("a rule with on: outcome only labels: effect must be label")
         return self
 
     @model_validator(mode="after")

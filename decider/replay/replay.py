@@ -28,8 +28,10 @@ import yaml
 from google.protobuf import struct_pb2
 
 from decider.bundle.compile import Bundle
+from decider.engine.call_source import TEXT, source
 from decider.engine.decide import Decision, decide
 from decider.engine.memory import MemoryState, Resolution
+from decider.engine.outcome import outcome_labels
 from decider.engine.procedure import intake
 from decider.engine.state import EMPTY_STATE
 from decider.errors import DeciderError, InvalidRequest
@@ -42,6 +44,9 @@ __all__ = ["IdentityMapping", "Replayed", "ReplayReport", "SessionCounts", "call
            "DiffReport", "session_key"]
 
 INDETERMINATE = "INDETERMINATE"
+# A text action identical to a call already made in the same turn (TraceCall.repeats): reported,
+# not decided again, and not counted with the calls.
+DUPLICATE = "DUPLICATE"
 UNKNOWN_AGENT = "unknown-agent"
 _AGENT_FIELDS = ("id", "instance_id", "owner", "team", "workflow", "model", "session_id")
 
@@ -168,18 +173,29 @@ def call_to_request(call: TraceCall, mapping: IdentityMapping) -> pb.DecideReque
 Outcome = tuple[str, str, str, tuple[str, ...], tuple[str, ...]]  # outcome, rule, reason, matched rules, labels
 
 
+def _repeat(call: TraceCall) -> Outcome:
+    return DUPLICATE, "", f"written as text after the same call was made ({call.repeats}): not decided again", (), ()
+
+
 def _outcome(bundle: Bundle, call: TraceCall, mapping: IdentityMapping) -> Outcome:
     if call.indeterminate or call.arguments is None:
         return INDETERMINATE, "", call.indeterminate or "the call's arguments are absent", (), ()
     if not call.tool_name:
         return INDETERMINATE, "", "the call has no tool name", (), ()
+    if call.repeats:
+        return _repeat(call)
     req = call_to_request(call, mapping)
     try:
         intake(req)
     except InvalidRequest as e:
         return _refused(e)
-    d: Decision = decide(bundle, req, EMPTY_STATE)
-    return d.outcome_name, d.deciding_rule, d.reasons[0].text if d.reasons else "", d.matched_rules, d.labels
+    if call.from_text:
+        with source(TEXT):   # `call.source` (SPEC §10 round two)
+            d: Decision = decide(bundle, req, EMPTY_STATE)
+    else:
+        d = decide(bundle, req, EMPTY_STATE)
+    return (d.outcome_name, d.deciding_rule, d.reasons[0].text if d.reasons else "", d.matched_rules,
+            _with_outcome_labels(bundle, call, req, d, None, ""))
 
 
 def _refused(e: InvalidRequest) -> Outcome:
@@ -197,6 +213,15 @@ def _simulated(bundle: Bundle, call: TraceCall, mapping: IdentityMapping, sim: M
         return INDETERMINATE, "", call.indeterminate or "the call's arguments are absent", (), ()
     if not call.tool_name:
         return INDETERMINATE, "", "the call has no tool name", (), ()
+    if call.repeats:
+        return _repeat(call)
+    if call.from_text:
+        with source(TEXT):   # `call.source` (SPEC §10 round two)
+            return _decided(bundle, call, mapping, sim)
+    return _decided(bundle, call, mapping, sim)
+
+
+def _decided(bundle: Bundle, call: TraceCall, mapping: IdentityMapping, sim: MemoryState) -> Outcome:
     req = call_to_request(call, mapping)
     now = call.started_at or _EPOCH
     if now.tzinfo is None:
@@ -208,7 +233,8 @@ def _simulated(bundle: Bundle, call: TraceCall, mapping: IdentityMapping, sim: M
     try:
         if not label:   # most traces: nothing recorded beyond the call itself
             d = sim.decide(bundle, req, now, session=session)
-            return d.outcome_name, d.deciding_rule, d.reasons[0].text if d.reasons else "", d.matched_rules, d.labels
+            return (d.outcome_name, d.deciding_rule, d.reasons[0].text if d.reasons else "", d.matched_rules,
+                    _with_outcome_labels(bundle, call, req, d, sim, session))
         recorded_id = str(label.get("decision_id") or "")
         d = sim.decide(bundle, req, now, recorded_id, session=session)
     except InvalidRequest as e:
@@ -221,7 +247,23 @@ def _simulated(bundle: Bundle, call: TraceCall, mapping: IdentityMapping, sim: M
     if session and bundle.reads_session and label.get("outcome_status"):
         # A decider log carries what ReportOutcome said: later calls of the session see it.
         sim.report(session, str(label["outcome_status"]), tuple(label.get("labels") or ()))
-    return d.outcome_name, d.deciding_rule, d.reasons[0].text if d.reasons else "", d.matched_rules, d.labels
+    return (d.outcome_name, d.deciding_rule, d.reasons[0].text if d.reasons else "", d.matched_rules,
+            _with_outcome_labels(bundle, call, req, d, sim, session))
+
+
+def _with_outcome_labels(bundle: Bundle, call: TraceCall, req: pb.DecideRequest, d: Decision,
+                         sim: MemoryState | None, session: str) -> tuple[str, ...]:
+    """The call's labels plus those its outcome rules give on the result the trace recorded (SPEC §10
+    round two), as ReportOutcome would add them: only for a call that ran (allowed), and seen by the
+    session's later calls."""
+    if bundle.outcome_env is None or call.result is None or d.outcome != pb.ALLOW:
+        return d.labels
+    added, _ = outcome_labels(bundle, req, call.result)
+    if not added:
+        return d.labels
+    if sim is not None and session and bundle.reads_session:
+        sim.report(session, "", added)
+    return tuple(dict.fromkeys([*d.labels, *added]))
 
 
 def _learn_resolution(sim: MemoryState, label: dict[str, Any], decision_id: str) -> None:
@@ -321,6 +363,7 @@ class ReplayReport:
     flagged: list[Replayed] = field(default_factory=list)     # deny, approval and indeterminate calls
     sessions: dict[str, SessionCounts] = field(default_factory=dict)   # in first-seen order
     from_text: int = 0                # calls written as text in a final answer (TraceCall.from_text)
+    duplicates: int = 0               # text actions repeating a call already made (not in the counts above)
 
     def sessions_with(self, outcome: str) -> int:
         return sum(1 for s in self.sessions.values() if s.by_outcome[outcome])
@@ -331,6 +374,9 @@ class ReplayReport:
         return sorted(found, key=lambda kv: (-kv[1].by_outcome["DENY"], -kv[1].by_outcome["REQUIRE_APPROVAL"]))
 
     def add(self, r: Replayed) -> None:
+        if r.outcome == DUPLICATE:
+            self.duplicates += 1
+            return
         self.total += 1
         key = session_key(r.call)
         session = self.sessions.get(key)

@@ -36,6 +36,7 @@ import grpc
 from google.protobuf import json_format
 
 from decider.agentgateway import ext_mcp_pb2 as xpb
+from decider.api.results import bounded_mcp_result
 from decider.record.record import struct_to_dict
 from decider.server.approvals import fingerprint
 from decider.server.controls import Controls
@@ -270,12 +271,12 @@ class ExtMcpService:
             return passed
         result = struct_to_dict(req.mcp_response)
         status = "error" if result.get("isError") is True else "ok"
+        # No actual_cost: agentgateway tells us none, so the estimate stands.
+        report = pb.ReportOutcomeRequest(decision_id=decision_id, status=status)
+        # The upstream's result, bounded, for the bundle's `on: outcome` rules (never stored).
+        json_format.ParseDict(bounded_mcp_result(result), report.result)
         try:
-            await report_outcome(
-                self.controls,
-                # no actual_cost: agentgateway tells us none, so the estimate stands
-                pb.ReportOutcomeRequest(decision_id=decision_id, status=status),
-                _InternalCall())  # type: ignore[arg-type]
+            await report_outcome(self.controls, report, _InternalCall())  # type: ignore[arg-type]
         except _Refusal as e:
             log.warning("outcome not reported", extra={"decision_id": decision_id, "error": str(e)})
         return passed

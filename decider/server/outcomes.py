@@ -14,6 +14,7 @@ import grpc
 
 from decider.bundle.compile import Bundle
 from decider.engine.budgets import applicable_budgets
+from decider.engine.outcome import RESULT_MAX_BYTES, reported_labels
 from decider.policy.models import LABEL_PATTERN
 from decider.record.record import record_to_proto
 from decider.server.controls import Controls
@@ -47,6 +48,9 @@ async def report_outcome(controls: Controls, req: pb.ReportOutcomeRequest,
         if not _LABEL.match(label):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"labels[{i}]: {label[:80]!r} must be 1-64 of letters, digits and . _ : -")
+    if req.HasField("result") and req.result.ByteSize() > RESULT_MAX_BYTES:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                            f"result: {req.result.ByteSize()} bytes; at most {RESULT_MAX_BYTES}")
     bundle = controls.active_bundle()   # read once: the budgets of the bundle serving now
 
     def budgets_of(row: dict[str, Any]) -> list[Any]:
@@ -66,8 +70,13 @@ async def report_outcome(controls: Controls, req: pb.ReportOutcomeRequest,
         await context.abort(code, e.message)
         raise  # unreachable: abort raises
     labels = tuple(json.loads(row.get("labels") or "[]"))
-    if req.labels:
-        labels = await asyncio.to_thread(controls.decisions.add_labels, req.decision_id, list(req.labels))
+    # The bundle's `on: outcome` rules on the result (SPEC §10 round two): only their labels are kept.
+    # Off the loop: a scan of a large result must not hold up other calls' decisions.
+    added = (await asyncio.to_thread(reported_labels, bundle, row, req.result))[0] \
+        if req.HasField("result") else ()
+    if req.labels or added:
+        labels = await asyncio.to_thread(controls.decisions.add_labels, req.decision_id,
+                                         list(dict.fromkeys([*req.labels, *added])))
         row = {**row, "labels": json.dumps(list(labels), separators=(",", ":"))}
     controls.sessions.reported(row["session_id"], req.decision_id, req.status or "ok", labels)
     controls.hub.notify(req.decision_id)

@@ -300,16 +300,18 @@ class ResolveApprovalRequest(_message.Message):
     def __init__(self, decision_id: _Optional[str] = ..., resolution: _Optional[_Union[Resolution, str]] = ..., approver: _Optional[str] = ..., comment: _Optional[str] = ...) -> None: ...
 
 class ReportOutcomeRequest(_message.Message):
-    __slots__ = ("decision_id", "actual_cost", "status", "labels")
+    __slots__ = ("decision_id", "actual_cost", "status", "labels", "result")
     DECISION_ID_FIELD_NUMBER: _ClassVar[int]
     ACTUAL_COST_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
     decision_id: str
     actual_cost: float
     status: str
     labels: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, decision_id: _Optional[str] = ..., actual_cost: _Optional[float] = ..., status: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ...) -> None: ...
+    result: _struct_pb2.Value
+    def __init__(self, decision_id: _Optional[str] = ..., actual_cost: _Optional[float] = ..., status: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., result: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ...) -> None: ...
 
 class ListApprovalsRequest(_message.Message):
     __slots__ = ("state", "limit")

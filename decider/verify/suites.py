@@ -46,9 +46,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from decider.bundle.compile import Bundle, CompiledRule
 from decider.cel.env import environment
-from decider.engine.budgets import budget_views
+from decider.engine.budgets import applicable_budgets, budget_views
+from decider.engine.call_source import source as call_source
 from decider.engine.decide import Decision, Reason, decide
-from decider.engine.memory import MemoryState
+from decider.engine.identity import identity_of
+from decider.engine.memory import MemoryState, TimedKillSwitch
+from decider.engine.outcome import outcome_labels
 from decider.engine.procedure import intake
 from decider.engine.state import KILL_SCOPES, ApprovalView, BudgetUsage, KillSwitch, State
 from decider.errors import InvalidRequest, PolicyLoadError, SourceError
@@ -140,9 +143,15 @@ class Step(_Strict):
     tool: str | ToolSpec
     args: dict[str, Any] = Field(default_factory=dict)
     request: RequestSpec = Field(default_factory=RequestSpec)
-    context: dict[str, Any] = Field(default_factory=dict)
+    # None: the case's `context` / `state` (SPEC §10: steps inherit them); set: this step's instead.
+    context: dict[str, Any] | None = None
+    state: StateSpec | None = None
     expect: Expect
     report: ReportSpec | None = None   # the call's reported outcome, seen by the later steps
+    source: Literal["call", "text"] | None = None   # `call.source`; default: the case's
+    # The tool's result (any JSON: text, an MCP CallToolResult, …), seen by `on: outcome` rules when the
+    # step ran; the labels they give go on the step's call, seen by the later steps (SPEC §10 round two).
+    result: Any = None
 
 
 class Case(_Strict):
@@ -156,14 +165,14 @@ class Case(_Strict):
     expect: Expect | None = None
     # Several calls in one session, each with its expectation (instead of `tool`/`expect`).
     steps: list[Step] = Field(default_factory=list)
+    # `call.source` (SPEC §10 round two): "text" tests a rule on actions replay reads from text.
+    source: Literal["call", "text"] = "call"
 
     @model_validator(mode="after")
     def _one_call_or_steps(self) -> Case:
         if self.steps:
             if self.tool is not None or self.expect is not None:
                 raise ValueError("a case has either steps: or tool: and expect:, not both")
-            if self.state != StateSpec():
-                raise ValueError("state: is not supported with steps: (each step sees the steps before it)")
         elif self.tool is None or self.expect is None:
             raise ValueError("a case needs tool: and expect: (or steps:)")
         return self
@@ -280,7 +289,7 @@ def load_suites(files: Sequence[Path]) -> list[LoadedSuite]:
 
 
 def _build(suite: TestSuite, case: Case | Step, default_agent: str | dict[str, Any] | None = None,
-           ) -> tuple[pb.DecideRequest, State]:
+           default_context: dict[str, Any] | None = None) -> tuple[pb.DecideRequest, State]:
     who = case.agent if case.agent is not None else default_agent
     agent = suite.fixtures.agents[who] if isinstance(who, str) else who
     if isinstance(case.tool, str):
@@ -297,29 +306,36 @@ def _build(suite: TestSuite, case: Case | Step, default_agent: str | dict[str, A
     if tool.risk_tier is not None:
         req.tool.risk_tier = tool.risk_tier
     req.tool.args.update(case.args)
-    req.context.update(case.context)
+    req.context.update(case.context if case.context is not None else default_context or {})
     if case.request.time is not None:
         req.request.time.FromDatetime(case.request.time)
     else:
         req.request.time.FromSeconds(0)  # deterministic: a test never depends on the wall clock
     now = req.request.time.ToDatetime(tzinfo=timezone.utc)
-    approvals: tuple[ApprovalView, ...] = ()
     if isinstance(case, Step):
         return req, State(now=now)
-    if case.state.approval is not None:
-        # Binding for another day (a pending one has not expired); `expired` ran out a second ago.
-        expires = now - timedelta(seconds=1) if case.state.approval == "expired" else now + timedelta(days=1)
-        approvals = (ApprovalView(approval_id="test-approval", state=case.state.approval, expires_at=expires,
-                                  resolved_by="test-approver" if case.state.approval != "pending" else ""),)
+    approval = _approval(case.state, now)
     state = State(
-        kill_switches=tuple(KillSwitch(k.id, k.scope, k.value, k.reason) for k in case.state.kill_switches),
+        kill_switches=_kill_switches(case.state),
         budget_usage={k: BudgetUsage(v.spent, v.reserved) for k, v in case.state.budgets.items()},
-        approvals=approvals,
+        approvals=(approval,) if approval is not None else (),
         now=now,
     )
     return req, state
 
 
+def _kill_switches(spec: StateSpec) -> tuple[KillSwitch, ...]:
+    return tuple(KillSwitch(k.id, k.scope, k.value, k.reason) for k in spec.kill_switches)
+
+
+def _approval(spec: StateSpec, now: datetime, approval_id: str = "test-approval") -> ApprovalView | None:
+    """`state.approval` as the approval bound to the call: binding for another day (a pending one has
+    not expired); `expired` ran out a second ago."""
+    if spec.approval is None:
+        return None
+    expires = now - timedelta(seconds=1) if spec.approval == "expired" else now + timedelta(days=1)
+    return ApprovalView(approval_id=approval_id, state=spec.approval, expires_at=expires,
+                        resolved_by="test-approver" if spec.approval != "pending" else "")
 # A field path a condition reads: `tool.args.amount`, `agent.labels["env"]`, `budget.team.remaining`.
 _FIELD = re.compile(r"\b(?:agent|tool|request|context|budget)(?:\.[A-Za-z_]\w*|\[\s*(?:\"[^\"]*\"|'[^']*')\s*\])+")
 
@@ -376,7 +392,8 @@ def run_suites(bundle: Bundle, suites: Sequence[LoadedSuite]) -> list[SuiteResul
             except InvalidRequest as e:
                 cases.append(_refused(ls, line, case.name, case.expect, e))
                 continue
-            d = decide(bundle, req, state)
+            with call_source(case.source):
+                d = decide(bundle, req, state)
             cases.append(_result(ls, line, case.name, case.expect, d, bundle, req, state, rules_by_id))
         results.append(SuiteResult(ls.suite.metadata.name, ls.file, tuple(cases)))
     return results
@@ -418,7 +435,7 @@ def _run_steps(bundle: Bundle, ls: LoadedSuite, case: Case, line: int,
     for i, step in enumerate(case.steps, 1):
         name = f"{case.name} / step {i}" + (f": {step.name}" if step.name else "")
         try:
-            req, _ = _build(ls.suite, step, case.agent)
+            req, _ = _build(ls.suite, step, case.agent, case.context)
         except (ValueError, TypeError, AttributeError, KeyError) as e:
             out.append(CaseResult(ls.suite.metadata.name, ls.file, line, name, False, step.expect,
                                   "", "", (), (), (), problem=f"cannot build the request: {e}"))
@@ -427,17 +444,48 @@ def _run_steps(bundle: Bundle, ls: LoadedSuite, case: Case, line: int,
         if at.tzinfo is None:
             at = at.replace(tzinfo=timezone.utc)
         req.request.time.FromDatetime(at)
+        _step_state(bundle, sim, req, step.state or case.state, at, step.state is not None, i)
         session = req.agent.session_id or f"test:{ls.file}:{line}"
         state = State(now=at).with_history(sim.history(bundle, req, session))
         try:
-            d = sim.decide(bundle, req, at, session=session)
+            with call_source(step.source or case.source):
+                d = sim.decide(bundle, req, at, session=session)
         except InvalidRequest as e:   # refused before deciding: no effects, as on the server
             out.append(_refused(ls, line, name, step.expect, e))
             continue
         if step.report is not None and d.outcome != pb.DENY:   # a denied call did not run: nothing to report
             sim.report(session, step.report.status, tuple(step.report.labels))
+        if step.result is not None and d.outcome != pb.DENY:
+            with call_source(step.source or case.source):
+                added, _ = outcome_labels(bundle, req, step.result)
+            if added:
+                sim.report(session, "", added)
         out.append(_result(ls, line, name, step.expect, d, bundle, req, state, rules_by_id))
     return out
+
+
+def _step_state(bundle: Bundle, sim: MemoryState, req: pb.DecideRequest, spec: StateSpec, at: datetime,
+                own: bool, n: int) -> None:
+    """A step's `state:` (its own, else the case's) on the simulated state, before the step runs.
+
+    Kill switches are those in force for this step. Budgets: the case's usage is where each budget
+    counter starts (the steps' own reservations then add up); a step's own `state.budgets` sets the
+    usage its counters have at that step. `approval`: an approval for this step's exact call, unless
+    an earlier step already opened one for it (it is consumed, expires and binds as on the server)."""
+    sim.kill_switches = tuple(TimedKillSwitch(k) for k in _kill_switches(spec))
+    if spec.budgets:
+        who = identity_of(bundle, req)
+        for b in applicable_budgets(bundle, who, at):
+            use = spec.budgets.get(b.scope)
+            if use is None:
+                continue
+            if own:
+                sim.usage[b.key] = [use.spent, use.reserved]
+            else:
+                sim.set_usage([(b.scope, b.scope_key, BudgetUsage(use.spent, use.reserved))])
+    approval = _approval(spec, at, f"test-approval-{n}")
+    if approval is not None:
+        sim.seed_approval(req, approval)
 
 
 def coverage(bundle: Bundle, results: Sequence[SuiteResult]) -> Coverage:

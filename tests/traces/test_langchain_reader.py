@@ -79,8 +79,8 @@ def test_actions_written_only_as_text_in_the_final_answer_are_calls_marked_from_
     assert {c.session_id for c in calls} == {"17"}  # one trajectory, one session
     assert {c.model for c in calls} == {"gpt-4o-mini"}
     assert {json.dumps(c.context) for c in calls} == {'{"user_request": "Turn off the lights in the living room."}'}
-    assert off.source == f"{path}.intermediate_steps[1].log action 0"
-    assert mail.source == f"{path}.intermediate_steps[1].log action 1"
+    assert off.source == f"{path}:1.intermediate_steps[1].log action 0"   # a one-line file: line 1
+    assert mail.source == f"{path}:1.intermediate_steps[1].log action 1"
 
 
 def test_a_text_action_with_unreadable_input_is_kept_as_indeterminate() -> None:

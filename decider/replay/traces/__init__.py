@@ -93,7 +93,7 @@ def _read_file(path: str, format: str | None) -> Iterator[TraceCall]:
     source = "<stdin>" if path == STDIN else path
     with open_text(path) as stream:
         try:
-            payload, sample = sniff(stream, source)
+            payload, sample, lineno = sniff(stream, source)
         except (UnicodeDecodeError, OSError, EOFError) as err:
             raise TraceFormatError(source, f"cannot read: {err}") from err
         fmt = format or detect_format(sample)
@@ -103,8 +103,11 @@ def _read_file(path: str, format: str | None) -> Iterator[TraceCall]:
         kwargs: dict[str, Any] = {}
         if fmt in ("openai", "langchain") and path != STDIN:
             kwargs["model"] = model_from_filename(path)
+        # A one-line file's record is where a JSONL line's would be: `file.jsonl:1` (an array's items
+        # are located by index already).
+        where = f"{source}:{lineno}" if lineno is not None and isinstance(payload, dict) else source
         try:
-            yield from _READERS[fmt](payload, source, **kwargs)
+            yield from _READERS[fmt](payload, where, **kwargs)
         except (UnicodeDecodeError, OSError, EOFError) as err:
             raise TraceFormatError(source, f"cannot read: {err}") from err
         except (AttributeError, TypeError, KeyError, IndexError) as err:

@@ -78,12 +78,13 @@ def open_text(path: str) -> Iterator[IO[str]]:
             text.detach()  # closing the wrapper would close the process's stdin
 
 
-def sniff(stream: IO[str], source: str) -> tuple[Any, Any]:
-    """(what to hand a reader, a sample record to detect the format from).
+def sniff(stream: IO[str], source: str) -> tuple[Any, Any, int | None]:
+    """(what to hand a reader, a sample record to detect the format from, the line of a one-line file).
 
     The first non-blank line decides: if it is a complete JSON value, the file is JSONL (or a
     one-line JSON document) and is handed over as lines; otherwise it is one (pretty-printed) JSON
-    document, parsed whole.
+    document, parsed whole. A file whose only record is that line is handed over parsed, with its
+    line number, so that its calls still say where they are (`file.jsonl:1`, as in a longer file).
     """
     head: list[str] = []
     for line in stream:
@@ -104,9 +105,10 @@ def sniff(stream: IO[str], source: str) -> tuple[Any, Any]:
                 doc = json.loads(text)
         except ValueError as err:
             raise TraceFormatError(source, f"neither JSON nor JSONL: {err}") from None
-        return doc, doc
+        return doc, doc, None
+    lineno = len(head)
     for line in stream:
         head.append(line)
         if not line.isspace():
-            return itertools.chain(head, stream), first
-    return first, first
+            return itertools.chain(head, stream), first, None
+    return first, first, lineno

@@ -9,7 +9,8 @@ the final step is the answer (`{return_values: {output}, log}`), not a call.
 Agents also write actions they never ran into that final answer, ReAct style
 (`Action: GmailSendEmail` / `Action Input: {...}`): the run stopped, but the model meant the call,
 and ToolEmu's risk labels count it as done. Those are read too, as calls with `from_text=True`, after
-the trajectory's executed calls. A trajectory is one session; the record's `input` (ToolEmu's
+the trajectory's executed calls; one identical (tool, server, arguments) to a call the trajectory
+already made carries that call's `source` in `repeats` (replay does not count it twice). A trajectory is one session; the record's `input` (ToolEmu's
 `User Instruction`) is `context.user_request`.
 """
 
@@ -124,6 +125,7 @@ def _trajectory(record: dict[str, Any], where: str, model: str | None) -> Iterat
            # A trajectory is a session; without an id of its own it is named by where it is.
            "session_id": text_or_none(session) or where,
            "context": with_user_request(None, request.strip() if request else None)}
+    made: dict[str, str] = {}   # the executed calls of this trajectory (one turn): identity -> source
     for i, step in enumerate(steps):
         action = _action(step)
         if action is None:
@@ -133,12 +135,21 @@ def _trajectory(record: dict[str, Any], where: str, model: str | None) -> Iterat
         if isinstance(observation, list) and observation:
             observation = observation[0]
         kw["result"] = observation
+        if kw["arguments"] is not None:
+            made.setdefault(_identity(kw), kw["source"])
         yield call_from_fields(kw)
     text, at = _final_text(record, steps)
     for k, (name, raw) in enumerate(text_actions(text) if text else ()):
         kw = _fields(name, raw, run, f"{where}.{at} action {k}")
         kw["from_text"] = True
+        if kw["arguments"] is not None:
+            kw["repeats"] = made.get(_identity(kw), "")
         yield call_from_fields(kw)
+
+
+def _identity(kw: dict[str, Any]) -> str:
+    """What makes two calls the same call: tool, server and arguments (key order aside)."""
+    return json.dumps([kw["tool_name"], kw["server"], kw["arguments"]], sort_keys=True, default=str)
 
 
 def read_langchain(obj_or_lines: ObjOrLines, source: str, *, model: str | None = None) -> Iterator[TraceCall]:

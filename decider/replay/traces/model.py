@@ -59,6 +59,9 @@ class TraceCall:
     # The call was written as text ("Action: X / Action Input: {...}") in the agent's final answer,
     # not executed as a step (LangChain / ToolEmu): the model meant it; replay reports it as such.
     from_text: bool = False
+    # A text action identical (tool, server, arguments) to a call already made in the same turn:
+    # that call's `source`. Replay reports it as a repeat and does not decide it again.
+    repeats: str = ""
     source: str = ""
     format: str = ""
 
