@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import delete, insert, select, update
 
-from decider.archives.files import archive_files, read_file, read_manifest, sha256_of
+from decider.archives.files import Manifest, archive_files, read_file, read_manifest, sha256_of
+from decider.archives.prune import Pruner
 from decider.archives.schema import DECISION_COLUMNS
 from decider.record.ids import first_id_at, id_time_ms, new_id
 from decider.store import DecisionStore, connect
@@ -279,3 +280,31 @@ def test_horizon_boundary_is_exact(tmp_path: Path) -> None:
     assert first_id_at(int(horizon.timestamp() * 1000)) <= new_id(int(horizon.timestamp() * 1000))
     assert id_time_ms(first_id_at(0)) == 0 and first_id_at(0) == "0" * 26
     assert DAY_MS == 24 * 3600 * 1000
+
+
+def test_record_changed_after_archiving_is_kept_and_archived_again(db_url: str, tmp_path: Path) -> None:
+    """An outcome reported on a record between its archive and its delete: the record stays (the
+    archive holds its old state) and the next prune archives it again; the archive reader answers
+    with the newest state."""
+    decide_some(tmp_path, db_url)
+    moved = age(db_url, days=100, spread_days=0)
+    engine = connect(db_url)
+    target = sorted(moved.values())[0]
+    touched: list[str] = []
+
+    def label_one(manifest: Manifest) -> None:
+        if not touched:
+            DecisionStore(engine).add_labels(target, ["audited"])
+            touched.append(manifest.file)
+
+    arch = tmp_path / "arch"
+    horizon = datetime.now(timezone.utc) - timedelta(days=90)
+    first = Pruner(engine, arch, on_archived=label_one).run(horizon)
+    assert first.rows == 16 and first.deleted == 15 and first.days[0].changed == 1
+    assert DecisionStore(engine).get(target) is not None
+    second = Pruner(engine, arch).run(horizon)
+    assert second.deleted == 1 and second.manifests[0].file.endswith(".2.parquet")
+    engine.dispose()
+    [line] = [json.loads(x) for x in log_lines("--archive", str(arch)) if json.loads(x)["decision_id"] == target]
+    assert line["labels"] == ["audited"]
+    assert len(log_lines("--archive", str(arch))) == 16

@@ -22,7 +22,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -131,9 +131,11 @@ def _ms(t: datetime) -> int:
 
 class Pruner:
     def __init__(self, engine: Engine, archive_dir: str | Path, fmt: str = "parquet",
-                 batch: int = DEFAULT_BATCH) -> None:
+                 batch: int = DEFAULT_BATCH, on_archived: Callable[[Manifest], None] | None = None) -> None:
+        """`on_archived` is told of each archive once it is complete, before its records are deleted."""
         if batch < 1:
             raise InvalidRequest("--batch", "must be at least 1")
+        self.on_archived = on_archived
         self.engine = engine
         self.archive_dir = Path(archive_dir)
         self.fmt = fmt
@@ -217,6 +219,8 @@ class Pruner:
         out = DayResult(day.isoformat(), manifest.rows, archive=manifest.file)
         log.info("archived", extra={"day": out.day, "records": manifest.rows, "archive": manifest.file,
                                     "sha256": manifest.sha256})
+        if self.on_archived is not None:
+            self.on_archived(manifest)
         for i in range(0, len(ids), self.batch):
             deleted = self._delete(ids[i:i + self.batch], snapshot, horizon_id, now)
             out.deleted += deleted
