@@ -22,6 +22,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import re
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
@@ -38,11 +39,13 @@ from decider.store.budgets import budget_reservations
 from decider.store.decisions import decisions
 from decider.store.journal import _PG_LOCK_KEY, export_cursors, journal
 
-__all__ = ["Pruner", "PruneResult", "CursorBehind", "PruneBusy", "parse_retention", "DEFAULT_BATCH"]
+__all__ = ["Pruner", "PruneResult", "CursorBehind", "PruneBusy", "parse_retention", "DEFAULT_BATCH",
+           "DEFAULT_THROTTLE"]
 
 log = logging.getLogger("decider.retention")
 
 DEFAULT_BATCH = 500
+DEFAULT_THROTTLE = 1.0   # busy at most half the time
 _RETENTION = re.compile(r"^(\d+)([hdwy])$")
 _UNIT_HOURS = {"h": 1, "d": 24, "w": 24 * 7, "y": 24 * 365}
 # Any constant other than the journal's: one prune at a time across replicas of one PostgreSQL.
@@ -131,10 +134,16 @@ def _ms(t: datetime) -> int:
 
 class Pruner:
     def __init__(self, engine: Engine, archive_dir: str | Path, fmt: str = "parquet",
-                 batch: int = DEFAULT_BATCH, on_archived: Callable[[Manifest], None] | None = None) -> None:
-        """`on_archived` is told of each archive once it is complete, before its records are deleted."""
+                 batch: int = DEFAULT_BATCH, on_archived: Callable[[Manifest], None] | None = None,
+                 throttle: float = DEFAULT_THROTTLE) -> None:
+        """`on_archived` is told of each archive once it is complete, before its records are deleted.
+        `throttle`: after each batch (read or delete) pause that many times the batch's own time, so
+        a prune beside a serving server leaves it the CPU and the write lock most of the time."""
         if batch < 1:
             raise InvalidRequest("--batch", "must be at least 1")
+        if throttle < 0:
+            raise InvalidRequest("--throttle", "must be 0 or more")
+        self.throttle = throttle
         self.on_archived = on_archived
         self.engine = engine
         self.archive_dir = Path(archive_dir)
@@ -195,14 +204,20 @@ class Pruner:
         """The day's prunable rows in id order, `batch` at a time (keyset: each read is short)."""
         after = None
         while True:
+            started = time.perf_counter()
             q = select(decisions).where(prunable(horizon_id, now), c.decision_id < hi,
                                         c.decision_id > after if after else c.decision_id >= lo)
             with self.engine.connect() as conn:
                 rows = [dict(r) for r in conn.execute(q.order_by(c.decision_id).limit(self.batch)).mappings()]
             if not rows:
                 return
-            yield rows
+            yield rows   # the archive writer's share of the batch counts too
             after = rows[-1]["decision_id"]
+            self._pause(started)
+
+    def _pause(self, started: float) -> None:
+        if self.throttle:
+            time.sleep((time.perf_counter() - started) * self.throttle)
 
     def _last_seq(self) -> int:
         with self.engine.connect() as conn:
@@ -222,8 +237,9 @@ class Pruner:
         if self.on_archived is not None:
             self.on_archived(manifest)
         for i in range(0, len(ids), self.batch):
-            deleted = self._delete(ids[i:i + self.batch], snapshot, horizon_id, now)
-            out.deleted += deleted
+            started = time.perf_counter()
+            out.deleted += self._delete(ids[i:i + self.batch], snapshot, horizon_id, now)
+            self._pause(started)
         out.changed = manifest.rows - out.deleted
         log.info("pruned", extra={"day": out.day, "deleted": out.deleted, "changed_since_archived": out.changed})
         return out

@@ -41,6 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     pr.add_argument("--force", action="store_true",
                     help="prune even when an exporter cursor has not sent some of the records (they are lost to it)")
     pr.add_argument("--batch", type=int, default=500, help="records per read and per delete transaction")
+    pr.add_argument("--throttle", type=float, default=1.0, metavar="RATIO",
+                    help="after each batch pause RATIO times the batch's time (default 1: busy at most half the "
+                         "time, leaving serving replicas the database; 0: full speed)")
     pr.add_argument("--format", choices=["text", "json"], default="text")
     pr.set_defaults(func=_prune)
     bk = verbs.add_parser("backup", help="a consistent copy of the database, taken while it serves "
@@ -98,7 +101,7 @@ def _prune(args: argparse.Namespace) -> int:
     age = parse_retention(args.older_than, "--older-than")
     engine = open_db(args.db)
     try:
-        result = Pruner(engine, args.archive_dir, args.archive_format, args.batch).run(
+        result = Pruner(engine, args.archive_dir, args.archive_format, args.batch, throttle=args.throttle).run(
             datetime.now(timezone.utc) - age, dry_run=args.dry_run, force=args.force)
     finally:
         engine.dispose()
