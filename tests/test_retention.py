@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import delete, insert, select, update
 
 from decider.archives.files import Manifest, archive_files, read_file, read_manifest, sha256_of
-from decider.archives.prune import Pruner
+from decider.archives.prune import Pruner, PruneBusy
 from decider.archives.schema import DECISION_COLUMNS
 from decider.record.ids import first_id_at, id_time_ms, new_id
 from decider.store import DecisionStore, connect
@@ -308,3 +308,25 @@ def test_record_changed_after_archiving_is_kept_and_archived_again(db_url: str, 
     [line] = [json.loads(x) for x in log_lines("--archive", str(arch)) if json.loads(x)["decision_id"] == target]
     assert line["labels"] == ["audited"]
     assert len(log_lines("--archive", str(arch))) == 16
+
+
+def test_one_prune_at_a_time(db_url: str, tmp_path: Path) -> None:
+    """Two prunes of one database (two replicas with --retain, or `db prune` beside a server): the
+    second finds the first at work and leaves everything to it."""
+    decide_some(tmp_path, db_url)
+    age(db_url, days=100, spread_days=0)
+    engine = connect(db_url)
+    horizon = datetime.now(timezone.utc) - timedelta(days=90)
+    refused: list[str] = []
+
+    def second_prune(_m: Manifest) -> None:
+        # Another archive folder on purpose: on PostgreSQL the database's lock stops it too.
+        other = tmp_path / ("arch" if db_url.startswith("sqlite") else "arch2")
+        try:
+            Pruner(engine, other).run(horizon)
+        except PruneBusy as e:
+            refused.append(str(e))
+
+    result = Pruner(engine, tmp_path / "arch", on_archived=second_prune).run(horizon)
+    engine.dispose()
+    assert result.deleted == 16 and len(refused) == 1
