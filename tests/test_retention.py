@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import delete, insert, select, update
 
 from decider.archives.files import Manifest, archive_files, read_file, read_manifest, sha256_of
-from decider.archives.prune import Pruner, PruneBusy
+from decider.archives.prune import PruneBusy, Pruner
 from decider.archives.schema import DECISION_COLUMNS
 from decider.record.ids import first_id_at, id_time_ms, new_id
 from decider.store import DecisionStore, connect
