@@ -35,6 +35,7 @@ __all__ = ["FORMATS", "Manifest", "ArchiveError", "write_day", "read_file", "arc
 FORMATS = ("parquet", "jsonl")
 _SUFFIX = {"parquet": ".parquet", "jsonl": ".jsonl.gz"}
 MANIFEST_SUFFIX = ".manifest.json"
+ROW_GROUP = 10_000
 
 
 class ArchiveError(DeciderError):
@@ -144,12 +145,18 @@ def _write_parquet(path: Path, batches: Iterable[list[dict[str, Any]]], written:
     import pyarrow.parquet as pq
 
     schema = arrow_schema(DECISION_COLUMNS, "decisions")
+    pending: list[dict[str, Any]] = []
     with pq.ParquetWriter(path, schema, compression="zstd") as w:
         for rows in batches:
-            records = [to_archive(r) for r in rows]
-            if records:
-                w.write_table(pa.Table.from_pylist(records, schema=schema))
-                written.extend(r["decision_id"] for r in records)
+            pending.extend(to_archive(r) for r in rows)
+            # Row groups of ROW_GROUP records, whatever the read batch: small groups compress badly.
+            if len(pending) >= ROW_GROUP:
+                w.write_table(pa.Table.from_pylist(pending, schema=schema))
+                written.extend(r["decision_id"] for r in pending)
+                pending = []
+        if pending:
+            w.write_table(pa.Table.from_pylist(pending, schema=schema))
+            written.extend(r["decision_id"] for r in pending)
     with path.open("rb+") as f:
         os.fsync(f.fileno())
 

@@ -37,7 +37,7 @@ from decider.errors import DeciderError, InvalidRequest
 from decider.record.ids import first_id_at, id_time_ms
 from decider.store.budgets import budget_reservations
 from decider.store.decisions import decisions
-from decider.store.journal import _PG_LOCK_KEY, export_cursors, journal
+from decider.store.journal import export_cursors, journal
 
 __all__ = ["Pruner", "PruneResult", "CursorBehind", "PruneBusy", "parse_retention", "DEFAULT_BATCH",
            "DEFAULT_THROTTLE"]
@@ -249,9 +249,12 @@ class Pruner:
         with their journal entries and settled reservations."""
         with self.engine.begin() as conn:
             if conn.dialect.name == "postgresql":
-                # The lock every transaction that changes a decision takes first (store/journal.py):
-                # none commits between our look at the journal and our delete.
-                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_KEY})
+                # Lock these rows first: a change to one of them that committed before is in the
+                # journal the DELETE's subquery reads (READ COMMITTED: a new snapshot per
+                # statement); one that comes after waits for this transaction. Only these old rows
+                # are locked: Decide's inserts never wait. (On SQLite the DELETE statement runs
+                # under the database's write lock: nothing commits between its subquery and it.)
+                conn.execute(select(c.decision_id).where(c.decision_id.in_(ids)).with_for_update())
             changed = select(journal.c.decision_id).where(journal.c.seq > snapshot)
             res = conn.execute(delete(decisions).where(c.decision_id.in_(ids), prunable(horizon_id, now),
                                                        c.decision_id.not_in(changed)))

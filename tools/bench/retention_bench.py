@@ -1,6 +1,6 @@
 """Retention at (modest) size: Decide latency before and during a prune, archive size per million records.
 
-    .venv/bin/python tools/bench/retention_bench.py [--records 100000] [--days 30] [--seconds 5]
+    .venv/bin/python tools/bench/retention_bench.py [--records 60000] [--days 30] [--seconds 5]
     .venv/bin/python tools/bench/retention_bench.py --db postgresql+psycopg://decider@127.0.0.1:5432/bench
 
 Bounded (well under a minute at the defaults on a 2-core box): loads `--records` realistic rows
@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import delete, select  # noqa: E402
 
-from decider.archives.prune import Pruner  # noqa: E402
+from decider.archives.prune import DEFAULT_BATCH, DEFAULT_THROTTLE, Pruner  # noqa: E402
 from decider.client import DeciderClient  # noqa: E402
 from decider.record.ids import new_id  # noqa: E402
 from decider.store import DecisionStore, connect  # noqa: E402
@@ -136,9 +136,11 @@ def summary(lat: list[float], seconds: float) -> dict[str, float]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--db", help="database URL (default: a new SQLite file in a temp folder)")
-    ap.add_argument("--records", type=int, default=100_000)
+    ap.add_argument("--records", type=int, default=60_000)
     ap.add_argument("--days", type=int, default=30)
     ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--batch", type=int, default=DEFAULT_BATCH, help="the prune's records per read and per delete")
+    ap.add_argument("--throttle", type=float, default=DEFAULT_THROTTLE, help="the prune's pause ratio")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -150,7 +152,7 @@ def main() -> int:
             measure(port, 1.0)   # warm-up
             before = measure(port, args.seconds)
             engine = connect(db)
-            pruner = Pruner(engine, tmp / "archives")
+            pruner = Pruner(engine, tmp / "archives", batch=args.batch, throttle=args.throttle)
             done, out = threading.Event(), {}
 
             def prune() -> None:
@@ -173,7 +175,7 @@ def main() -> int:
         report = {
             "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
             "db": "postgresql" if db.startswith("postgresql") else "sqlite",
-            "records": args.records, "load_s": round(load_s, 1),
+            "records": args.records, "batch": args.batch, "throttle": args.throttle, "load_s": round(load_s, 1),
             "before": summary(before, args.seconds), "during_prune": summary(during, during_s),
             "prune": {"records": result.rows, "deleted": result.deleted, "days": len(result.days),
                       "seconds": round(out["seconds"], 1),
