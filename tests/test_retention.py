@@ -330,3 +330,21 @@ def test_one_prune_at_a_time(db_url: str, tmp_path: Path) -> None:
     result = Pruner(engine, tmp_path / "arch", on_archived=second_prune).run(horizon)
     engine.dispose()
     assert result.deleted == 16 and len(refused) == 1
+
+
+def test_leftovers_of_an_interrupted_archive_are_ignored(tmp_path: Path) -> None:
+    """A prune killed mid-write leaves a hidden temporary file, or a manifest whose file never took
+    its name: readers skip both (their records are still in the database), the next prune goes on."""
+    db_url = f"sqlite:///{tmp_path / 'decider.db'}"
+    decide_some(tmp_path, db_url)
+    age(db_url, days=100, spread_days=0)
+    arch = tmp_path / "arch"
+    arch.mkdir()
+    (arch / ".decisions-2026-01-01.parquet.tmp").write_bytes(b"PAR1 half a file")
+    (arch / "decisions-2026-01-02.parquet.manifest.json").write_text('{"file": "decisions-2026-01-02.parquet"}')
+    res = cli("db", "prune", "--db", db_url, "--older-than", "90d", "--archive-dir", str(arch))
+    assert res.returncode == 0, res.stderr
+    assert len(log_lines("--archive", str(arch))) == 16
+    replay = cli("replay", str(ROOT / "policies"), str(arch), "--format", "json")
+    assert replay.returncode == 0, replay.stderr
+    assert json.loads(replay.stdout)["total"] == 16

@@ -1,9 +1,10 @@
 """Archive files: one file of decision records per UTC day (Parquet, zstd; or gzip JSON lines), each
 with a manifest beside it (`<file>.manifest.json`: rows, first/last decision id, sha256 of the file).
 
-A manifest is written only after its file was read back and found complete, so a file without one
-is an interrupted write whose records are still in the database: readers skip it in a folder, and
-the next prune writes them again. A file whose sha256 no longer matches its manifest is an error
+A manifest is written only after its file was read back and found complete, and the file takes
+its name only after that: a file under an archive's name always has its manifest. An interrupted
+write leaves a hidden temporary file (or a manifest without its file), which readers ignore; its
+records are still in the database, and the next prune writes them again. A file whose sha256 no longer matches its manifest is an error
 (`ArchiveError`), never read silently.
 """
 
@@ -103,6 +104,9 @@ def write_day(folder: Path, day: date, batches: Iterable[list[dict[str, Any]]], 
 
 def _write_day(folder: Path, day: date, batches: Iterable[list[dict[str, Any]]], fmt: str
                ) -> tuple[Manifest, list[str]] | None:
+    # Order: the data under a hidden name, checked, then its manifest, then the data renamed into
+    # place. So a file under an archive's name always has its manifest; a crash leaves at most a
+    # hidden temporary file or a manifest without a file, which readers ignore.
     folder.mkdir(parents=True, exist_ok=True)
     final = _free_name(folder, day, fmt)
     tmp = folder / f".{final.name}.tmp"   # hidden: never read as an archive
@@ -113,30 +117,27 @@ def _write_day(folder: Path, day: date, batches: Iterable[list[dict[str, Any]]],
         else:
             _write_jsonl(tmp, batches, written)
         if not written:
-            tmp.unlink(missing_ok=True)
             return None
+        digest = sha256_of(tmp)
+        back = [r["decision_id"] for r in _read_rows(tmp, fmt)]
+        if back != written:
+            raise ArchiveError(f"{final}: read back {len(back)} records, wrote {len(written)}; nothing was deleted")
+        manifest = Manifest(file=final.name, table="decisions", format=fmt, schema_version=SCHEMA_VERSION,
+                            day=day.isoformat(), rows=len(back), first_decision_id=back[0],
+                            last_decision_id=back[-1], sha256=digest, bytes=tmp.stat().st_size,
+                            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        mpath = folder / (final.name + MANIFEST_SUFFIX)
+        mtmp = folder / f".{mpath.name}.tmp"
+        with mtmp.open("w") as f:
+            json.dump(asdict(manifest), f, indent=2)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(mtmp, mpath)
         os.replace(tmp, final)
         _fsync_dir(folder)
     finally:
         tmp.unlink(missing_ok=True)
-    digest = sha256_of(final)
-    back = [r["decision_id"] for r in _read_rows(final, fmt)]
-    if back != written:
-        raise ArchiveError(f"{final}: read back {len(back)} records, wrote {len(written)}; "
-                           "nothing was deleted")
-    manifest = Manifest(file=final.name, table="decisions", format=fmt, schema_version=SCHEMA_VERSION,
-                        day=day.isoformat(), rows=len(back), first_decision_id=back[0], last_decision_id=back[-1],
-                        sha256=digest, bytes=final.stat().st_size,
-                        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    mpath = folder / (final.name + MANIFEST_SUFFIX)
-    mtmp = folder / f".{mpath.name}.tmp"
-    with mtmp.open("w") as f:
-        json.dump(asdict(manifest), f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(mtmp, mpath)
-    _fsync_dir(folder)
     return manifest, back
 
 
