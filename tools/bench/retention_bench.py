@@ -8,7 +8,8 @@ Bounded (well under a minute at the defaults on a 2-core box): loads `--records`
 `--days` back, through the store's insert path so the journal triggers fire), starts `decider serve`
 on that database (127.0.0.1, ephemeral port), measures Decide with one closed-loop client for
 `--seconds`, then again while `Pruner` archives and deletes every record older than `--days / 2`
-(half the ledger) in this process. Prints p50/p99/throughput of both phases, the prune's duration,
+(half the ledger) in this process. Before that, times the console's queries (QueryStore) on the
+loaded ledger and names the indexes their plans use. Prints p50/p99/throughput of both phases, the prune's duration,
 and the Parquet bytes per million records. Writes tools/bench/results/retention.json.
 Issue 25 item 4 asks for 10 M rows on PostgreSQL and a 3-replica kill test: not this bench.
 """
@@ -133,6 +134,48 @@ def summary(lat: list[float], seconds: float) -> dict[str, float]:
             "p99_ms": round(q[98] * 1000, 2)}
 
 
+def console_queries(db: str, reps: int = 20) -> dict[str, dict[str, Any]]:
+    """The console's queries (QueryStore, as the Queries service runs them) on the loaded ledger: p50
+    over `reps`, and on PostgreSQL the indexes the plan uses."""
+    import re
+
+    from sqlalchemy import text
+
+    from decider.store.queries import DecisionQuery, QueryStore
+
+    engine = connect(db)
+    store = QueryStore(engine)
+    day_old = new_id(int(time.time() * 1000) - 86_400_000)[:10] + "0" * 16
+    cases = {
+        "newest page": lambda: store.decisions(DecisionQuery(limit=50, newest_first=True)),
+        "by agent": lambda: store.decisions(DecisionQuery(agent_id="support-1", limit=50, newest_first=True)),
+        "by session": lambda: store.decisions(DecisionQuery(session_id="s-17", limit=50, newest_first=True)),
+        "catch-up from a day ago": lambda: store.ids_after(day_old, 500),
+    }
+    sql = {
+        "newest page": "SELECT * FROM decisions ORDER BY decision_id DESC LIMIT 50",
+        "by agent": "SELECT * FROM decisions WHERE agent_id = 'support-1' ORDER BY decision_id DESC LIMIT 50",
+        "by session": "SELECT * FROM decisions WHERE session_id = 's-17' ORDER BY decision_id DESC LIMIT 50",
+        "catch-up from a day ago": f"SELECT decision_id FROM decisions WHERE decision_id > '{day_old}' "
+                                   "ORDER BY decision_id LIMIT 500",
+    }
+    out: dict[str, dict[str, Any]] = {}
+    for name, run in cases.items():
+        times = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - t)
+        plan = ""
+        with engine.connect() as conn:
+            explain = "EXPLAIN " if engine.dialect.name == "postgresql" else "EXPLAIN QUERY PLAN "
+            lines = [" ".join(map(str, r)) for r in conn.execute(text(explain + sql[name]))]
+            plan = ", ".join(sorted(set(re.findall(r"(?:ix|pk|ux|sqlite_autoindex)_\w+|decisions_pkey", " ".join(lines)))))
+        out[name] = {"p50_ms": round(statistics.median(times) * 1000, 2), "indexes": plan or "none"}
+    engine.dispose()
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--db", help="database URL (default: a new SQLite file in a temp folder)")
@@ -147,6 +190,7 @@ def main() -> int:
         db = args.db or f"sqlite:///{tmp / 'bench.db'}"
         rows = templates(db, tmp)
         load_s = load(db, rows, args.records, args.days)
+        queries = console_queries(db)
         proc, port = serve(db, tmp, "bench")
         try:
             measure(port, 1.0)   # warm-up
@@ -176,6 +220,7 @@ def main() -> int:
             "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
             "db": "postgresql" if db.startswith("postgresql") else "sqlite",
             "records": args.records, "batch": args.batch, "throttle": args.throttle, "load_s": round(load_s, 1),
+            "console_queries": queries,
             "before": summary(before, args.seconds), "during_prune": summary(during, during_s),
             "prune": {"records": result.rows, "deleted": result.deleted, "days": len(result.days),
                       "seconds": round(out["seconds"], 1),
@@ -187,6 +232,8 @@ def main() -> int:
     (HERE / "results" / "retention.json").write_text(json.dumps(report, indent=2))
     b, p = report["before"], report["during_prune"]
     print(f"{args.records:,} records loaded in {report['load_s']} s ({report['db']})")
+    for name, q in queries.items():
+        print(f"console query {name:24}: p50 {q['p50_ms']:>6} ms  indexes: {q['indexes']}")
     print(f"Decide before prune : {b['per_s']:>7}/s  p50 {b['p50_ms']:>6} ms  p99 {b['p99_ms']:>6} ms  ({b['calls']} calls)")
     print(f"Decide during prune : {p['per_s']:>7}/s  p50 {p['p50_ms']:>6} ms  p99 {p['p99_ms']:>6} ms  ({p['calls']} calls)")
     pr = report["prune"]
