@@ -348,3 +348,22 @@ def test_leftovers_of_an_interrupted_archive_are_ignored(tmp_path: Path) -> None
     replay = cli("replay", str(ROOT / "policies"), str(arch), "--format", "json")
     assert replay.returncode == 0, replay.stderr
     assert json.loads(replay.stdout)["total"] == 16
+
+
+def test_serve_retain_never_forces_past_an_exporter(tmp_path: Path) -> None:
+    db_url = f"sqlite:///{tmp_path / 'decider.db'}"
+    decide_some(tmp_path, db_url)
+    age(db_url, days=40)
+    engine = connect(db_url)
+    CursorStore(engine).set("otlp-logs:http://collector:4318", 0)
+    engine.dispose()
+    srv = start_server(tmp_path, ROOT / "policies", db_url, "--retain", "30d", "--archive-dir",
+                       str(tmp_path / "arch"), name="retained")
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and "prune refused" not in srv.log():
+            time.sleep(0.2)
+        assert "prune refused" in srv.log() and "otlp-logs:http://collector:4318" in srv.log()
+    finally:
+        srv.stop()
+    assert len(log_lines("--db", db_url)) == 17
