@@ -39,14 +39,15 @@ def query_archives(paths: Iterable[str | os.PathLike[str]], f: LogFilter) -> Ite
     rows: dict[str, dict[str, Any]] = {}
     for path in archive_files(paths):
         for row in read_file(path):
-            rows[row["decision_id"]] = row   # files come oldest first: the newest state wins
-    ids = sorted(rows, reverse=f.newest_first)
+            # Files come oldest first, so a record's newest state is the one that decides; only
+            # the records that pass are kept in memory.
+            if matches(row, f):
+                rows[row["decision_id"]] = row
+            else:
+                rows.pop(row["decision_id"], None)
     n = 0
-    for decision_id in ids:
-        row = rows[decision_id]
-        if not matches(row, f):
-            continue
-        yield row
+    for decision_id in sorted(rows, reverse=f.newest_first):
+        yield rows[decision_id]
         n += 1
         if f.limit and n >= f.limit:
             return
