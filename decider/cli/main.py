@@ -49,6 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ext-mcp-approval-wait", type=float, default=0.0, metavar="SECONDS",
                    help="how long an ExtMcp tools/call that needs approval waits for an approver")
     s.add_argument("--metrics-listen", help="serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464)")
+    s.add_argument("--retain", metavar="AGE",
+                   help="keep decisions this long (90d, 12h, 2w, 7y): older ones are archived to --archive-dir, "
+                        "then deleted, every --prune-interval")
+    s.add_argument("--archive-dir", help="with --retain: the folder archives and manifests go to")
+    s.add_argument("--archive-format", choices=["parquet", "jsonl"], default="parquet")
+    s.add_argument("--prune-interval", type=float, default=3600.0, metavar="SECONDS",
+                   help="with --retain: seconds between prunes (the first runs at start)")
     s.add_argument("--otlp-endpoint", default=None,
                    help="send one OpenTelemetry span per decision over OTLP/HTTP to this URL "
                         "(default: $OTEL_EXPORTER_OTLP_ENDPOINT; off when neither is set)")
@@ -92,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("--until", help="ISO time, exclusive")
     lg.add_argument("--limit", type=int)
     lg.add_argument("--format", choices=["table", "jsonl"], default="table")
+    lg.add_argument("--archive", action="append", metavar="PATH",
+                    help="read archives (a folder or a file; repeatable) instead of the database")
 
     # Command groups that live in their own modules register themselves (set_defaults(func=...)).
     from decider.cli import approvals, console, db, evaluate, gateway, kill, policytest, replay, report, stream
@@ -143,6 +152,7 @@ def _serve(args: argparse.Namespace) -> int:
                        tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
                        ext_mcp=args.ext_mcp, ext_mcp_approval_wait_s=args.ext_mcp_approval_wait,
                        metrics_listen=args.metrics_listen, otlp_endpoint=_otlp_endpoint(args),
+                       **_retention(args),
                        **bundles.serve_options(args), **console.serve_options(args))
     if args.workers < 1:
         raise InvalidRequest("--workers", "must be at least 1")
@@ -157,6 +167,21 @@ def _serve(args: argparse.Namespace) -> int:
         return run_workers(cfg, args.workers, args.log_level)
     run(cfg)
     return EXIT_OK
+
+
+def _retention(args: argparse.Namespace) -> dict[str, Any]:
+    from decider.archives.prune import parse_retention
+
+    if not args.retain:
+        if args.archive_dir:
+            raise InvalidRequest("--archive-dir", "goes with --retain")
+        return {}
+    if not args.archive_dir:
+        raise InvalidRequest("--archive-dir", "is required with --retain: records are archived before they are deleted")
+    if args.prune_interval <= 0:
+        raise InvalidRequest("--prune-interval", "must be positive")
+    return {"retain_s": parse_retention(args.retain, "--retain").total_seconds(), "archive_dir": args.archive_dir,
+            "archive_format": args.archive_format, "prune_interval_s": args.prune_interval}
 
 
 def _otlp_endpoint(args: argparse.Namespace) -> str | None:
@@ -299,16 +324,23 @@ def _log(args: argparse.Namespace) -> int:
     from decider.store import DecisionStore
     from decider.store.decisions import LogFilter
 
-    engine = stream.open_db(args.db, create=args.create)
-    if args.follow:
-        return stream.follow(args, engine)
-    store = DecisionStore(engine)
     f = LogFilter(
         agent_id=args.agent_id, team=args.team, tool_name=args.tool, outcome=args.outcome,
         bundle_revision=args.revision, since=_parse_time(args.since), until=_parse_time(args.until),
         limit=args.limit, newest_first=not args.reverse,
     )
-    rows = store.query(f)
+    if args.archive:
+        if args.follow:
+            raise InvalidRequest("--archive", "archives do not change: --follow reads the database")
+        from decider.archives.query import query_archives
+
+        # Every file is checked against its manifest before a line is printed.
+        rows: Any = list(query_archives(args.archive, f))
+    else:
+        engine = stream.open_db(args.db, create=args.create)
+        if args.follow:
+            return stream.follow(args, engine)
+        rows = DecisionStore(engine).query(f)
     if args.shadow_diff:  # issue 4
         return bundles.print_shadow_diff(bundles.shadow_diff(rows, args.examples), args.format)
     if args.format == "jsonl":

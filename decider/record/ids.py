@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 
-__all__ = ["new_id", "id_time_ms"]
+__all__ = ["new_id", "id_time_ms", "first_id_at"]
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _INDEX = {c: i for i, c in enumerate(_ALPHABET)}
@@ -31,3 +31,10 @@ def id_time_ms(decision_id: str) -> int:
     for c in decision_id[:10]:
         n = (n << 5) | _INDEX[c]
     return n
+
+
+def first_id_at(ms: int) -> str:
+    """The smallest id drawn at `ms` or later: `decision_id < first_id_at(ms)` selects exactly the
+    decisions drawn before that millisecond, on the primary key (retention's horizon)."""
+    n = ms << 80
+    return "".join(_ALPHABET[n >> (125 - 5 * i) & 31] for i in range(26))

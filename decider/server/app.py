@@ -24,6 +24,7 @@ from decider.server.notify import ApprovalNotifier, WebhookSettings
 from decider.server.observability import Observability
 from decider.server.queries import QUERIES_SERVICE_NAME, DecisionFeed
 from decider.server.queries import handlers as query_handlers
+from decider.server.retention import Retention
 from decider.server.service import SERVICE_NAME, DeciderService
 from decider.store import DecisionStore, GroupCommitWriter, connect
 from decider.store.bundles import BundleStore
@@ -71,6 +72,11 @@ class ServerConfig:
     metrics_listen: str | None = None
     metrics: bool = False
     otlp_endpoint: str | None = None
+    # Retention (archives/prune.py): keep decisions retain_s seconds; None = forever.
+    retain_s: float | None = None
+    archive_dir: str | None = None
+    archive_format: str = "parquet"
+    prune_interval_s: float = 3600.0
 
 
 class InsecureListen(DeciderError):
@@ -89,9 +95,12 @@ class RunningServer:
     feed: DecisionFeed
     observability: Observability
     notifier: ApprovalNotifier | None = None
+    retention: Retention | None = None
 
     async def stop(self, grace_s: float) -> None:
         """Release every listener, stop taking calls, let in-flight ones finish, then flush the writer."""
+        if self.retention is not None:
+            await self.retention.stop()
         # The ports first (grpc's own listener closes in server.stop, before its grace): a server
         # restarted at once binds them while this one drains.
         await self.observability.close_listeners()
@@ -190,7 +199,11 @@ async def start_server(cfg: ServerConfig) -> RunningServer:
         notifier = ApprovalNotifier(engine, WebhookSettings(cfg.approval_webhook, cfg.console_url,
                                                             backoff_max_s=cfg.webhook_max_backoff_s))
         await notifier.start()
-    return RunningServer(server, port, svc, writer, health_svc, live, controls, feed, obs, notifier)
+    retention = None
+    if cfg.retain_s is not None and cfg.archive_dir:
+        retention = Retention(engine, cfg.retain_s, cfg.archive_dir, cfg.archive_format, cfg.prune_interval_s)
+        await retention.start()
+    return RunningServer(server, port, svc, writer, health_svc, live, controls, feed, obs, notifier, retention)
 
 
 def _add_port(server: grpc.aio.Server, cfg: ServerConfig) -> int:

@@ -77,7 +77,8 @@ decisions = Table(
     # The authenticated principal that asked (SPEC §9; Alembic revision 0004).
     Column("caller", String(256), nullable=False, default="", server_default=""),   # the calling principal
     Column("labels", Text, nullable=False, default="[]", server_default="[]"),  # JSON list (SPEC §10)
-    Index("ix_decisions_agent", "agent_id"),
+    # (agent, id): one agent's newest page is an index range, not a sort of all its records (0007).
+    Index("ix_decisions_agent", "agent_id", "decision_id"),
     Index("ix_decisions_tool", "tool_name"),
 )
 

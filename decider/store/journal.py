@@ -31,6 +31,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Engine,
+    Index,
     Integer,
     String,
     Table,
@@ -58,6 +59,9 @@ journal = Table(
     Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
     Column("decision_id", String(26), nullable=False),
     Column("change", String(16), nullable=False),   # decided | updated
+    # A record's entries (revision 0007): what retention deletes with the record, and where
+    # `--after DECISION_ID` resumes; without it both scan the whole journal.
+    Index("ix_decision_journal_decision", "decision_id"),
 )
 
 # Durable positions of exporters (`decider export`): the last seq a receiver acknowledged.

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
+from decider.archives.files import is_archive, log_lines
 from decider.replay.traces._files import STDIN, iter_trace_files, open_text, sniff
 from decider.replay.traces._gc import unfreezing
 from decider.replay.traces._parse import model_from_filename
@@ -91,6 +93,10 @@ def _describe(sample: Any) -> str:
 
 def _read_file(path: str, format: str | None) -> Iterator[TraceCall]:
     source = "<stdin>" if path == STDIN else path
+    if path != STDIN and is_archive(path):
+        # A decision archive (decider db prune): its records as `decider log --format jsonl` printed them.
+        yield from read_decider_log(log_lines(Path(path)), source)
+        return
     with open_text(path) as stream:
         try:
             payload, sample, lineno = sniff(stream, source)

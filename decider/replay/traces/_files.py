@@ -26,12 +26,14 @@ __all__ = ["iter_trace_files", "open_text", "sniff", "STDIN"]
 STDIN = "-"
 # In a folder only these are read (so a README next to the traces is not an error); a file named
 # explicitly is read whatever its name. `.gz` after any of them is fine.
-_TRACE_SUFFIXES = (".json", ".jsonl", ".ndjson", ".log", ".traj")
+_TRACE_SUFFIXES = (".json", ".jsonl", ".ndjson", ".log", ".traj", ".parquet")  # .parquet: decision archives
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
 def _is_trace_name(path: Path) -> bool:
     name = path.name.lower()
+    if name.endswith(".manifest.json"):   # beside each decision archive (decider/archives): not a trace
+        return False
     if name.endswith(".gz"):
         name = name[:-3]
     return name.endswith(_TRACE_SUFFIXES)

@@ -1,0 +1,304 @@
+"""Retention (SPEC §11): decisions older than a horizon are archived, checked, and only then deleted.
+
+One UTC day at a time, oldest first:
+
+1. the day's prunable records are read in id order (bounded batches) into a new archive file, which
+   is read back and must hold exactly those records before its manifest is written
+   (archives/files.py); any failure stops the prune with nothing of that day deleted;
+2. the ids *read back from the archive* are deleted, `batch` at a time, each batch one short
+   transaction; a record that changed after it was read (an outcome reported, an approval
+   resolved: it has a journal entry past the snapshot taken before reading) is not deleted, and is
+   archived again, in its new state, by a later prune.
+
+Never pruned: pending approvals; approved or rejected ones until their expiry (they still bind
+identical calls); decisions holding an unsettled budget reservation. Budget counters
+(`budget_usage`) are never pruned here: they are one row per budget and window, not per decision.
+An exporter cursor that has not sent a prunable record blocks the whole prune (CursorBehind),
+unless `force`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, and_, delete, func, not_, or_, select, text
+from sqlalchemy.sql.elements import ColumnElement
+
+from decider.archives.files import ArchiveError, Manifest, write_day
+from decider.errors import DeciderError, InvalidRequest
+from decider.record.ids import first_id_at, id_time_ms
+from decider.store.budgets import budget_reservations
+from decider.store.decisions import decisions
+from decider.store.journal import export_cursors, journal
+
+__all__ = ["Pruner", "PruneResult", "CursorBehind", "PruneBusy", "parse_retention", "DEFAULT_BATCH",
+           "DEFAULT_THROTTLE"]
+
+log = logging.getLogger("decider.retention")
+
+DEFAULT_BATCH = 500
+DEFAULT_THROTTLE = 1.0   # busy at most half the time
+_RETENTION = re.compile(r"^(\d+)([hdwy])$")
+_UNIT_HOURS = {"h": 1, "d": 24, "w": 24 * 7, "y": 24 * 365}
+# Any constant other than the journal's: one prune at a time across replicas of one PostgreSQL.
+_PG_PRUNE_LOCK_KEY = 0x6465636964657202
+c = decisions.c
+
+
+class CursorBehind(DeciderError):
+    """Exporters would lose records they have not sent: `cursors` maps each name to that count."""
+
+    def __init__(self, cursors: dict[str, int]) -> None:
+        self.cursors = cursors
+        names = ", ".join(f"{n!r} ({k} unsent)" for n, k in sorted(cursors.items()))
+        super().__init__(f"exporter cursor(s) behind the horizon: {names}; let them catch up, "
+                         "or give --force to prune anyway (they will never send those records)")
+
+
+class PruneBusy(DeciderError):
+    """Another prune holds the lock (another replica, or `decider db prune` beside a server)."""
+
+
+def parse_retention(text_: str, flag: str) -> timedelta:
+    """`90d`, `12h`, `2w`, `7y` (365 days) → a timedelta; anything else is InvalidRequest naming `flag`."""
+    m = _RETENTION.match(text_.strip()) if text_ else None
+    if not m or int(m.group(1)) == 0:
+        raise InvalidRequest(flag, f"not a retention (a positive number with h, d, w or y, e.g. 90d): {text_!r}")
+    return timedelta(hours=int(m.group(1)) * _UNIT_HOURS[m.group(2)])
+
+
+@dataclass(slots=True)
+class DayResult:
+    day: str
+    rows: int                       # prunable records of the day (archived, or that would be)
+    deleted: int = 0
+    changed: int = 0                # archived, then changed before their delete: kept for a later prune
+    archive: str | None = None
+
+
+@dataclass(slots=True)
+class PruneResult:
+    horizon: datetime
+    dry_run: bool
+    days: list[DayResult] = field(default_factory=list)
+    held: int = 0                   # older than the horizon but kept (open approvals, reservations)
+    forced_cursors: dict[str, int] = field(default_factory=dict)
+    manifests: list[Manifest] = field(default_factory=list)
+
+    @property
+    def rows(self) -> int:
+        return sum(d.rows for d in self.days)
+
+    @property
+    def deleted(self) -> int:
+        return sum(d.deleted for d in self.days)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"horizon": self.horizon.isoformat(), "dry_run": self.dry_run, "records": self.rows,
+                "deleted": self.deleted, "held": self.held, "forced_cursors": self.forced_cursors,
+                "days": [{"day": d.day, "records": d.rows, "deleted": d.deleted, "changed": d.changed,
+                          "archive": d.archive} for d in self.days]}
+
+
+def prunable(horizon_id: str, now: datetime) -> ColumnElement[bool]:
+    """Records before `horizon_id` that may leave the database at `now`."""
+    open_reservation = (select(budget_reservations.c.decision_id)
+                        .where(budget_reservations.c.decision_id == c.decision_id,
+                               budget_reservations.c.state == "reserved").exists())
+    return and_(
+        c.decision_id < horizon_id,
+        or_(c.approval_state.is_(None),
+            c.approval_state.not_in(("pending", "approved", "rejected")),
+            # approved / rejected bind identical calls until they expire
+            and_(c.approval_state.in_(("approved", "rejected")), c.approval_expires_at.is_not(None),
+                 c.approval_expires_at < now)),
+        not_(open_reservation),
+    )
+
+
+def _day_of(decision_id: str) -> date:
+    return datetime.fromtimestamp(id_time_ms(decision_id) / 1000, timezone.utc).date()
+
+
+def _ms(t: datetime) -> int:
+    return int(t.timestamp() * 1000)
+
+
+class Pruner:
+    def __init__(self, engine: Engine, archive_dir: str | Path, fmt: str = "parquet",
+                 batch: int = DEFAULT_BATCH, on_archived: Callable[[Manifest], None] | None = None,
+                 throttle: float = DEFAULT_THROTTLE) -> None:
+        """`on_archived` is told of each archive once it is complete, before its records are deleted.
+        `throttle`: after each batch (read or delete) pause that many times the batch's own time, so
+        a prune beside a serving server leaves it the CPU and the write lock most of the time."""
+        if batch < 1:
+            raise InvalidRequest("--batch", "must be at least 1")
+        if throttle < 0:
+            raise InvalidRequest("--throttle", "must be 0 or more")
+        self.throttle = throttle
+        self.on_archived = on_archived
+        self.engine = engine
+        self.archive_dir = Path(archive_dir)
+        self.fmt = fmt
+        self.batch = batch
+
+    def run(self, horizon: datetime, *, dry_run: bool = False, force: bool = False,
+            now: datetime | None = None) -> PruneResult:
+        """Archive and delete every prunable record older than `horizon` (see the module's doc).
+        Raises CursorBehind (unless `force`), PruneBusy, or the archive's error (nothing of the
+        failing day deleted)."""
+        now = now or datetime.now(timezone.utc)
+        if horizon > now:
+            raise InvalidRequest("--older-than", "the horizon is in the future")
+        result = PruneResult(horizon=horizon, dry_run=dry_run)
+        horizon_id = first_id_at(_ms(horizon))
+        behind = self.cursors_behind(horizon_id, now)
+        if behind and not force:
+            raise CursorBehind(behind)
+        result.forced_cursors = behind
+        with self._exclusive(dry_run):
+            result.held = self._count(and_(c.decision_id < horizon_id, not_(prunable(horizon_id, now))))
+            lo = ""
+            while True:
+                where = and_(prunable(horizon_id, now), c.decision_id >= lo)
+                with self.engine.connect() as conn:
+                    first = conn.execute(select(func.min(c.decision_id)).where(where)).scalar()
+                if first is None:
+                    break
+                day = _day_of(first)
+                next_day = datetime.combine(day + timedelta(days=1), datetime.min.time(), timezone.utc)
+                hi = min(first_id_at(_ms(next_day)), horizon_id)
+                if dry_run:
+                    result.days.append(DayResult(day.isoformat(), self._count(and_(where, c.decision_id < hi))))
+                else:
+                    result.days.append(self._archive_and_delete(day, first, hi, horizon_id, now, result))
+                lo = hi
+        return result
+
+    def cursors_behind(self, horizon_id: str, now: datetime) -> dict[str, int]:
+        """Each exporter cursor with journal entries of prunable records after it: how many."""
+        out: dict[str, int] = {}
+        with self.engine.connect() as conn:
+            cursors = conn.execute(select(export_cursors.c.name, export_cursors.c.seq)).all()
+            for name, seq in cursors:
+                n = conn.execute(select(func.count()).select_from(
+                    journal.join(decisions, decisions.c.decision_id == journal.c.decision_id))
+                    .where(journal.c.seq > seq, prunable(horizon_id, now))).scalar() or 0
+                if n:
+                    out[name] = int(n)
+        return out
+
+    def _count(self, where: ColumnElement[bool]) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(decisions).where(where)).scalar() or 0)
+
+    def _rows(self, lo: str, hi: str, horizon_id: str, now: datetime) -> Iterator[list[dict[str, Any]]]:
+        """The day's prunable rows in id order, `batch` at a time (keyset: each read is short)."""
+        after = None
+        while True:
+            started = time.perf_counter()
+            q = select(decisions).where(prunable(horizon_id, now), c.decision_id < hi,
+                                        c.decision_id > after if after else c.decision_id >= lo)
+            with self.engine.connect() as conn:
+                rows = [dict(r) for r in conn.execute(q.order_by(c.decision_id).limit(self.batch)).mappings()]
+            if not rows:
+                return
+            yield rows   # the archive writer's share of the batch counts too
+            after = rows[-1]["decision_id"]
+            self._pause(started)
+
+    def _pause(self, started: float) -> None:
+        if self.throttle:
+            time.sleep((time.perf_counter() - started) * self.throttle)
+
+    def _last_seq(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.max(journal.c.seq))).scalar() or 0)
+
+    def _archive_and_delete(self, day: date, lo: str, hi: str, horizon_id: str, now: datetime,
+                            result: PruneResult) -> DayResult:
+        snapshot = self._last_seq()   # a record with a journal entry after this changed since it was read
+        written = write_day(self.archive_dir, day, self._rows(lo, hi, horizon_id, now), self.fmt)
+        if written is None:
+            return DayResult(day.isoformat(), 0)
+        manifest, ids = written
+        result.manifests.append(manifest)
+        out = DayResult(day.isoformat(), manifest.rows, archive=manifest.file)
+        log.info("archived", extra={"day": out.day, "records": manifest.rows, "archive": manifest.file,
+                                    "sha256": manifest.sha256})
+        if self.on_archived is not None:
+            self.on_archived(manifest)
+        for i in range(0, len(ids), self.batch):
+            started = time.perf_counter()
+            out.deleted += self._delete(ids[i:i + self.batch], snapshot, horizon_id, now)
+            self._pause(started)
+        out.changed = manifest.rows - out.deleted
+        log.info("pruned", extra={"day": out.day, "deleted": out.deleted, "changed_since_archived": out.changed})
+        return out
+
+    def _delete(self, ids: list[str], snapshot: int, horizon_id: str, now: datetime) -> int:
+        """One short transaction: delete those of `ids` still prunable and unchanged since `snapshot`,
+        with their journal entries and settled reservations."""
+        with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # Lock these rows first: a change to one of them that committed before is in the
+                # journal the DELETE's subquery reads (READ COMMITTED: a new snapshot per
+                # statement); one that comes after waits for this transaction. Only these old rows
+                # are locked: Decide's inserts never wait. (On SQLite the DELETE statement runs
+                # under the database's write lock: nothing commits between its subquery and it.)
+                conn.execute(select(c.decision_id).where(c.decision_id.in_(ids)).with_for_update())
+            changed = select(journal.c.decision_id).where(journal.c.seq > snapshot)
+            res = conn.execute(delete(decisions).where(c.decision_id.in_(ids), prunable(horizon_id, now),
+                                                       c.decision_id.not_in(changed)))
+            gone = select(c.decision_id).where(c.decision_id.in_(ids))
+            conn.execute(delete(journal).where(journal.c.decision_id.in_(ids), journal.c.decision_id.not_in(gone)))
+            conn.execute(delete(budget_reservations).where(budget_reservations.c.decision_id.in_(ids),
+                                                           budget_reservations.c.decision_id.not_in(gone)))
+            return int(res.rowcount or 0)
+
+    class _Lock:
+        def __init__(self, pruner: Pruner, dry_run: bool) -> None:
+            self.pruner, self.dry_run = pruner, dry_run
+            self.file: Any = None
+            self.conn: Any = None
+
+        def __enter__(self) -> None:
+            if self.dry_run:
+                return
+            p = self.pruner
+            try:
+                p.archive_dir.mkdir(parents=True, exist_ok=True)
+                self.file = (p.archive_dir / ".prune.lock").open("w")
+            except OSError as e:
+                raise ArchiveError(f"{p.archive_dir}: cannot write archives there: {e}; nothing was deleted") from e
+            try:
+                fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self.file.close()
+                raise PruneBusy(f"another prune is writing to {p.archive_dir}") from None
+            if p.engine.dialect.name == "postgresql":
+                self.conn = p.engine.connect()
+                if not self.conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": _PG_PRUNE_LOCK_KEY}).scalar():
+                    self.__exit__()
+                    raise PruneBusy("another replica is pruning this database")
+                self.conn.commit()
+
+        def __exit__(self, *exc: Any) -> None:
+            if self.conn is not None:
+                self.conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_PRUNE_LOCK_KEY})
+                self.conn.close()
+                self.conn = None
+            if self.file is not None:
+                self.file.close()
+                self.file = None
+
+    def _exclusive(self, dry_run: bool) -> Pruner._Lock:
+        return Pruner._Lock(self, dry_run)
