@@ -14,6 +14,7 @@ import grpc
 
 from decider.record.record import record_to_proto
 from decider.server.auth import ANONYMOUS, current_principal
+from decider.server.reach import refuse_unreached
 from decider.times import utc
 from decider.v1 import decider_pb2 as pb
 
@@ -128,6 +129,7 @@ async def resolve_approval(ctrl: Controls, req: pb.ResolveApprovalRequest,
     row = await asyncio.to_thread(ctrl.decisions.get, req.decision_id)
     if row is None:
         await context.abort(grpc.StatusCode.NOT_FOUND, f"decision_id: no decision {req.decision_id!r}")
+    await refuse_unreached(row, req.decision_id, "/decider.v1.Decider/ResolveApproval", context, ctrl.auth_events)
     if not row.get("approval_state") or (row.get("approval_id") or row["decision_id"]) != row["decision_id"]:
         await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                             f"decision {req.decision_id} is not awaiting approval")
@@ -166,7 +168,12 @@ async def list_approvals(ctrl: Controls, req: pb.ListApprovalsRequest,
     if state == "pending":
         await ctrl.expire_due()   # an expired approval is not waiting for anyone
     limit = min(req.limit or 100, MAX_LIST)
-    rows = await asyncio.to_thread(ctrl.approvals.list, state, limit)
+    caller = current_principal()
+    if caller.bound:
+        # A bound approver sees its own agents' approvals only: read a full page, keep theirs.
+        rows = [r for r in await asyncio.to_thread(ctrl.approvals.list, state, MAX_LIST) if caller.reaches(r)][:limit]
+    else:
+        rows = await asyncio.to_thread(ctrl.approvals.list, state, limit)
     return pb.ListApprovalsResponse(approvals=[record_to_proto(r) for r in rows])
 
 
@@ -179,6 +186,7 @@ async def watch_decision(ctrl: Controls, req: pb.GetDecisionRequest,
         row = await asyncio.to_thread(ctrl.decisions.get, req.decision_id)
         if row is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"decision_id: no decision {req.decision_id!r}")
+        await refuse_unreached(row, req.decision_id, "/decider.v1.Decider/WatchDecision", context, ctrl.auth_events)
         sub.version = fingerprint(row)
         yield record_to_proto(row)
         while not is_final(row):

@@ -42,7 +42,8 @@ from decider.record.record import Approval, DecisionRecord, record_to_proto, res
 from decider.server import approvals as approvals_rpc
 from decider.server import kill_switches as kill_rpc
 from decider.server.approvals import WatchHub
-from decider.server.auth import TokenConfig
+from decider.server.auth import TokenConfig, current_principal
+from decider.server.reach import refuse_unreached
 from decider.server.sessions import SessionHistory
 from decider.store.approvals import ApprovalStore
 from decider.store.auth_events import AuthEventStore
@@ -343,6 +344,13 @@ class Controls:
             if not _LABEL.match(label):
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                     f"labels[{i}]: {label[:80]!r} must be 1-64 of letters, digits and . _ : -")
+        if current_principal().bound:
+            # Before anything is charged: a bound caller reports only on its own agents' calls.
+            found = await asyncio.to_thread(self.decisions.get, req.decision_id)
+            if found is None:
+                await context.abort(grpc.StatusCode.NOT_FOUND, f"decision_id: no decision {req.decision_id!r}")
+            await refuse_unreached(found, req.decision_id, "/decider.v1.Decider/ReportOutcome", context,
+                                   self.auth_events)
         bundle = self.active_bundle()   # read once: the budgets of the bundle serving now
 
         def budgets_of(row: dict[str, Any]) -> list[Any]:
