@@ -227,7 +227,8 @@ def test_db_upgrade_keeps_every_row_and_value_of_the_previous_release_under_the_
     # the rest start empty (the secret too: the first server to start creates it).
     assert {t: r for t, r in after.items() if t not in before} == {
         "decision_journal": [{"seq": i, "decision_id": d, "change": "decided"} for i, d in enumerate(ids, 1)],
-        "export_cursors": [], "approval_notifications": [], "notifier_cursors": [], "deployment_secrets": []}
+        "export_cursors": [], "approval_notifications": [], "notifier_cursors": [], "deployment_secrets": [],
+        "approval_askers": []}
     for (table, old), new in RENAMED.items():
         cols = {c["name"] for c in inspect(engine).get_columns(table)}
         assert new in cols and old not in cols

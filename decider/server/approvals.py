@@ -136,6 +136,11 @@ async def resolve_approval(ctrl: Controls, req: pb.ResolveApprovalRequest,
     if self_approval(row, who) or (authenticated and self_approval(row, caller.name)):
         await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                             f"{who} asked for this call (or is the agent or owner that did) and cannot resolve it")
+    # Whoever joined the pending call with an identical one asked for it too (issue 24 item 3).
+    askers = await asyncio.to_thread(ctrl.approvals.askers, row["decision_id"])
+    if who in askers or (authenticated and caller.name in askers):
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                            f"{who} asked for this call (an identical call joined it) and cannot resolve it")
     now = datetime.now(timezone.utc)
     if row["approval_state"] == "pending" and utc(row["approval_expires_at"]) <= now:
         await ctrl.expire(row["decision_id"], now)

@@ -42,7 +42,7 @@ from decider.record.record import Approval, DecisionRecord, record_to_proto, res
 from decider.server import approvals as approvals_rpc
 from decider.server import kill_switches as kill_rpc
 from decider.server.approvals import WatchHub
-from decider.server.auth import TokenConfig, current_principal
+from decider.server.auth import ANONYMOUS, TokenConfig, current_principal
 from decider.server.reach import refuse_unreached
 from decider.server.sessions import SessionHistory
 from decider.store.approvals import ApprovalStore
@@ -115,6 +115,8 @@ class Controls:
         # The rows themselves are read from the store on every such call: it stays the truth.
         # An entry: [the view, the answer (built on the first identical call)].
         self._approval_views: dict[tuple[Any, ...], list[Any]] = {}
+        # (approval id, principal) already in approval_askers: a retried identical call writes once.
+        self._askers_seen: set[tuple[str, str]] = set()
         self._task: asyncio.Task[None] | None = None
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -254,7 +256,9 @@ class Controls:
             await self.expire(approval_id, now)
         applied.decision = decision
         if effects.same_as:
-            applied.existing = self._same_as(by_id[effects.same_as], req)
+            pending = by_id[effects.same_as]
+            await self._joined(pending, now)
+            applied.existing = self._same_as(pending, req)
             applied.done(True)
             return True
         if effects.consume:
@@ -310,6 +314,21 @@ class Controls:
 
     def _view(self, row: dict[str, Any]) -> ApprovalView:
         return self._approval_entry(row)[0]
+
+    async def _joined(self, pending: dict[str, Any], now: datetime) -> None:
+        """An authenticated principal other than the one whose call opened `pending` asked for the
+        identical call: keep it (durably, before it gets the answer) among the principals that may
+        not resolve that approval (issue 24 item 3)."""
+        caller = current_principal()
+        if caller is ANONYMOUS or not caller.name or caller.name == pending.get("caller"):
+            return
+        key = (pending["decision_id"], caller.name)
+        if key in self._askers_seen:
+            return
+        await asyncio.to_thread(self.approvals.add_asker, pending["decision_id"], caller.name, now)
+        if len(self._askers_seen) >= _VIEWS_MAX:
+            self._askers_seen.clear()
+        self._askers_seen.add(key)
 
     def _same_as(self, row: dict[str, Any], req: pb.DecideRequest) -> pb.DecideResponse:
         """The answer to an identical call: the stored decision's response, with this call's request id."""
