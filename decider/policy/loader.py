@@ -192,6 +192,9 @@ def _compose_all(file: str, data: bytes, errors: list[SourceError]) -> list[yaml
     except UnicodeDecodeError as e:
         errors.append(SourceError(file, 1, 1, f"not UTF-8 text: {e.reason} at byte {e.start}"))
         return []
+    if (err := unprintable(file, text)) is not None:
+        errors.append(err)
+        return []
     try:
         return [n for n in yaml.compose_all(text, Loader=_PolicyLoader) if n is not None]
     except yaml.MarkedYAMLError as e:
@@ -199,6 +202,25 @@ def _compose_all(file: str, data: bytes, errors: list[SourceError]) -> list[yaml
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         errors.append(SourceError(file, line, col, f"bad YAML: {e.problem or e.context}"))
         return []
+    except yaml.YAMLError as e:   # any other refusal of the YAML library still names the file
+        errors.append(SourceError(file, 1, 1, f"bad YAML: {e}"))
+        return []
+
+
+def unprintable(file: str, text: str) -> SourceError | None:
+    """A control character (NUL, BEL, ESC…) where YAML allows none, as `file:line:col`; None if clean.
+
+    PyYAML refuses such a character with a ReaderError that has no line or column (only a
+    character offset), before composing anything; found here first, it is reported like any
+    other error in a policy file (issue 24 item 5)."""
+    m = yaml.reader.Reader.NON_PRINTABLE.search(text)
+    if m is None:
+        return None
+    pos = m.start()
+    line = text.count("\n", 0, pos) + 1
+    col = pos - (text.rfind("\n", 0, pos) + 1) + 1
+    return SourceError(file, line, col, f"control character U+{ord(m.group()):04X} is not allowed in a policy "
+                                        "file (only tab, newline and printable characters are)")
 
 
 def _load_document(
