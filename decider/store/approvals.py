@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import Column, DateTime, Engine, Index, String, Table, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
+from decider.engine.agent_ids import match_key
 from decider.store.db import metadata
 from decider.store.decisions import decisions
 from decider.store.sqlite_raw import LOOP_BUSY_TIMEOUT_MS, RawSelect, connect_raw, is_busy, sqlite_file
@@ -134,11 +135,16 @@ class ApprovalStore:
             return list(conn.execute(q).scalars())
 
     def pending_in_scope(self, scope: str, value: str) -> list[str]:
-        q = select(c.decision_id).where(c.approval_state == "pending")
-        if scope != "platform":
-            q = q.where(SCOPE_COLUMNS[scope] == value)
+        """The pending approvals a kill switch covers, matched as the switch matches a call
+        (`KillSwitch.hits`: `match_key` form), so `KILLME`'s approval is rejected with `killme`'s."""
+        if scope == "platform":
+            q = select(c.decision_id).where(c.approval_state == "pending")
+            with self.engine.connect() as conn:
+                return list(conn.execute(q).scalars())
+        q = select(c.decision_id, SCOPE_COLUMNS[scope]).where(c.approval_state == "pending")
+        key = match_key(value)
         with self.engine.connect() as conn:
-            return list(conn.execute(q).scalars())
+            return [d for d, v in conn.execute(q) if v and (v == value or match_key(v) == key)]
 
     def list(self, state: str, limit: int) -> list[dict[str, Any]]:
         q = (select(decisions).where(c.approval_state == state, c.approval_id == c.decision_id)
