@@ -19,7 +19,7 @@ venv: $(STAMP)
 
 ## The service on the example bundle, with an embedded SQLite file.
 run: $(STAMP)
-	$(BIN)/decider serve --bundle policies --db $(DB) --listen 127.0.0.1:$(PORT)
+	$(BIN)/decider serve --dev --bundle policies --db $(DB) --listen 127.0.0.1:$(PORT)
 
 ## Everything CI checks: lint, generated-code drift, the whole test suite (installs PostgreSQL and
 ## Debian's chromium for their tests when missing).

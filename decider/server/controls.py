@@ -51,7 +51,8 @@ from decider.store.budgets import BudgetStore
 from decider.store.decisions import DecisionStore
 from decider.store.kill_switches import KillSwitchStore
 from decider.store.outcomes import OutcomeOp, OutcomeRefused, settle_outcome
-from decider.store.secrets import binding_key
+from decider.store.secrets import binding_key as stored_binding_key
+from decider.store.secrets import forget_binding_key
 from decider.store.sqlite_raw import sqlite_file
 from decider.store.writer import GroupCommitWriter
 from decider.times import utc
@@ -87,7 +88,7 @@ class Applied:
 class Controls:
     def __init__(self, engine: Engine, *, tokens: TokenConfig | None = None,
                  poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
-                 reservation_ttl_s: float = DEFAULT_RESERVATION_TTL_S) -> None:
+                 reservation_ttl_s: float = DEFAULT_RESERVATION_TTL_S, binding_key: bytes | None = None) -> None:
         self.decisions = DecisionStore(engine)
         self.sessions = SessionHistory(self.decisions, refresh_s=poll_interval_s)
         self.approvals = ApprovalStore(engine)
@@ -101,8 +102,13 @@ class Controls:
         self._outcome_op = OutcomeOp(engine) if sqlite_file(engine) else None
         # Is nothing else in flight? (set by the server from DeciderService._alone's counters)
         self.alone: Callable[[], bool] = lambda: False
-        # The HMAC key of the approval binding hash: this deployment's own, from its own table.
-        self.binding_key = binding_key(engine)
+        # The HMAC key of the approval binding hash: given from outside the database (a file or the
+        # environment; the database's old one is then deleted), or under `serve --dev` the database's own.
+        if binding_key is not None:
+            forget_binding_key(engine)
+            self.binding_key = binding_key
+        else:
+            self.binding_key = stored_binding_key(engine)
         # The active bundle (set by the server): ReportOutcome charges the budgets it declares.
         self.active_bundle: Callable[[], Bundle | None] = lambda: None
         self.poll_interval_s = poll_interval_s
