@@ -141,3 +141,19 @@ def test_every_quoting_and_any_fragment_is_scrubbed(tmp_path: Path) -> None:
     assert scrub_text("invalid regular expression: missing ): S3cr3t", [SECRET]) == WITHHELD
     # A number is scrubbed as the runtime prints it.
     assert "4821" not in scrub_text("Key not found in map : 4821.0", ["4821", "4821.0"])
+
+
+def test_a_schema_violation_on_a_masked_value_does_not_quote_it(tmp_path: Path) -> None:
+    folder = _bundle_dir(tmp_path)
+    (folder / "bundle.yaml").write_text(BUNDLE + """\
+  tools:
+    "login.pin":
+      args: {type: object, properties: {password: {type: integer}}}
+""")
+    bundle = load_bundle(folder)
+    req = pb.DecideRequest()
+    req.agent.id, req.tool.name = "bot-1", "login.pin"
+    req.tool.args.update({"password": SECRET})
+    d = evaluate(bundle, req)
+    assert (d.outcome, d.deciding_rule) == (pb.DENY, "invalid_arguments")
+    assert "$.password" in d.reasons[0].text and not _leaks(d.reasons[0].text), d.reasons[0].text

@@ -29,7 +29,8 @@ from decider.v1 import decider_pb2 as pb
 __all__ = ["WITHHELD", "masked_values", "quotes_request", "scrub_text", "scrub_texts"]
 
 WITHHELD = "[message withheld: it quoted a masked argument]"
-_GRAM = 3            # a shared run this long (or the whole value, if shorter) withholds the text
+_GRAM = 4            # a shared run this long (or the whole value, if shorter) withholds the text;
+                     # at 3, ordinary words matched ordinary passwords (`integer` and `Hunter2`: `ter`)
 _LONG = 4096         # a masked value longer than this withholds every text that quotes anything
 
 
