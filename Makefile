@@ -24,7 +24,7 @@ TOKENS ?= examples/tokens.yaml
 run: $(STAMP)
 	@echo "make run: tokens from $(TOKENS) -- EXAMPLE SECRETS, FOR LOCAL USE ONLY, never on a shared machine:"
 	@grep -v '^#' $(TOKENS) | sed 's/^/    /'
-	$(BIN)/decider serve --bundle policies --db $(DB) --listen 127.0.0.1:$(PORT) --tokens $(TOKENS)
+	$(BIN)/decider serve --dev --bundle policies --db $(DB) --listen 127.0.0.1:$(PORT) --tokens $(TOKENS)
 
 ## Everything CI checks: lint, generated-code drift, the whole test suite (installs PostgreSQL and
 ## Debian's chromium for their tests when missing).

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import sys
 import uuid
 from collections.abc import Iterator
@@ -9,6 +10,10 @@ import pytest
 
 from .helpers import ServerProcess, start_server
 from .pg import PostgresServer, PostgresUnavailable, start_postgres
+
+# Every `decider serve` needs the args_hash key from outside its database (issue 24 item 12): one
+# test key, in the environment every server a test starts inherits.
+os.environ.setdefault("DECIDER_BINDING_KEY", "7e" * 32)
 
 
 @pytest.fixture(scope="module")

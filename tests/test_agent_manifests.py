@@ -122,14 +122,24 @@ def test_tools_and_servers_outside_the_manifest_are_not_in_manifest(tmp_path: Pa
     assert (d.outcome, d.deciding_rule) == (pb.DENY, "not_in_manifest") and "'mcp://evil'" in d.reasons[0].text
 
 
-@pytest.mark.parametrize("agent_id", ["KILLME", "killme ", " killme", "k\u0456llme", "\u043a\u0456llme", "killme\u200b"])
-def test_look_alike_ids_of_a_killed_agent_are_unregistered_and_denied(tmp_path: Path, agent_id: str) -> None:
+# Case, spaces, full-width and zero-width variants are the same agent (match_key, issue 24 item 13):
+# the kill switch stops them. Another script's look-alike is no manifest's agent: unregistered.
+@pytest.mark.parametrize(("agent_id", "rule"), [
+    ("KILLME", "killed"), ("killme ", "killed"), (" killme", "killed"), ("\uff4b\uff49\uff4c\uff4c\uff4d\uff45", "killed"),
+    ("killme\u200b", "killed"), ("k\u0456llme", "unregistered_agent"), ("\u043a\u0456llme", "unregistered_agent")])
+def test_look_alike_ids_of_a_killed_agent_are_denied(tmp_path: Path, agent_id: str, rule: str) -> None:
     b = make(tmp_path)
     killed = State(kill_switches=(KillSwitch("ks1", "agent", "killme", "incident"),))
     assert ask(b, {"id": "killme"}, "work.do", state=killed).deciding_rule == "killed"
     assert ask(b, {"id": "killme"}, "work.do").outcome == pb.ALLOW   # the kill switch is what stops it
     d = ask(b, {"id": agent_id}, "work.do", state=killed)
-    assert (d.outcome, d.deciding_rule) == (pb.DENY, "unregistered_agent")
+    assert (d.outcome, d.deciding_rule) == (pb.DENY, rule)
+    # Without the switch, a variant of the registered id is still no way in, nor out of its manifest.
+    open_door = make(tmp_path, default="allow", extra="  agents: {unregistered: allow}\n")
+    d = ask(open_door, {"id": agent_id}, "work.do")
+    assert d.outcome == pb.DENY or agent_id.startswith(("k\u0456", "\u043a")), d
+    if rule == "killed":
+        assert d.deciding_rule == "identity_mismatch" and "'killme' as registered" in d.reasons[0].text
 
 
 def test_instance_globs_cover_instances_and_unregistered_allow_lets_others_through(tmp_path: Path) -> None:
@@ -194,7 +204,7 @@ cases:
     assert "4 passed" in out.stdout or "4/4" in out.stdout, out.stdout
 
     trace = tmp_path / "trace.jsonl"
-    calls = [("refund-bot", "payments.refund"), ("refund-bot", "fs.write"), ("KILLME", "work.do")]
+    calls = [("refund-bot", "payments.refund"), ("refund-bot", "fs.write"), ("k\u0456llme", "work.do")]
     trace.write_text("".join(json.dumps({"decision_id": f"d{i}", "outcome": "ALLOW", "agent": {"id": a},
                                          "tool_name": t, "args": {}}) + "\n" for i, (a, t) in enumerate(calls)))
     out = subprocess.run([sys.executable, "-m", "decider", "replay", str(tmp_path), str(trace), "--format", "jsonl",
@@ -251,13 +261,14 @@ def test_server_decide_test_and_replay_of_its_log_decide_identity_and_schemas_al
         ({"id": "refund-bot"}, "payments.refund", "", {"amount": "lots"}),
         ({"id": "refund-bot", "team": "platform"}, "payments.refund", "", {"amount": 5}),
         ({"id": "refund-bot"}, "shell.exec", "", {"command": "ls"}),
-        ({"id": "KILLME"}, "work.do", "", {}),
+        ({"id": "stranger-1"}, "work.do", "", {}),
         ({"id": "killme"}, "work.do", "", {}),
+        ({"id": "KILLME"}, "work.do", "", {}),   # a variant of killme's id: denied (issue 24 item 13)
     ]
     b = load_bundle(bundle_dir)
     expected = [decide(b, build_request(agent=a, tool=t, server=s, args=x)).deciding_rule for a, t, s, x in calls]
     assert expected == ["default", "invalid_arguments", "identity_mismatch", "not_in_manifest",
-                        "unregistered_agent", "default"]
+                        "unregistered_agent", "default", "identity_mismatch"]
     srv = start_server(tmp_path, bundle_dir)
     try:
         with srv.client() as c:

@@ -69,7 +69,7 @@ def test_five_mistakes_give_five_located_errors_in_one_run(tmp_path: Path) -> No
         """))
     d = str(tmp_path)
     assert errors_of(tmp_path) == [
-        f"{d}/a_bad_yaml.yaml:4:1: bad YAML: expected ',' or ']', but got '<stream end>'",
+        f"{d}/a_bad_yaml.yaml:4:1: bad YAML: did not find expected ',' or ']'",
         f"{d}/b_rules.yaml:11:7: unknown key 'whne'; did you mean 'when'?",
         f"{d}/b_rules.yaml:14:31: syntax error: expected an expression after '>', found the end of the condition",
         f"{d}/c_more.yaml:11:18: undefined field 'teem' not found in struct 'decider.v1.Agent'; did you mean 'team'?",

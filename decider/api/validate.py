@@ -14,6 +14,7 @@ from google.protobuf import struct_pb2
 from google.protobuf import unknown_fields as _unknown
 
 from decider.api.wire import decode_message
+from decider.engine.agent_ids import SAFE_ID, unsafe_id
 from decider.errors import InvalidRequest
 from decider.v1 import decider_pb2 as pb
 
@@ -112,6 +113,10 @@ def validate_request(req: pb.DecideRequest) -> None:
             and joined.isprintable()):
         for field, value in zip(_NAME_FIELDS, names, strict=True):
             _check_name(field, value, required=field in _REQUIRED)
+    if not SAFE_ID.fullmatch(agent.id):
+        # Look-alikes (`"killme "`, Cyrillic `kіllme`, full-width letters) never reach a decision,
+        # bundle or not: they would be other agents to kill switches and budgets (issue 24 item 13).
+        raise InvalidRequest("agent.id", unsafe_id(agent.id))
     a_labels, caps, r_labels = agent.labels, agent.capabilities, request.labels
     if a_labels or caps or r_labels:
         _check_collections(a_labels, caps, r_labels)

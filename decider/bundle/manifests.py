@@ -2,9 +2,12 @@
 
 `AgentIndex.find(agent)` is the only look-up on the request path: a dict hit on the exact agent id,
 else the first glob (in file order) over the instance id (or the id when no instance id is sent).
-Matching is exact — case, spaces and every code point count — so `KILLME`, `"killme "` or a Cyrillic
-`kіllme` are not the manifest `killme`: they are unregistered, and denied unless the bundle says
-`spec.agents.unregistered: allow`.
+Ids are found in `match_key` form (engine/agent_ids.py: NFKC, format characters removed, case-folded,
+trimmed), as kill switches compare them: `KILLME`, `"killme "` and full-width `ｋｉｌｌｍｅ` find the
+manifest `killme`, which then denies them as `identity_mismatch` (engine/identity.py `_variant`;
+issue 24 item 13), so a variant can neither step outside its manifest nor pass as another agent. A
+look-alike from another script (Cyrillic `kіllme`) is not found: it is unregistered, and denied
+unless the bundle says `spec.agents.unregistered: allow` (the API refuses it as an agent id anyway).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from decider.engine.agent_ids import match_key
 from decider.policy.loader import LoadedAgent, locate
 from decider.v1 import decider_pb2 as pb
 
@@ -82,10 +86,10 @@ class AgentIndex:
         return bool(self.manifests)
 
     def find(self, agent: pb.Agent) -> Manifest | None:
-        hit = self.exact.get(agent.id)
+        hit = self.exact.get(match_key(agent.id))
         if hit is not None or not self.globs:
             return hit
-        key = agent.instance_id or agent.id
+        key = match_key(agent.instance_id or agent.id)
         for match, m in self.globs:
             if match(key) is not None:
                 return m
@@ -109,10 +113,11 @@ def compile_manifests(agents: list[LoadedAgent], unregistered: str | None,
         line, col = node.start_mark.line + 1, node.start_mark.column + 1
         here = f"{src.file}:{line}:{col}"
         name = doc.metadata.name
-        if name in seen:
-            error(src.file, line, col, f"duplicate agent manifest {name!r} (first at {seen[name]})")
+        key = match_key(name)   # `Bot` and `bot` are one agent: two manifests for it are an error
+        if key in seen:
+            error(src.file, line, col, f"duplicate agent manifest {name!r} (first at {seen[key]})")
             continue
-        seen[name] = here
+        seen[key] = here
         s = doc.spec
         m = Manifest(
             name=name, owner=s.owner, team=s.team, workflows=tuple(s.workflows), models=tuple(s.models),
@@ -122,8 +127,8 @@ def compile_manifests(agents: list[LoadedAgent], unregistered: str | None,
         )
         out.append(m)
         if is_glob(name):
-            globs.append((re.compile(fnmatch.translate(name)).match, m))
+            globs.append((re.compile(fnmatch.translate(key)).match, m))
         else:
-            exact[name] = m
+            exact[key] = m
     effective = unregistered or ("deny" if out else "allow")
     return AgentIndex(exact, tuple(globs), effective, tuple(out))

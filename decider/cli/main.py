@@ -39,6 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "replicas of one database, so changes reach each other within --poll-interval)")
     s.add_argument("--tokens", help="token file (YAML: token → principal, roles, groups); without it the "
                    "server has no authentication and listens on loopback only")
+    s.add_argument("--binding-key-file", metavar="FILE",
+                   help="the args_hash key, hex, 32+ bytes (default: $DECIDER_BINDING_KEY); kept out of the "
+                        "database so a copy of it does not reveal masked arguments")
+    s.add_argument("--dev", action="store_true",
+                   help="development: start without a binding key (the database keeps one, as before)")
     s.add_argument("--reservation-ttl", type=float, default=3600.0,
                    help="seconds before an unsettled budget reservation is released")
     s.add_argument("--tls-cert", help="server certificate (PEM); enables TLS")
@@ -145,9 +150,11 @@ def _serve(args: argparse.Namespace) -> int:
     from decider.cli import console
     from decider.logs import setup_logging
     from decider.server import ServerConfig, run
+    from decider.server.binding_key import resolve_binding_key
 
     setup_logging(args.log_level)
-    cfg = ServerConfig(bundle=args.bundle, db=args.db, listen=args.listen, grace_s=args.grace,
+    key = resolve_binding_key(args.binding_key_file, args.dev)   # before anything starts: refused early
+    cfg = ServerConfig(bundle=args.bundle, db=args.db, listen=args.listen, grace_s=args.grace, binding_key=key,
                        port_file=args.port_file, tokens=args.tokens, reservation_ttl_s=args.reservation_ttl,
                        tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
                        ext_mcp=args.ext_mcp, ext_mcp_approval_wait_s=args.ext_mcp_approval_wait,

@@ -15,10 +15,11 @@ is never changed), or None when nothing needed filling — the common case alloc
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass
 
 from decider.bundle.compile import Bundle, Reason
-from decider.bundle.manifests import AgentIndex, Manifest
+from decider.bundle.manifests import AgentIndex, Manifest, is_glob
 from decider.v1 import decider_pb2 as pb
 
 __all__ = ["Resolved", "resolve", "identity_of", "UNREGISTERED", "MISMATCH", "NOT_IN_MANIFEST"]
@@ -105,11 +106,29 @@ def _check(index: AgentIndex, agent: pb.Agent, key: bytes) -> _Checked:
     """Look the agent up and check it against its manifest, memoised by its wire bytes (bounded)."""
     found = index.find(agent)
     fills: dict[str, object] = {}
-    mismatch = _contradiction(agent, found, fills) if found is not None else ""
+    mismatch = ""
+    if found is not None:
+        mismatch = _variant(agent, found) or _contradiction(agent, found, fills)
     hit = (found, fills, mismatch, found._seen if found is not None and not fills and not mismatch else None)
     if len(index.checked) < _MEMO_MAX:
         index.checked[key] = hit
     return hit
+
+
+def _variant(a: pb.Agent, m: Manifest) -> str:
+    """A request id that is the manifest's only once case-folded/trimmed (`REFUND-BOT` for
+    `refund-bot`): denied, naming the registered id — neither unregistered (it would walk out of its
+    manifest under `unregistered: allow`) nor accepted as sent (budgets and sessions key on the id
+    as sent: a case variant would get a budget of its own). Issue 24 item 13."""
+    if is_glob(m.name):
+        key = a.instance_id or a.id
+        if fnmatch.fnmatchcase(key, m.name):
+            return ""
+        field = "agent.instance_id" if a.instance_id else "agent.id"
+        return f"{field}: {key!r} is not {m.name!r} as registered (ids are exact: case and spaces count)"
+    if a.id == m.name:
+        return ""
+    return f"agent.id: {a.id!r} is not {m.name!r} as registered (ids are exact: case and spaces count)"
 
 
 def _contradiction(a: pb.Agent, m: Manifest, fills: dict[str, object]) -> str:

@@ -15,6 +15,7 @@ exceeded) — counts as a deny when `on_error: deny` (fail closed), and is skipp
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from decider.bundle.compile import EFFECT_OUTCOME, Bundle, CompiledPolicy, CompiledRule, Reason
@@ -26,6 +27,7 @@ from decider.engine.decision import Decision
 from decider.engine.identity import resolve
 from decider.engine.session import session_view
 from decider.engine.state import EMPTY_STATE, State
+from decider.record.scrub import masked_values, quotes_request, scrub_texts
 from decider.v1 import decider_pb2 as pb
 
 __all__ = ["evaluate"]
@@ -100,6 +102,17 @@ def evaluate(bundle: Bundle, request: pb.DecideRequest, state: State = EMPTY_STA
     tier. It is set on the request for the evaluation and cleared again before returning (copying
     the tool, arguments and all, would cost more): the caller's request comes back unchanged.
     """
+    decision = _evaluate_with_tier(bundle, request, state)
+    if bundle.mask and (decision.errors or any(map(quotes_request, decision.reasons))):
+        # Error texts quote the values they failed on: never a masked one (SPEC §7, issue 24 item 1).
+        secrets = masked_values(request, bundle.mask)
+        if secrets:
+            reasons, errors = scrub_texts(decision.reasons, decision.errors, secrets)
+            decision = dataclasses.replace(decision, reasons=reasons, errors=errors)
+    return decision
+
+
+def _evaluate_with_tier(bundle: Bundle, request: pb.DecideRequest, state: State) -> Decision:
     tool = request.tool
     if tool.HasField("risk_tier"):
         tier = tool.risk_tier

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from types import MappingProxyType
 
+from decider.engine.agent_ids import match_key
 from decider.v1 import decider_pb2 as pb
 
 __all__ = ["KILL_SCOPES", "KillSwitch", "BudgetUsage", "ApprovalView", "State", "EMPTY_STATE",
@@ -56,10 +57,15 @@ class KillSwitch:
     reason: str = ""
 
     def hits(self, agent: pb.Agent, tool: pb.ToolCall) -> bool:
+        """Whether the switch covers this call. Values compare in `match_key` form (case-folded,
+        NFKC, trimmed): a switch on `killme` stops `KILLME`, `" killme"` and full-width `ｋｉｌｌｍｅ`
+        too (issue 24 item 13). Wider is the safe direction for a kill switch."""
         if self.scope == "platform":
             return True
         actual = kill_scope_value(self.scope, agent, tool)
-        return actual != "" and actual == self.value
+        if actual == "":
+            return False
+        return actual == self.value or match_key(actual) == match_key(self.value)
 
 
 @dataclass(frozen=True, slots=True)

@@ -122,11 +122,12 @@ def load_files(files: dict[str, bytes], root: Path, display: Callable[[str], str
     agents: list[LoadedAgent] = []
     texts: dict[str, bytes] = {}
     composed: dict[str, list[yaml.Node]] = {}
+    budget = NodeBudget()
     for rel in sorted(files):
         name = display(rel)
         texts[name] = files[rel]
         if not rel.endswith(".csv"):  # CSV files are only ever lists
-            composed[rel] = _compose_all(name, files[rel], errors)
+            composed[rel] = _compose_all(name, files[rel], errors, budget)
     # Files named by `spec.lists` are data, not documents.
     data_files = list_paths(composed.values())
     kinds: list[str | None] = []
@@ -155,20 +156,65 @@ def load_files(files: dict[str, bytes], root: Path, display: Callable[[str], str
 # nodes from a few hundred bytes (the "billion laughs"), and nothing in a policy needs them.
 MAX_FILE_BYTES = 1 << 20
 MAX_DEPTH = 64
+# Nodes are what cost (issue 24 item 7: a 1 MiB flow list `[a,a,…]` is 350,000 nodes — 15 s of CPU and
+# 430 MB in the pure-Python parser). Counted as they are composed, so composing stops at the limit
+# instead of after the file: a document may hold a list file's MAX_LIST_ITEMS entries and some
+# change, a bundle's files together little more.
+MAX_DOCUMENT_NODES = 101_000
+MAX_BUNDLE_NODES = 200_000
 
 
-class _PolicyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses aliases and bounds nesting while composing, with the position."""
+class NodeBudget:
+    """The nodes a bundle's files may still compose (shared by every file of one bundle)."""
 
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
+    def __init__(self, limit: int = MAX_BUNDLE_NODES) -> None:
+        self.limit = limit
+        self.left = limit
+
+
+# The events come from libyaml when PyYAML has it (7x faster than its pure-Python scanner and
+# parser); the nodes are composed here, in Python, so that every node is counted and checked.
+_Parser: Any = getattr(getattr(yaml, "_yaml", None), "CParser", None) if yaml.__with_libyaml__ else None
+_EVENTS: tuple[type, ...] = (_Parser,) if _Parser is not None else (
+    yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser)
+
+
+class _PolicyLoader(yaml.composer.Composer, yaml.resolver.Resolver, *_EVENTS):  # type: ignore[misc]
+    """A composer that refuses aliases and bounds nesting and node counts while composing, with the
+    position; over libyaml's parser when available, else PyYAML's own."""
+
+    def __init__(self, stream: str, budget: NodeBudget) -> None:
+        if _Parser is not None:
+            _Parser.__init__(self, stream)
+        else:
+            yaml.reader.Reader.__init__(self, stream)
+            yaml.scanner.Scanner.__init__(self)
+            yaml.parser.Parser.__init__(self)
+        yaml.composer.Composer.__init__(self)
+        yaml.resolver.Resolver.__init__(self)
         self._depth = 0
+        self._nodes = 0
+        self._budget = budget
+
+    def compose_document(self) -> yaml.Node | None:
+        self._nodes = 0   # the per-document count
+        return super().compose_document()
 
     def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
         if self.check_event(yaml.AliasEvent):
             mark = self.peek_event().start_mark
             raise yaml.composer.ComposerError(
                 None, None, "aliases (*name) are not allowed in policy files; write the value out", mark)
+        self._nodes += 1
+        self._budget.left -= 1
+        if self._nodes > MAX_DOCUMENT_NODES:
+            raise yaml.composer.ComposerError(
+                None, None, f"more than {MAX_DOCUMENT_NODES} nodes (values, keys, list items) in one document",
+                self.peek_event().start_mark)
+        if self._budget.left < 0:
+            raise yaml.composer.ComposerError(
+                None, None, f"the bundle's files hold more than {self._budget.limit} nodes (values, keys, "
+                            "list items)", self.peek_event().start_mark)
         self._depth += 1
         try:
             if self._depth > MAX_DEPTH:
@@ -179,6 +225,7 @@ class _PolicyLoader(yaml.SafeLoader):
             self._depth -= 1
 
 
+
 def too_large(file: str, size: int) -> SourceError | None:
     """The error for a policy file above MAX_FILE_BYTES (checked before it is read), else None."""
     if size <= MAX_FILE_BYTES:
@@ -186,7 +233,7 @@ def too_large(file: str, size: int) -> SourceError | None:
     return SourceError(file, 1, 1, f"file is {size} bytes; the limit for a policy file is {MAX_FILE_BYTES} bytes")
 
 
-def _compose_all(file: str, data: bytes, errors: list[SourceError]) -> list[yaml.Node]:
+def _compose_all(file: str, data: bytes, errors: list[SourceError], budget: NodeBudget | None = None) -> list[yaml.Node]:
     if (err := too_large(file, len(data))) is not None:
         errors.append(err)
         return []
@@ -195,13 +242,43 @@ def _compose_all(file: str, data: bytes, errors: list[SourceError]) -> list[yaml
     except UnicodeDecodeError as e:
         errors.append(SourceError(file, 1, 1, f"not UTF-8 text: {e.reason} at byte {e.start}"))
         return []
+    if (err := unprintable(file, text)) is not None:
+        errors.append(err)
+        return []
+    loader = _PolicyLoader(text, budget or NodeBudget())   # no bundle: this file's own budget
     try:
-        return [n for n in yaml.compose_all(text, Loader=_PolicyLoader) if n is not None]
+        nodes: list[yaml.Node] = []
+        while loader.check_node():
+            node = loader.get_node()
+            if node is not None:
+                nodes.append(node)
+        return nodes
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         errors.append(SourceError(file, line, col, f"bad YAML: {e.problem or e.context}"))
         return []
+    except yaml.YAMLError as e:   # any other refusal of the YAML library still names the file
+        errors.append(SourceError(file, 1, 1, f"bad YAML: {e}"))
+        return []
+    finally:
+        loader.dispose()
+
+
+def unprintable(file: str, text: str) -> SourceError | None:
+    """A control character (NUL, BEL, ESC…) where YAML allows none, as `file:line:col`; None if clean.
+
+    PyYAML refuses such a character with a ReaderError that has no line or column (only a
+    character offset), before composing anything; found here first, it is reported like any
+    other error in a policy file (issue 24 item 5)."""
+    m = yaml.reader.Reader.NON_PRINTABLE.search(text)
+    if m is None:
+        return None
+    pos = m.start()
+    line = text.count("\n", 0, pos) + 1
+    col = pos - (text.rfind("\n", 0, pos) + 1) + 1
+    return SourceError(file, line, col, f"control character U+{ord(m.group()):04X} is not allowed in a policy "
+                                        "file (only tab, newline and printable characters are)")
 
 
 def _load_document(

@@ -54,6 +54,8 @@ class ServerConfig:
     poll_interval_s: float = DEFAULT_POLL_INTERVAL_S
     # Stateful controls and access (approvals, budgets, kill switches, roles).
     tokens: str | None = None            # token file; None = no auth, loopback only
+    # The args_hash HMAC key (server/binding_key.py); None only under `serve --dev`: the database's.
+    binding_key: bytes | None = None
     reservation_ttl_s: float = DEFAULT_RESERVATION_TTL_S
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -130,7 +132,7 @@ async def start_server(cfg: ServerConfig) -> RunningServer:
     store = DecisionStore(engine)
     writer = GroupCommitWriter(engine, decisions)
     controls = Controls(engine, tokens=tokens, poll_interval_s=cfg.poll_interval_s,
-                        reservation_ttl_s=cfg.reservation_ttl_s)
+                        reservation_ttl_s=cfg.reservation_ttl_s, binding_key=cfg.binding_key)
     live.active_kill_switches = lambda: len(controls.kill_switches)
     controls.active_bundle = lambda: live.active
     live.budget_status = lambda: controls.budget_status(live.active)

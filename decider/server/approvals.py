@@ -14,6 +14,7 @@ import grpc
 from decider.api.names import APPROVAL_STATE_NAMES
 from decider.record.record import record_to_proto
 from decider.server.auth import ANONYMOUS, current_principal
+from decider.server.reach import refuse_unreached
 from decider.server.watch_hub import WatchHub
 from decider.times import utc
 from decider.v1 import decider_pb2 as pb
@@ -86,12 +87,18 @@ async def resolve_approval(ctrl: Controls, req: pb.ResolveApprovalRequest,
     row = await asyncio.to_thread(ctrl.decisions.get, req.decision_id)
     if row is None:
         await context.abort(grpc.StatusCode.NOT_FOUND, f"decision_id: no decision {req.decision_id!r}")
+    await refuse_unreached(row, req.decision_id, "/decider.v1.Decider/ResolveApproval", context, ctrl.auth_events)
     if not row.get("approval_state") or (row.get("approval_id") or row["decision_id"]) != row["decision_id"]:
         await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                             f"decision {req.decision_id} is not awaiting approval")
     if self_approval(row, who) or (authenticated and self_approval(row, caller.name)):
         await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                             f"{who} asked for this call (or is the agent or owner that did) and cannot resolve it")
+    # Whoever joined the pending call with an identical one asked for it too (issue 24 item 3).
+    askers = await asyncio.to_thread(ctrl.approvals.askers, row["decision_id"])
+    if who in askers or (authenticated and caller.name in askers):
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                            f"{who} asked for this call (an identical call joined it) and cannot resolve it")
     now = datetime.now(timezone.utc)
     if row["approval_state"] == "pending" and utc(row["approval_expires_at"]) <= now:
         await ctrl.expire(row["decision_id"], now)
@@ -132,7 +139,12 @@ async def list_approvals(ctrl: Controls, req: pb.ListApprovalsRequest,
     if state == "pending":
         await ctrl.expire_due()   # an expired approval is not waiting for anyone
     limit = min(req.limit or 100, MAX_LIST)
-    rows = await asyncio.to_thread(ctrl.approvals.list, state, limit)
+    caller = current_principal()
+    if caller.bound:
+        # A bound approver sees its own agents' approvals only: read a full page, keep theirs.
+        rows = [r for r in await asyncio.to_thread(ctrl.approvals.list, state, MAX_LIST) if caller.reaches(r)][:limit]
+    else:
+        rows = await asyncio.to_thread(ctrl.approvals.list, state, limit)
     return pb.ListApprovalsResponse(approvals=[record_to_proto(r) for r in rows])
 
 
@@ -145,6 +157,7 @@ async def watch_decision(ctrl: Controls, req: pb.GetDecisionRequest,
         row = await asyncio.to_thread(ctrl.decisions.get, req.decision_id)
         if row is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"decision_id: no decision {req.decision_id!r}")
+        await refuse_unreached(row, req.decision_id, "/decider.v1.Decider/WatchDecision", context, ctrl.auth_events)
         sub.version = fingerprint(row)
         yield record_to_proto(row)
         while not is_final(row):

@@ -121,6 +121,25 @@ class Principal:
                     f"bound to teams {list(self.teams)}")
         return ""
 
+    @property
+    def bound(self) -> bool:
+        return bool(self.agents or self.teams)
+
+    def reaches(self, row: Mapping[str, Any]) -> bool:
+        """Whether this principal may read or act on a stored decision (issue 24 item 2): a bound
+        caller only on its own agents' decisions — the agent id and team the record holds (the
+        identity the decision saw), matched as Decide matches them."""
+        if not self.bound:
+            return True
+        agent_id, team = str(row.get("agent_id") or ""), str(row.get("team") or "")
+        return (not self.agents or any(fnmatch.fnmatchcase(agent_id, g) for g in self.agents)) and \
+            (not self.teams or any(fnmatch.fnmatchcase(team, g) for g in self.teams))
+
+    def not_yours(self, decision_id: str) -> str:
+        """The refusal of a decision outside a bound caller's agents; names neither that agent nor its team."""
+        return (f"decision_id: {decision_id!r} is not a decision of the agents or teams {self.name}'s token "
+                f"is bound to")
+
 
 ANONYMOUS = Principal("anonymous", frozenset(ROLES))
 """Every caller, when the server runs without a token file (loopback only)."""

@@ -79,7 +79,9 @@ def _now() -> datetime:
 def _load_errors(e: BaseException) -> str:
     if isinstance(e, PolicyLoadError):
         return "; ".join(str(x) for x in e.errors)
-    return str(e)
+    if isinstance(e, (DeciderError, OSError)):
+        return str(e)
+    return f"{type(e).__name__}: {e}"   # unexpected: the type says more than a bare message
 
 
 class LiveBundles(BundleHolder):
@@ -256,7 +258,9 @@ class LiveBundles(BundleHolder):
         self._fingerprint = fp
         try:
             loaded = await asyncio.to_thread(self.load_path, self.settings.source)
-        except (DeciderError, OSError, UnicodeDecodeError) as e:
+        except Exception as e:  # noqa: BLE001 - whatever refused it, the reload failed: named, never silent
+            # (the fingerprint is already taken: a failure left to the poll loop would never be retried
+            # nor shown in Status.last_reload_error; issue 24 item 5)
             self._refused(self.settings.source, e)
             return
         self.last_reload_at = _now()

@@ -35,7 +35,7 @@ from decider.engine.identity import identity_of
 from decider.engine.state import ApprovalView, BudgetUsage, KillSwitch, State
 from decider.record.canonical import binding_hash
 from decider.record.record import Approval, DecisionRecord, response_from_row
-from decider.server.auth import TokenConfig
+from decider.server.auth import ANONYMOUS, TokenConfig, current_principal
 from decider.server.keyed_locks import KeyedLocks
 from decider.server.sessions import SessionHistory
 from decider.server.watch_hub import WatchHub
@@ -45,7 +45,8 @@ from decider.store.budgets import BudgetStore
 from decider.store.decisions import DecisionStore
 from decider.store.kill_switches import KillSwitchStore
 from decider.store.outcomes import OutcomeOp
-from decider.store.secrets import binding_key
+from decider.store.secrets import binding_key as stored_binding_key
+from decider.store.secrets import forget_binding_key
 from decider.store.sqlite_raw import sqlite_file
 from decider.store.writer import GroupCommitWriter
 from decider.times import utc
@@ -82,7 +83,7 @@ class Applied:
 class Controls:
     def __init__(self, engine: Engine, *, tokens: TokenConfig | None = None,
                  poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
-                 reservation_ttl_s: float = DEFAULT_RESERVATION_TTL_S) -> None:
+                 reservation_ttl_s: float = DEFAULT_RESERVATION_TTL_S, binding_key: bytes | None = None) -> None:
         self.decisions = DecisionStore(engine)
         self.sessions = SessionHistory(self.decisions, refresh_s=poll_interval_s)
         self.approvals = ApprovalStore(engine)
@@ -96,8 +97,13 @@ class Controls:
         self.outcome_op = OutcomeOp(engine) if sqlite_file(engine) else None
         # Is nothing else in flight? (set by the server from DeciderService._alone's counters)
         self.alone: Callable[[], bool] = lambda: False
-        # The HMAC key of the approval binding hash: this deployment's own, from its own table.
-        self.binding_key = binding_key(engine)
+        # The HMAC key of the approval binding hash: given from outside the database (a file or the
+        # environment; the database's old one is then deleted), or under `serve --dev` the database's own.
+        if binding_key is not None:
+            forget_binding_key(engine)
+            self.binding_key = binding_key
+        else:
+            self.binding_key = stored_binding_key(engine)
         # The active bundle (set by the server): ReportOutcome charges the budgets it declares.
         self.active_bundle: Callable[[], Bundle | None] = lambda: None
         self.poll_interval_s = poll_interval_s
@@ -110,6 +116,8 @@ class Controls:
         # The rows themselves are read from the store on every such call: it stays the truth.
         # An entry: [the view, the answer (built on the first identical call)].
         self._approval_views: dict[tuple[Any, ...], list[Any]] = {}
+        # (approval id, principal) already in approval_askers: a retried identical call writes once.
+        self._askers_seen: set[tuple[str, str]] = set()
         self._task: asyncio.Task[None] | None = None
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -260,7 +268,9 @@ class Controls:
             await self.expire(approval_id, now)
         applied.decision = decision
         if effects.same_as:
-            applied.existing = self._same_as(by_id[effects.same_as], req)
+            pending = by_id[effects.same_as]
+            await self._joined(pending, now)
+            applied.existing = self._same_as(pending, req)
             applied.done(True)
             return True
         if effects.consume:
@@ -318,6 +328,21 @@ class Controls:
 
     def _view(self, row: dict[str, Any]) -> ApprovalView:
         return self._approval_entry(row)[0]
+
+    async def _joined(self, pending: dict[str, Any], now: datetime) -> None:
+        """An authenticated principal other than the one whose call opened `pending` asked for the
+        identical call: keep it (durably, before it gets the answer) among the principals that may
+        not resolve that approval (issue 24 item 3)."""
+        caller = current_principal()
+        if caller is ANONYMOUS or not caller.name or caller.name == pending.get("caller"):
+            return
+        key = (pending["decision_id"], caller.name)
+        if key in self._askers_seen:
+            return
+        await asyncio.to_thread(self.approvals.add_asker, pending["decision_id"], caller.name, now)
+        if len(self._askers_seen) >= _VIEWS_MAX:
+            self._askers_seen.clear()
+        self._askers_seen.add(key)
 
     def _same_as(self, row: dict[str, Any], req: pb.DecideRequest) -> pb.DecideResponse:
         """The answer to an identical call: the stored decision's response, with this call's request id."""

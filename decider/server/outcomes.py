@@ -17,7 +17,9 @@ from decider.engine.budgets import applicable_budgets
 from decider.engine.outcome import RESULT_MAX_BYTES, reported_labels
 from decider.policy.models import LABEL_PATTERN
 from decider.record.record import record_to_proto
+from decider.server.auth import current_principal
 from decider.server.controls import Controls
+from decider.server.reach import refuse_unreached
 from decider.store.outcomes import OutcomeRefused, settle_outcome
 from decider.times import utc
 from decider.v1 import decider_pb2 as pb
@@ -51,6 +53,13 @@ async def report_outcome(controls: Controls, req: pb.ReportOutcomeRequest,
     if req.HasField("result") and req.result.ByteSize() > RESULT_MAX_BYTES:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                             f"result: {req.result.ByteSize()} bytes; at most {RESULT_MAX_BYTES}")
+    if current_principal().bound:
+        # Before anything is charged: a bound caller reports only on its own agents' calls.
+        found = await asyncio.to_thread(controls.decisions.get, req.decision_id)
+        if found is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"decision_id: no decision {req.decision_id!r}")
+        await refuse_unreached(found, req.decision_id, "/decider.v1.Decider/ReportOutcome", context,
+                               controls.auth_events)
     bundle = controls.active_bundle()   # read once: the budgets of the bundle serving now
 
     def budgets_of(row: dict[str, Any]) -> list[Any]:

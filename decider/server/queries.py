@@ -224,7 +224,11 @@ async def list_decisions(store: QueryStore, req: pb.ListDecisionsRequest,
     q = replace(_query(req.filter), after_id=req.after_id, before_id=req.before_id,
                 limit=min(req.limit or DEFAULT_LIST, MAX_LIST), newest_first=req.newest_first)
     rows = await asyncio.to_thread(store.decisions, q)
-    out = pb.ListDecisionsResponse(decisions=[record_to_proto(r) for r in rows])
+    caller = current_principal()
+    # A bound caller reads its own agents' decisions only (issue 24 item 2); the cursor still moves
+    # past the page read, so paging goes on through the others' decisions without showing them.
+    shown = [r for r in rows if caller.reaches(r)] if caller.bound else rows
+    out = pb.ListDecisionsResponse(decisions=[record_to_proto(r) for r in shown])
     if rows and not req.newest_first:
         out.next_after_id = rows[-1]["decision_id"]
     return out
@@ -236,6 +240,8 @@ async def watch_decisions(store: QueryStore, feed: DecisionFeed, req: pb.WatchDe
     await _check_filter(req.filter, context)
     await _check_id(req.after_id, "after_id", context)
     q = _query(req.filter)
+    caller = current_principal()
+    reaches = caller.reaches if caller.bound else None   # a bound caller: its own agents' decisions only
     sub = await feed.subscribe()   # first, so nothing committed during the catch-up is missed
     try:
         sent: set[str] = set()
@@ -243,9 +249,10 @@ async def watch_decisions(store: QueryStore, feed: DecisionFeed, req: pb.WatchDe
         if req.after_id:
             while True:
                 rows = await asyncio.to_thread(store.decisions, replace(q, after_id=last, limit=500))
-                if rows:
-                    sent.update(r["decision_id"] for r in rows)
-                    yield pb.WatchDecisionsResponse(decisions=[record_to_proto(r) for r in rows]).SerializeToString()
+                shown = [r for r in rows if reaches(r)] if reaches is not None else rows
+                if shown:
+                    sent.update(r["decision_id"] for r in shown)
+                    yield pb.WatchDecisionsResponse(decisions=[record_to_proto(r) for r in shown]).SerializeToString()
                 if len(rows) < 500:
                     break
                 last = rows[-1]["decision_id"]
@@ -256,7 +263,7 @@ async def watch_decisions(store: QueryStore, feed: DecisionFeed, req: pb.WatchDe
                                     "this stream fell behind; watch again with after_id = the last id received")
             batch = [row[WIRE] for row in rows
                      if row["decision_id"] not in sent and not (req.after_id and row["decision_id"] <= req.after_id)
-                     and q.matches(row)]
+                     and q.matches(row) and (reaches is None or reaches(row))]
             if batch:
                 yield b"".join(batch)
             if len(sent) > 10_000:
@@ -306,6 +313,14 @@ def shadow_diff(store: QueryStore, active: Bundle, shadow: Bundle | None, limit:
     return out
 
 
+async def _refuse_bound(context: grpc.aio.ServicerContext, method: str) -> None:
+    """Budgets and the shadow diff span every agent: a bound caller may read neither (issue 24 item 2)."""
+    caller = current_principal()
+    if caller.bound:
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                            f"{method}: {caller.name}'s token is bound to agents or teams; {method} covers every agent")
+
+
 def handlers(store: QueryStore, feed: DecisionFeed, active: Callable[[], Bundle],
              shadow: Callable[[], Bundle | None],
              groups_of: Callable[[str], frozenset[str]]) -> dict[str, grpc.RpcMethodHandler]:
@@ -317,11 +332,13 @@ def handlers(store: QueryStore, feed: DecisionFeed, active: Callable[[], Bundle]
             yield rec
 
     async def budgets(req: pb.ListBudgetsRequest, ctx: grpc.aio.ServicerContext) -> pb.ListBudgetsResponse:
+        await _refuse_bound(ctx, "ListBudgets")
         if len(req.scope) > _MAX_FILTER:
             await ctx.abort(grpc.StatusCode.INVALID_ARGUMENT, "scope: too long")
         return await asyncio.to_thread(list_budgets, store, active(), req.scope)
 
     async def diff(req: pb.ShadowDiffRequest, ctx: grpc.aio.ServicerContext) -> pb.ShadowDiffResponse:
+        await _refuse_bound(ctx, "ShadowDiff")
         if req.limit < 0 or req.examples < 0:
             await ctx.abort(grpc.StatusCode.INVALID_ARGUMENT,
                             "limit: must be >= 0" if req.limit < 0 else "examples: must be >= 0")

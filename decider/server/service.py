@@ -22,6 +22,7 @@ from decider.record.ids import new_id
 from decider.record.record import DecisionRecord, build_record, record_to_proto, set_timestamp
 from decider.server.auth import ANONYMOUS, Principal, current_principal
 from decider.server.controls import Applied, Controls
+from decider.server.reach import refuse_unreached
 from decider.server.sessions import session_call_of
 from decider.store import DecisionStore, GroupCommitWriter
 from decider.v1 import decider_pb2 as pb
@@ -462,4 +463,6 @@ class DeciderService:
         row = await asyncio.to_thread(self.store.get, req.decision_id)
         if row is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"decision_id: no decision {req.decision_id!r}")
+        await refuse_unreached(row, req.decision_id, f"/{SERVICE_NAME}/GetDecision", context,
+                               self.controls.auth_events)
         return record_to_proto(row)

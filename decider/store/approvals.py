@@ -13,12 +13,15 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, Index, select, text, update
+from sqlalchemy import Column, DateTime, Engine, Index, String, Table, insert, select, text, update
+from sqlalchemy.exc import IntegrityError
 
+from decider.engine.agent_ids import match_key
+from decider.store.db import metadata
 from decider.store.decisions import decisions
 from decider.store.sqlite_raw import LOOP_BUSY_TIMEOUT_MS, RawSelect, connect_raw, is_busy, sqlite_file
 
-__all__ = ["ApprovalStore", "SCOPE_COLUMNS"]
+__all__ = ["ApprovalStore", "SCOPE_COLUMNS", "approval_askers"]
 
 c = decisions.c
 
@@ -37,6 +40,17 @@ Index("ux_decisions_pending_call", c.agent_id, c.tool_name, c.tool_server, c.arg
 HAS_APPROVAL = text("approval_state IS NOT NULL")
 Index("ix_decisions_approval_state", c.approval_state, c.approval_expires_at,
       sqlite_where=HAS_APPROVAL, postgresql_where=HAS_APPROVAL)
+
+# Every principal that asked for a pending call besides the one whose call opened it: an identical
+# call joins the pending approval instead of opening another (and is not recorded as a decision),
+# so its caller is kept here; none of them may resolve that approval (SPEC §9, issue 24 item 3).
+approval_askers = Table(
+    "approval_askers",
+    metadata,
+    Column("approval_id", String(26), primary_key=True),
+    Column("principal", String(256), primary_key=True),
+    Column("asked_at", DateTime(timezone=True), nullable=False),
+)
 
 # Kill-switch scope → the decisions column holding the request's value for it.
 SCOPE_COLUMNS = {
@@ -100,6 +114,20 @@ class ApprovalStore:
             self.on_transition(decision_id, from_state, to_state, str(values.get("resolved_by") or ""))
         return moved
 
+    def add_asker(self, approval_id: str, principal: str, at: datetime) -> None:
+        """Record that `principal` asked for the pending call `approval_id` (once; again is a no-op)."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(approval_askers).values(approval_id=approval_id, principal=principal, asked_at=at))
+        except IntegrityError:
+            pass   # already recorded: by this replica before, or by another one at the same time
+
+    def askers(self, approval_id: str) -> set[str]:
+        """The principals that joined `approval_id` (its own caller is the decision's `caller`)."""
+        q = select(approval_askers.c.principal).where(approval_askers.c.approval_id == approval_id)
+        with self.engine.connect() as conn:
+            return set(conn.execute(q).scalars())
+
     def due_for_expiry(self, now: datetime, limit: int = 500) -> list[str]:
         q = (select(c.decision_id)
              .where(c.approval_state == "pending", c.approval_expires_at < now).limit(limit))
@@ -107,11 +135,16 @@ class ApprovalStore:
             return list(conn.execute(q).scalars())
 
     def pending_in_scope(self, scope: str, value: str) -> list[str]:
-        q = select(c.decision_id).where(c.approval_state == "pending")
-        if scope != "platform":
-            q = q.where(SCOPE_COLUMNS[scope] == value)
+        """The pending approvals a kill switch covers, matched as the switch matches a call
+        (`KillSwitch.hits`: `match_key` form), so `KILLME`'s approval is rejected with `killme`'s."""
+        if scope == "platform":
+            q = select(c.decision_id).where(c.approval_state == "pending")
+            with self.engine.connect() as conn:
+                return list(conn.execute(q).scalars())
+        q = select(c.decision_id, SCOPE_COLUMNS[scope]).where(c.approval_state == "pending")
+        key = match_key(value)
         with self.engine.connect() as conn:
-            return list(conn.execute(q).scalars())
+            return [d for d, v in conn.execute(q) if v and (v == value or match_key(v) == key)]
 
     def list(self, state: str, limit: int) -> list[dict[str, Any]]:
         q = (select(decisions).where(c.approval_state == state, c.approval_id == c.decision_id)

@@ -47,7 +47,7 @@ def start(repo: Path, tmp: Path, name: str, extra_env: dict[str, str],
     port_file = tmp / f"{name}.port"
     env = dict(os.environ, PYTHONPATH=str(repo), **extra_env)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "decider.cli.main", "serve", "--bundle", str(BUNDLE), "--db",
+        [sys.executable, "-m", "decider.cli.main", "serve", "--dev", "--bundle", str(BUNDLE), "--db",
          f"sqlite:///{tmp / name}.db", "--listen", "127.0.0.1:0", "--port-file", str(port_file),
          *(extra_args or [])],
         cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / f"{name}.log", "wb"),

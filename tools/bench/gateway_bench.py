@@ -92,7 +92,7 @@ def start_decider(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
     (bundle / "bundle.yaml").write_text(BUNDLE)
     (bundle / "bench.yaml").write_text(POLICY)
     port_file = tmp / "decider.port"
-    proc = subprocess.Popen([sys.executable, "-m", "decider", "serve", "--bundle", str(bundle), "--db",
+    proc = subprocess.Popen([sys.executable, "-m", "decider", "serve", "--dev", "--bundle", str(bundle), "--db",
                              f"sqlite:///{tmp / 'bench.db'}", "--listen", "127.0.0.1:0", "--port-file", str(port_file),
                              "--log-level", "warning"], stdout=subprocess.DEVNULL, stderr=(tmp / "decider.log").open("wb"))
     for _ in range(600):

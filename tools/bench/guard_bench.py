@@ -59,7 +59,7 @@ def start(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
     (tmp / "bundle" / "bundle.yaml").write_text(BUNDLE)
     (tmp / "bundle" / "bench.yaml").write_text(POLICY)
     port_file = tmp / "port"
-    proc = subprocess.Popen([sys.executable, "-m", "decider", "serve", "--bundle", str(tmp / "bundle"),
+    proc = subprocess.Popen([sys.executable, "-m", "decider", "serve", "--dev", "--bundle", str(tmp / "bundle"),
                              "--db", f"sqlite:///{tmp / 'bench.db'}", "--listen", "127.0.0.1:0",
                              "--port-file", str(port_file), "--ext-mcp", "--log-level", "warning"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)

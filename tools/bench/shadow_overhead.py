@@ -30,7 +30,7 @@ BUNDLE = HERE / "policies" / "decider"
 def start(tmp: Path, name: str, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
     port_file = tmp / f"{name}.port"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "decider", "serve", "--bundle", str(BUNDLE), "--db", f"sqlite:///{tmp / name}.db",
+        [sys.executable, "-m", "decider", "serve", "--dev", "--bundle", str(BUNDLE), "--db", f"sqlite:///{tmp / name}.db",
          "--listen", "127.0.0.1:0", "--port-file", str(port_file), "--log-level", "warning", *extra],
         stdout=(tmp / f"{name}.log").open("wb"), stderr=subprocess.STDOUT, cwd=HERE.parents[1])
     deadline = time.monotonic() + 60
