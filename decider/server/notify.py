@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import Engine
 
 from decider.record.ids import new_id
+from decider.server import mrkdwn
 from decider.store.decisions import DecisionStore
 from decider.store.notifications import NotificationStore
 
@@ -54,11 +55,17 @@ def redact_url(url: str) -> str:
 
 
 def slack_message(row: dict[str, Any], console_url: str) -> dict[str, Any]:
-    """A Slack incoming-webhook message (`text` + `blocks`); other chat tools read `text`."""
+    """A Slack incoming-webhook message (`text` + `blocks`); other chat tools read `text`.
+
+    Every value that came with the call (agent, team, tool, session, arguments, reasons, which may
+    quote arguments) is escaped for mrkdwn and set as code (server/mrkdwn.py): only the console
+    link, which decider builds from `--console-url` and a decision id it made, is a live link."""
     decision_id = row["decision_id"]
     reasons = json.loads(row.get("reasons") or "[]")
-    why = "; ".join(r.get("text") or r.get("rule_id", "") for r in reasons) or row.get("deciding_rule", "")
-    who = row["agent_id"] + (f" (team {row['team']})" if row.get("team") else "")
+    why = "; ".join(r.get("text") or r.get("rule_id", "") for r in reasons) or row.get("deciding_rule") or ""
+    who = mrkdwn.code(row["agent_id"]) + (f" (team {mrkdwn.code(row['team'])})" if row.get("team") else "")
+    tool = mrkdwn.code(row["tool_name"])
+    reason = mrkdwn.code(why, limit=1000) if why else ""
     link = f"{console_url.rstrip('/')}/decisions/{decision_id}" if console_url else ""
     expires = row.get("approval_expires_at")
     if isinstance(expires, datetime):
@@ -66,18 +73,15 @@ def slack_message(row: dict[str, Any], console_url: str) -> dict[str, Any]:
         expires = expires if expires.tzinfo else expires.replace(tzinfo=timezone.utc)
         expires_text = expires.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     else:
-        expires_text = str(expires or "")
-    args = row.get("args") or "{}"
-    if len(args) > 500:
-        args = args[:500] + "…"
-    text = f"Approval needed: {row['tool_name']} by {who}: {why}."
-    text += f" <{link}|Open in the decider console>" if link else f" Decision {decision_id}."
+        expires_text = mrkdwn.escape(str(expires or ""))
+    text = f"Approval needed: {tool} by {who}" + (f": {reason}." if reason else ".")
+    text += f" <{mrkdwn.escape_link(link)}|Open in the decider console>" if link else f" Decision {decision_id}."
     blocks: list[dict[str, Any]] = [
-        {"type": "section", "text": {"type": "mrkdwn", "text": f"*Approval needed*: `{row['tool_name']}` by {who}\n{why}"}},
-        {"type": "section", "text": {"type": "mrkdwn", "text": f"```{args}```"}},
+        {"type": "section", "text": {"type": "mrkdwn", "text": f"*Approval needed*: {tool} by {who}\n{reason}"}},
+        {"type": "section", "text": {"type": "mrkdwn", "text": mrkdwn.code_block(row.get("args") or "{}")}},
         {"type": "context", "elements": [{"type": "mrkdwn", "text":
-            f"decision `{decision_id}` · rule `{row.get('deciding_rule', '')}` · session "
-            f"`{row.get('session_id') or '-'}` · expires {expires_text}"}]},
+            f"decision `{decision_id}` · rule {mrkdwn.code(row.get('deciding_rule') or '-')} · session "
+            f"{mrkdwn.code(row.get('session_id') or '-')} · expires {expires_text}"}]},
     ]
     if link:
         blocks.append({"type": "actions", "elements": [
