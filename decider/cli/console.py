@@ -34,12 +34,38 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                        help="the console's address, for the link in approval notifications")
     serve.add_argument("--approval-webhook-max-backoff", type=float, default=60.0, metavar="SECONDS",
                        help="longest wait between two delivery attempts of one notification")
+    serve.add_argument("--approval-webhook-timeout", type=_positive, default=10.0, metavar="SECONDS",
+                       help="one delivery attempt, connect to answer; past it the attempt fails and is retried")
+    serve.add_argument("--approval-webhook-concurrency", type=_positive_int, default=4, metavar="N",
+                       help="delivery attempts in flight at once (a slow receiver holds one slot, not the queue)")
 
 
 def serve_options(args: argparse.Namespace) -> dict[str, Any]:
     """The ServerConfig fields for the serve options above."""
     return {"approval_webhook": args.approval_webhook, "console_url": args.console_url,
-            "webhook_max_backoff_s": args.approval_webhook_max_backoff}
+            "webhook_max_backoff_s": args.approval_webhook_max_backoff,
+            "webhook_timeout_s": args.approval_webhook_timeout,
+            "webhook_concurrency": args.approval_webhook_concurrency}
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value <= 3600:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"must be more than 0 and at most 3600, not {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= value <= 256:
+        raise argparse.ArgumentTypeError(f"must be 1 to 256, not {text!r}")
+    return value
 
 
 def _console(args: argparse.Namespace) -> int:
