@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
+from decider.export.naming import cursor_name
 from decider.store import DecisionStore, connect
 from decider.store.journal import CursorStore
 
@@ -137,7 +138,7 @@ def test_exporter_killed_mid_stream_resumes_from_its_cursor(db: str, receiver: R
         if first.poll() is None:
             first.kill()
     assert len(receiver.bodies) == 3
-    assert CursorStore(connect(db)).get(f"webhook:{receiver.url}") == seqs_of(receiver.bodies)[-1][-1]
+    assert CursorStore(connect(db)).get(cursor_name(f"webhook:{receiver.url}")) == seqs_of(receiver.bodies)[-1][-1]
     receiver.hold_after = None
     receiver.release.set()
     again = exporter(db, receiver.url, "--once")
@@ -205,4 +206,4 @@ def test_export_on_postgresql_keeps_its_cursor(postgres, receiver: Receiver) -> 
         assert run.returncode == 0, err
     assert_complete_and_in_order(seqs_of(receiver.bodies), all_seqs(url))
     assert sum(len(b) for b in seqs_of(receiver.bodies)) == 10
-    assert CursorStore(connect(url)).get(f"webhook:{receiver.url}") == all_seqs(url)[-1]
+    assert CursorStore(connect(url)).get(cursor_name(f"webhook:{receiver.url}")) == all_seqs(url)[-1]

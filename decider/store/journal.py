@@ -34,8 +34,10 @@ from sqlalchemy import (
     Integer,
     String,
     Table,
+    delete,
     event,
     func,
+    insert,
     select,
     text,
 )
@@ -153,6 +155,17 @@ class CursorStore:
             index_elements=[export_cursors.c.name], set_={"seq": seq, "updated_at": now})
         with self.engine.begin() as conn:
             conn.execute(stmt)
+
+    def rename(self, old: str, new: str) -> None:
+        """Move `old`'s position to `new` and drop `old`, in one transaction. When `new` exists
+        already it is the one in use and keeps its position."""
+        with self.engine.begin() as conn:
+            seq = conn.execute(select(export_cursors.c.seq).where(export_cursors.c.name == old)).scalar()
+            if seq is None:
+                return
+            if conn.execute(select(export_cursors.c.seq).where(export_cursors.c.name == new)).scalar() is None:
+                conn.execute(insert(export_cursors).values(name=new, seq=seq, updated_at=datetime.now(timezone.utc)))
+            conn.execute(delete(export_cursors).where(export_cursors.c.name == old))
 
     def names(self) -> Sequence[str]:
         with self.engine.connect() as conn:
