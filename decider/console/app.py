@@ -19,6 +19,7 @@ from urllib.parse import urlencode
 import grpc
 import jinja2
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
@@ -26,6 +27,7 @@ from starlette.staticfiles import StaticFiles
 
 from decider.console.api import ApiError, DeciderApi
 from decider.console.config import ConsoleConfig
+from decider.console.hosts import LoopbackHostOnly
 from decider.console.sessions import COOKIE, Session, SessionCodec, load_secret
 from decider.console.views import OUTCOMES, budget_view, bundle_view, kill_view, record_view
 from decider.engine.state import KILL_SCOPES
@@ -372,4 +374,11 @@ def build_app(cfg: ConsoleConfig) -> Starlette:
         Route("/budgets", p(c.budgets)),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    # Without tokens, only loopback Host names (console/hosts.py: DNS rebinding); with tokens a
+    # rebound origin has no session cookie, the cookie being bound to the console's own name.
+    middleware = [Middleware(LoopbackHostOnly)] if c.tokens is None else []
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
+    # Starlette answers `/approvals/` with an absolute redirect built from the Host header; every
+    # redirect the console gives is relative, so a trailing slash is simply not found.
+    app.router.redirect_slashes = False
+    return app
