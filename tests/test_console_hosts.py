@@ -99,9 +99,9 @@ def test_every_redirect_is_relative(stack) -> None:  # noqa: ANN001
     seen = []
     for method, path, body in [("GET", "/", ""), ("GET", "/login", ""), ("GET", "/approvals/", ""),
                                ("GET", "//evil.example/", ""), ("GET", "/kill-switches/", ""),
-                               ("POST", "/logout", urllib.parse.urlencode({"csrf": csrf})),
                                ("POST", "/kill-switches",
-                                urllib.parse.urlencode({"csrf": csrf, "scope": "tool", "value": "x.y", "reason": "t"}))]:
+                                urllib.parse.urlencode({"csrf": csrf, "scope": "tool", "value": "x.y", "reason": "t"})),
+                               ("POST", "/logout", urllib.parse.urlencode({"csrf": csrf}))]:   # last: it revokes
         status, headers, _ = request(con, method, path, here, body, cookie)
         if "location" in headers:
             seen.append(headers["location"])

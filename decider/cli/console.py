@@ -23,6 +23,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--secret-file", help="32 bytes (64 hex characters) that encrypt session cookies; default: "
                    "random per process (a restart logs everyone out)")
     p.add_argument("--port-file", help="write the bound port to this file once serving")
+    p.add_argument("--login-attempts", type=_positive_int, default=10, metavar="N",
+                   help="log-in tries per client address (IPv6: per /64) per --login-window; more answer 429")
+    p.add_argument("--login-window", type=_positive, default=60.0, metavar="SECONDS",
+                   help="the window --login-attempts are regained over")
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=_console)
 
@@ -63,8 +67,8 @@ def _positive_int(text: str) -> int:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if not 1 <= value <= 256:
-        raise argparse.ArgumentTypeError(f"must be 1 to 256, not {text!r}")
+    if not 1 <= value <= 100_000:
+        raise argparse.ArgumentTypeError(f"must be 1 to 100000, not {text!r}")
     return value
 
 
@@ -76,5 +80,6 @@ def _console(args: argparse.Namespace) -> int:
     setup_logging(args.log_level)
     run(ConsoleConfig(decider=args.decider, listen=args.listen, tokens=args.tokens, tls_cert=args.tls_cert,
                       tls_key=args.tls_key, decider_ca=args.decider_ca, decider_cert=args.decider_cert,
-                      decider_key=args.decider_key, secret_file=args.secret_file, port_file=args.port_file))
+                      decider_key=args.decider_key, secret_file=args.secret_file, port_file=args.port_file,
+                      login_attempts=args.login_attempts, login_window_s=args.login_window))
     return 0

@@ -28,6 +28,7 @@ from starlette.staticfiles import StaticFiles
 from decider.console.api import ApiError, DeciderApi
 from decider.console.config import ConsoleConfig
 from decider.console.hosts import LoopbackHostOnly
+from decider.console.login_limit import LoginLimiter, retry_after
 from decider.console.sessions import COOKIE, Session, SessionCodec, load_secret
 from decider.console.views import OUTCOMES, budget_view, bundle_view, kill_view, record_view
 from decider.engine.state import KILL_SCOPES
@@ -57,6 +58,7 @@ class Console:
         self.cfg = cfg
         self.codec = SessionCodec(load_secret(cfg.secret_file), cfg.session_hours * 3600)
         self.secure = bool(cfg.tls_cert)
+        self.login_limit = LoginLimiter(cfg.login_attempts, cfg.login_window_s)
         self.tokens = None
         if cfg.tokens:
             from decider.server.auth import load_token_file  # the same file format and checks as the server
@@ -144,20 +146,34 @@ class Console:
         token = str(form.get("token") or "").strip()
         if self.tokens is None:
             return RedirectResponse("/approvals", status_code=303)
+        peer = request.client.host if request.client else ""
+        # Before the token is looked at: a refused try tells nothing about it.
+        wait = self.login_limit.take(peer)
+        if wait:
+            log.warning("console log-in rate-limited", extra={"peer": peer, "retry_after_s": round(wait, 1)})
+            resp = self.render("login.html", session, 429,
+                               error=f"Too many log-in attempts from your address; try again in {retry_after(wait)} s.")
+            resp.headers["Retry-After"] = retry_after(wait)
+            return resp
         if not token or len(token) > MAX_TOKEN or self.tokens.authenticate(token) is None:
-            log.warning("console log-in refused", extra={"peer": request.client.host if request.client else ""})
+            log.warning("console log-in refused", extra={"peer": peer})
             return self.render("login.html", session, 401, error="Unknown token.")
         try:
             new = await self._open_session(session, token)
         except ApiError as e:
             return self.render("login.html", session, 401 if e.status == 401 else e.status,
                                error=f"decider refused this token: {e.message}")
+        self.login_limit.refund(peer)
         log.info("console log-in", extra={"principal": new.principal})
         resp = RedirectResponse("/approvals", status_code=303)
         self._cookie(resp, new)
         return resp
 
     async def logout(self, request: Request, session: Session) -> Response:
+        # Revoked here, not only cleared in this browser: a copy of the cookie is refused from now on.
+        self.codec.revoke(session)
+        if session.logged_in:
+            log.info("console log-out", extra={"principal": session.principal})
         resp = RedirectResponse("/login" if self.tokens is not None else "/approvals", status_code=303)
         self._cookie(resp, Session())
         return resp
