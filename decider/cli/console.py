@@ -25,6 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--port-file", help="write the bound port to this file once serving")
     p.add_argument("--login-attempts", type=_positive_int, default=10, metavar="N",
                    help="log-in tries per client address (IPv6: per /64) per --login-window; more answer 429")
+    p.add_argument("--max-streams", type=_positive_int, default=8, metavar="N",
+                   help="open live event streams (console tabs) per session; more answer 429")
     p.add_argument("--login-window", type=_positive, default=60.0, metavar="SECONDS",
                    help="the window --login-attempts are regained over")
     p.add_argument("--log-level", default="info")
@@ -81,5 +83,6 @@ def _console(args: argparse.Namespace) -> int:
     run(ConsoleConfig(decider=args.decider, listen=args.listen, tokens=args.tokens, tls_cert=args.tls_cert,
                       tls_key=args.tls_key, decider_ca=args.decider_ca, decider_cert=args.decider_cert,
                       decider_key=args.decider_key, secret_file=args.secret_file, port_file=args.port_file,
-                      login_attempts=args.login_attempts, login_window_s=args.login_window))
+                      login_attempts=args.login_attempts, login_window_s=args.login_window,
+                      max_streams=args.max_streams))
     return 0
