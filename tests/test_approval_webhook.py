@@ -4,6 +4,8 @@ is lost (delivered at least once, from the outbox in the database)."""
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -181,3 +183,22 @@ def test_every_field_of_the_slack_message_is_escaped() -> None:
     assert_inert(msg, f"<{CONSOLE_URL}/decisions/01M8VXX634X3G88BA7YY779BY9|Open in the decider console>")
     # Without a console link there is no link at all.
     assert_inert(slack_message(row, ""), "\0")
+
+
+@pytest.mark.parametrize("char", ["<", "&", "@", ">", "`", "é"])
+def test_no_caller_value_pushes_a_block_past_slacks_limits(char: str) -> None:
+    """Escaping grows text (`<` is sent as `&lt;`): the limits count what is sent, so a value made of
+    one such character cannot make Slack refuse the message (3,000 characters per block text)."""
+    from decider.server.notify import slack_message
+
+    huge = char * 20_000
+    row = {"decision_id": "01M8VXX634X3G88BA7YY779BY9", "agent_id": huge, "team": huge, "tool_name": huge,
+           "deciding_rule": huge, "session_id": huge, "reasons": json.dumps([{"rule_id": "r", "text": huge}]),
+           "args": json.dumps({"q": huge}), "approval_expires_at": None}
+    msg = slack_message(row, CONSOLE_URL)
+    texts = mrkdwn_texts(msg)
+    assert all(len(t) <= 3000 for t in texts), [len(t) for t in texts]
+    assert_inert(msg, f"<{CONSOLE_URL}/decisions/01M8VXX634X3G88BA7YY779BY9|Open in the decider console>")
+    # Cut between characters: never half an entity or a mention left bare.
+    for t in texts:
+        assert not re.search(r"&[a-z]{0,3}…", t) and "@…" not in t

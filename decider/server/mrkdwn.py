@@ -10,7 +10,9 @@ Beyond them:
   applies `*bold*`/`_italic_`;
 - a backtick cannot end that code early: it becomes `ˋ` (U+02CB, which looks the same);
 - `@` is followed by a zero-width space, so no `@channel`, `@here`, `@everyone` or `@name` pings;
-- inline values are one line (a newline would let the rest escape an inline span).
+- inline values are one line (a newline would let the rest escape an inline span);
+- limits count what is sent, after escaping (`<` is 4 characters as `&lt;`), so no value a caller
+  picks can push a block past Slack's 3,000-character limit and get the message refused for good.
 
 The console shows the exact values; the notification is for reading, not copying.
 """
@@ -33,17 +35,27 @@ def escape(value: str) -> str:
     return escape_link(value).replace("@", "@" + _ZWSP)
 
 
-def _cut(value: str, limit: int) -> str:
-    # Cut before escaping, so an entity (`&amp;`) is never cut in half.
-    return value if len(value) <= limit else value[:limit] + "…"
+def _escaped_within(value: str, limit: int, link: bool = False) -> str:
+    """`value` escaped, cut to at most `limit` characters of output (plus "…") between two
+    characters, so an entity (`&amp;`) or a defused mention is never cut in half."""
+    out: list[str] = []
+    used = 0
+    for ch in value:
+        piece = escape_link(ch) if link else escape(ch)
+        if used + len(piece) > limit:
+            out.append("…")
+            break
+        out.append(piece)
+        used += len(piece)
+    return "".join(out)
 
 
 def code(value: str, limit: int = 300) -> str:
-    """One caller value as inline code: `value`, on one line, escaped."""
-    one_line = " ".join(_cut(value, limit).replace("`", _BACKTICK).splitlines()) or "-"
-    return f"`{escape(one_line)}`"
+    """One caller value as inline code: `value`, on one line, escaped, at most `limit` characters sent."""
+    one_line = " ".join(value.replace("`", _BACKTICK).splitlines()) or "-"
+    return f"`{_escaped_within(one_line, limit)}`"
 
 
-def code_block(value: str, limit: int = 500) -> str:
-    """A caller value as a ``` block no content can close."""
-    return f"```{escape(_cut(value, limit).replace('`', _BACKTICK))}```"
+def code_block(value: str, limit: int = 2000) -> str:
+    """A caller value as a ``` block no content can close, at most `limit` characters sent."""
+    return f"```{_escaped_within(value.replace('`', _BACKTICK), limit)}```"
