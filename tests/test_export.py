@@ -207,3 +207,41 @@ def test_export_on_postgresql_keeps_its_cursor(postgres, receiver: Receiver) -> 
     assert_complete_and_in_order(seqs_of(receiver.bodies), all_seqs(url))
     assert sum(len(b) for b in seqs_of(receiver.bodies)) == 10
     assert CursorStore(connect(url)).get(cursor_name(f"webhook:{receiver.url}")) == all_seqs(url)[-1]
+
+
+def test_a_redirect_is_not_an_acknowledgement(db: str) -> None:
+    """A receiver answering 302 to a page that answers GET with 200: the batch is not delivered, so
+    the cursor stays and the batch is sent again; the redirect is never followed (issue 24)."""
+    arrived: list[tuple[str, str]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def _any(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            arrived.append((self.command, self.path))
+            if self.path == "/hook":
+                self.send_response(302)
+                self.send_header("Location", "/landing")
+            else:
+                self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_POST = _any  # noqa: N815 - http.server's names
+
+        def log_message(self, *a: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/hook"
+    proc = exporter(db, url)
+    try:
+        assert wait_for(lambda: len(arrived) >= 3), proc.stderr
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        httpd.shutdown()
+        httpd.server_close()
+    assert {m for m, p in arrived} == {"POST"} and {p for m, p in arrived} == {"/hook"}
+    assert CursorStore(connect(db)).get(cursor_name(f"webhook:{url}")) in (None, 0)
+    assert "redirect not followed" in proc.stderr.read()

@@ -26,7 +26,8 @@ from .test_approval_webhook import wait_for
 
 @dataclass
 class Receiver:
-    """Answers each request by `answer(order, method)`: ("ok",), ("redirect", url) or ("hang",).
+    """Answers each request by `answer(order, method)`: ("ok",), ("redirect", url), ("hang",) or
+    ("endless",) (200 and a body that never ends).
     Records what arrived, in arrival order; a hung request is held until `release`."""
 
     answer: Any = None
@@ -57,6 +58,17 @@ class Receiver:
                 if how[0] == "redirect":
                     self.send_response(302)
                     self.send_header("Location", how[1])
+                elif how[0] == "endless":
+                    # 200, then a body announced at 10 GB of which a first chunk comes, then nothing.
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(10**10))
+                    self.end_headers()
+                    self.wfile.write(b"x" * 65536)
+                    self.wfile.flush()
+                    with outer.lock:
+                        outer.hanging.append(order)
+                    outer.release.wait(60)
+                    return
                 else:
                     self.send_response(200)
                 self.send_header("Content-Length", "0")
@@ -192,6 +204,21 @@ def test_at_most_the_configured_deliveries_are_in_flight(tmp_path: Path, receive
         assert len(hook.hanging) == 2
         hook.release.set()
         wait_for(lambda: all(outbox.get(i)["state"] == "delivered" for i in made), "all four delivered")
+    finally:
+        srv.stop()
+        outbox.engine.dispose()
+
+
+def test_the_answer_body_is_never_read(tmp_path: Path, receivers: list[Receiver]) -> None:
+    """A 200 counts as soon as it arrives: a receiver announcing an endless body neither holds the
+    attempt until its timeout nor has it read into memory."""
+    hook = Receiver(answer=lambda order, method: ("endless",)).start()
+    receivers.append(hook)
+    srv, outbox = serve(tmp_path, hook.url, "--approval-webhook-timeout", "60")
+    try:
+        made = ask(srv, "e-1")
+        wait_for(lambda: (outbox.get(made) or {}).get("state") == "delivered", "delivered on the 200 alone")
+        assert hook.orders() == ["e-1"] and outbox.get(made)["attempts"] == 1
     finally:
         srv.stop()
         outbox.engine.dispose()

@@ -210,7 +210,10 @@ class ApprovalNotifier:
         try:
             # httpx's timeout is per socket operation; this one bounds the whole exchange.
             async with asyncio.timeout(timeout):
-                resp = await self._http.post(self.settings.url, content=body, headers=headers)
+                # Streamed and never read: only the status counts, and a receiver answering with an
+                # endless body must not fill memory or hold the attempt.
+                async with self._http.stream("POST", self.settings.url, content=body, headers=headers) as resp:
+                    status = resp.status_code
         except TimeoutError:
             raise OSError(f"timed out after {timeout:g} s") from None
         except httpx2.TimeoutException:
@@ -219,10 +222,10 @@ class ApprovalNotifier:
             # Never the URL itself in the error: it may hold the webhook's secret.
             raise OSError(f"cannot reach the webhook: {type(e).__name__}: {_without_url(str(e), self.settings.url)}") \
                 from None
-        if 300 <= resp.status_code < 400:
-            raise OSError(f"HTTP {resp.status_code}: redirect not followed (the webhook URL must answer 2xx itself)")
-        if not 200 <= resp.status_code < 300:
-            raise OSError(f"HTTP {resp.status_code}")
+        if 300 <= status < 400:
+            raise OSError(f"HTTP {status}: redirect not followed (the webhook URL must answer 2xx itself)")
+        if not 200 <= status < 300:
+            raise OSError(f"HTTP {status}")
 
 
 def _without_url(text: str, url: str) -> str:
