@@ -5,6 +5,7 @@ transparent gRPC relay between them counts the calls the console makes."""
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import threading
 import time
@@ -175,3 +176,29 @@ def test_a_session_holds_at_most_max_streams(stack, pending: str) -> None:  # no
         for s in streams:
             s.close()
     assert "console event stream refused: too many open" in con.log()
+
+
+def test_a_failing_poll_tells_its_streams_and_keeps_polling() -> None:
+    """An unexpected failure (not one of decider's refusals) must not end the shared poll silently,
+    which would leave every stream of the token waiting forever."""
+    from decider.console.streams import Problem, SharedApprovals
+
+    answers: list[object] = [RuntimeError("boom"), ValueError("known"), ["a"]]
+
+    async def fetch(token: str) -> object:
+        item = answers.pop(0)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    async def run() -> list[object]:
+        feed = SharedApprovals(fetch, 0.001, lambda e: str(e) if isinstance(e, ValueError) else None)
+        got = []
+        async with feed.watch("t") as poll:
+            seen = 0
+            for _ in range(3):
+                seen, result = await asyncio.wait_for(poll.after(seen), 10)
+                got.append(result)
+        return got
+
+    assert asyncio.run(run()) == [Problem("could not read the approvals queue; retrying"), Problem("known"), ["a"]]

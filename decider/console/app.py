@@ -30,7 +30,7 @@ from decider.console.config import ConsoleConfig
 from decider.console.hosts import LoopbackHostOnly
 from decider.console.login_limit import LoginLimiter, retry_after
 from decider.console.sessions import COOKIE, Session, SessionCodec, load_secret
-from decider.console.streams import SharedApprovals, SlotStream, StreamSlots
+from decider.console.streams import Problem, SharedApprovals, SlotStream, StreamSlots
 from decider.console.views import OUTCOMES, budget_view, bundle_view, kill_view, record_view
 from decider.engine.state import KILL_SCOPES
 from decider.v1 import decider_pb2 as pb
@@ -199,7 +199,7 @@ class Console:
             async with shared.watch(session.token) as poll:
                 while True:
                     seen, pending = await poll.after(seen)
-                    if isinstance(pending, ApiError):
+                    if isinstance(pending, Problem):
                         yield sse("problem", pending.message)
                         continue
                     ids = [r.decision_id for r in pending]
@@ -363,7 +363,8 @@ def build_app(cfg: ConsoleConfig) -> Starlette:
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         c.api = DeciderApi(cfg.decider, ca=cfg.decider_ca, cert=cfg.decider_cert, key=cfg.decider_key)
-        c.approval_feed = SharedApprovals(c.api.pending, cfg.approvals_poll_s, (ApiError,))
+        c.approval_feed = SharedApprovals(c.api.pending, cfg.approvals_poll_s,
+                                          lambda e: e.message if isinstance(e, ApiError) else None)
         try:
             yield
         finally:

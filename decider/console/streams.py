@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,12 +20,21 @@ from typing import Any
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-__all__ = ["SharedApprovals", "StreamSlots", "SlotStream"]
+__all__ = ["SharedApprovals", "StreamSlots", "SlotStream", "Problem"]
+
+log = logging.getLogger("decider.console")
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """What a poll got instead of a list; every stream shows `message` and the poll tries again."""
+
+    message: str
 
 
 @dataclass(eq=False)
 class _Poll:
-    """One token's poll: the newest result (a list, or the ApiError decider answered), numbered."""
+    """One token's poll: the newest result (a list, or a Problem), numbered."""
 
     version: int = 0
     result: Any = None
@@ -40,10 +50,11 @@ class _Poll:
 
 
 class SharedApprovals:
-    def __init__(self, fetch: Callable[[str], Awaitable[Any]], poll_s: float, error_types: tuple[type, ...]) -> None:
+    def __init__(self, fetch: Callable[[str], Awaitable[Any]], poll_s: float,
+                 explain: Callable[[Exception], str | None]) -> None:
         self._fetch = fetch
         self._poll_s = poll_s
-        self._errors = error_types
+        self._explain = explain   # an expected failure's message for the page; None: unexpected
         self._polls: dict[str, _Poll] = {}
         self.queries = 0   # calls made, for tests and metrics
 
@@ -69,8 +80,12 @@ class SharedApprovals:
             try:
                 self.queries += 1
                 result: Any = await self._fetch(token)
-            except self._errors as e:
-                result, delay = e, self._poll_s * 5
+            except Exception as e:  # noqa: BLE001 - a poll that died would leave its streams waiting forever
+                message = self._explain(e)
+                if message is None:
+                    log.exception("console approvals poll failed")
+                    message = "could not read the approvals queue; retrying"
+                result, delay = Problem(message), self._poll_s * 5
             async with poll.cond:
                 poll.version += 1
                 poll.result = result
