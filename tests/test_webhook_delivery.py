@@ -6,6 +6,8 @@ receivers on 127.0.0.1."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,7 +21,7 @@ from decider.store import connect
 from decider.store.notifications import NotificationStore
 from decider.v1 import decider_pb2 as pb
 
-from .helpers import ServerProcess, start_server
+from .helpers import ROOT, ServerProcess, start_server
 from .stateful import REFUND_BOT, client, write_bundle, write_tokens
 from .test_approval_webhook import wait_for
 
@@ -222,3 +224,15 @@ def test_the_answer_body_is_never_read(tmp_path: Path, receivers: list[Receiver]
     finally:
         srv.stop()
         outbox.engine.dispose()
+
+
+@pytest.mark.parametrize(("command", "flag", "value"), [
+    ("serve", "--approval-webhook-concurrency", "0"), ("serve", "--approval-webhook-concurrency", "-3"),
+    ("serve", "--approval-webhook-concurrency", "many"), ("serve", "--approval-webhook-timeout", "0"),
+    ("serve", "--approval-webhook-timeout", "nan"), ("serve", "--approval-webhook-timeout", "inf"),
+    ("console", "--max-streams", "0"), ("console", "--login-attempts", "0"), ("console", "--login-window", "-1"),
+])
+def test_a_bad_limit_is_refused_naming_its_flag(command: str, flag: str, value: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "decider", command, flag, value], capture_output=True, text=True,
+                          timeout=60, cwd=ROOT)
+    assert proc.returncode == 2 and f"argument {flag}:" in proc.stderr, proc.stderr
