@@ -112,3 +112,20 @@ def test_two_receivers_on_one_host_keep_two_cursors(tmp_path: Path) -> None:
     a = cursor_name("webhook:https://hooks.slack.com/services/T/B/one")
     b = cursor_name("webhook:https://hooks.slack.com/services/T/B/two")
     assert a != b and a.split(" ")[0] == b.split(" ")[0]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_renaming_onto_a_cursor_in_use_keeps_the_one_in_use(backend: str, tmp_path: Path, request) -> None:  # noqa: ANN001
+    """Two exporters of one receiver, one already renamed and further on: the old name is dropped and
+    the position in use stays (and a second rename, as by a second exporter starting, is a no-op)."""
+    if backend == "postgresql":
+        url = request.getfixturevalue("postgres").create_database("cursor_rename")
+    else:
+        url = f"sqlite:///{tmp_path / 'rename.db'}"
+    cursors = CursorStore(connect(url))
+    old = "webhook:https://hooks.example/T/B/p4thSecret"
+    cursors.set(old, 5)
+    cursors.set(cursor_name(old), 9)
+    cursors.rename(old, cursor_name(old))
+    cursors.rename(old, cursor_name(old))
+    assert list(cursors.names()) == [cursor_name(old)] and cursors.get(cursor_name(old)) == 9

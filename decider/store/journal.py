@@ -37,7 +37,6 @@ from sqlalchemy import (
     delete,
     event,
     func,
-    insert,
     select,
     text,
 )
@@ -163,8 +162,10 @@ class CursorStore:
             seq = conn.execute(select(export_cursors.c.seq).where(export_cursors.c.name == old)).scalar()
             if seq is None:
                 return
-            if conn.execute(select(export_cursors.c.seq).where(export_cursors.c.name == new)).scalar() is None:
-                conn.execute(insert(export_cursors).values(name=new, seq=seq, updated_at=datetime.now(timezone.utc)))
+            # Two exporters starting at once may both rename: the first insert wins, the other is a no-op.
+            ins = (pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert)(export_cursors)
+            conn.execute(ins.values(name=new, seq=seq, updated_at=datetime.now(timezone.utc))
+                         .on_conflict_do_nothing(index_elements=[export_cursors.c.name]))
             conn.execute(delete(export_cursors).where(export_cursors.c.name == old))
 
     def names(self) -> Sequence[str]:
