@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import re
 import threading
 import time
 from collections import Counter
@@ -202,3 +203,41 @@ def test_a_failing_poll_tells_its_streams_and_keeps_polling() -> None:
         return got
 
     assert asyncio.run(run()) == [Problem("could not read the approvals queue; retrying"), Problem("known"), ["a"]]
+
+
+def test_a_page_whose_stream_was_refused_says_it_is_not_live(stack, pending: str) -> None:  # noqa: ANN001
+    """The browser side of the cap: a tab opened past it says it is not live (EventSource gives up
+    on a 429), instead of "reconnecting…" forever. Real Chromium."""
+    from .console_helpers import CHROMIUM_ARGS, ensure_chromium
+
+    playwright_sync = pytest.importorskip("playwright.sync_api")
+    path = ensure_chromium()
+    if path is None:
+        pytest.skip("chromium unavailable")
+    _, _, con = stack
+    with playwright_sync.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
+        try:
+            ctx = browser.new_context()
+            ctx.set_default_timeout(20_000)
+            page = ctx.new_page()
+            page.goto(con.url + "/login")
+            page.fill("#token", "olga-token")
+            page.click("#login")
+            page.wait_for_url(re.compile(r"/approvals$"))
+            page.wait_for_selector(f"article[data-decision-id='{pending}']")
+            cookie = next(f"{c['name']}={c['value']}" for c in ctx.cookies() if c["name"] == "decider_console")
+            others = [Stream(con, cookie) for _ in range(MAX_STREAMS - 1)]   # the page holds one slot
+            try:
+                assert [s.status for s in others] == [200] * (MAX_STREAMS - 1)
+                second = ctx.new_page()
+                second.goto(con.url + "/approvals")
+                # (A locator assertion, polled by Playwright: the page's CSP forbids evaluating strings.)
+                playwright_sync.expect(second.locator("#live-status")).to_have_text(re.compile(r"^not live"))
+                assert "too many console tabs" in second.inner_text("#live-status")
+                assert page.inner_text("#live-status") == "live"               # the first tab still is
+            finally:
+                for s in others:
+                    s.close()
+        finally:
+            browser.close()
