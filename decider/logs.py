@@ -34,6 +34,3 @@ def setup_logging(level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # httpx logs every request's full URL at info; a webhook's (or an upstream's) path and query
-    # are often its secret, and our own lines already name the host only.
-    logging.getLogger("httpx2").setLevel(max(logging.WARNING, root.level))

@@ -145,40 +145,40 @@ class Console:
         return self.render("login.html", session, error="")
 
     async def login(self, request: Request, session: Session) -> Response:
+        peer = request.client.host if request.client else ""
+        # First of all, before the token is read or checked: a refused try tells nothing about it.
+        wait = self.login_limit.take(peer)
+        if wait:
+            log.warning("console log-in rate-limited", extra={"peer": peer, "retry_after_s": round(wait, 1)})
+            limited = self.render("login.html", session, 429, error="Too many log-in attempts from your address; "
+                                                                    f"try again in {retry_after(wait)} s.")
+            limited.headers["Retry-After"] = retry_after(wait)
+            return limited
         form = await request.form()
         token = str(form.get("token") or "").strip()
         if self.tokens is None:
             return RedirectResponse("/approvals", status_code=303)
-        peer = request.client.host if request.client else ""
-        # Before the token is looked at: a refused try tells nothing about it.
-        wait = self.login_limit.take(peer)
-        if wait:
-            log.warning("console log-in rate-limited", extra={"peer": peer, "retry_after_s": round(wait, 1)})
-            resp = self.render("login.html", session, 429,
-                               error=f"Too many log-in attempts from your address; try again in {retry_after(wait)} s.")
-            resp.headers["Retry-After"] = retry_after(wait)
-            return resp
         if not token or len(token) > MAX_TOKEN or self.tokens.authenticate(token) is None:
-            log.warning("console log-in refused", extra={"peer": peer})
+            log.warning("console log-in refused", extra={"peer": request.client.host if request.client else ""})
             return self.render("login.html", session, 401, error="Unknown token.")
         try:
             new = await self._open_session(session, token)
         except ApiError as e:
             return self.render("login.html", session, 401 if e.status == 401 else e.status,
                                error=f"decider refused this token: {e.message}")
-        self.login_limit.refund(peer)
         log.info("console log-in", extra={"principal": new.principal})
         resp = RedirectResponse("/approvals", status_code=303)
         self._cookie(resp, new)
+        self.login_limit.refund(peer)   # a log-in that worked gives its try back
         return resp
 
     async def logout(self, request: Request, session: Session) -> Response:
+        resp = RedirectResponse("/login" if self.tokens is not None else "/approvals", status_code=303)
+        self._cookie(resp, Session())
         # Revoked here, not only cleared in this browser: a copy of the cookie is refused from now on.
         self.codec.revoke(session)
         if session.logged_in:
             log.info("console log-out", extra={"principal": session.principal})
-        resp = RedirectResponse("/login" if self.tokens is not None else "/approvals", status_code=303)
-        self._cookie(resp, Session())
         return resp
 
     # ---- approvals -------------------------------------------------------------------------------

@@ -111,6 +111,9 @@ class ApprovalNotifier:
         self.delivered = 0
 
     async def start(self) -> None:
+        # httpx logs each request with its full URL at info; the webhook's path is its secret, and
+        # this module's own lines name the host only.
+        logging.getLogger("httpx2").setLevel(logging.WARNING)
         # Redirects are never followed (httpx's default, stated here because it is the point);
         # proxies from the environment still apply, as they did with urllib.
         self._http = httpx2.AsyncClient(follow_redirects=False, timeout=self.settings.timeout_s,
