@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import json
 import re
 import threading
 import time
@@ -111,6 +112,21 @@ class Stream:
                 if len(got) == n:
                     return got
         raise AssertionError("no ticks")
+
+    def first_queue(self) -> tuple[set[str], list[str]]:
+        """The decisions of the `add` events before the first `queue` event, and that queue."""
+        added: set[str] = set()
+        event = ""
+        for _ in range(10_000):
+            line = self.resp.fp.readline().decode()
+            assert line, "the stream ended"
+            if line.startswith("event: "):
+                event = line.split(":", 1)[1].strip()
+            elif line.startswith("data: ") and event == "add":
+                added |= set(re.findall(r'data-decision-id="([0-9A-Z]{26})"', line))
+            elif line.startswith("data: ") and event == "queue":
+                return added, json.loads(line.split(":", 1)[1])
+        raise AssertionError("no queue event")
 
     def close(self) -> None:
         self.conn.close()
@@ -241,3 +257,28 @@ def test_a_page_whose_stream_was_refused_says_it_is_not_live(stack, pending: str
                     s.close()
         finally:
             browser.close()
+
+
+def test_a_new_stream_never_shows_a_queue_read_before_it_opened(stack, pending: str) -> None:  # noqa: ANN001
+    """The shared poll's last result may predate an approval resolved a moment ago; the page that
+    resolved it reloads, and its new stream must not bring the resolved card back."""
+    srv, _, con = stack
+    with client(srv, "gw-token") as c:
+        made = c.decide(agent=REFUND_BOT, tool="payments.refund", args={"amount": 2500, "order": "stale-1"})
+    cookie = log_in(con, "ana-token")[1]
+    keeper = Stream(con, cookie)            # keeps the token's poll alive, with a result that holds `made`
+    try:
+        for _ in range(100):
+            if made.decision_id in keeper.first_queue()[1]:
+                break
+        with client(srv, "ana-token") as c:
+            c.resolve_approval(made.decision_id, True, comment="ok")
+        fresh = Stream(con, cookie)         # the reloaded page's stream, right after
+        try:
+            added, queue = fresh.first_queue()
+            assert made.decision_id not in added and made.decision_id not in queue
+            assert pending in queue
+        finally:
+            fresh.close()
+    finally:
+        keeper.close()

@@ -197,8 +197,9 @@ class Console:
             known: list[str] = []
             seen = 0
             async with shared.watch(session.token) as poll:
+                joined = poll.started   # nothing fetched before this stream's page was
                 while True:
-                    seen, pending = await poll.after(seen)
+                    seen, pending = await poll.after(seen, joined)
                     if isinstance(pending, Problem):
                         yield sse("problem", pending.message)
                         continue

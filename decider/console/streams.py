@@ -38,14 +38,20 @@ class _Poll:
 
     version: int = 0
     result: Any = None
+    started: int = 0          # fetches begun
+    result_started: int = 0   # which of them the current result came from
     refs: int = 0
     cond: asyncio.Condition = field(default_factory=asyncio.Condition)
     task: asyncio.Task[None] | None = None
 
-    async def after(self, seen: int) -> tuple[int, Any]:
-        """The first result newer than `seen` (at once when there is one)."""
+    async def after(self, seen: int, fresh_after: int = 0) -> tuple[int, Any]:
+        """The first result newer than `seen` whose fetch began after fetch number `fresh_after`.
+
+        A stream passes `started` as it was when it joined: its page was just rendered from a fresh
+        read, so a result fetched before that (an approval since resolved, say) must not be shown as
+        if it were news."""
         async with self.cond:
-            await self.cond.wait_for(lambda: self.version > seen)
+            await self.cond.wait_for(lambda: self.version > seen and self.result_started > fresh_after)
             return self.version, self.result
 
 
@@ -77,6 +83,8 @@ class SharedApprovals:
     async def _run(self, token: str, poll: _Poll) -> None:
         while True:
             delay = self._poll_s
+            poll.started += 1
+            this = poll.started
             try:
                 self.queries += 1
                 result: Any = await self._fetch(token)
@@ -89,6 +97,7 @@ class SharedApprovals:
             async with poll.cond:
                 poll.version += 1
                 poll.result = result
+                poll.result_started = this
                 poll.cond.notify_all()
             await asyncio.sleep(delay)
 
