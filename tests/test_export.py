@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
+from decider.export.naming import cursor_name
 from decider.store import DecisionStore, connect
 from decider.store.journal import CursorStore
 
@@ -137,7 +138,7 @@ def test_exporter_killed_mid_stream_resumes_from_its_cursor(db: str, receiver: R
         if first.poll() is None:
             first.kill()
     assert len(receiver.bodies) == 3
-    assert CursorStore(connect(db)).get(f"webhook:{receiver.url}") == seqs_of(receiver.bodies)[-1][-1]
+    assert CursorStore(connect(db)).get(cursor_name(f"webhook:{receiver.url}")) == seqs_of(receiver.bodies)[-1][-1]
     receiver.hold_after = None
     receiver.release.set()
     again = exporter(db, receiver.url, "--once")
@@ -205,4 +206,42 @@ def test_export_on_postgresql_keeps_its_cursor(postgres, receiver: Receiver) -> 
         assert run.returncode == 0, err
     assert_complete_and_in_order(seqs_of(receiver.bodies), all_seqs(url))
     assert sum(len(b) for b in seqs_of(receiver.bodies)) == 10
-    assert CursorStore(connect(url)).get(f"webhook:{receiver.url}") == all_seqs(url)[-1]
+    assert CursorStore(connect(url)).get(cursor_name(f"webhook:{receiver.url}")) == all_seqs(url)[-1]
+
+
+def test_a_redirect_is_not_an_acknowledgement(db: str) -> None:
+    """A receiver answering 302 to a page that answers GET with 200: the batch is not delivered, so
+    the cursor stays and the batch is sent again; the redirect is never followed (issue 24)."""
+    arrived: list[tuple[str, str]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def _any(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            arrived.append((self.command, self.path))
+            if self.path == "/hook":
+                self.send_response(302)
+                self.send_header("Location", "/landing")
+            else:
+                self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_POST = _any  # noqa: N815 - http.server's names
+
+        def log_message(self, *a: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/hook"
+    proc = exporter(db, url)
+    try:
+        assert wait_for(lambda: len(arrived) >= 3), proc.stderr
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        httpd.shutdown()
+        httpd.server_close()
+    assert {m for m, p in arrived} == {"POST"} and {p for m, p in arrived} == {"/hook"}
+    assert CursorStore(connect(db)).get(cursor_name(f"webhook:{url}")) in (None, 0)
+    assert "redirect not followed" in proc.stderr.read()

@@ -23,6 +23,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--secret-file", help="32 bytes (64 hex characters) that encrypt session cookies; default: "
                    "random per process (a restart logs everyone out)")
     p.add_argument("--port-file", help="write the bound port to this file once serving")
+    p.add_argument("--login-attempts", type=_positive_int, default=10, metavar="N",
+                   help="log-in tries per client address (IPv6: per /64) per --login-window; more answer 429")
+    p.add_argument("--max-streams", type=_positive_int, default=8, metavar="N",
+                   help="open live event streams (console tabs) per session; more answer 429")
+    p.add_argument("--login-window", type=_positive, default=60.0, metavar="SECONDS",
+                   help="the window --login-attempts are regained over")
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=_console)
 
@@ -34,12 +40,38 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                        help="the console's address, for the link in approval notifications")
     serve.add_argument("--approval-webhook-max-backoff", type=float, default=60.0, metavar="SECONDS",
                        help="longest wait between two delivery attempts of one notification")
+    serve.add_argument("--approval-webhook-timeout", type=_positive, default=10.0, metavar="SECONDS",
+                       help="one delivery attempt, connect to answer; past it the attempt fails and is retried")
+    serve.add_argument("--approval-webhook-concurrency", type=_positive_int, default=4, metavar="N",
+                       help="delivery attempts in flight at once (a slow receiver holds one slot, not the queue)")
 
 
 def serve_options(args: argparse.Namespace) -> dict[str, Any]:
     """The ServerConfig fields for the serve options above."""
     return {"approval_webhook": args.approval_webhook, "console_url": args.console_url,
-            "webhook_max_backoff_s": args.approval_webhook_max_backoff}
+            "webhook_max_backoff_s": args.approval_webhook_max_backoff,
+            "webhook_timeout_s": args.approval_webhook_timeout,
+            "webhook_concurrency": args.approval_webhook_concurrency}
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value <= 3600:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"must be more than 0 and at most 3600, not {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= value <= 100_000:
+        raise argparse.ArgumentTypeError(f"must be 1 to 100000, not {text!r}")
+    return value
 
 
 def _console(args: argparse.Namespace) -> int:
@@ -50,5 +82,7 @@ def _console(args: argparse.Namespace) -> int:
     setup_logging(args.log_level)
     run(ConsoleConfig(decider=args.decider, listen=args.listen, tokens=args.tokens, tls_cert=args.tls_cert,
                       tls_key=args.tls_key, decider_ca=args.decider_ca, decider_cert=args.decider_cert,
-                      decider_key=args.decider_key, secret_file=args.secret_file, port_file=args.port_file))
+                      decider_key=args.decider_key, secret_file=args.secret_file, port_file=args.port_file,
+                      login_attempts=args.login_attempts, login_window_s=args.login_window,
+                      max_streams=args.max_streams))
     return 0

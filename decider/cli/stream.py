@@ -48,7 +48,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     ex.add_argument("--to", choices=["webhook", "otlp-logs"], required=True)
     ex.add_argument("--url", required=True,
                     help="webhook URL, or the OTLP/HTTP endpoint (…/v1/logs is appended when missing)")
-    ex.add_argument("--name", help="cursor name (default: TO:URL); two exporters with one name share a cursor")
+    ex.add_argument("--name", help="cursor name (default: TO:URL, where a URL beyond scheme://host:port becomes its origin "
+                                     "and a sha256 fingerprint: the path or query is often a secret); two exporters "
+                                     "with one name share a cursor")
     ex.add_argument("--batch", type=int, default=100, help="records per request")
     ex.add_argument("--header", action="append", default=[], help="extra HTTP header 'Name: value' (repeatable)")
     ex.add_argument("--after", help="where a NEW cursor starts: a decision id or seq (default: the first record); "

@@ -20,16 +20,20 @@ from urllib.parse import urlencode
 import grpc
 import jinja2
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response, StreamingResponse
+from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from decider.console.api import ApiError, DeciderApi
 from decider.console.config import ConsoleConfig
+from decider.console.hosts import LoopbackHostOnly
+from decider.console.login_limit import LoginLimiter, retry_after
 from decider.console.overview import MAX_RECORDS, WINDOWS, parse_time
 from decider.console.overview import overview as overview_of
 from decider.console.sessions import COOKIE, Session, SessionCodec, load_secret
+from decider.console.streams import Problem, SharedApprovals, SlotStream, StreamSlots
 from decider.console.views import OUTCOMES, budget_view, bundle_view, kill_view, record_view
 from decider.engine.state import KILL_SCOPES
 from decider.v1 import decider_pb2 as pb
@@ -58,6 +62,9 @@ class Console:
         self.cfg = cfg
         self.codec = SessionCodec(load_secret(cfg.secret_file), cfg.session_hours * 3600)
         self.secure = bool(cfg.tls_cert)
+        self.login_limit = LoginLimiter(cfg.login_attempts, cfg.login_window_s)
+        self.slots = StreamSlots(cfg.max_streams)
+        self.approval_feed: SharedApprovals | None = None   # made with the API client, in the lifespan
         self.tokens = None
         if cfg.tokens:
             from decider.server.auth import load_token_file  # the same file format and checks as the server
@@ -155,6 +162,15 @@ class Console:
         return self.render("login.html", session, error="")
 
     async def login(self, request: Request, session: Session) -> Response:
+        peer = request.client.host if request.client else ""
+        # First of all, before the token is read or checked: a refused try tells nothing about it.
+        wait = self.login_limit.take(peer)
+        if wait:
+            log.warning("console log-in rate-limited", extra={"peer": peer, "retry_after_s": round(wait, 1)})
+            limited = self.render("login.html", session, 429, error="Too many log-in attempts from your address; "
+                                                                    f"try again in {retry_after(wait)} s.")
+            limited.headers["Retry-After"] = retry_after(wait)
+            return limited
         form = await request.form()
         token = str(form.get("token") or "").strip()
         if self.tokens is None and await self._decider_is_open():
@@ -175,12 +191,17 @@ class Console:
         log.info("console log-in", extra={"principal": new.principal})
         resp = RedirectResponse("/approvals", status_code=303)
         self._cookie(resp, new)
+        self.login_limit.refund(peer)   # a log-in that worked gives its try back
         return resp
 
     async def logout(self, request: Request, session: Session) -> Response:
         resp = RedirectResponse("/login" if self.tokens is not None or session.token else "/approvals",
                                 status_code=303)
         self._cookie(resp, Session())
+        # Revoked here, not only cleared in this browser: a copy of the cookie is refused from now on.
+        self.codec.revoke(session)
+        if session.logged_in:
+            log.info("console log-out", extra={"principal": session.principal})
         return resp
 
     # ---- approvals -------------------------------------------------------------------------------
@@ -191,32 +212,42 @@ class Console:
                            can_resolve=session.has_role("approver"))
 
     async def approval_events(self, request: Request, session: Session) -> Response:
-        api = self.api
-        assert api is not None
+        assert self.approval_feed is not None
+        shared = self.approval_feed
         can_resolve = session.has_role("approver")
 
         async def events() -> AsyncIterator[str]:
             known: list[str] = []
-            while True:
-                try:
-                    pending = await api.pending(session.token)
-                except ApiError as e:
-                    yield sse("problem", e.message)
-                    await asyncio.sleep(self.cfg.approvals_poll_s * 5)
-                    continue
-                ids = [r.decision_id for r in pending]
-                seen = set(known)
-                for r in pending:
-                    if r.decision_id not in seen:
-                        yield sse("add", self.fragment("_approval.html", a=record_view(r), session=session,
-                                                        can_resolve=can_resolve))
-                if ids != known:
-                    yield sse("queue", json.dumps(ids))
-                    known = ids
-                else:
-                    yield ": still here\n\n"   # also how a closed browser is noticed
-                await asyncio.sleep(self.cfg.approvals_poll_s)
-        return event_stream(events())
+            seen = 0
+            async with shared.watch(session.token) as poll:
+                joined = poll.started   # nothing fetched before this stream's page was
+                while True:
+                    seen, pending = await poll.after(seen, joined)
+                    if isinstance(pending, Problem):
+                        yield sse("problem", pending.message)
+                        continue
+                    ids = [r.decision_id for r in pending]
+                    had = set(known)
+                    for r in pending:
+                        if r.decision_id not in had:
+                            yield sse("add", self.fragment("_approval.html", a=record_view(r), session=session,
+                                                            can_resolve=can_resolve))
+                    if ids != known:
+                        yield sse("queue", json.dumps(ids))
+                        known = ids
+                    else:
+                        yield ": still here\n\n"   # also how a closed browser is noticed
+        return self.stream(session, events())
+
+    def stream(self, session: Session, events: AsyncIterator[str]) -> Response:
+        """An event stream, if this session has a stream slot free (StreamSlots); 429 otherwise."""
+        if not self.slots.take(session.sid):
+            log.warning("console event stream refused: too many open", extra={
+                "principal": session.principal, "limit": self.slots.limit})
+            return PlainTextResponse(f"too many open event streams for this session (at most {self.slots.limit}); "
+                                     "close a console tab", status_code=429, headers={"Retry-After": "5"})
+        return SlotStream(events, lambda: self.slots.give_back(session.sid), media_type="text/event-stream",
+                          headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
     async def resolve(self, request: Request, session: Session) -> Response:
         assert self.api is not None
@@ -264,7 +295,7 @@ class Console:
                     yield sse("decision", self.fragment("_decision_row.html", d=record_view(rec)))
             except ApiError as e:
                 yield sse("problem", e.message)
-        return event_stream(events())
+        return self.stream(session, events())
 
     async def decision(self, request: Request, session: Session) -> Response:
         assert self.api is not None
@@ -382,17 +413,14 @@ def sse(event: str, data: str) -> str:
     return f"event: {event}\n" + "".join(f"data: {line}\n" for line in data.splitlines() or [""]) + "\n"
 
 
-def event_stream(events: AsyncIterator[str]) -> StreamingResponse:
-    return StreamingResponse(events, media_type="text/event-stream",
-                             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
-
-
 def build_app(cfg: ConsoleConfig) -> Starlette:
     c = Console(cfg)
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         c.api = DeciderApi(cfg.decider, ca=cfg.decider_ca, cert=cfg.decider_cert, key=cfg.decider_key)
+        c.approval_feed = SharedApprovals(c.api.pending, cfg.approvals_poll_s,
+                                          lambda e: e.message if isinstance(e, ApiError) else None)
         try:
             yield
         finally:
@@ -428,4 +456,11 @@ def build_app(cfg: ConsoleConfig) -> Starlette:
         Route("/budgets", p(c.budgets)),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    # Without tokens, only loopback Host names (console/hosts.py: DNS rebinding); with tokens a
+    # rebound origin has no session cookie, the cookie being bound to the console's own name.
+    middleware = [Middleware(LoopbackHostOnly)] if c.tokens is None else []
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
+    # Starlette answers `/approvals/` with an absolute redirect built from the Host header; every
+    # redirect the console gives is relative, so a trailing slash is simply not found.
+    app.router.redirect_slashes = False
+    return app

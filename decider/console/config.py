@@ -23,5 +23,9 @@ class ConsoleConfig:
     # absent (a restart then logs everyone out). Give one to run several console replicas.
     secret_file: str | None = None
     session_hours: float = 12.0
-    approvals_poll_s: float = 1.0         # how often an open approvals page re-reads the queue
+    # Log-in tries per client address (IPv6: per /64), regained evenly over the window.
+    login_attempts: int = 10
+    login_window_s: float = 60.0
+    approvals_poll_s: float = 1.0         # how often the queue is re-read (once per token, for all its pages)
+    max_streams: int = 8                  # open event streams (/events/...) per session
     port_file: str | None = None          # write the bound port here once serving (tests, scripts)

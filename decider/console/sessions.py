@@ -5,6 +5,10 @@ Encrypted rather than only signed because it carries the bearer token: a stolen 
 reveal it. The cookie is `HttpOnly` (no script reads it), `SameSite=Strict` (no other site sends
 it) and `Secure` when the console is served over TLS. The CSRF token is compared on every
 state-changing request (double protection with SameSite).
+
+Each session has a random id (`sid`) inside the cookie. Logging out revokes it server-side: the
+id goes on this process's denylist (`Revocations`) until the cookie would have expired anyway, so a
+copy of the cookie taken before the log-out is refused afterwards.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-__all__ = ["Session", "SessionCodec", "COOKIE", "load_secret"]
+__all__ = ["Session", "SessionCodec", "Revocations", "COOKIE", "load_secret"]
 
 COOKIE = "decider_console"
 _AAD = b"decider-console-session-v1"
@@ -30,6 +34,7 @@ _AAD = b"decider-console-session-v1"
 @dataclass(slots=True)
 class Session:
     csrf: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    sid: str = field(default_factory=lambda: secrets.token_urlsafe(16))   # what a log-out revokes
     token: str = ""                      # the bearer token decider is called with ("" = none)
     principal: str = ""                  # "" = not logged in
     roles: tuple[str, ...] = ()
@@ -60,21 +65,47 @@ def load_secret(path: str | None) -> bytes:
     return key
 
 
+class Revocations:
+    """Session ids logged out, each kept until its cookie's own expiry (after which the cookie is
+    refused anyway), so the set holds at most the log-outs of one session lifetime."""
+
+    def __init__(self) -> None:
+        self._until: dict[str, float] = {}
+        self._next_prune = 0.0
+
+    def revoke(self, sid: str, expires: float) -> None:
+        self._prune()
+        self._until[sid] = max(expires, self._until.get(sid, 0.0))
+
+    def revoked(self, sid: str) -> bool:
+        return sid in self._until
+
+    def __len__(self) -> int:
+        return len(self._until)
+
+    def _prune(self) -> None:
+        now = time.time()
+        if now >= self._next_prune:
+            self._until = {k: v for k, v in self._until.items() if v >= now}
+            self._next_prune = now + 60
+
+
 class SessionCodec:
-    def __init__(self, key: bytes, ttl_s: float) -> None:
+    def __init__(self, key: bytes, ttl_s: float, revocations: Revocations | None = None) -> None:
         self._aead = AESGCM(key)
         self.ttl_s = ttl_s
+        self.revocations = revocations if revocations is not None else Revocations()
 
     def encode(self, s: Session) -> str:
         if not s.expires:
             s.expires = time.time() + self.ttl_s
-        body = json.dumps({"c": s.csrf, "t": s.token, "p": s.principal, "r": list(s.roles), "e": s.expires},
+        body = json.dumps({"c": s.csrf, "s": s.sid, "t": s.token, "p": s.principal, "r": list(s.roles), "e": s.expires},
                           separators=(",", ":")).encode()
         nonce = os.urandom(12)
         return base64.urlsafe_b64encode(nonce + self._aead.encrypt(nonce, body, _AAD)).decode().rstrip("=")
 
     def decode(self, value: str | None) -> Session | None:
-        """The session in a cookie; None when absent, tampered with, or expired."""
+        """The session in a cookie; None when absent, tampered with, expired or logged out."""
         if not value or len(value) > 8192:
             return None
         try:
@@ -82,7 +113,12 @@ class SessionCodec:
             body = json.loads(self._aead.decrypt(raw[:12], raw[12:], _AAD))
         except (ValueError, InvalidTag):
             return None
-        if body.get("e", 0) < time.time():
+        sid = body.get("s")
+        # A cookie without a session id predates revocation: it could not be logged out, so it is void.
+        if body.get("e", 0) < time.time() or not isinstance(sid, str) or not sid or self.revocations.revoked(sid):
             return None
-        return Session(csrf=body["c"], token=body["t"], principal=body["p"], roles=tuple(body["r"]),
+        return Session(csrf=body["c"], sid=sid, token=body["t"], principal=body["p"], roles=tuple(body["r"]),
                        expires=body["e"])
+
+    def revoke(self, s: Session) -> None:
+        self.revocations.revoke(s.sid, s.expires or time.time() + self.ttl_s)

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import Engine
 
+from decider.export.naming import cursor_name, migrate
 from decider.store.journal import CursorStore, JournalReader
 
 __all__ = ["Exporter", "Sink", "SendFailed"]
@@ -40,12 +41,16 @@ class Exporter:
         self.reader = JournalReader(engine)
         self.cursors = CursorStore(engine)
         self.sink = sink
-        self.name = name
+        # Never a URL's secret part in a stored name; names earlier versions stored are renamed
+        # first, keeping their positions (export/naming.py).
+        for _old, new in migrate(self.cursors):
+            log.info("export cursor renamed: its name held a URL's path or query", extra={"cursor": new})
+        self.name = cursor_name(name)
         self.batch = batch
         self.poll_s = poll_s
         self.max_backoff_s = max_backoff_s
         self._sleep = sleep
-        self.cursor = self.cursors.get(name) or 0
+        self.cursor = self.cursors.get(self.name) or 0
         self.sent = 0
         self.stopping = False
 

@@ -31,14 +31,29 @@ class WebhookSink:
         post(self.url, body, self.headers, self.timeout_s)
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect is not an acknowledgement: urllib would re-send a 302'd POST as a GET to wherever
+    it points and take that answer's 200 as the batch's, moving the cursor past records never
+    delivered. Returning None makes the 3xx an HTTPError, so the batch is sent again."""
+
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
+_opener = urllib.request.build_opener(_NoRedirects)
+
+
 def post(url: str, body: bytes, headers: Mapping[str, str], timeout_s: float) -> None:
     req = urllib.request.Request(url, data=body, headers=dict(headers), method="POST")
     try:
-        with urllib.request.urlopen(req, timeout=timeout_s) as resp:  # noqa: S310 - the operator's URL
-            resp.read()
+        # Only the status counts; the body is never read (a receiver could send gigabytes).
+        with _opener.open(req, timeout=timeout_s) as resp:
             if not 200 <= resp.status < 300:
                 raise SendFailed(f"HTTP {resp.status}")
     except urllib.error.HTTPError as exc:
+        if 300 <= exc.code < 400:
+            raise SendFailed(f"HTTP {exc.code}: redirect not followed (the receiver must answer 2xx itself)") \
+                from None
         raise SendFailed(f"HTTP {exc.code}") from None
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
         raise SendFailed(str(getattr(exc, "reason", exc))) from None

@@ -66,6 +66,8 @@ class ServerConfig:
     approval_webhook: str | None = None
     console_url: str = ""
     webhook_max_backoff_s: float = 60.0
+    webhook_timeout_s: float = 10.0
+    webhook_concurrency: int = 4
     # agentgateway's ExtMcp policy hook (server/ext_mcp.py): off unless asked for.
     ext_mcp: bool = False
     ext_mcp_approval_wait_s: float = 0.0
@@ -199,7 +201,9 @@ async def start_server(cfg: ServerConfig) -> RunningServer:
     notifier = None
     if cfg.approval_webhook:
         notifier = ApprovalNotifier(engine, WebhookSettings(cfg.approval_webhook, cfg.console_url,
-                                                            backoff_max_s=cfg.webhook_max_backoff_s))
+                                                            backoff_max_s=cfg.webhook_max_backoff_s,
+                                                            timeout_s=cfg.webhook_timeout_s,
+                                                            concurrency=cfg.webhook_concurrency))
         await notifier.start()
     retention = None
     if cfg.retain_s is not None and cfg.archive_dir:

@@ -35,6 +35,7 @@ from sqlalchemy import (
     Integer,
     String,
     Table,
+    delete,
     event,
     func,
     select,
@@ -157,6 +158,19 @@ class CursorStore:
             index_elements=[export_cursors.c.name], set_={"seq": seq, "updated_at": now})
         with self.engine.begin() as conn:
             conn.execute(stmt)
+
+    def rename(self, old: str, new: str) -> None:
+        """Move `old`'s position to `new` and drop `old`, in one transaction. When `new` exists
+        already it is the one in use and keeps its position."""
+        with self.engine.begin() as conn:
+            seq = conn.execute(select(export_cursors.c.seq).where(export_cursors.c.name == old)).scalar()
+            if seq is None:
+                return
+            # Two exporters starting at once may both rename: the first insert wins, the other is a no-op.
+            ins = (pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert)(export_cursors)
+            conn.execute(ins.values(name=new, seq=seq, updated_at=datetime.now(timezone.utc))
+                         .on_conflict_do_nothing(index_elements=[export_cursors.c.name]))
+            conn.execute(delete(export_cursors).where(export_cursors.c.name == old))
 
     def names(self) -> Sequence[str]:
         with self.engine.connect() as conn:

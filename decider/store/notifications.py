@@ -88,8 +88,11 @@ class NotificationStore:
         return added
 
     def due(self, now: datetime, limit: int = 20) -> list[dict[str, Any]]:
+        """Pending deliveries whose time has come and that no replica is attempting now (attempts
+        in flight must not crowd the ones waiting out of `limit`)."""
         q = (select(approval_notifications)
-             .where(n.state == "pending", n.next_attempt_at <= now)
+             .where(n.state == "pending", n.next_attempt_at <= now,
+                    (n.claimed_until.is_(None)) | (n.claimed_until < now))
              .order_by(n.decision_id).limit(limit))
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(q).mappings()]

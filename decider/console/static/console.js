@@ -15,6 +15,13 @@ function setLive(text, ok) {
   if (el) { el.textContent = text; el.classList.toggle("down", !ok); }
 }
 
+// A stream the console refused (429: this session has too many open) is closed for good, not
+// reconnecting: say so, rather than "reconnecting…" forever.
+function lost(src) {
+  if (src.readyState === EventSource.CLOSED) setLive("not live: too many console tabs open; close one and reload", false);
+  else setLive("reconnecting…", false);
+}
+
 function followApprovals(queue) {
   const src = new EventSource(queue.dataset.events);
   const empty = document.getElementById("queue-empty");
@@ -25,7 +32,7 @@ function followApprovals(queue) {
     if (empty) empty.hidden = n > 0;
   };
   src.addEventListener("open", () => setLive("live", true));
-  src.addEventListener("error", () => setLive("reconnecting…", false));
+  src.addEventListener("error", () => lost(src));
   src.addEventListener("add", (ev) => {
     const card = fromHTML(ev.data);
     if (document.getElementById(card.id)) return;
@@ -47,7 +54,7 @@ function followApprovals(queue) {
 function followFeed(feed) {
   const src = new EventSource(feed.dataset.events);
   src.addEventListener("open", () => setLive("live", true));
-  src.addEventListener("error", () => setLive("reconnecting…", false));
+  src.addEventListener("error", () => lost(src));
   src.addEventListener("decision", (ev) => {
     const row = fromHTML("<table><tbody>" + ev.data + "</tbody></table>").querySelector("tr");
     if (feed.querySelector(`tr[data-decision-id="${row.dataset.decisionId}"]`)) return;
