@@ -45,9 +45,11 @@ BUNDLE = HERE / "policies" / "decider"
 def start(repo: Path, tmp: Path, name: str, extra_env: dict[str, str],
           extra_args: list[str] | None = None) -> tuple[subprocess.Popen[bytes], int]:
     port_file = tmp / f"{name}.port"
-    env = dict(os.environ, PYTHONPATH=str(repo), **extra_env)
+    # The binding key from the environment rather than `--dev`: a build from before the key existed
+    # ignores the variable, so either side of an A/B may be one.
+    env = dict(os.environ, PYTHONPATH=str(repo), DECIDER_BINDING_KEY=os.urandom(32).hex(), **extra_env)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "decider.cli.main", "serve", "--dev", "--bundle", str(BUNDLE), "--db",
+        [sys.executable, "-m", "decider.cli.main", "serve", "--bundle", str(BUNDLE), "--db",
          f"sqlite:///{tmp / name}.db", "--listen", "127.0.0.1:0", "--port-file", str(port_file),
          *(extra_args or [])],
         cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / f"{name}.log", "wb"),
