@@ -18,7 +18,6 @@ tools/list, resources/list, resources/templates/list, prompts/list pass through,
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -32,7 +31,7 @@ from mcp.server.lowlevel import Server
 from mcp.shared.exceptions import MCPError
 from mcp.shared.jsonrpc_dispatcher import progress_token_from_params
 
-from decider.api.results import RESULT_TEXT_MAX, STRUCTURED_MAX
+from decider.api.results import bounded_result
 from decider.client import build_request
 from decider.gateway import naming
 from decider.gateway.config import GatewayConfig
@@ -438,21 +437,5 @@ def _error(text: str, ids: list[str] | None = None, outcome: str = "DENY") -> ty
 # small. Images, audio and embedded resources are not sent (their type only). As
 # api/results.bounded_mcp_result does for a result in JSON, from the SDK's typed one without a dump.
 def result_for_report(result: types.CallToolResult) -> dict[str, Any]:
-    budget = RESULT_TEXT_MAX
-    content: list[dict[str, Any]] = []
-    for item in result.content:
-        if isinstance(item, types.TextContent):
-            text = item.text[:max(budget, 0)]
-            budget -= len(text)
-            content.append({"type": "text", "text": text})
-        else:
-            content.append({"type": item.type})
-    out: dict[str, Any] = {"content": content, "isError": bool(result.is_error)}
-    structured = result.structured_content
-    if structured is not None:
-        try:
-            if len(json.dumps(structured, default=str)) <= STRUCTURED_MAX:
-                out["structuredContent"] = structured
-        except (TypeError, ValueError):
-            pass
-    return out
+    parts = [("text", item.text) if isinstance(item, types.TextContent) else (item.type, None) for item in result.content]
+    return bounded_result(parts, bool(result.is_error), result.structured_content)
