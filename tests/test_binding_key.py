@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from decider.client import build_request
-from decider.record.canonical import binding_hash
 from decider.v1 import decider_pb2 as pb
+from decider.values.canonical import binding_hash
 
 from .helpers import ROOT, ServerProcess, start_server
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "decider"
-CORE = ("api", "bundle", "cel", "engine", "policy", "record", "replay", "verify")
+CORE = ("api", "bundle", "cel", "engine", "policy", "record", "replay", "values", "verify")
 SHELLS = ("decider.server", "decider.store", "decider.cli", "decider.gateway", "decider.console", "decider.guard",
           "decider.export")
 
@@ -51,3 +51,20 @@ def test_the_rule_catches_a_shell_import(tmp_path: Path) -> None:
                                       "decider/engine/_layout_probe.py:2: imports decider.store.connect"]
     finally:
         bad.unlink()
+
+
+# Below the engine: what the engine, the bundle compiler and the request values use never reaches up
+# into the record, the replay or the test runner (issue 22: no import runs upward).
+LOWER = ("api", "values", "cel", "policy", "bundle", "engine")
+UPPER = ("decider.record", "decider.replay", "decider.verify")
+
+
+@pytest.mark.parametrize("package", LOWER)
+def test_lower_layers_never_import_upward(package: str) -> None:
+    offenders = [
+        f"{f.relative_to(PACKAGE.parent)}:{line}: imports {module}"
+        for f in sorted((PACKAGE / package).rglob("*.py"))
+        for line, module in imported_modules(f)
+        if any(module == up or module.startswith(up + ".") for up in UPPER)
+    ]
+    assert offenders == []

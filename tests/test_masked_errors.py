@@ -16,7 +16,7 @@ import pytest
 
 from decider.bundle.compile import load_bundle
 from decider.engine.rules import evaluate
-from decider.record.scrub import WITHHELD, scrub_text
+from decider.engine.scrub import WITHHELD, scrub_text
 from decider.v1 import decider_pb2 as pb
 from decider.v1 import decider_pb2_grpc as pb_grpc
 

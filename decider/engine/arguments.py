@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from decider.bundle.compile import Reason
 from decider.bundle.schemas import ToolSchema, violation
-from decider.record.canonical import struct_to_dict
 from decider.v1 import decider_pb2 as pb
+from decider.values.canonical import struct_to_dict
 
 __all__ = ["INVALID_ARGUMENTS", "check_arguments"]
 

@@ -21,9 +21,9 @@ from decider.engine.decision import NO_EFFECTS, Decision
 from decider.engine.identity import identity_of
 from decider.engine.procedure import admit, evaluate_call, intake
 from decider.engine.state import ApprovalView, BudgetUsage, KillSwitch, SessionCall, State
-from decider.record.canonical import binding_hash, struct_to_dict
-from decider.record.masking import mask_json, split_mask_paths
 from decider.v1 import decider_pb2 as pb
+from decider.values.canonical import binding_hash, struct_to_dict
+from decider.values.masking import mask_json, split_mask_paths
 
 __all__ = ["TimedKillSwitch", "Resolution", "MemoryState", "ASSUME"]
 

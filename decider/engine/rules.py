@@ -25,9 +25,9 @@ from decider.engine.budgets import budget_views
 from decider.engine.call_source import call_source
 from decider.engine.decision import Decision
 from decider.engine.identity import resolve
+from decider.engine.scrub import masked_values, quotes_request, scrub_texts
 from decider.engine.session import session_view
 from decider.engine.state import EMPTY_STATE, State
-from decider.record.scrub import masked_values, quotes_request, scrub_texts
 from decider.v1 import decider_pb2 as pb
 
 __all__ = ["evaluate"]

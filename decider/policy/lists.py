@@ -14,16 +14,13 @@ import csv
 import io
 import posixpath
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import re2
 import yaml
 
 from decider.errors import SourceError
 from decider.policy.models import ListItem, ListSpec, MapValue
-
-if TYPE_CHECKING:
-    from decider.policy.loader import Source
 
 __all__ = ["list_paths", "read_lists", "element_type", "MAX_LIST_ITEMS", "ListValue", "PATTERNS", "MAP"]
 
@@ -32,6 +29,14 @@ PATTERNS, MAP = "patterns", "map"
 ListValue = tuple[ListItem, ...] | dict[str, MapValue]
 _RE2_OPTIONS = re2.Options()
 _RE2_OPTIONS.log_errors = False
+
+
+class _Located(Protocol):
+    """A YAML document and where it came from (policy/loader.Source, named structurally so this
+    module, which the loader imports, does not import it back)."""
+
+    file: str
+    node: yaml.Node
 
 # A list is copied into CEL for each decision whose policies name it: keep it a list, not a table.
 MAX_LIST_ITEMS = 100_000
@@ -87,7 +92,7 @@ def element_type(items: ListValue) -> str:
 
 def read_lists(
     spec_lists: dict[str, list[ListItem] | str | ListSpec],
-    bundle_src: Source,
+    bundle_src: _Located,
     files: dict[str, bytes],
     composed: dict[str, list[yaml.Node]],
     display: Callable[[str], str],

@@ -13,11 +13,11 @@ from typing import Any
 
 from decider.bundle.compile import EFFECT_PB, Bundle
 from decider.engine.decision import Decision, Reason, outcome_value
-from decider.record.canonical import binding_hash, struct_to_dict
-from decider.record.canonical import dumps as _dumps
-from decider.record.masking import mask_json, split_mask_paths
 from decider.times import utc as _utc
 from decider.v1 import decider_pb2 as pb
+from decider.values.canonical import binding_hash, struct_to_dict
+from decider.values.canonical import dumps as _dumps
+from decider.values.masking import mask_json, split_mask_paths
 
 __all__ = [
     "DecisionRecord",
@@ -299,7 +299,7 @@ def build_record(
                     dict(a.labels) if a.labels else {}, list(a.capabilities) if a.capabilities else []),
         tool_name=tool.name, tool_server=tool.server, call_id=tool.call_id,
         args=mask_json(args, args_paths) if args else {},
-        args_hash=args_hash or binding_hash(req, binding_key, args),   # keyed: see record/canonical.py
+        args_hash=args_hash or binding_hash(req, binding_key, args),   # keyed: see values/canonical.py
         # Empty maps are the common case: skip the conversion for them.
         context=mask_json(struct_to_dict(req.context), ctx_paths) if req.context.fields else {},
         risk_tier=decision.risk_tier, environment=r.environment, estimated_cost=r.estimated_cost,

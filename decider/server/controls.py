@@ -33,7 +33,6 @@ from decider.engine.controls import settle as engine_settle
 from decider.engine.decision import Decision, Effects
 from decider.engine.identity import identity_of
 from decider.engine.state import ApprovalView, BudgetUsage, KillSwitch, State
-from decider.record.canonical import binding_hash
 from decider.record.record import Approval, DecisionRecord, response_from_row
 from decider.server.auth import ANONYMOUS, TokenConfig, current_principal
 from decider.server.keyed_locks import KeyedLocks
@@ -51,6 +50,7 @@ from decider.store.sqlite_raw import sqlite_file
 from decider.store.writer import GroupCommitWriter
 from decider.times import utc
 from decider.v1 import decider_pb2 as pb
+from decider.values.canonical import binding_hash
 
 __all__ = ["Controls", "Applied", "DEFAULT_POLL_INTERVAL_S", "DEFAULT_RESERVATION_TTL_S"]
 

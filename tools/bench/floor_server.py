@@ -28,8 +28,8 @@ for p in (str(HERE), str(REPO_ROOT)):
 from workload import expected_outcome  # noqa: E402
 
 from decider.api.wire import split_batch  # noqa: E402
-from decider.record.canonical import struct_to_dict  # noqa: E402
 from decider.v1 import decider_pb2 as pb  # noqa: E402
+from decider.values.canonical import struct_to_dict  # noqa: E402
 
 _OUTCOME = {"ALLOW": pb.ALLOW, "DENY": pb.DENY, "REQUIRE_APPROVAL": pb.REQUIRE_APPROVAL}
 

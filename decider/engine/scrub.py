@@ -1,6 +1,6 @@
 """Keep masked values out of the texts a decision carries (reasons and condition errors).
 
-The record masks `tool.args`/`context` paths (record/masking.py), but a condition that errors on a
+The record masks `tool.args`/`context` paths (values/masking.py), but a condition that errors on a
 masked value gets an error message from the CEL runtime that quotes the value, in whatever form that
 runtime chose (`'Hunter2'`, `"\\x07"`, a regex fragment such as `\\q`). So texts are scrubbed when the
 decision is made, before anything stores or serves them:
@@ -22,9 +22,9 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from decider.bundle.compile import Reason
-from decider.record.canonical import struct_to_dict
-from decider.record.masking import MASK, split_mask_paths
 from decider.v1 import decider_pb2 as pb
+from decider.values.canonical import struct_to_dict
+from decider.values.masking import MASK, split_mask_paths
 
 __all__ = ["WITHHELD", "masked_values", "quotes_request", "scrub_text", "scrub_texts"]
 
