@@ -38,6 +38,7 @@ class _Located(Protocol):
     file: str
     node: yaml.Node
 
+
 # A list is copied into CEL for each decision whose policies name it: keep it a list, not a table.
 MAX_LIST_ITEMS = 100_000
 
