@@ -59,8 +59,18 @@ SCOPE_COLUMNS = {
 }
 
 
+# No ORDER BY in SQL: with one, SQLite's planner prefers ix_decisions_agent (agent_id, decision_id),
+# which also gives the order, and reads every record of the agent instead of probing the partial
+# index (measured: +25 µs a decision at 4,000 records, growing with the ledger). The few rows are
+# sorted here instead.
 _OPEN_FOR_CALL_WHERE = ("args_hash = ? AND agent_id = ? AND tool_name = ? AND tool_server = ? "
-                        f"AND {OPEN.text} AND approval_id = decision_id ORDER BY decision_id")
+                        f"AND {OPEN.text} AND approval_id = decision_id")
+
+
+def _oldest_first(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    if len(rows) > 1:
+        rows.sort(key=lambda r: r["decision_id"])
+    return rows
 
 
 class ApprovalStore:
@@ -87,7 +97,7 @@ class ApprovalStore:
             conn = getattr(self._local, "conn", None)
             if conn is None:
                 conn = self._local.conn = connect_raw(self._file, busy_timeout_ms=LOOP_BUSY_TIMEOUT_MS)
-            return self._open_raw.run(conn, (args_hash, agent_id, tool_name, tool_server))
+            return _oldest_first(self._open_raw.run(conn, (args_hash, agent_id, tool_name, tool_server)))
         except sqlite3.OperationalError as exc:
             if is_busy(exc):
                 return None
@@ -98,10 +108,9 @@ class ApprovalStore:
         q = (select(decisions)
              .where(c.args_hash == args_hash, c.agent_id == agent_id, c.tool_name == tool_name,
                     c.tool_server == tool_server, OPEN,  # the partial index's own term, literally
-                    c.approval_id == c.decision_id)
-             .order_by(c.decision_id))
+                    c.approval_id == c.decision_id))   # no ORDER BY: see _OPEN_FOR_CALL_WHERE
         with self.engine.connect() as conn:
-            return [dict(r) for r in conn.execute(q).mappings()]
+            return _oldest_first([dict(r) for r in conn.execute(q).mappings()])
 
     def transition(self, decision_id: str, from_state: str, to_state: str, **values: Any) -> bool:
         """Move one approval from `from_state` to `to_state`; False when it was no longer in `from_state`."""
