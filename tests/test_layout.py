@@ -55,16 +55,24 @@ def test_the_rule_catches_a_shell_import(tmp_path: Path) -> None:
 
 # Below the engine: what the engine, the bundle compiler and the request values use never reaches up
 # into the record, the replay or the test runner (issue 22: no import runs upward).
-LOWER = ("api", "values", "cel", "policy", "bundle", "engine")
-UPPER = ("decider.record", "decider.replay", "decider.verify")
+# Each layer and what it may not import: `api` and `values` are the bottom (what a request is and how
+# its values are written), the engine sits on them, the record, replay and test runner on the engine.
+ABOVE = {
+    "api": ("decider.engine", "decider.bundle", "decider.record", "decider.replay", "decider.verify"),
+    "values": ("decider.engine", "decider.bundle", "decider.record", "decider.replay", "decider.verify"),
+    "cel": ("decider.engine", "decider.record", "decider.replay", "decider.verify"),
+    "policy": ("decider.engine", "decider.record", "decider.replay", "decider.verify"),
+    "bundle": ("decider.engine", "decider.record", "decider.replay", "decider.verify"),
+    "engine": ("decider.record", "decider.replay", "decider.verify"),
+}
 
 
-@pytest.mark.parametrize("package", LOWER)
+@pytest.mark.parametrize("package", sorted(ABOVE))
 def test_lower_layers_never_import_upward(package: str) -> None:
     offenders = [
         f"{f.relative_to(PACKAGE.parent)}:{line}: imports {module}"
         for f in sorted((PACKAGE / package).rglob("*.py"))
         for line, module in imported_modules(f)
-        if any(module == up or module.startswith(up + ".") for up in UPPER)
+        if any(module == up or module.startswith(up + ".") for up in ABOVE[package])
     ]
     assert offenders == []

@@ -14,9 +14,9 @@ from google.protobuf import struct_pb2
 from google.protobuf import unknown_fields as _unknown
 
 from decider.api.wire import decode_message
-from decider.engine.agent_ids import SAFE_ID, unsafe_id
 from decider.errors import InvalidRequest
 from decider.v1 import decider_pb2 as pb
+from decider.values.agent_ids import SAFE_ID, unsafe_id
 
 __all__ = ["MAX_ARGS_BYTES", "MAX_ENTRIES", "MAX_NAME_LEN", "validate_request", "decode_request"]
 

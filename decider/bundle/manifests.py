@@ -18,9 +18,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from decider.engine.agent_ids import match_key
 from decider.policy.loader import LoadedAgent, locate
 from decider.v1 import decider_pb2 as pb
+from decider.values.agent_ids import match_key
 
 __all__ = ["Manifest", "AgentIndex", "compile_manifests", "glob_matcher", "is_glob"]
 

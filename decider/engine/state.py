@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from types import MappingProxyType
 
-from decider.engine.agent_ids import match_key
 from decider.v1 import decider_pb2 as pb
+from decider.values.agent_ids import match_key
 
 __all__ = ["KILL_SCOPES", "KillSwitch", "BudgetUsage", "ApprovalView", "State", "EMPTY_STATE",
            "kill_scope_value", "APPROVAL_STATES", "SessionCall"]

@@ -16,10 +16,10 @@ from typing import Any
 from sqlalchemy import Column, DateTime, Engine, Index, String, Table, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
-from decider.engine.agent_ids import match_key
 from decider.store.db import metadata
 from decider.store.decisions import decisions
 from decider.store.sqlite_raw import LOOP_BUSY_TIMEOUT_MS, RawSelect, connect_raw, is_busy, sqlite_file
+from decider.values.agent_ids import match_key
 
 __all__ = ["ApprovalStore", "SCOPE_COLUMNS", "approval_askers"]
 
