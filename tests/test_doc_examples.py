@@ -109,6 +109,7 @@ def test_marked_examples_print_what_the_page_shows(page: str, tmp_path: Path) ->
     env.pop("DECIDER_SERVER", None)
     env.pop("DECIDER_ADDR", None)
     env.pop("DECIDER_TOKEN", None)
+    env.pop("DECIDER_BINDING_KEY", None)   # as a user has it: a page's `decider serve` must say how it keys
     page_blocks = blocks(page)
     srv = None
     if any("server" in b.options for b in page_blocks):

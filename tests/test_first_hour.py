@@ -331,6 +331,7 @@ def test_the_readme_gateway_path_runs_as_written(tmp_path: Path) -> None:
            "DECIDER_ADDR": f"127.0.0.1:{grpc_port}", "GATEWAY_URL": f"http://127.0.0.1:{http_port}/mcp",
            "PYTHONUNBUFFERED": "1"}
     env.pop("DECIDER_TOKEN", None)
+    env.pop("DECIDER_BINDING_KEY", None)   # as a user has it: the README's commands must say how to serve
 
     def run(cmd: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["bash", "-c", cmd], cwd=work, env=env, capture_output=True, text=True, timeout=120)
