@@ -195,7 +195,7 @@ fixtures:
 cases:
   - {name: manifest tool, agent: bot, tool: refund, expect: {outcome: allow}}
   - {name: other tool, agent: bot, tool: write, expect: {outcome: deny, rule: not_in_manifest}}
-  - {name: look-alike, agent: look_alike, tool: work, expect: {outcome: deny, rule: unregistered_agent}}
+  - {name: look-alike, agent: look_alike, tool: work, expect: {outcome: invalid_argument, reason: agent.id}}
   - {name: lies about team, agent: liar, tool: refund, expect: {outcome: deny, rule: identity_mismatch}}
 """, encoding="utf-8")
     out = subprocess.run([sys.executable, "-m", "decider", "test", str(tmp_path)], capture_output=True, text=True,
@@ -210,8 +210,11 @@ cases:
     out = subprocess.run([sys.executable, "-m", "decider", "replay", str(tmp_path), str(trace), "--format", "jsonl",
                           "--no-progress"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
-    rules = [json.loads(line)["rule"] for line in out.stdout.splitlines() if line.startswith("{")]
-    assert rules[:3] == ["default", "not_in_manifest", "unregistered_agent"], out.stdout
+    lines = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    assert [x["rule"] for x in lines[:2]] == ["default", "not_in_manifest"], out.stdout
+    # The look-alike id is refused before any decision, as the server refuses it (issue 24 item 13;
+    # one procedure, validation included: issue 22).
+    assert lines[2]["outcome"] == "INDETERMINATE" and "INVALID_ARGUMENT agent.id" in lines[2]["reason"], out.stdout
 
 
 def test_decider_check_warns_about_manifests_no_policy_can_allow_and_policies_naming_unknown_agents(

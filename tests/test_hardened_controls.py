@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -156,9 +157,11 @@ def test_args_hash_is_keyed_and_not_returned_or_exported(srv: ServerProcess) -> 
     assert rec.args_hash == "" and dict(rec.args) == {"pin": "[masked]"}
     with sqlite3.connect(db_file(srv)) as db:
         stored = db.execute("SELECT args_hash FROM decisions WHERE decision_id = ?", (resp.decision_id,)).fetchone()[0]
-        key_hex = db.execute("SELECT value FROM deployment_secrets").fetchone()[0]
+        in_db = db.execute("SELECT value FROM deployment_secrets").fetchall()
         columns = [r[1] for r in db.execute("PRAGMA table_info(decisions)")]
-    assert key_hex not in json.dumps(columns)
+    # The key comes from outside the database (issue 24 item 12; the suite's $DECIDER_BINDING_KEY).
+    key_hex = os.environ["DECIDER_BINDING_KEY"]
+    assert in_db == [] and key_hex not in json.dumps(columns)
     # Without the key, no candidate PIN reproduces the stored hash (the unkeyed sha256 did in 0.02 s).
     identity = [AGENT["id"], AGENT["owner"], AGENT["team"], AGENT["workflow"], "", "loop.pin", ""]
     unkeyed = set()
@@ -167,7 +170,7 @@ def test_args_hash_is_keyed_and_not_returned_or_exported(srv: ServerProcess) -> 
         unkeyed.add(hashlib.sha256(json.dumps({"pin": pin}, separators=(",", ":")).encode()).hexdigest())
         unkeyed.add(hashlib.sha256(json.dumps([*identity, {"pin": pin}], separators=(",", ":")).encode()).hexdigest())
     assert stored not in unkeyed
-    # With the deployment's key (kept in its own table) the hash is exactly the call's.
+    # With the deployment's key the hash is exactly the call's.
     msg = json.dumps([*identity, {"pin": "4821"}], separators=(",", ":"), sort_keys=True)
     assert stored == hmac.new(bytes.fromhex(key_hex), msg.encode(), hashlib.sha256).hexdigest()
     out = subprocess.run([sys.executable, "-m", "decider", "log", "--db", srv.db_url, "--format", "jsonl"],
