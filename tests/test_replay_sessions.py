@@ -56,10 +56,12 @@ def test_the_shared_traces_replay_with_sessions_reported() -> None:
         outcomes[session_key(r.call)].add(r.outcome)
     with_deny = {k for k, o in outcomes.items() if "DENY" in o}
     with_approval = {k for k, o in outcomes.items() if "REQUIRE_APPROVAL" in o}
-    assert rep.sessions_with("DENY") == len(with_deny) == 8            # the 8 Langfuse traces (default deny)
+    # 7 of the 8 Langfuse traces (default deny); the eighth's one call comes from agent "Hello world",
+    # an id the server refuses (INVALID_ARGUMENT: a space), so replay refuses it too (INDETERMINATE).
+    assert rep.sessions_with("DENY") == len(with_deny) == 7
     assert rep.sessions_with("REQUIRE_APPROVAL") == len(with_approval) == 49   # 48 tau-bench runs, 1 OpenHands
     assert {k for k, _ in rep.flagged_sessions()} == with_deny | with_approval
-    assert len(rep.flagged_sessions()) == 57
+    assert len(rep.flagged_sessions()) == 56
     # The worst session first: the pydantic-ai trace, all three calls denied.
     key, worst = rep.flagged_sessions()[0]
     assert (key, worst.calls, worst.by_outcome["DENY"]) == ("7a38edd8123db47ad8dcb8aa4c5e3926", 3, 3)
@@ -71,13 +73,13 @@ def test_the_shared_traces_replay_with_sessions_reported() -> None:
 def test_replay_reports_show_sessions_in_table_and_json() -> None:
     table = cli("replay", str(POLICIES), str(SHARED), "--agent-id", "airline-agent", "--no-progress", "--sessions", "3")
     assert table.returncode == 0, table.stderr
-    assert "sessions: 193; with a DENY: 8; with a REQUIRE_APPROVAL: 49; with either: 57" in table.stdout
+    assert "sessions: 193; with a DENY: 7; with a REQUIRE_APPROVAL: 49; with either: 56" in table.stdout
     assert "7a38edd8123db47ad8dcb8aa4c5e3926              3      0      3        0      0" in table.stdout
-    assert "… 54 more (--sessions N, or --format json for all)" in table.stdout
+    assert "… 53 more (--sessions N, or --format json for all)" in table.stdout
     report = json.loads(cli("replay", str(POLICIES), str(SHARED), "--agent-id", "airline-agent", "--format", "json").stdout)
     sessions = report["sessions"]
-    assert (sessions["total"], sessions["with_deny"], sessions["with_require_approval"]) == (193, 8, 49)
-    assert len(sessions["flagged"]) == 57
+    assert (sessions["total"], sessions["with_deny"], sessions["with_require_approval"]) == (193, 7, 49)
+    assert len(sessions["flagged"]) == 56
     tau = [s for s in sessions["flagged"] if s["session"].startswith("task-")]
     assert len(tau) == 48 and all(s["by_outcome"]["REQUIRE_APPROVAL"] >= 1 for s in tau)
     assert sum(s["by_outcome"]["REQUIRE_APPROVAL"] for s in tau) == 71  # every tau-bench approval
