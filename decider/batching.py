@@ -13,6 +13,12 @@ wire at once.
 Each call is decided and recorded on its own (one record each, durable before its reply). A
 broken stream fails the calls in flight with DecisionError (the enforcement point denies) and
 the next call opens a new stream.
+
+Outcomes go on the same stream (issue 27): `await d.report(ReportOutcomeRequest(...))` queues the
+report, which rides with the next batch message, or goes alone after `outcome_delay_s` when no
+decision comes. The server settles it before that message's decisions, exactly as a unary
+ReportOutcome. A server from before `DecideBatch.outcomes` answers none: `report` then raises
+`OutcomesUnsupported` (this time and every later time), and the caller uses the unary RPC.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import grpc
 from decider.api.wire import MAX_BATCH, frame_entries
 from decider.v1 import decider_pb2 as pb
 
-__all__ = ["BatchingDecider", "DecisionError"]
+__all__ = ["BatchingDecider", "DecisionError", "OutcomesUnsupported"]
 
 _METHOD = "/decider.v1.Decider/DecideBatchStream"
 
@@ -44,13 +50,20 @@ class DecisionError(Exception):
         self.refused = refused
 
 
+class OutcomesUnsupported(DecisionError):
+    """The server does not take outcomes on the batch stream (it answered none): report unary."""
+
+    def __init__(self) -> None:
+        super().__init__(grpc.StatusCode.UNIMPLEMENTED, "the server does not take outcomes on DecideBatchStream")
+
+
 _CODES = {c.value[0]: c for c in grpc.StatusCode}
 
 
 class BatchingDecider:
     def __init__(self, target: str | grpc.aio.Channel, *, metadata: Sequence[tuple[str, str]] | None = None,
                  max_batch: int = 64, max_in_flight: int = 2, timeout: float = 10.0,
-                 wait_for_ready: bool = False) -> None:
+                 wait_for_ready: bool = False, outcome_delay_s: float = 0.005) -> None:
         if not 1 <= max_batch <= MAX_BATCH:
             raise ValueError(f"max_batch: {max_batch}; must be 1..{MAX_BATCH}")
         self._own_channel = isinstance(target, str)
@@ -64,7 +77,14 @@ class BatchingDecider:
         self._wait_for_ready = wait_for_ready
         self._slots = asyncio.Semaphore(max_in_flight)
         self._buffer: list[tuple[bytes, asyncio.Future[pb.DecideResponse]]] = []
-        self._sent: collections.deque[list[asyncio.Future[pb.DecideResponse]]] = collections.deque()
+        # Outcomes waiting for a message; `_outcomes_due` once one has waited `outcome_delay_s`.
+        self._outcomes: list[tuple[bytes, asyncio.Future[pb.ReportOutcomeReply]]] = []
+        self._outcome_delay_s = outcome_delay_s
+        self._outcomes_due = False
+        self._outcome_timer: asyncio.TimerHandle | None = None
+        self.outcomes_supported = True   # False once a server answered outcomes with none
+        self._sent: collections.deque[tuple[list[asyncio.Future[pb.DecideResponse]],
+                                            list[asyncio.Future[pb.ReportOutcomeReply]]]] = collections.deque()
         self._wake = asyncio.Event()
         self._call: Any = None
         self._sender: asyncio.Task[None] | None = None
@@ -72,6 +92,7 @@ class BatchingDecider:
         self._closed = False
         self.batches_sent = 0   # messages written
         self.calls_sent = 0     # calls in them
+        self.outcomes_sent = 0  # outcomes in them
 
     async def __aenter__(self) -> BatchingDecider:
         return self
@@ -90,6 +111,30 @@ class BatchingDecider:
         self._wake.set()
         return await asyncio.wait_for(future, self._timeout)
 
+    async def report(self, request: pb.ReportOutcomeRequest) -> pb.ReportOutcomeReply:
+        """One outcome, settled by the server; raises DecisionError when it was not (`refused`: the
+        server answered with the unary call's error, e.g. FAILED_PRECONDITION for a second report;
+        otherwise the stream broke and the outcome may or may not have been settled: a retry is
+        safe, as a second report of one decision is refused), OutcomesUnsupported for an old server."""
+        if not self.outcomes_supported:
+            raise OutcomesUnsupported()
+        if self._closed:
+            raise DecisionError(grpc.StatusCode.CANCELLED, "the client is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[pb.ReportOutcomeReply] = loop.create_future()
+        self._outcomes.append((request.SerializeToString(), future))
+        if self._outcome_timer is None and not self._outcomes_due:
+            self._outcome_timer = loop.call_later(self._outcome_delay_s, self._outcomes_waited)
+        return await asyncio.wait_for(future, self._timeout + self._outcome_delay_s)
+
+    def _outcomes_waited(self) -> None:
+        # No decision came to carry the outcomes: send them alone.
+        self._outcome_timer = None
+        self._outcomes_due = True
+        if self._sender is None or self._sender.done():
+            self._open()
+        self._wake.set()
+
     def _open(self) -> None:
         # Raw bytes both ways: the batch is framed from the requests' bytes (no copy into a
         # DecideBatch), the reply split by position.
@@ -101,29 +146,45 @@ class BatchingDecider:
 
     async def _send(self, call: Any) -> None:
         try:
-            while not self._closed:
+            # Closed: what is still queued (the outcomes close() flushes) goes before the sender ends.
+            while not self._closed or self._buffer or self._outcomes:
                 await self._wake.wait()
                 self._wake.clear()
-                while self._buffer:
+                while self._buffer or (self._outcomes_due and self._outcomes):
                     await self._slots.acquire()
-                    # Everything that arrived while we waited for the slot goes in this batch.
+                    # Everything that arrived while we waited for the slot goes in this batch, the
+                    # outcomes waiting too (the server settles them before the batch's decisions).
                     batch, self._buffer = self._buffer[:self._max_batch], self._buffer[self._max_batch:]
-                    self._sent.append([f for _, f in batch])
-                    await call.write(frame_entries([b for b, _ in batch]))
+                    outs, self._outcomes = self._outcomes[:self._max_batch], self._outcomes[self._max_batch:]
+                    if not self._outcomes:
+                        self._outcomes_due = False
+                        if self._outcome_timer is not None:
+                            self._outcome_timer.cancel()
+                            self._outcome_timer = None
+                    self._sent.append(([f for _, f in batch], [f for _, f in outs]))
+                    message = frame_entries([b for b, _ in batch])
+                    if outs:
+                        message += frame_entries([b for b, _ in outs], 2)
+                    await call.write(message)
                     self.batches_sent += 1
                     self.calls_sent += len(batch)
+                    self.outcomes_sent += len(outs)
         except Exception as exc:  # noqa: BLE001 - the stream broke: fail what waits, reopen on next call
             self._fail(exc)
 
     async def _read(self, call: Any) -> None:
         try:
             while (reply := await call.read()) is not grpc.aio.EOF:
-                futures = self._sent.popleft()
+                futures, outcome_futures = self._sent.popleft()
                 self._slots.release()
                 responses = reply.responses
-                if len(responses) == 1 and len(futures) > 1 and responses[0].HasField("error"):
-                    # The server could not split the batch: the error applies to every call.
+                if len(responses) == 1 and len(futures) != 1 and responses[0].HasField("error"):
+                    # The server could not split the batch: the error applies to every call and outcome.
+                    self._settle_outcomes(outcome_futures,
+                                          [pb.ReportOutcomeReply(error=responses[0].error)] * len(outcome_futures))
                     responses = [responses[0]] * len(futures)
+                elif outcome_futures:
+                    self._settle_outcomes(outcome_futures, reply.outcomes)
                 for future, resp in zip(futures, responses, strict=False):
                     if future.done():
                         continue
@@ -139,13 +200,37 @@ class BatchingDecider:
         except Exception as exc:  # noqa: BLE001
             self._fail(exc)
 
+    def _settle_outcomes(self, futures: list[asyncio.Future[pb.ReportOutcomeReply]],
+                         replies: Sequence[pb.ReportOutcomeReply]) -> None:
+        if not replies:
+            # A server from before `DecideBatch.outcomes` skipped them as an unknown field.
+            self.outcomes_supported = False
+        for i, future in enumerate(futures):
+            if future.done():
+                continue
+            if not replies:
+                future.set_exception(OutcomesUnsupported())
+            elif i >= len(replies):
+                future.set_exception(DecisionError(grpc.StatusCode.INTERNAL, "no reply for this outcome"))
+            elif replies[i].HasField("error"):
+                code = _CODES.get(replies[i].error.code, grpc.StatusCode.UNKNOWN)
+                future.set_exception(DecisionError(code, replies[i].error.message, refused=True))
+            else:
+                future.set_result(replies[i])
+
     def _fail(self, exc: BaseException) -> None:
         if not isinstance(exc, DecisionError):
             code = exc.code() if isinstance(exc, grpc.aio.AioRpcError) else grpc.StatusCode.UNAVAILABLE
             exc = DecisionError(code, str(exc.details() if isinstance(exc, grpc.aio.AioRpcError) else exc))
-        waiting = [f for fs in self._sent for f in fs] + [f for _, f in self._buffer]
+        waiting: list[asyncio.Future[Any]] = [f for fs, os in self._sent for f in (*fs, *os)]
+        waiting += [f for _, f in self._buffer] + [f for _, f in self._outcomes]
         self._sent.clear()
         self._buffer.clear()
+        self._outcomes.clear()
+        self._outcomes_due = False
+        if self._outcome_timer is not None:
+            self._outcome_timer.cancel()
+            self._outcome_timer = None
         self._slots = asyncio.Semaphore(self._max_in_flight)   # a new stream starts with every slot free
         for future in waiting:
             if not future.done():
@@ -161,7 +246,13 @@ class BatchingDecider:
     async def close(self) -> None:
         """Wait for the calls in flight, then end the stream (and the channel, if it is ours)."""
         self._closed = True
-        pending = [f for fs in self._sent for f in fs] + [f for _, f in self._buffer]
+        if self._outcomes:
+            # Nothing accepted is lost: the waiting outcomes go now, not after their delay.
+            if self._outcome_timer is not None:
+                self._outcome_timer.cancel()
+            self._outcomes_waited()
+        pending: list[asyncio.Future[Any]] = [f for fs, os in self._sent for f in (*fs, *os)]
+        pending += [f for _, f in self._buffer] + [f for _, f in self._outcomes]
         if pending:
             await asyncio.wait(pending, timeout=self._timeout)
         call = self._call

@@ -18,7 +18,7 @@ from google.protobuf.internal import decoder as _decoder
 
 from decider.errors import InvalidRequest
 
-__all__ = ["MAX_BATCH", "decode_message", "find_bad_field", "frame_entries", "split_batch"]
+__all__ = ["MAX_BATCH", "decode_message", "find_bad_field", "frame_entries", "split_batch", "split_batch_parts"]
 
 _TYPE_STRING = _descriptor.FieldDescriptor.TYPE_STRING
 M = TypeVar("M", bound=_message.Message)
@@ -92,7 +92,13 @@ def split_batch(raw: bytes, limit: int = MAX_BATCH) -> list[bytes]:
     """The wire bytes of each `requests` entry of a `DecideBatch`, in order, without decoding them:
     each is then decoded (and its errors named) exactly as a unary Decide's bytes are. Fields
     other than `requests` are skipped, as protobuf skips unknown fields."""
+    return split_batch_parts(raw, limit)[0]
+
+
+def split_batch_parts(raw: bytes, limit: int = MAX_BATCH) -> tuple[list[bytes], list[bytes]]:
+    """`split_batch`, and the wire bytes of each `outcomes` entry (field 2) too, in order."""
     out: list[bytes] = []
+    outcomes: list[bytes] = []
     pos, end = 0, len(raw)
     decode = _decoder._DecodeVarint
     while pos < end:
@@ -107,6 +113,10 @@ def split_batch(raw: bytes, limit: int = MAX_BATCH) -> list[bytes]:
                     if len(out) == limit:
                         raise InvalidRequest("requests", f"has more than {limit} entries; the limit is {limit}")
                     out.append(raw[pos:pos + size])
+                elif tag == 0x12:   # field 2, length-delimited
+                    if len(outcomes) == limit:
+                        raise InvalidRequest("outcomes", f"has more than {limit} entries; the limit is {limit}")
+                    outcomes.append(raw[pos:pos + size])
                 pos += size
             elif wire == 0:
                 _, pos = decode(raw, pos)
@@ -120,16 +130,18 @@ def split_batch(raw: bytes, limit: int = MAX_BATCH) -> list[bytes]:
             raise InvalidRequest("requests", "cannot be decoded (the batch message is truncated or malformed)") from None
         if pos > end:
             raise InvalidRequest("requests", "cannot be decoded (the batch message is truncated or malformed)")
-    return out
+    return out, outcomes
 
 
-def frame_entries(bodies: list[bytes]) -> bytes:
-    """A message whose field 1 is `repeated <message>`, on the wire, from each entry's own bytes (tag,
-    length, bytes per entry): a `DecideBatch` from requests' bytes, a `DecideBatchResponse` from
-    responses' bytes, without copying every entry into a new message first."""
+def frame_entries(bodies: list[bytes], field: int = 1) -> bytes:
+    """A message whose field `field` (1..15) is `repeated <message>`, on the wire, from each entry's
+    own bytes (tag, length, bytes per entry): a `DecideBatch` from requests' bytes, a
+    `DecideBatchResponse` from responses' bytes, without copying every entry into a new message
+    first. Messages concatenate: `frame_entries(a) + frame_entries(b, 2)` has both fields."""
+    tag = (field << 3) | 2
     out = bytearray()
     for body in bodies:
-        out.append(0x0A)
+        out.append(tag)
         n = len(body)
         while n > 0x7F:
             out.append((n & 0x7F) | 0x80)

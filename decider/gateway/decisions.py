@@ -1,5 +1,5 @@
-"""The gateway's link to decider: one long-lived `DecideBatchStream` for every tools/call, plus
-`WatchDecision` for approvals and `ReportOutcome` after forwarding. Uses only the public API.
+"""The gateway's link to decider: one long-lived `DecideBatchStream` for every tools/call and its
+outcome, plus `WatchDecision` for approvals. Uses only the public API.
 
 A message on an open stream costs the server a fraction of a unary call (PERF-NOTES), and a batch of
 calls costs about what one message does: decisions go through `decider.batching.BatchingDecider`,
@@ -7,6 +7,11 @@ which sends a call at once when the stream is idle and coalesces the calls that 
 (an LLM's parallel tool calls, several clients at once) into one message (issue 17). The stream is
 opened lazily and re-opened after a failure; any failure or a reply later than `deadline_s` fails
 closed (`DecisionUnavailable`), and the caller turns that into a refusal, never a forwarded call.
+
+Outcomes go on that stream too (issue 27): a call costs one round trip to decider, not two (a unary
+ReportOutcome used to follow each decision). A server from before `DecideBatch.outcomes`, or a stream
+that broke with the outcome in flight, gets the unary ReportOutcome instead (a second report of one
+decision is refused, so the retry never settles twice).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
-from decider.batching import BatchingDecider, DecisionError
+from decider.batching import BatchingDecider, DecisionError, OutcomesUnsupported
 from decider.gateway.config import DeciderTarget
 from decider.v1 import decider_pb2 as pb
 from decider.v1 import decider_pb2_grpc as pb_grpc
@@ -97,14 +102,29 @@ class DeciderLink:
 
     async def report(self, decision_id: str, status: str, actual_cost: float | None = None,
                      result: dict[str, Any] | None = None) -> None:
-        """ReportOutcome, with the tool's result (bounded, see `result_for_report`) for the bundle's
-        `on: outcome` rules; a failure is logged, not raised (the call already happened). The actual
-        cost is sent only when the config names one (else decider's estimate stands)."""
+        """The outcome, with the tool's result (bounded, see `result_for_report`) for the bundle's
+        `on: outcome` rules, on the decision stream (unary ReportOutcome as the fallback); a failure
+        is logged, not raised (the call already happened). The actual cost is sent only when the
+        config names one (else decider's estimate stands)."""
         req = pb.ReportOutcomeRequest(decision_id=decision_id, status=status)
         if actual_cost is not None:
             req.actual_cost = actual_cost
         if result is not None:
             json_format.ParseDict(result, req.result)
+        if self._decisions.outcomes_supported:
+            try:
+                await self._decisions.report(req)
+                return
+            except OutcomesUnsupported:
+                pass   # an old server skipped the field: unary, now and from now on
+            except DecisionError as e:
+                if e.refused:
+                    log.warning("outcome not reported", extra={"decision_id": decision_id, "error": e.message})
+                    return
+                # The stream broke with the outcome in flight: settled or not, the unary call below
+                # settles it or is refused as a second report.
+            except TimeoutError:
+                pass
         try:
             await self._stub.ReportOutcome(req, timeout=max(self._cfg.deadline_s, 5.0), metadata=self._metadata)
         except grpc.aio.AioRpcError as e:

@@ -19,9 +19,10 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from decider.api.wire import frame_entries, split_batch
+from decider.api.wire import frame_entries, split_batch_parts
 from decider.errors import InvalidRequest
 from decider.server.service import DeciderService, DecisionFailed
+from decider.server.stream_outcomes import report_outcomes
 from decider.v1 import decider_pb2 as pb
 
 __all__ = ["BATCH_WINDOW", "STREAM_WINDOW", "decide_batch_stream", "decide_batch_stream_handler", "decide_stream",
@@ -99,19 +100,25 @@ def _frame(replies: list[pb.DecideResponse]) -> bytes:
     return frame_entries([reply.SerializeToString() for reply in replies])
 
 
-async def _decide_batch(svc: DeciderService, raw: bytes, carrier: dict[str, str] | None) -> bytes:
+async def _decide_batch(svc: DeciderService, raw: bytes, carrier: dict[str, str] | None,
+                        context: grpc.aio.ServicerContext) -> bytes:
     """One batch → one reply message, `responses[i]` for `requests[i]`, decided in the batch's
     order (`DeciderService.decide_many`); the records share group commits, each is durable before
-    the reply."""
+    the reply. The batch's `outcomes` are settled first (`outcomes[i]` answers each): a call's
+    outcome reported with the next call is in its session and budgets before that call is decided,
+    as it would be had the report come first on its own."""
     try:
-        parts = split_batch(raw)
+        parts, outcomes = split_batch_parts(raw)
     except InvalidRequest as e:
         # No way to know how many calls it held: one response carrying the error.
         return _frame([_error_reply(DecisionFailed(grpc.StatusCode.INVALID_ARGUMENT, str(e)))])
+    settled = frame_entries(await report_outcomes(svc.controls, outcomes, context), 2) if outcomes else b""
+    if not parts:
+        return settled
     if len(parts) == 1:
-        return _frame([await _decide_one(svc, parts[0], carrier, "DecideBatchStream")])
+        return _frame([await _decide_one(svc, parts[0], carrier, "DecideBatchStream")]) + settled
     return _frame([r if isinstance(r, pb.DecideResponse) else _error_reply(r)
-                   for r in await svc.decide_many(parts, carrier)])
+                   for r in await svc.decide_many(parts, carrier)]) + settled
 
 
 async def decide_batch_stream(svc: DeciderService, context: grpc.aio.ServicerContext) -> None:
@@ -140,7 +147,7 @@ async def decide_batch_stream(svc: DeciderService, context: grpc.aio.ServicerCon
     writer = asyncio.create_task(write_in_order())
     try:
         while (raw := await context.read()) is not grpc.aio.EOF:
-            task = asyncio.create_task(_decide_batch(svc, raw, carrier))
+            task = asyncio.create_task(_decide_batch(svc, raw, carrier, context))
             in_flight.add(task)
             task.add_done_callback(in_flight.discard)
             await order.put(task)   # waits while BATCH_WINDOW batches are undelivered

@@ -210,16 +210,28 @@ class StreamError(_message.Message):
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class DecideBatch(_message.Message):
-    __slots__ = ("requests",)
+    __slots__ = ("requests", "outcomes")
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    OUTCOMES_FIELD_NUMBER: _ClassVar[int]
     requests: _containers.RepeatedCompositeFieldContainer[DecideRequest]
-    def __init__(self, requests: _Optional[_Iterable[_Union[DecideRequest, _Mapping]]] = ...) -> None: ...
+    outcomes: _containers.RepeatedCompositeFieldContainer[ReportOutcomeRequest]
+    def __init__(self, requests: _Optional[_Iterable[_Union[DecideRequest, _Mapping]]] = ..., outcomes: _Optional[_Iterable[_Union[ReportOutcomeRequest, _Mapping]]] = ...) -> None: ...
 
 class DecideBatchResponse(_message.Message):
-    __slots__ = ("responses",)
+    __slots__ = ("responses", "outcomes")
     RESPONSES_FIELD_NUMBER: _ClassVar[int]
+    OUTCOMES_FIELD_NUMBER: _ClassVar[int]
     responses: _containers.RepeatedCompositeFieldContainer[DecideResponse]
-    def __init__(self, responses: _Optional[_Iterable[_Union[DecideResponse, _Mapping]]] = ...) -> None: ...
+    outcomes: _containers.RepeatedCompositeFieldContainer[ReportOutcomeReply]
+    def __init__(self, responses: _Optional[_Iterable[_Union[DecideResponse, _Mapping]]] = ..., outcomes: _Optional[_Iterable[_Union[ReportOutcomeReply, _Mapping]]] = ...) -> None: ...
+
+class ReportOutcomeReply(_message.Message):
+    __slots__ = ("decision_id", "error")
+    DECISION_ID_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    decision_id: str
+    error: StreamError
+    def __init__(self, decision_id: _Optional[str] = ..., error: _Optional[_Union[StreamError, _Mapping]] = ...) -> None: ...
 
 class GetDecisionRequest(_message.Message):
     __slots__ = ("decision_id",)
