@@ -59,8 +59,18 @@ SCOPE_COLUMNS = {
 }
 
 
+# No ORDER BY in the query, the few rows are sorted here (`_oldest_first`): asked to order by
+# decision_id, SQLite's planner walks `ix_decisions_agent` (agent_id, decision_id) over every
+# decision of the agent instead of probing this partial index, a cost that grows with the table
+# (1.1 ms per look-up at 10k rows against 11 µs; issue 27, docs/performance.md).
 _OPEN_FOR_CALL_WHERE = ("args_hash = ? AND agent_id = ? AND tool_name = ? AND tool_server = ? "
-                        f"AND {OPEN.text} AND approval_id = decision_id ORDER BY decision_id")
+                        f"AND {OPEN.text} AND approval_id = decision_id")
+
+
+def _oldest_first(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    if len(rows) > 1:
+        rows.sort(key=lambda r: r["decision_id"])
+    return rows
 
 
 class ApprovalStore:
@@ -87,7 +97,7 @@ class ApprovalStore:
             conn = getattr(self._local, "conn", None)
             if conn is None:
                 conn = self._local.conn = connect_raw(self._file, busy_timeout_ms=LOOP_BUSY_TIMEOUT_MS)
-            return self._open_raw.run(conn, (args_hash, agent_id, tool_name, tool_server))
+            return _oldest_first(self._open_raw.run(conn, (args_hash, agent_id, tool_name, tool_server)))
         except sqlite3.OperationalError as exc:
             if is_busy(exc):
                 return None
@@ -98,10 +108,9 @@ class ApprovalStore:
         q = (select(decisions)
              .where(c.args_hash == args_hash, c.agent_id == agent_id, c.tool_name == tool_name,
                     c.tool_server == tool_server, OPEN,  # the partial index's own term, literally
-                    c.approval_id == c.decision_id)
-             .order_by(c.decision_id))
+                    c.approval_id == c.decision_id))   # unordered: see _OPEN_FOR_CALL_WHERE
         with self.engine.connect() as conn:
-            return [dict(r) for r in conn.execute(q).mappings()]
+            return _oldest_first([dict(r) for r in conn.execute(q).mappings()])
 
     def transition(self, decision_id: str, from_state: str, to_state: str, **values: Any) -> bool:
         """Move one approval from `from_state` to `to_state`; False when it was no longer in `from_state`."""
