@@ -188,6 +188,40 @@ def test_the_sqlite_driver_lookup_probes_the_partial_index(tmp_path: Path) -> No
     assert "USING INDEX ix_decisions_open_approval" in plan, plan
 
 
+def test_the_open_approval_lookup_stays_one_index_probe_on_a_table_of_many_decisions(tmp_path: Path) -> None:
+    # Issue 27: asked to ORDER BY decision_id, SQLite's planner chose `ix_decisions_agent` (agent_id,
+    # decision_id) and read every decision of the agent, ~1.1 ms per require_approval call at 10k rows
+    # and growing. Both look-ups (the loop's and SQLAlchemy's) must probe the partial index on a
+    # table full of one agent's decisions, and still answer oldest first.
+    from sqlalchemy import select
+
+    from decider.store.approvals import OPEN, ApprovalStore
+
+    path = tmp_path / "d.db"
+    engine = connect(f"sqlite:///{path}")
+    now = datetime.now(timezone.utc)
+    many = [row(agent="a1", tool="payments.refund") for _ in range(300)]
+    opened = [_approval_row("a1", state, now) for state in ("pending", "rejected", "approved")]
+    for r in opened:
+        r["approval_id"] = r["decision_id"]
+    DecisionStore(engine).insert_many(many + opened)
+    approvals = ApprovalStore(engine)
+    c = decisions.c
+    key = ("a1", opened[0]["tool_name"], opened[0]["tool_server"], opened[0]["args_hash"])
+    q = select(decisions).where(c.args_hash == "h", c.agent_id == "a", c.tool_name == "t", c.tool_server == "s",
+                                OPEN, c.approval_id == c.decision_id)
+    conn = sqlite3.connect(path)
+    try:
+        for sql in (approvals._open_raw.sql if approvals._open_raw else "", str(q.compile(engine))):
+            plan = " ".join(str(r) for r in conn.execute("EXPLAIN QUERY PLAN " + sql, ("h", "a", "t", "s")))
+            assert "USING INDEX ix_decisions_open_approval" in plan, plan
+    finally:
+        conn.close()
+    oldest_first = sorted(r["decision_id"] for r in opened)
+    assert [g["decision_id"] for g in approvals.open_for_call_inline(*key) or []] == oldest_first
+    assert [g["decision_id"] for g in approvals.open_for_call(*key)] == oldest_first
+
+
 def test_the_answer_from_a_stored_row_carries_the_records_response_fields(tmp_path: Path) -> None:
     # The identical-call answer is built from the row directly (not via a full DecisionRecord):
     # every field it shares with the record must be the record's.

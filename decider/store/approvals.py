@@ -59,10 +59,10 @@ SCOPE_COLUMNS = {
 }
 
 
-# No ORDER BY in SQL: with one, SQLite's planner prefers ix_decisions_agent (agent_id, decision_id),
-# which also gives the order, and reads every record of the agent instead of probing the partial
-# index (measured: +25 µs a decision at 4,000 records, growing with the ledger). The few rows are
-# sorted here instead.
+# No ORDER BY in the query, the few rows are sorted here (`_oldest_first`): asked to order by
+# decision_id, SQLite's planner walks `ix_decisions_agent` (agent_id, decision_id) over every
+# decision of the agent instead of probing this partial index, a cost that grows with the table
+# (1.1 ms per look-up at 10k rows against 11 µs; issue 27, docs/performance.md).
 _OPEN_FOR_CALL_WHERE = ("args_hash = ? AND agent_id = ? AND tool_name = ? AND tool_server = ? "
                         f"AND {OPEN.text} AND approval_id = decision_id")
 
@@ -108,7 +108,7 @@ class ApprovalStore:
         q = (select(decisions)
              .where(c.args_hash == args_hash, c.agent_id == agent_id, c.tool_name == tool_name,
                     c.tool_server == tool_server, OPEN,  # the partial index's own term, literally
-                    c.approval_id == c.decision_id))   # no ORDER BY: see _OPEN_FOR_CALL_WHERE
+                    c.approval_id == c.decision_id))   # unordered: see _OPEN_FOR_CALL_WHERE
         with self.engine.connect() as conn:
             return _oldest_first([dict(r) for r in conn.execute(q).mappings()])
 
