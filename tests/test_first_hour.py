@@ -319,7 +319,7 @@ def test_the_readme_gateway_path_runs_as_written(tmp_path: Path) -> None:
     steps = _readme_block("### 4. Put the gateway in front of an agent")
     commands = [c.split("  #")[0].strip() for c, _ in steps]
     assert commands[0] == "mkdir -p /tmp/agent-workspace"
-    assert commands[1].startswith("decider serve --bundle examples/mcp-gateway/bundle") and commands[1].endswith("&")
+    assert commands[1].startswith("decider serve --dev --bundle examples/mcp-gateway/bundle") and commands[1].endswith("&")
     assert "decider gateway mcp --config examples/mcp-gateway/gateway.yaml" in commands[2]
     work = tmp_path / "work"
     shutil.copytree(ROOT / "examples", work / "examples")
