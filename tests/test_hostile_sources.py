@@ -19,7 +19,10 @@ from decider.policy.loader import MAX_DEPTH, MAX_FILE_BYTES, load_source
 from .helpers import ROOT
 
 BUNDLE = "apiVersion: decider/v1\nkind: Bundle\nmetadata: {name: hostile, version: 1.0.0}\nspec: {default: deny}\n"
-RSS_LIMIT_KB = 150 * 1024
+# Peak RSS of one `decider` command on a hostile input. Imports alone are ~70 MB, the bounded parse of
+# four flow-list files just under the bundle's node limit ~140 MB in a warm checkout, and ~155 MB in a
+# fresh one (the first run compiles every .pyc: CI's case). The attacks this bounds cost 431 MB to GBs.
+RSS_LIMIT_KB = 200 * 1024
 
 
 def alias_bomb() -> str:
