@@ -299,3 +299,19 @@ def test_decider_test_checks_requests_as_the_server_does(tmp_path: Path) -> None
         "a tool default estimate is charged in tests too / step 2": (True, "allow"),
         "a tool default estimate is charged in tests too / step 3": (True, "deny"),
     }, got
+
+
+def test_a_cost_expression_reads_a_map_list_as_a_map(tmp_path: Path) -> None:
+    from decider.engine.decide import decide
+
+    folder = write_bundle(tmp_path / "b")
+    (folder / "bundle.yaml").write_text(BUNDLE.replace(
+        '"shop.priced": {cost: "double(tool.args.qty) * 2.5"}',
+        '"shop.priced": {cost: "double(lists.prices[tool.args.sku])"}') + "  lists:\n"
+        "    prices: {kind: map, items: {apple: 3, pear: 11}}\n")
+    bundle = load_bundle(folder)
+    apple = build_request(agent={"id": "grocer"}, tool="shop.priced", args={"sku": "apple"})
+    assert decide(bundle, apple).outcome == pb.ALLOW and apple.request.estimated_cost == 3.0
+    pear = build_request(agent={"id": "grocer"}, tool="shop.priced", args={"sku": "pear"})
+    d = decide(bundle, pear)   # 11 > the agent's 10
+    assert pear.request.estimated_cost == 11.0 and d.deciding_rule == "budget_exceeded"
