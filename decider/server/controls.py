@@ -246,21 +246,23 @@ class Controls:
 
     async def approvals_of(self, req: pb.DecideRequest) -> tuple[ApprovalView, ...]:
         """The approvals bound to exactly this call, as the engine reads them (for the shadow)."""
-        ask = (req.agent.id, req.tool.name, req.tool.server, binding_hash(req, self.binding_key))
+        rows = await self._open_rows(req, binding_hash(req, self.binding_key))
+        return tuple(self._view(r) for r in rows)
+
+    async def _open_rows(self, req: pb.DecideRequest, key: str) -> list[dict[str, Any]]:
+        """The stored approvals that bind this call (binding hash `key`), oldest first. One indexed
+        read on the loop (SQLite file); from a thread on PostgreSQL, or when another connection
+        holds the database locked for longer than the loop may wait."""
+        ask = (req.agent.id, req.tool.name, req.tool.server, key)
         rows = self.approvals.open_for_call_inline(*ask) if self.approvals.inline else None
         if rows is None:
             rows = await asyncio.to_thread(self.approvals.open_for_call, *ask)
-        return tuple(self._view(r) for r in rows)
+        return rows
 
     async def _settle_approval(self, applied: Applied, req: pb.DecideRequest, evaluated: Decision, bundle: Bundle,
                                state: State, key: str, decision_id: str, now: datetime) -> bool:
         """One try; False when another replica consumed the approval first (read again)."""
-        ask = (req.agent.id, req.tool.name, req.tool.server, key)
-        # One indexed read on the loop (SQLite file); from a thread on PostgreSQL, or when
-        # another connection holds the database locked for longer than the loop may wait.
-        rows = self.approvals.open_for_call_inline(*ask) if self.approvals.inline else None
-        if rows is None:
-            rows = await asyncio.to_thread(self.approvals.open_for_call, *ask)
+        rows = await self._open_rows(req, key)
         by_id = {r["decision_id"]: r for r in rows}
         decision = engine_settle(bundle, req, evaluated, state.with_approvals(tuple(self._view(r) for r in rows)))
         effects = decision.effects

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from bisect import insort
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from typing import Any, NamedTuple
@@ -182,8 +183,9 @@ class DeciderService:
         self._enter(n)
         results: list[Any] = [None] * n
         staged: list[tuple[int, _Prepared, asyncio.Future[None]]] = []
-        # The batch's own session history: (index, session id, call) of each staged record.
-        earlier: list[tuple[int, str, SessionCall]] = []
+        # The batch's own session history: per session id, (index, call) of each staged record in
+        # batch order (staged out of order: the early pass first, then the rest).
+        earlier: dict[str, list[tuple[int, SessionCall]]] = {}
 
         async def write_staged() -> None:
             nonlocal staged
@@ -201,13 +203,11 @@ class DeciderService:
             if prepared.bundle.reads_session and not prepared.record.dry_run:
                 sid = prepared.record.agent.session_id
                 if sid:
-                    earlier.append((i, sid, session_call_of(prepared.record)))
+                    insort(earlier.setdefault(sid, []), (i, session_call_of(prepared.record)), key=_first)
 
         def before(i: int, req: pb.DecideRequest) -> tuple[SessionCall, ...]:
-            sid = req.agent.session_id
-            if not earlier or not sid:
-                return ()
-            return tuple(c for j, s, c in sorted(earlier, key=_first) if s == sid and j < i)
+            calls = earlier.get(req.agent.session_id) if earlier else None
+            return tuple(c for j, c in calls if j < i) if calls else ()
 
         try:
             bundle = self.bundles.active   # read once: the whole batch uses this revision
@@ -358,7 +358,8 @@ class DeciderService:
         if applied.raced and shadow is not None:
             # Concurrent calls took the budget's room between the read and the reservation: the
             # shadow decides again on the state the reservation found (this call left nothing).
-            fresh = await self.state_for(req, bundle, now, earlier)
+            # (A shadow of another revision reads its own state in `_shadow`: no read here for it.)
+            fresh = await self.state_for(req, bundle, now, earlier) if self.bundles.shadow is bundle else state
             shadow = await self._shadow(req, now, bundle, fresh, earlier)
         return self._record(req, now, bundle, applied, decision_id, caller, started, shadow)
 
