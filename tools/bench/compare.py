@@ -337,7 +337,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="decider-bench-"))
     servers: list[Server] = []
-    env = {**os.environ, "CERBOS_NO_TELEMETRY": "1"}
+    # decider's args_hash key from outside the database, as a production server runs (`--dev` would
+    # keep it in the database); one random key per run.
+    env = {**os.environ, "CERBOS_NO_TELEMETRY": "1", "DECIDER_BINDING_KEY": os.urandom(32).hex()}
     if "cerbos" in systems:
         binary = args.cerbos_bin or install_cerbos(args.cerbos_version)
         meta["cerbos"] = {

@@ -52,6 +52,10 @@ TOKENS = """tokens:
 """
 
 
+# Every replica must hash arguments with the same key, from outside the database as in production.
+SERVE_ENV = {**os.environ, "DECIDER_BINDING_KEY": os.environ.get("DECIDER_BINDING_KEY") or os.urandom(32).hex()}
+
+
 def serve(db: str, tmp: Path, name: str) -> tuple[subprocess.Popen[bytes], int]:
     port_file = tmp / f"{name}.port"
     (tmp / "tokens.yaml").write_text(TOKENS)
@@ -59,7 +63,7 @@ def serve(db: str, tmp: Path, name: str) -> tuple[subprocess.Popen[bytes], int]:
                              "--db", db, "--listen", "127.0.0.1:0", "--port-file", str(port_file),
                              "--poll-interval", "0.2", "--log-level", "warning",
                              "--tokens", str(tmp / "tokens.yaml")], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=open(tmp / f"{name}.log", "wb"), start_new_session=True)
+                            stdout=subprocess.DEVNULL, stderr=open(tmp / f"{name}.log", "wb"), start_new_session=True, env=SERVE_ENV)
     deadline = time.monotonic() + 60
     while not (port_file.exists() and port_file.read_text()):
         if proc.poll() is not None or time.monotonic() > deadline:

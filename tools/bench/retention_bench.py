@@ -50,12 +50,16 @@ CALLS = [("coder-7", "shell.exec", {"command": "pytest -q tests/"}),
          ("support-1", "email.send", {"to": "customer@example.com", "subject": "Your refund", "body": "Done."})]
 
 
+# Every replica must hash arguments with the same key, from outside the database as in production.
+SERVE_ENV = {**os.environ, "DECIDER_BINDING_KEY": os.environ.get("DECIDER_BINDING_KEY") or os.urandom(32).hex()}
+
+
 def serve(db: str, tmp: Path, name: str) -> tuple[subprocess.Popen[bytes], int]:
     port_file = tmp / f"{name}.port"
     proc = subprocess.Popen([sys.executable, "-m", "decider", "serve", "--bundle", str(ROOT / "policies"),
                              "--db", db, "--listen", "127.0.0.1:0", "--port-file", str(port_file),
                              "--log-level", "warning"], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=open(tmp / f"{name}.log", "wb"), start_new_session=True)
+                            stderr=open(tmp / f"{name}.log", "wb"), start_new_session=True, env=SERVE_ENV)
     deadline = time.monotonic() + 60
     while not (port_file.exists() and port_file.read_text()):
         if proc.poll() is not None or time.monotonic() > deadline:
