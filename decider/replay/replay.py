@@ -108,6 +108,18 @@ def _set_value(v: struct_pb2.Value, x: Any) -> None:
         v.string_value = str(x)
 
 
+def wire_server(call: TraceCall) -> str:
+    """`tool.server` as the enforcing surface sent it. decider's own log recorded it as sent; every
+    other reader names an MCP server as the trace does (`github` from `mcp__github__create_issue`,
+    an MCP `serverInfo.name`), which the gateway and the Claude Code hook send as `mcp://github`
+    (SPEC §8), so a policy matching `servers: ["mcp://github"]` decides the replayed call as it
+    decided the live one."""
+    server = call.server or ""
+    if not server or call.format == "decider" or "://" in server:
+        return server
+    return f"mcp://{server}"
+
+
 def _fill_struct(s: struct_pb2.Struct, d: MappingT[str, Any]) -> None:
     s.SetInParent()
     fields = s.fields
@@ -150,7 +162,7 @@ def call_to_request(call: TraceCall, mapping: IdentityMapping) -> pb.DecideReque
     t = req.tool
     t.name = call.tool_name
     if call.server:
-        t.server = call.server
+        t.server = wire_server(call)
     if call.call_id:
         t.call_id = str(call.call_id)
     if call.risk_tier is not None:

@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -537,6 +538,40 @@ def replay_openai(sc: Scenario, tmp: Path) -> list[Row]:
     mapping = tmp / f"{sc.name}.mapping.yaml"
     mapping.write_text(yaml.safe_dump({"agent": agent}))
     extra = ["--trace-format", "openai", "--mapping", str(mapping)]
+    if any(isinstance(s, Action) and s.kind == "approve" for s in sc.steps):
+        extra += ["--assume", "approved"]
+    return _replay(sc, tmp, trace, *extra)
+
+
+def replay_claude_code(sc: Scenario, tmp: Path) -> list[Row]:
+    """The scenario as a Claude Code session transcript (decider/replay/traces/claude_code.py): a
+    user prompt, then per call an assistant `tool_use` line and a user `tool_result` line, each with
+    the call's session id and time, as Claude Code writes them; the agent from `--mapping` (the hook
+    takes it from its flags). An approval between calls: `--assume approved`."""
+    lines: list[dict[str, Any]] = []
+
+    def line(kind: str, c: Call, at: datetime, message: dict[str, Any]) -> None:
+        n = len(lines)
+        lines.append({"parentUuid": f"u{n - 1}" if n else None, "isSidechain": False, "userType": "external",
+                      "cwd": "/home/dev/parity", "sessionId": str(c.agent.get("session_id") or ""),
+                      "version": "2.1.39", "type": kind, "message": message, "uuid": f"u{n}",
+                      "timestamp": at.isoformat().replace("+00:00", "Z")})
+
+    first = sc.calls[0]
+    line("user", first, first.at - timedelta(seconds=1), {"role": "user", "content": f"run {sc.name}"})
+    for c in sc.calls:
+        use_id = f"toolu_{sc.name}_{c.row}"
+        line("assistant", c, c.at, {"model": "claude-opus-4-6", "id": f"msg_{c.row}", "type": "message",
+                                    "role": "assistant", "content": [
+                                        {"type": "tool_use", "id": use_id, "name": c.tool, "input": c.args}]})
+        line("user", c, c.at + timedelta(milliseconds=500), {"role": "user", "content": [
+            {"tool_use_id": use_id, "type": "tool_result", "content": "done", "is_error": False}]})
+    trace = tmp / f"{sc.name}.claude.jsonl"
+    trace.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    agent = {k: v for k, v in sc.agent.items() if k != "session_id"}
+    mapping = tmp / f"{sc.name}.mapping.yaml"
+    mapping.write_text(yaml.safe_dump({"agent": agent}))
+    extra = ["--trace-format", "claude-code", "--mapping", str(mapping)]
     if any(isinstance(s, Action) and s.kind == "approve" for s in sc.steps):
         extra += ["--assume", "approved"]
     return _replay(sc, tmp, trace, *extra)

@@ -58,6 +58,7 @@ SURFACES: dict[str, Surface] = {
     "test.steps": Surface(s.test_steps, "memory", "decider/verify/suites.py"),
     "replay.trace": Surface(s.replay_trace, "memory", "decider/replay/replay.py"),
     "replay.openai": Surface(s.replay_openai, "memory", "decider/replay/traces/openai.py"),
+    "replay.claude_code": Surface(s.replay_claude_code, "memory", "decider/replay/traces/claude_code.py"),
 }
 
 SCENARIOS = load_scenarios()

@@ -25,8 +25,8 @@ CALLS_PER_FIXTURE = {
 }
 
 
-def test_formats_are_the_six_readers() -> None:
-    assert FORMATS == ("openai", "otel", "openhands", "mcp", "decider", "langchain")
+def test_formats_are_the_seven_readers() -> None:
+    assert FORMATS == ("openai", "otel", "openhands", "mcp", "decider", "langchain", "claude-code")
 
 
 @pytest.mark.parametrize(
@@ -47,6 +47,7 @@ def test_formats_are_the_six_readers() -> None:
         ("mcp/capture_two_sessions.jsonl", "mcp"),
         ("mcp/bare_messages.json", "mcp"),
         ("decider/decisions.jsonl", "decider"),
+        ("claude_code/4d5611e5-241a-462a-8d15-5122611a9569.head27.jsonl", "claude-code"),
     ],
 )
 def test_the_format_is_detected_from_the_content(fixture: str, fmt: str) -> None:
@@ -86,7 +87,7 @@ def test_a_file_no_reader_recognises_names_the_file() -> None:
         list(read_traces([str(path)]))
     assert err.value.path == str(path)
     assert str(err.value) == (f"{path}: not a trace format decider reads (openai, otel, openhands, mcp, "
-                              "decider, langchain): found an object with keys hello, items")
+                              "decider, langchain, claude-code): found an object with keys hello, items")
 
 
 @pytest.mark.parametrize(
@@ -205,9 +206,9 @@ def test_blank_lines_and_a_byte_order_mark_are_ignored(tmp_path: Path) -> None:
 def test_every_reader_fills_exactly_the_trace_call_fields() -> None:
     # Readers build calls from dicts (see `new_call`): a misspelt key would go unnoticed otherwise.
     names = {f.name for f in dataclasses.fields(TraceCall)}
-    folders = [FIXTURES / d for d in ("openai", "otel", "openhands", "mcp", "decider", "langchain")]
+    folders = [FIXTURES / d for d in ("openai", "otel", "openhands", "mcp", "decider", "langchain", "claude_code")]
     calls = list(read_traces([str(f) for f in folders]))
-    assert len(calls) == 19 + 20 + 7 + 7 + 4 + 4  # openai, otel, openhands, mcp, decider, langchain fixtures
+    assert len(calls) == 19 + 20 + 7 + 7 + 4 + 4 + 3  # openai, otel, openhands, mcp, decider, langchain, claude
     for call in calls:
         assert set(vars(call)) == names, call.source
         assert isinstance(call.tool_name, str) and call.source and call.format in FORMATS

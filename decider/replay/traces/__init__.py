@@ -23,6 +23,7 @@ from decider.archives.files import is_archive, log_lines
 from decider.replay.traces._files import STDIN, iter_trace_files, open_text, sniff
 from decider.replay.traces._gc import unfreezing
 from decider.replay.traces._parse import model_from_filename
+from decider.replay.traces.claude_code import looks_like_claude_code, read_claude_code
 from decider.replay.traces.decider_log import looks_like_decider_log, read_decider_log
 from decider.replay.traces.errors import TraceError, TraceFormatError
 from decider.replay.traces.langchain import looks_like_langchain, read_langchain
@@ -45,9 +46,10 @@ __all__ = [
     "read_mcp",
     "read_decider_log",
     "read_langchain",
+    "read_claude_code",
 ]
 
-FORMATS: tuple[str, ...] = ("openai", "otel", "openhands", "mcp", "decider", "langchain")
+FORMATS: tuple[str, ...] = ("openai", "otel", "openhands", "mcp", "decider", "langchain", "claude-code")
 
 _READERS: dict[str, Callable[..., Iterator[TraceCall]]] = {
     "openai": read_openai,
@@ -56,12 +58,14 @@ _READERS: dict[str, Callable[..., Iterator[TraceCall]]] = {
     "mcp": read_mcp,
     "decider": read_decider_log,
     "langchain": read_langchain,
+    "claude-code": read_claude_code,
 }
 
 # Most specific first: a decision record or an OTel document is unmistakable, while the OpenAI
 # reader accepts anything message-shaped, so it is tried last.
 _DETECTORS: tuple[tuple[str, Callable[[Any], bool]], ...] = (
     ("decider", looks_like_decider_log),
+    ("claude-code", looks_like_claude_code),
     ("otel", looks_like_otel),
     ("openhands", looks_like_openhands),
     ("mcp", looks_like_mcp),
