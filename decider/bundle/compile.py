@@ -176,6 +176,7 @@ class Bundle:
     # `spec.session`: how much history `session` shows (SPEC §10).
     session_max_calls: int = 200
     session_window_s: int = 86400
+    session_key: str = "session"     # whose history: "session" (agent.session_id) | "agent" (agent.id)
     # Does any policy read `session`? (The server keeps session history only then.)
     reads_session: bool = False
     # Does any rule carry `labels:`? (The engine collects labels only then.)
@@ -198,6 +199,11 @@ class Bundle:
         if len(self._cost_cache) < _INDEX_CACHE_MAX:
             self._cost_cache[tool_name] = hit
         return hit
+
+    def history_key(self, agent: pb.Agent) -> str:
+        """The key a call's session history is kept under: its session id, or with
+        `spec.session.key: agent` its agent id ("" = no history)."""
+        return agent.id if self.session_key == "agent" else agent.session_id
 
     def reads_session_for(self, tool_name: str) -> bool:
         """Does a policy this tool's calls meet read `session`? (No history is read otherwise.)"""
@@ -527,6 +533,7 @@ def compile_bundle(src: LoadedSource) -> Bundle:
         warnings=tuple(identity_warnings(src, agents, spec.default)),
         session_max_calls=spec.session.max_calls,
         session_window_s=parse_duration(spec.session.window),
+        session_key=spec.session.key,
         reads_session=any("session" in p.needs for p in policies),
         labels_rules=any(r.labels for p in policies for r in p.rules),
         costs=costs,

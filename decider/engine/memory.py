@@ -73,6 +73,9 @@ class MemoryState:
     last_id: str = ""                  # the id the last decision has here (its own, or the one it reused)
     # Session history (SPEC §10), by session key: each decided call, as the server's ledger holds it.
     sessions: dict[str, list[SessionCall]] = field(default_factory=dict)
+    # The history key each caller's session key last decided under (the agent id under
+    # `spec.session.key: agent`), for `report`.
+    _reported_under: dict[str, str] = field(default_factory=dict)
     _n: int = 0
 
     # ---- reading -------------------------------------------------------------------------------
@@ -116,10 +119,12 @@ class MemoryState:
         """The decision procedure (engine/procedure.py) on this state, with its effects applied:
         the request checked as the server checks it (InvalidRequest naming the field), admitted
         (the tool's default estimate), evaluated and settled. `session`: the session key the
-        call's history is kept under (default: `agent.session_id`; replay passes the trace's)."""
+        call's history is kept under (default: `agent.session_id`; replay passes the trace's; with
+        `spec.session.key: agent` it is always the agent id, as on the server)."""
         intake(req)
         at = now or (req.request.time.ToDatetime(tzinfo=timezone.utc) if req.request.HasField("time") else _EPOCH)
-        key = req.agent.session_id if session is None else session
+        key = _history_key(bundle, req, session)
+        self._reported_under[session if session is not None else req.agent.session_id] = key
         d = self._decide(bundle, req, at, decision_id, key)
         if key and bundle.reads_session and not req.dry_run and not d.effects.same_as:
             self._remember(bundle, req, d, at, key)
@@ -137,14 +142,15 @@ class MemoryState:
             del calls[:-bundle.session_max_calls]
 
     def report(self, session: str, status: str, labels: tuple[str, ...] = ()) -> None:
-        """ReportOutcome for the session's last call: its status, and labels added."""
-        calls = self.sessions.get(session)
+        """ReportOutcome for the session's last call: its status, and labels added. (Under
+        `spec.session.key: agent` that call's history is its agent's.)"""
+        calls = self.sessions.get(self._reported_under.get(session, session))
         if calls:
             c = calls[-1]
             calls[-1] = replace(c, status=status or c.status, labels=tuple(dict.fromkeys([*c.labels, *labels])))
 
     def history(self, bundle: Bundle, req: pb.DecideRequest, key: str | None = None) -> tuple[SessionCall, ...]:
-        k = req.agent.session_id if key is None else key
+        k = _history_key(bundle, req, key)
         if not k or not bundle.reads_session_for(req.tool.name):
             return ()
         return tuple(self.sessions.get(k, ()))
@@ -239,3 +245,11 @@ class MemoryState:
 
     def set_usage(self, items: Iterable[tuple[str, str, BudgetUsage]]) -> None:
         self.start_usage = {**self.start_usage, **{(s, v): u for s, v, u in items}}
+
+
+def _history_key(bundle: Bundle, req: pb.DecideRequest, session: str | None) -> str:
+    """The call's history key, as the server keys it (Bundle.history_key): the agent id under
+    `spec.session.key: agent`, else the given session key or the call's `agent.session_id`."""
+    if bundle.session_key == "agent" or session is None:
+        return bundle.history_key(req.agent)
+    return session

@@ -104,10 +104,13 @@ class BudgetSpec(_Strict):
 
 class SessionSpec(_Strict):
     """How much of a session's history conditions see (SPEC §10): at most `max_calls` earlier calls,
-    none older than `window` before the decision."""
+    none older than `window` before the decision. `key`: whose calls they are: the call's
+    `agent.session_id` (default), or every call of its `agent.id` (`agent`), so that an agent which
+    opens a fresh session (a reconnecting MCP client) does not reset what a policy sees (SPEC §8)."""
 
     max_calls: int = Field(default=200, ge=1, le=10_000)
     window: str = "24h"
+    key: Literal["session", "agent"] = "session"
 
     @field_validator("window")
     @classmethod

@@ -87,7 +87,8 @@ async def report_outcome(controls: Controls, req: pb.ReportOutcomeRequest,
         labels = await asyncio.to_thread(controls.decisions.add_labels, req.decision_id,
                                          list(dict.fromkeys([*req.labels, *added])))
         row = {**row, "labels": json.dumps(list(labels), separators=(",", ":"))}
-    controls.sessions.reported(row["session_id"], req.decision_id, req.status or "ok", labels)
+    controls.sessions.reported(row["session_id"], req.decision_id, req.status or "ok", labels,
+                               row.get("agent_id") or "")
     controls.hub.notify(req.decision_id)
     return record_to_proto(row)
 

@@ -112,8 +112,8 @@ class DeciderService:
         before it in the same batch, whose records are not durable yet."""
         state = await self.controls.state_for(req, bundle, now)
         if bundle.reads_session and bundle.reads_session_for(req.tool.name):
-            history = await self.controls.sessions.history(req.agent.session_id, bundle.session_max_calls,
-                                                           bundle.session_window_s, now)
+            history = await self.controls.sessions.history(bundle.history_key(req.agent), bundle.session_max_calls,
+                                                           bundle.session_window_s, now, bundle.session_key)
             if earlier:
                 seen = {c.decision_id for c in history}
                 history = history + tuple(c for c in earlier if c.decision_id not in seen)
@@ -201,12 +201,12 @@ class DeciderService:
                 return
             staged.append((i, prepared, fut))
             if prepared.bundle.reads_session and not prepared.record.dry_run:
-                sid = prepared.record.agent.session_id
+                sid = prepared.bundle.history_key(prepared.record.agent)
                 if sid:
                     insort(earlier.setdefault(sid, []), (i, session_call_of(prepared.record)), key=_first)
 
         def before(i: int, req: pb.DecideRequest) -> tuple[SessionCall, ...]:
-            calls = earlier.get(req.agent.session_id) if earlier else None
+            calls = earlier.get(bundle.history_key(req.agent)) if earlier else None
             return tuple(c for j, c in calls if j < i) if calls else ()
 
         try:

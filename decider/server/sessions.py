@@ -1,5 +1,7 @@
 """Session history on the server (SPEC §10): the earlier calls of an `agent.session_id`, for
-conditions that read `session`.
+conditions that read `session` — or, with the bundle's `spec.session.key: agent`, of an `agent.id`
+(index (agent_id, decision_id)). Buffers are kept per (key kind, value), so one server can serve a
+bundle and a shadow bundle that key history differently.
 
 Served from memory, not a scan: a ring buffer per session (at most the bundle's `max_calls`
 entries), kept in step with the writer (the service appends each call once its record is
@@ -62,51 +64,61 @@ class SessionHistory:
         self.store = store
         self.max_sessions = max_sessions
         self.refresh_s = refresh_s
-        self._buffers: OrderedDict[str, _Buffer] = OrderedDict()
+        self._buffers: OrderedDict[tuple[str, str], _Buffer] = OrderedDict()
         self.loads = 0          # indexed queries made (tests and the benchmark read it)
 
-    async def history(self, session_id: str, max_calls: int, window_s: int, now: datetime) -> tuple[SessionCall, ...]:
-        """The session's earlier calls, oldest first (the engine applies the window and max_calls)."""
+    async def history(self, session_id: str, max_calls: int, window_s: int, now: datetime,
+                      by: str = "session") -> tuple[SessionCall, ...]:
+        """The session's earlier calls, oldest first (the engine applies the window and max_calls).
+        `by="agent"`: `session_id` is an agent id, and the history is every call of that agent."""
         if not session_id:
             return ()   # no session id: no session to see
-        buf = self._buffers.get(session_id)
+        slot = (by, session_id)
+        buf = self._buffers.get(slot)
         fresh = buf is not None and buf.max_calls >= max_calls and (
             self.refresh_s is None or time.monotonic() - buf.loaded_at < self.refresh_s)
         if not fresh:
-            buf = await self._load(session_id, max_calls, window_s, now)
+            buf = await self._load(slot, max_calls, window_s, now)
         else:
-            self._buffers.move_to_end(session_id)
+            self._buffers.move_to_end(slot)
         return tuple(buf.calls)  # type: ignore[union-attr]
 
-    async def _load(self, session_id: str, max_calls: int, window_s: int, now: datetime) -> _Buffer:
+    async def _load(self, slot: tuple[str, str], max_calls: int, window_s: int, now: datetime) -> _Buffer:
         since = now - timedelta(seconds=window_s)
-        rows = await asyncio.to_thread(self.store.session_calls, session_id, max_calls, since)
+        rows = await asyncio.to_thread(self.store.session_calls, slot[1], max_calls, since, slot[0] == "agent")
         self.loads += 1
         buf = _Buffer(deque((_call_of(r) for r in reversed(rows)), maxlen=max_calls), max_calls, time.monotonic())
         # Calls appended while the query ran are in the rows already, or appended below by `add`.
-        self._buffers[session_id] = buf
-        self._buffers.move_to_end(session_id)
+        self._buffers[slot] = buf
+        self._buffers.move_to_end(slot)
         while len(self._buffers) > self.max_sessions:
             self._buffers.popitem(last=False)
         return buf
 
     def add(self, record: DecisionRecord) -> None:
         """A durable record: append it to its session's buffer, if that session is in memory."""
-        sid = record.agent.session_id
-        buf = self._buffers.get(sid) if sid else None
-        if buf is None or record.dry_run:
+        if record.dry_run or not self._buffers:
             return
-        if any(c.decision_id == record.decision_id for c in list(buf.calls)[-8:]):
-            return   # already read by a load that ran after the write
-        buf.calls.append(session_call_of(record))
+        call: SessionCall | None = None
+        for slot in (("session", record.agent.session_id), ("agent", record.agent.id)):
+            buf = self._buffers.get(slot) if slot[1] else None
+            if buf is None:
+                continue
+            if any(c.decision_id == record.decision_id for c in list(buf.calls)[-8:]):
+                continue   # already read by a load that ran after the write
+            call = call or session_call_of(record)
+            buf.calls.append(call)
 
-    def reported(self, session_id: str, decision_id: str, status: str, labels: tuple[str, ...]) -> None:
-        """ReportOutcome: the call's status and labels, in the buffer too."""
-        buf = self._buffers.get(session_id)
-        if buf is None:
-            return
-        for i in range(len(buf.calls) - 1, -1, -1):
-            c = buf.calls[i]
-            if c.decision_id == decision_id:
-                buf.calls[i] = SessionCall(c.tool, c.server, c.args, c.outcome, c.at, labels, status, c.decision_id)
-                return
+    def reported(self, session_id: str, decision_id: str, status: str, labels: tuple[str, ...],
+                 agent_id: str = "") -> None:
+        """ReportOutcome: the call's status and labels, in the buffers too."""
+        for slot in (("session", session_id), ("agent", agent_id)):
+            buf = self._buffers.get(slot) if slot[1] else None
+            if buf is None:
+                continue
+            for i in range(len(buf.calls) - 1, -1, -1):
+                c = buf.calls[i]
+                if c.decision_id == decision_id:
+                    buf.calls[i] = SessionCall(c.tool, c.server, c.args, c.outcome, c.at, labels, status,
+                                               c.decision_id)
+                    break

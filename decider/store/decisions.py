@@ -114,14 +114,16 @@ class DecisionStore:
             row = conn.execute(select(decisions).where(decisions.c.decision_id == decision_id)).mappings().first()
         return dict(row) if row else None
 
-    def session_calls(self, session_id: str, limit: int, since: datetime) -> list[dict[str, Any]]:
+    def session_calls(self, session_id: str, limit: int, since: datetime, by_agent: bool = False) -> list[dict[str, Any]]:
         """The newest `limit` recorded calls of a session since `since`, newest first (not dry
         runs). Served by ix_decisions_session (session_id, decision_id): decision ids sort by
-        time, so this reads `limit` index entries however long the ledger is."""
+        time, so this reads `limit` index entries however long the ledger is. `by_agent`:
+        `session_id` is an agent id (`spec.session.key: agent`), served by ix_decisions_agent."""
         c = decisions.c
+        column = c.agent_id if by_agent else c.session_id
         q = (select(c.decision_id, c.time, c.tool_name, c.tool_server, c.args, c.outcome, c.labels,
                     c.outcome_status)
-             .where(c.session_id == session_id, c.dry_run.is_(False), c.time >= since)
+             .where(column == session_id, c.dry_run.is_(False), c.time >= since)
              .order_by(c.decision_id.desc()).limit(limit))
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(q).mappings()]
