@@ -296,9 +296,10 @@ class _ToolPatterns:
 
 
 def _match_tools(entries: list[str], source: Source, src: LoadedSource,
-                 errors: list[SourceError]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """`match.tools` with each `lists.<name>` entry replaced by the list: a plain list's strings are
-    names and globs, a `kind: patterns` list's are RE2 patterns. (names and globs, patterns)."""
+                 errors: list[SourceError], what: str = "tools") -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """`match.<what>` (tools, servers, teams, agents, workflows) with each `lists.<name>` entry
+    replaced by the list: a plain list's strings are names and globs, a `kind: patterns` list's are
+    RE2 patterns. (names and globs, patterns)."""
     tools: list[str] = []
     patterns: list[str] = []
     for i, entry in enumerate(entries):
@@ -307,21 +308,21 @@ def _match_tools(entries: list[str], source: Source, src: LoadedSource,
             tools.append(entry)
             continue
         name = m[1]
-        node = locate(source.node, ("spec", "match", "tools", i))
+        node = locate(source.node, ("spec", "match", what, i))
         line, col = node.start_mark.line + 1, node.start_mark.column + 1
         items = src.lists.get(name)
         if items is None:
             if src.bundle is not None and name not in src.bundle.spec.lists:
                 known = ", ".join(sorted(src.bundle.spec.lists)) or "none"
                 errors.append(SourceError(source.file, line, col,
-                                          f"match.tools: unknown list {name!r} (the bundle's lists: {known})"))
+                                          f"match.{what}: unknown list {name!r} (the bundle's lists: {known})"))
             continue   # a list whose file did not load has its own error
         if isinstance(items, dict):
             errors.append(SourceError(source.file, line, col,
-                                      f"match.tools: list {name!r} is a map; name a list of tool names or patterns"))
+                                      f"match.{what}: list {name!r} is a map; name a list of names or patterns"))
         elif not all(isinstance(x, str) for x in items):
             errors.append(SourceError(source.file, line, col,
-                                      f"match.tools: list {name!r} holds values that are not strings"))
+                                      f"match.{what}: list {name!r} holds values that are not strings"))
         elif src.list_kinds.get(name) == PATTERNS:
             patterns.extend(str(x) for x in items)
         else:
@@ -337,10 +338,31 @@ def _is_glob(pattern: str) -> bool:
     return any(c in pattern for c in "*?[")
 
 
-def _matcher(patterns: list[str]) -> Callable[[str], object] | None:
+def _matcher(patterns: list[str] | tuple[str, ...]) -> Callable[[str], object] | None:
     if not patterns:
         return None
     return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns)).match
+
+
+def _field_matcher(entries: list[str], source: Source, src: LoadedSource, errors: list[SourceError],
+                   what: str) -> Callable[[str], object] | None:
+    """The matcher of `match.servers` / `teams` / `agents` / `workflows`: names and globs, and the
+    lists they name (a `kind: patterns` list's RE2 patterns match the whole value). None: any value;
+    a field that names only empty lists matches no value."""
+    if not entries:
+        return None
+    globs, patterns = _match_tools(entries, source, src, errors, what)
+    by_glob = _matcher(globs)
+    by_pattern = _ToolPatterns(patterns).match if patterns else None
+    if by_pattern is None:
+        return by_glob or _no_value
+    if by_glob is None:
+        return lambda v: True if by_pattern(v) else None
+    return lambda v: by_glob(v) or (True if by_pattern(v) else None)
+
+
+def _no_value(_value: str) -> None:
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -463,10 +485,10 @@ def compile_bundle(src: LoadedSource) -> Bundle:
                 tools=tools,
                 tool_patterns=tool_patterns,
                 any_tool=not m.tools,
-                servers=_matcher(m.servers),
-                teams=_matcher(m.teams),
-                agents=_matcher(m.agents),
-                workflows=_matcher(m.workflows),
+                servers=_field_matcher(m.servers, lp.source, src, errors, "servers"),
+                teams=_field_matcher(m.teams, lp.source, src, errors, "teams"),
+                agents=_field_matcher(m.agents, lp.source, src, errors, "agents"),
+                workflows=_field_matcher(m.workflows, lp.source, src, errors, "workflows"),
                 program=compile_combined([r.when for r in evaluated], env) if len(evaluated) > 1 else None,
                 slots=tuple(slots),
                 needs=frozenset().union(*(variables_named(r.when) for r in evaluated)),

@@ -38,7 +38,8 @@ def globs_overlap(a: str, b: str) -> bool:
 
 
 def _any_overlap(patterns: list[str], names: list[str] | tuple[str, ...]) -> bool:
-    return any(globs_overlap(p, n) for p in patterns for n in names)
+    # A `lists.<name>` entry may hold anything (patterns too): never the ground for a warning.
+    return any(p.startswith("lists.") or globs_overlap(p, n) for p in patterns for n in names)
 
 
 def _may_allow_for(lp: LoadedPolicy, m: Manifest) -> bool:
@@ -48,7 +49,8 @@ def _may_allow_for(lp: LoadedPolicy, m: Manifest) -> bool:
     match = spec.match
     if match.agents and not _any_overlap(match.agents, [m.name]):
         return False
-    if match.teams and m.team and not any(fnmatch.fnmatchcase(m.team, t) for t in match.teams):
+    if match.teams and m.team and not any(t.startswith("lists.") or fnmatch.fnmatchcase(m.team, t)
+                                          for t in match.teams):
         return False
     return not match.tools or _any_overlap(match.tools, m.tools)
 

@@ -69,9 +69,11 @@ def _table(results: list[SuiteResult], cov: Coverage | None, verbose: bool) -> N
                 continue
             exp = c.expected
             print(f"        expected: {exp.outcome}" + (f" by {exp.rule}" if exp.rule else "")
-                  + (f" with reason containing {exp.reason!r}" if exp.reason else ""))
+                  + (f" with reason containing {exp.reason!r}" if exp.reason else "")
+                  + (f" with labels [{', '.join(exp.labels)}]" if exp.labels is not None else ""))
             print(f"        actual:   {c.actual_outcome} by {c.actual_rule}"
-                  + (f" ({c.actual_reasons[0].text})" if c.actual_reasons else ""))
+                  + (f" ({c.actual_reasons[0].text})" if c.actual_reasons else "")
+                  + (f" with labels [{', '.join(c.actual_labels)}]" if exp.labels is not None else ""))
             print(f"        matched:  {', '.join(c.matched_rules) or '(no rule)'}")
             for e in c.errors:
                 print(f"        error:    {e}")
@@ -97,7 +99,7 @@ def _json(results: list[SuiteResult], cov: Coverage | None) -> dict[str, Any]:
                 {"name": c.name, "line": c.line, "passed": c.passed,
                  "expected": c.expected.model_dump(exclude_none=True),
                  "actual": {"outcome": c.actual_outcome, "rule": c.actual_rule,
-                            "reasons": [r.text for r in c.actual_reasons]},
+                            "reasons": [r.text for r in c.actual_reasons], "labels": list(c.actual_labels)},
                  "matched_rules": list(c.matched_rules), "errors": list(c.errors), "fields": c.fields,
                  **({"problem": c.problem} if c.problem else {})}
                 for c in s.cases]}

@@ -125,6 +125,9 @@ class Expect(_Strict):
     outcome: OutcomeName
     rule: str | None = None
     reason: str | None = None
+    # The labels the call's record carries, exactly (any order): its rules' `labels:`, and in a step
+    # also what the step's `report:` and `result:` (outcome rules) added. None: not checked.
+    labels: list[str] | None = None
 
 
 class ReportSpec(_Strict):
@@ -220,6 +223,7 @@ class CaseResult:
     errors: tuple[str, ...]
     fields: dict[str, str] = field(default_factory=dict)   # field path → value, for failures
     problem: str = ""                  # a case that could not be built (unknown fixture, bad agent field)
+    actual_labels: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -408,17 +412,21 @@ def _refused(ls: LoadedSuite, line: int, name: str, exp: Expect, e: InvalidReque
 
 
 def _result(ls: LoadedSuite, line: int, name: str, exp: Expect, d: Decision, bundle: Bundle,
-            req: pb.DecideRequest, state: State, rules_by_id: dict[str, CompiledRule]) -> CaseResult:
+            req: pb.DecideRequest, state: State, rules_by_id: dict[str, CompiledRule],
+            labels: tuple[str, ...] | None = None) -> CaseResult:
     actual = d.outcome_name.lower()
+    labels = d.labels if labels is None else labels
     ok = actual == exp.outcome and (exp.rule is None or exp.rule == d.deciding_rule)
     if ok and exp.reason is not None:
         ok = any(exp.reason in r.text for r in d.reasons)
+    if ok and exp.labels is not None:
+        ok = set(exp.labels) == set(labels)
     fields: dict[str, str] = {}
     if not ok:
         shown = [rules_by_id[x] for x in (d.deciding_rule, exp.rule) if x and x in rules_by_id]
         fields = _field_values(shown, bundle, req, state)
     return CaseResult(ls.suite.metadata.name, ls.file, line, name, ok, exp, actual,
-                      d.deciding_rule, d.reasons, d.matched_rules, d.errors, fields)
+                      d.deciding_rule, d.reasons, d.matched_rules, d.errors, fields, actual_labels=labels)
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -453,14 +461,18 @@ def _run_steps(bundle: Bundle, ls: LoadedSuite, case: Case, line: int,
         except InvalidRequest as e:   # refused before deciding: no effects, as on the server
             out.append(_refused(ls, line, name, step.expect, e))
             continue
+        labels = d.labels
         if step.report is not None and d.outcome != pb.DENY:   # a denied call did not run: nothing to report
             sim.report(session, step.report.status, tuple(step.report.labels))
+            labels = (*labels, *step.report.labels)
         if step.result is not None and d.outcome != pb.DENY:
             with call_source(step.source or case.source):
                 added, _ = outcome_labels(bundle, req, step.result)
             if added:
                 sim.report(session, "", added)
-        out.append(_result(ls, line, name, step.expect, d, bundle, req, state, rules_by_id))
+                labels = (*labels, *added)
+        out.append(_result(ls, line, name, step.expect, d, bundle, req, state, rules_by_id,
+                           tuple(dict.fromkeys(labels))))
     return out
 
 
