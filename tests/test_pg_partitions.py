@@ -300,6 +300,11 @@ def test_a_record_changed_after_it_was_archived_keeps_its_partition(two_old_mont
 
 def test_db_prune_cli_reports_the_dropped_partition(two_old_months: dict[str, Any], url: str,
                                                     tmp_path: Path) -> None:
+    dry = cli("db", "prune", "--db", url, "--older-than", "60d", "--archive-dir", str(tmp_path / "arch"),
+              "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert f"partition {two_old_months['old']} would be dropped whole" in dry.stdout
+    assert two_old_months["old"] in names(two_old_months["engine"], "decisions")
     res = cli("db", "prune", "--db", url, "--older-than", "60d", "--archive-dir", str(tmp_path / "arch"),
               "--format", "json")
     assert res.returncode == 0, res.stderr

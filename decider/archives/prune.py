@@ -198,7 +198,10 @@ class Pruner:
             # Before the first read: a row of a whole partition with a journal entry past this changed
             # (or arrived) after it was archived, and the partition is not dropped.
             run_snapshot = self._last_seq()
-            whole = {} if dry_run else {p: _Whole(p) for p in self._droppable(horizon_id, now)}
+            whole = {p: _Whole(p) for p in self._droppable(horizon_id, now)}
+            if dry_run:   # what a prune now would drop (unless a record of it changes meanwhile)
+                result.dropped = [p.name for p in whole]
+                whole = {}
             lo = ""
             while True:
                 where = and_(prunable(horizon_id, now), c.decision_id >= lo)
