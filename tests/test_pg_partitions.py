@@ -363,3 +363,17 @@ def test_upgrade_from_0008_keeps_every_record_the_journal_the_log_and_a_pending_
     assert [s for s, _ in after] == list(range(1, len(after) + 1)) and len(after) > 6
     assert used.decision_id in {d for _, d in after}
     assert names(engine, "decisions")[0] == "decisions_p0"
+
+
+def test_the_previous_months_partition_is_never_dropped(url: str, tmp_path: Path) -> None:
+    """The servers make it again every hour (it takes late rows at a month's start): its old records
+    are row deletes, so a short retention does not drop and remake it over and over."""
+    engine = connect(url)
+    ensure_partitions(engine, 1)
+    prev = f"decisions_{month_bounds(months_back(1).date())[0]}"
+    row = {**_pending_row(new_id(int(months_back(1).timestamp() * 1000)), "p" * 64),
+           "approval_state": None, "approval_id": None, "outcome": "ALLOW"}
+    DecisionStore(engine).insert_many([row])
+    result = Pruner(engine, tmp_path / "arch", throttle=0).run(datetime.now(timezone.utc) - timedelta(days=1))
+    assert result.dropped == [] and result.deleted == 1
+    assert prev in names(engine, "decisions")

@@ -18,7 +18,7 @@ archived and none changed or arrived since the prune began (a journal entry past
 taken before the first read). Anything else, a partition holding a pending approval or an
 unsettled reservation, a change since, the lock not granted within PG_DROP_LOCK_TIMEOUT, falls
 back to the bounded row deletes of step 2 for that partition. The partial month at the horizon,
-and the DEFAULT partition, are always row deletes.
+the previous month (the servers keep its partition) and the DEFAULT partition are always row deletes.
 
 Never pruned: pending approvals; approved or rejected ones until their expiry (they still bind
 identical calls); decisions holding an unsettled budget reservation. Budget counters
@@ -49,7 +49,7 @@ from decider.record.ids import first_id_at, id_time_ms
 from decider.store.budgets import budget_reservations
 from decider.store.decisions import decisions
 from decider.store.journal import export_cursors, journal
-from decider.store.partitions import Partition, is_partitioned, partitions
+from decider.store.partitions import Partition, is_partitioned, month_bounds, month_start, partitions
 
 __all__ = ["Pruner", "PruneResult", "CursorBehind", "PruneBusy", "parse_retention", "DEFAULT_BATCH",
            "DEFAULT_THROTTLE"]
@@ -250,11 +250,14 @@ class Pruner:
         if self.engine.dialect.name != "postgresql":
             return []
         out = []
+        # Never the previous month's: the servers make it again within the hour (it takes a
+        # replica's late rows at a month's start), and a drop would only churn.
+        kept_from = month_bounds(month_start(now.year, now.month - 1).date())[1]
         with self.engine.connect() as conn:
             if not is_partitioned(conn):
                 return []
             for p in partitions(conn, "decisions"):
-                if p.default or p.hi is None or p.hi > horizon_id:
+                if p.default or p.hi is None or p.hi > horizon_id or p.hi > kept_from:
                     continue
                 in_it = and_(c.decision_id < p.hi, c.decision_id >= p.lo if p.lo is not None else true())
                 if not conn.execute(select(func.count()).select_from(decisions)

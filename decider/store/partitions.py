@@ -39,7 +39,7 @@ from sqlalchemy import Connection, Engine, text
 from decider.record.ids import first_id_at, id_time_ms
 
 __all__ = ["PARTITIONED", "DEFAULT_MONTHS_AHEAD", "Partition", "partitions", "ensure_partitions",
-           "month_bounds", "PG_PENDING_DDL", "is_partitioned"]
+           "month_bounds", "month_start", "PG_PENDING_DDL", "is_partitioned", "convert"]
 
 log = logging.getLogger("decider.store.partitions")
 
@@ -115,13 +115,14 @@ def partitions(conn: Connection, table: str) -> list[Partition]:
     return sorted(out, key=lambda p: (p.default, p.lo or ""))
 
 
-def _month_start(year: int, month: int) -> datetime:
+def month_start(year: int, month: int) -> datetime:
+    """The first instant of `month` of `year` (months past 12 or below 1 roll into the next or previous years)."""
     return datetime(year + (month - 1) // 12, (month - 1) % 12 + 1, 1, tzinfo=timezone.utc)
 
 
 def month_bounds(day: date) -> tuple[str, str, str]:
     """(suffix, first id, first id after) of `day`'s UTC month."""
-    lo, hi = _month_start(day.year, day.month), _month_start(day.year, day.month + 1)
+    lo, hi = month_start(day.year, day.month), month_start(day.year, day.month + 1)
     return (f"p{lo:%Y%m}", first_id_at(int(lo.timestamp() * 1000)), first_id_at(int(hi.timestamp() * 1000)))
 
 
@@ -181,7 +182,7 @@ def _ensure(conn: Connection, months_ahead: int, now: datetime | None, months_ba
             conn.execute(text(f"CREATE TABLE {default} PARTITION OF {table} DEFAULT"))
             created.append(default)
         for k in range(-months_back, months_ahead + 1):
-            suffix, lo, hi = month_bounds(_month_start(now.year, now.month + k).date())
+            suffix, lo, hi = month_bounds(month_start(now.year, now.month + k).date())
             if any(_overlaps(p, lo, hi) for p in have):
                 continue
             _create_month(conn, table, suffix, lo, hi, default)
