@@ -137,7 +137,7 @@ async def start_server(cfg: ServerConfig) -> RunningServer:
     partitions = None
     if engine.dialect.name == "postgresql":   # this month's partition and the next ones, before any insert
         partitions = PartitionUpkeep(engine, cfg.partitions_ahead)
-        await asyncio.to_thread(partitions.run_once)   # a failure here stops the start
+        await partitions.first_round()
     live = LiveBundles(BundleSettings(cfg.bundle, cfg.require_signature, cfg.pubkey, cfg.shadow_bundle,
                                       cfg.poll_interval_s), BundleStore(engine))
     await asyncio.to_thread(live.open)  # a bundle that fails to load or verify never starts a server

@@ -36,6 +36,14 @@ class PartitionUpkeep:
             log.info("partitions created", extra={"partitions": made})
         return made
 
+    async def first_round(self) -> None:
+        """Before the server takes calls. A failure (a lock not granted in time) is logged, not
+        fatal: DEFAULT takes the rows meanwhile, and the hourly rounds try again."""
+        try:
+            await asyncio.to_thread(self.run_once)
+        except Exception:   # noqa: BLE001 - see above
+            log.exception("partitions: could not create the months ahead at start; trying again within the hour")
+
     async def start(self) -> None:
         """The hourly rounds (the server ran `run_once` itself before taking calls)."""
         self._task = asyncio.create_task(self._run(), name="decider-partitions")

@@ -45,6 +45,7 @@ log = logging.getLogger("decider.store.partitions")
 
 PARTITIONED = ("decisions", "decision_journal")
 DEFAULT_MONTHS_AHEAD = 3
+ENSURE_LOCK_TIMEOUT = "5s"
 # Any constant other than the journal's, the schema's and the pruner's: one partition maker at a time.
 _PG_PARTITION_LOCK_KEY = 0x6465636964657203
 
@@ -151,7 +152,10 @@ def _create_month(conn: Connection, table: str, suffix: str, lo: str, hi: str, d
                 "WHERE approval_state = 'pending'"))
         conn.execute(text(f"ALTER TABLE {table} ATTACH PARTITION {name} FOR VALUES FROM ('{lo}') TO ('{hi}')"))
     else:
-        conn.execute(text(f"CREATE TABLE {name} PARTITION OF {table} FOR VALUES FROM ('{lo}') TO ('{hi}')"))
+        # Made apart, then attached: CREATE TABLE … PARTITION OF would lock the parent ACCESS
+        # EXCLUSIVE (every Decide waiting); ATTACH takes SHARE UPDATE EXCLUSIVE, which inserts pass.
+        conn.execute(text(f"CREATE TABLE {name} (LIKE {table} INCLUDING DEFAULTS)"))
+        conn.execute(text(f"ALTER TABLE {table} ATTACH PARTITION {name} FOR VALUES FROM ('{lo}') TO ('{hi}')"))
     log.info("partition created", extra={"partition": name, "from_id": lo, "to_id": hi, "moved_from_default": moved})
 
 
@@ -172,6 +176,9 @@ def _ensure(conn: Connection, months_ahead: int, now: datetime | None, months_ba
     if not is_partitioned(conn):
         return []
     conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_PARTITION_LOCK_KEY})
+    # Months are made ahead: one that cannot get its locks now (a long query on the table) is made
+    # at the next round rather than making Decide's inserts queue behind it.
+    conn.execute(text(f"SET LOCAL lock_timeout = '{ENSURE_LOCK_TIMEOUT}'"))
     now = now or datetime.now(timezone.utc)
     created: list[str] = []
     for table in PARTITIONED:
