@@ -129,14 +129,37 @@ def rows_of_every_table() -> dict[str, list[dict[str, Any]]]:
     }
 
 
+def partition_names(engine: Engine) -> set[str]:
+    """PostgreSQL: the partitions of `decisions` and `decision_journal` (their rows are the
+    parent's: snapshots and schemas read the parents)."""
+    if engine.dialect.name != "postgresql":
+        return set()
+    with engine.connect() as conn:
+        return set(conn.execute(text("SELECT relname FROM pg_class WHERE relispartition AND relkind = 'r'")).scalars())
+
+
+def partitioning_of(engine: Engine) -> dict[str, Any]:
+    """PostgreSQL: each partitioned table's key, and its partitions with their bounds."""
+    if engine.dialect.name != "postgresql":
+        return {}
+    with engine.connect() as conn:
+        keys = dict(conn.execute(text("SELECT c.relname, pg_get_partkeydef(c.oid) FROM pg_partitioned_table p "
+                                      "JOIN pg_class c ON c.oid = p.partrelid")).all())
+        parts = conn.execute(text("SELECT p.relname, c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i "
+                                  "JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent "
+                                  "WHERE c.relkind = 'r' ORDER BY 1, 2")).all()
+    return {t: (k, [(n, b) for p, n, b in parts if p == t]) for t, k in sorted(keys.items())}
+
+
 def snapshot(engine: Engine) -> dict[str, list[dict[str, Any]]]:
     """Every row of every decider table, as the database returns it, in primary-key order."""
     md = MetaData()
     md.reflect(engine)
     out = {}
+    skip = partition_names(engine)
     with engine.connect() as conn:
         for name, table in md.tables.items():
-            if name == "alembic_version":
+            if name == "alembic_version" or name in skip:
                 continue
             pk = list(table.primary_key.columns)
             out[name] = [dict(r) for r in conn.execute(select(table).order_by(*pk)).mappings()]
@@ -163,8 +186,9 @@ def schema_of(engine: Engine) -> dict[str, Any]:
     conditions): what two ways of making a schema must agree on."""
     insp = inspect(engine)
     out: dict[str, Any] = {}
+    skip = partition_names(engine)
     for t in sorted(insp.get_table_names()):
-        if t == "alembic_version":
+        if t == "alembic_version" or t in skip:
             continue
         cols = [(c["name"], str(c["type"]), c["nullable"]) for c in insp.get_columns(t)]
         idx = sorted((i["name"], tuple(i["column_names"]), bool(i["unique"]),
@@ -172,6 +196,7 @@ def schema_of(engine: Engine) -> dict[str, Any]:
                      for i in insp.get_indexes(t))
         out[t] = (cols, insp.get_pk_constraint(t)["constrained_columns"], idx)
     out["(triggers)"] = triggers_of(engine)
+    out["(partitioning)"] = partitioning_of(engine)
     return out
 
 
@@ -181,7 +206,9 @@ def triggers_of(engine: Engine) -> list[tuple[str, str]]:
     if engine.dialect.name == "sqlite":
         q = "SELECT 'trigger ' || name, sql FROM sqlite_master WHERE type = 'trigger'"
     else:
-        q = ("SELECT 'trigger ' || tgname, pg_get_triggerdef(t.oid) FROM pg_trigger t WHERE NOT tgisinternal "
+        # A partitioned table's row triggers are cloned onto each partition (tgparentid): one listing each.
+        q = ("SELECT 'trigger ' || tgname, pg_get_triggerdef(t.oid) FROM pg_trigger t "
+             "WHERE NOT tgisinternal AND tgparentid = 0 "
              "UNION ALL SELECT 'function ' || proname, prosrc FROM pg_proc p "
              "JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = current_schema()")
     with engine.connect() as conn:
@@ -225,10 +252,15 @@ def test_db_upgrade_keeps_every_row_and_value_of_the_previous_release_under_the_
     ids = sorted(d["decision_id"] for d in rows["decisions"])
     # The tables later releases added: the journal lists every existing decision, oldest id first;
     # the rest start empty (the secret too: the first server to start creates it).
-    assert {t: r for t, r in after.items() if t not in before} == {
+    added = {
         "decision_journal": [{"seq": i, "decision_id": d, "change": "decided"} for i, d in enumerate(ids, 1)],
         "export_cursors": [], "approval_notifications": [], "notifier_cursors": [], "deployment_secrets": [],
         "approval_askers": []}
+    if engine.dialect.name == "postgresql":   # 0009: the one pending call, in the side table that guards it
+        added["decision_pending_calls"] = [{"agent_id": "refund-bot", "tool_name": "payments.refund",
+                                            "tool_server": "mcp://billing", "args_hash": "c" * 64,
+                                            "decision_id": "01M80JNJ2YETS2A8BATBBMKRJ2"}]
+    assert {t: r for t, r in after.items() if t not in before} == added
     for (table, old), new in RENAMED.items():
         cols = {c["name"] for c in inspect(engine).get_columns(table)}
         assert new in cols and old not in cols
@@ -373,7 +405,10 @@ def test_db_upgrade_creates_a_new_database_at_head(db_url: str) -> None:
 JOURNAL_TRIGGERS = {
     "sqlite": {"trigger decision_journal_insert", "trigger decision_journal_update"},
     "postgresql": {"trigger decision_journal_order", "trigger decision_journal_row",
-                   "function decider_journal_order", "function decider_journal_row"},
+                   "function decider_journal_order", "function decider_journal_row",
+                   # 0009: the side table of pending calls (store/partitions.py)
+                   "trigger decision_pending_insert", "trigger decision_pending_update",
+                   "trigger decision_pending_delete", "function decider_pending_call"},
 }
 
 
@@ -383,8 +418,19 @@ def test_models_and_the_head_migration_agree(db_url: str, tmp_path: Path) -> Non
     engine = connect(db_url, create=False)
     with engine.begin() as conn:
         command.upgrade(alembic_config(conn), HEAD)
+    parts = partition_names(engine)
+
+    def models_know(obj: Any, name: str | None, kind: str, _reflected: bool, _other: Any) -> bool:
+        """PostgreSQL only (0009, store/partitions.py), outside the models: the partitions (and their
+        indexes), and the side table that holds `ux_decisions_pending_call` in place of the
+        partial unique index the models declare for SQLite."""
+        if engine.dialect.name != "postgresql":
+            return True
+        table = obj.table.name if kind == "index" else name
+        return not (table in parts or name in ("decision_pending_calls", "ux_decisions_pending_call"))
+
     with engine.connect() as conn:
-        ctx = MigrationContext.configure(conn, opts={"compare_type": True})
+        ctx = MigrationContext.configure(conn, opts={"compare_type": True, "include_object": models_know})
         assert compare_metadata(ctx, target_metadata()) == []
         # The comparison can fail: a model with one column more than the migrations make.
         changed = MetaData()

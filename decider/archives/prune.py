@@ -10,6 +10,16 @@ One UTC day at a time, oldest first:
    resolved: it has a journal entry past the snapshot taken before reading) is not deleted, and is
    archived again, in its new state, by a later prune.
 
+On a partitioned PostgreSQL database (store/partitions.py) a month partition entirely older than
+the horizon, holding nothing that must stay, is not emptied row by row: its days are archived as
+above (each archive read back and its manifest written), and then, in one short transaction, the
+partition and its journal partition are DETACHed and DROPped, provided every row it holds was
+archived and none changed or arrived since the prune began (a journal entry past the snapshot
+taken before the first read). Anything else, a partition holding a pending approval or an
+unsettled reservation, a change since, the lock not granted within PG_DROP_LOCK_TIMEOUT, falls
+back to the bounded row deletes of step 2 for that partition. The partial month at the horizon,
+the previous month (the servers keep its partition) and the DEFAULT partition are always row deletes.
+
 Never pruned: pending approvals; approved or rejected ones until their expiry (they still bind
 identical calls); decisions holding an unsettled budget reservation. Budget counters
 (`budget_usage`) are never pruned here: they are one row per budget and window, not per decision.
@@ -29,7 +39,8 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, and_, delete, func, not_, or_, select, text
+from sqlalchemy import Engine, and_, delete, func, not_, or_, select, text, true
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.sql.elements import ColumnElement
 
 from decider.archives.files import ArchiveError, Manifest, write_day
@@ -38,6 +49,7 @@ from decider.record.ids import first_id_at, id_time_ms
 from decider.store.budgets import budget_reservations
 from decider.store.decisions import decisions
 from decider.store.journal import export_cursors, journal
+from decider.store.partitions import Partition, is_partitioned, month_bounds, month_start, partitions
 
 __all__ = ["Pruner", "PruneResult", "CursorBehind", "PruneBusy", "parse_retention", "DEFAULT_BATCH",
            "DEFAULT_THROTTLE"]
@@ -50,6 +62,9 @@ _RETENTION = re.compile(r"^(\d+)([hdwy])$")
 _UNIT_HOURS = {"h": 1, "d": 24, "w": 24 * 7, "y": 24 * 365}
 # Any constant other than the journal's: one prune at a time across replicas of one PostgreSQL.
 _PG_PRUNE_LOCK_KEY = 0x6465636964657202
+# A partition drop takes an ACCESS EXCLUSIVE lock on both partitioned tables for a few milliseconds;
+# waiting for it longer would queue Decide's inserts behind the drop. Not granted in time: row deletes.
+PG_DROP_LOCK_TIMEOUT = "1s"
 c = decisions.c
 
 
@@ -61,6 +76,18 @@ class CursorBehind(DeciderError):
         names = ", ".join(f"{n!r} ({k} unsent)" for n, k in sorted(cursors.items()))
         super().__init__(f"exporter cursor(s) behind the horizon: {names}; let them catch up, "
                          "or give --force to prune anyway (they will never send those records)")
+
+
+@dataclass(slots=True)
+class _Whole:
+    """A partition to drop whole: the days of it archived so far and the ids they hold."""
+    partition: Partition
+    days: list[DayResult] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+
+
+class _Changed(Exception):
+    """A row of a partition to drop changed or arrived after the prune began."""
 
 
 class PruneBusy(DeciderError):
@@ -92,6 +119,7 @@ class PruneResult:
     held: int = 0                   # older than the horizon but kept (open approvals, reservations)
     forced_cursors: dict[str, int] = field(default_factory=dict)
     manifests: list[Manifest] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)   # PostgreSQL partitions dropped whole
 
     @property
     def rows(self) -> int:
@@ -104,6 +132,7 @@ class PruneResult:
     def to_json(self) -> dict[str, Any]:
         return {"horizon": self.horizon.isoformat(), "dry_run": self.dry_run, "records": self.rows,
                 "deleted": self.deleted, "held": self.held, "forced_cursors": self.forced_cursors,
+                "partitions_dropped": self.dropped,
                 "days": [{"day": d.day, "records": d.rows, "deleted": d.deleted, "changed": d.changed,
                           "archive": d.archive} for d in self.days]}
 
@@ -166,6 +195,13 @@ class Pruner:
         result.forced_cursors = behind
         with self._exclusive(dry_run):
             result.held = self._count(and_(c.decision_id < horizon_id, not_(prunable(horizon_id, now))))
+            # Before the first read: a row of a whole partition with a journal entry past this changed
+            # (or arrived) after it was archived, and the partition is not dropped.
+            run_snapshot = self._last_seq()
+            whole = {p: _Whole(p) for p in self._droppable(horizon_id, now)}
+            if dry_run:   # what a prune now would drop (unless a record of it changes meanwhile)
+                result.dropped = [p.name for p in whole]
+                whole = {}
             lo = ""
             while True:
                 where = and_(prunable(horizon_id, now), c.decision_id >= lo)
@@ -176,12 +212,93 @@ class Pruner:
                 day = _day_of(first)
                 next_day = datetime.combine(day + timedelta(days=1), datetime.min.time(), timezone.utc)
                 hi = min(first_id_at(_ms(next_day)), horizon_id)
+                part = next((w for p, w in whole.items() if (p.lo is None or p.lo <= first) and hi <= p.hi), None)
                 if dry_run:
                     result.days.append(DayResult(day.isoformat(), self._count(and_(where, c.decision_id < hi))))
+                elif part is not None:   # archived now, dropped with its partition below
+                    day_result, ids = self._archive(day, first, hi, horizon_id, now, result)
+                    result.days.append(day_result)
+                    part.days.append(day_result)
+                    part.ids.extend(ids)
                 else:
                     result.days.append(self._archive_and_delete(day, first, hi, horizon_id, now, result))
                 lo = hi
+            for w in whole.values():
+                if self._drop(w, run_snapshot):
+                    result.dropped.append(w.partition.name)
+                    for d in w.days:
+                        d.deleted = d.rows
+                    continue
+                for d in w.days:   # fall back: the archived rows, deleted as any others
+                    d.deleted = 0
+                for i in range(0, len(w.ids), self.batch):
+                    started = time.perf_counter()
+                    n = self._delete(w.ids[i:i + self.batch], run_snapshot, horizon_id, now)
+                    self._pause(started)
+                    for d in w.days:   # attribute to days for the report: in id order, days are too
+                        if d.rows > d.deleted:
+                            take = min(n, d.rows - d.deleted)
+                            d.deleted += take
+                            n -= take
+                for d in w.days:
+                    d.changed = d.rows - d.deleted
         return result
+
+    def _droppable(self, horizon_id: str, now: datetime) -> list[Partition]:
+        """PostgreSQL: the month partitions of `decisions` entirely before the horizon that hold
+        nothing that must stay (pending approvals, unsettled reservations: those are row deletes)."""
+        if self.engine.dialect.name != "postgresql":
+            return []
+        out = []
+        # Never the previous month's: the servers make it again within the hour (it takes a
+        # replica's late rows at a month's start), and a drop would only churn.
+        kept_from = month_bounds(month_start(now.year, now.month - 1).date())[1]
+        with self.engine.connect() as conn:
+            if not is_partitioned(conn):
+                return []
+            for p in partitions(conn, "decisions"):
+                if p.default or p.hi is None or p.hi > horizon_id or p.hi > kept_from:
+                    continue
+                in_it = and_(c.decision_id < p.hi, c.decision_id >= p.lo if p.lo is not None else true())
+                if not conn.execute(select(func.count()).select_from(decisions)
+                                    .where(in_it, not_(prunable(horizon_id, now)))).scalar():
+                    out.append(p)
+        return out
+
+    def _drop(self, w: _Whole, snapshot: int) -> bool:
+        """DETACH and DROP `w`'s partition and its journal partition when every row of it was archived
+        and none changed since `snapshot`; False (nothing done) otherwise."""
+        p = w.partition
+        in_it = and_(c.decision_id < p.hi, c.decision_id >= p.lo if p.lo is not None else true())
+        jpart = "decision_journal" + p.name[len("decisions"):]
+        with self.engine.connect() as conn:
+            rows = int(conn.execute(select(func.count()).select_from(decisions).where(in_it)).scalar() or 0)
+            journal_parts = {j.name: j for j in partitions(conn, "decision_journal")}
+        j = journal_parts.get(jpart)
+        if rows != len(w.ids) or j is None or (j.lo, j.hi) != (p.lo, p.hi):
+            log.info("partition kept: row deletes instead", extra={"partition": p.name, "rows": rows,
+                                                                   "archived": len(w.ids)})
+            return False
+        jin = and_(journal.c.decision_id < p.hi,
+                   journal.c.decision_id >= p.lo if p.lo is not None else true())
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(text(f"SET LOCAL lock_timeout = '{PG_DROP_LOCK_TIMEOUT}'"))
+                # From here to the commit no row of `decisions` changes: the detach holds its lock.
+                conn.execute(text(f"ALTER TABLE decisions DETACH PARTITION {p.name}"))
+                if conn.execute(select(journal.c.seq).where(journal.c.seq > snapshot, jin).limit(1)).first():
+                    raise _Changed(p.name)
+                conn.execute(text(f"ALTER TABLE decision_journal DETACH PARTITION {jpart}"))
+                conn.execute(text(f"DROP TABLE {p.name}"))
+                conn.execute(text(f"DROP TABLE {jpart}"))
+                r = budget_reservations.c.decision_id
+                conn.execute(delete(budget_reservations).where(
+                    r < p.hi, r >= p.lo if p.lo is not None else true()))
+        except (_Changed, OperationalError) as e:
+            log.info("partition kept: row deletes instead", extra={"partition": p.name, "reason": str(e)})
+            return False
+        log.info("partition dropped", extra={"partition": p.name, "journal_partition": jpart, "records": rows})
+        return True
 
     def cursors_behind(self, horizon_id: str, now: datetime) -> dict[str, int]:
         """Each exporter cursor with journal entries of prunable records after it: how many."""
@@ -223,12 +340,12 @@ class Pruner:
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.max(journal.c.seq))).scalar() or 0)
 
-    def _archive_and_delete(self, day: date, lo: str, hi: str, horizon_id: str, now: datetime,
-                            result: PruneResult) -> DayResult:
-        snapshot = self._last_seq()   # a record with a journal entry after this changed since it was read
+    def _archive(self, day: date, lo: str, hi: str, horizon_id: str, now: datetime,
+                 result: PruneResult) -> tuple[DayResult, list[str]]:
+        """Write the day's archive (read back, manifest written); its result and the ids it holds."""
         written = write_day(self.archive_dir, day, self._rows(lo, hi, horizon_id, now), self.fmt)
         if written is None:
-            return DayResult(day.isoformat(), 0)
+            return DayResult(day.isoformat(), 0), []
         manifest, ids = written
         result.manifests.append(manifest)
         out = DayResult(day.isoformat(), manifest.rows, archive=manifest.file)
@@ -236,11 +353,19 @@ class Pruner:
                                     "sha256": manifest.sha256})
         if self.on_archived is not None:
             self.on_archived(manifest)
+        return out, ids
+
+    def _archive_and_delete(self, day: date, lo: str, hi: str, horizon_id: str, now: datetime,
+                            result: PruneResult) -> DayResult:
+        snapshot = self._last_seq()   # a record with a journal entry after this changed since it was read
+        out, ids = self._archive(day, lo, hi, horizon_id, now, result)
+        if not ids:
+            return out
         for i in range(0, len(ids), self.batch):
             started = time.perf_counter()
             out.deleted += self._delete(ids[i:i + self.batch], snapshot, horizon_id, now)
             self._pause(started)
-        out.changed = manifest.rows - out.deleted
+        out.changed = out.rows - out.deleted
         log.info("pruned", extra={"day": out.day, "deleted": out.deleted, "changed_since_archived": out.changed})
         return out
 

@@ -116,6 +116,9 @@ def _prune(args: argparse.Namespace) -> int:
         where = f" -> {d.archive}" if d.archive else ""
         changed = f" ({d.changed} changed while archiving: kept for the next prune)" if d.changed else ""
         print(f"  {d.day}: {d.rows}{where}{changed}")
+    for name in result.dropped:
+        done = "would be dropped" if args.dry_run else "dropped"
+        print(f"  partition {name} {done} whole, with its journal partition (every record in it archived above)")
     for name, n in sorted(result.forced_cursors.items()):
         print(f"  --force: exporter {name!r} never sends {n} record(s)")
     return EXIT_OK

@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--archive-format", choices=["parquet", "jsonl"], default="parquet")
     s.add_argument("--prune-interval", type=float, default=3600.0, metavar="SECONDS",
                    help="with --retain: seconds between prunes (the first runs at start)")
+    s.add_argument("--partitions-ahead", type=int, default=3, metavar="MONTHS",
+                   help="PostgreSQL: make the monthly partitions of the decisions and the journal this many "
+                        "months ahead (at start and hourly)")
     s.add_argument("--otlp-endpoint", default=None,
                    help="send one OpenTelemetry span per decision over OTLP/HTTP to this URL "
                         "(default: $OTEL_EXPORTER_OTLP_ENDPOINT; off when neither is set)")
@@ -159,7 +162,7 @@ def _serve(args: argparse.Namespace) -> int:
                        tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
                        ext_mcp=args.ext_mcp, ext_mcp_approval_wait_s=args.ext_mcp_approval_wait,
                        metrics_listen=args.metrics_listen, otlp_endpoint=_otlp_endpoint(args),
-                       **_retention(args),
+                       **_retention(args), partitions_ahead=_partitions_ahead(args),
                        **bundles.serve_options(args), **console.serve_options(args))
     if args.workers < 1:
         raise InvalidRequest("--workers", "must be at least 1")
@@ -189,6 +192,12 @@ def _retention(args: argparse.Namespace) -> dict[str, Any]:
         raise InvalidRequest("--prune-interval", "must be positive")
     return {"retain_s": parse_retention(args.retain, "--retain").total_seconds(), "archive_dir": args.archive_dir,
             "archive_format": args.archive_format, "prune_interval_s": args.prune_interval}
+
+
+def _partitions_ahead(args: argparse.Namespace) -> int:
+    if not 1 <= args.partitions_ahead <= 120:
+        raise InvalidRequest("--partitions-ahead", "must be between 1 and 120 (months)")
+    return int(args.partitions_ahead)
 
 
 def _otlp_endpoint(args: argparse.Namespace) -> str | None:

@@ -22,6 +22,7 @@ from decider.server.decoding import strict_decoding
 from decider.server.handlers import control_rpc_handlers, decision_handler, kill_switch_handlers
 from decider.server.notify import ApprovalNotifier, WebhookSettings
 from decider.server.observability import Observability
+from decider.server.partition_upkeep import PartitionUpkeep
 from decider.server.queries import QUERIES_SERVICE_NAME, DecisionFeed
 from decider.server.queries import handlers as query_handlers
 from decider.server.retention import Retention
@@ -29,6 +30,7 @@ from decider.server.service import SERVICE_NAME, DeciderService
 from decider.store import DecisionStore, GroupCommitWriter, connect
 from decider.store.bundles import BundleStore
 from decider.store.decisions import decisions
+from decider.store.partitions import DEFAULT_MONTHS_AHEAD
 from decider.store.queries import QueryStore
 from decider.v1 import decider_pb2 as pb
 
@@ -81,6 +83,8 @@ class ServerConfig:
     archive_dir: str | None = None
     archive_format: str = "parquet"
     prune_interval_s: float = 3600.0
+    # PostgreSQL (store/partitions.py): monthly partitions made this many months ahead.
+    partitions_ahead: int = DEFAULT_MONTHS_AHEAD
 
 
 class InsecureListen(DeciderError):
@@ -100,11 +104,14 @@ class RunningServer:
     observability: Observability
     notifier: ApprovalNotifier | None = None
     retention: Retention | None = None
+    partitions: PartitionUpkeep | None = None
 
     async def stop(self, grace_s: float) -> None:
         """Release every listener, stop taking calls, let in-flight ones finish, then flush the writer."""
         if self.retention is not None:
             await self.retention.stop()
+        if self.partitions is not None:
+            await self.partitions.stop()
         # The ports first (grpc's own listener closes in server.stop, before its grace): a server
         # restarted at once binds them while this one drains.
         await self.observability.close_listeners()
@@ -127,6 +134,10 @@ async def start_server(cfg: ServerConfig) -> RunningServer:
     if cfg.approval_webhook and not cfg.approval_webhook.startswith(("http://", "https://")):
         raise DeciderError("--approval-webhook: must be an http:// or https:// URL")
     engine = connect(cfg.db)
+    partitions = None
+    if engine.dialect.name == "postgresql":   # this month's partition and the next ones, before any insert
+        partitions = PartitionUpkeep(engine, cfg.partitions_ahead)
+        await partitions.first_round()
     live = LiveBundles(BundleSettings(cfg.bundle, cfg.require_signature, cfg.pubkey, cfg.shadow_bundle,
                                       cfg.poll_interval_s), BundleStore(engine))
     await asyncio.to_thread(live.open)  # a bundle that fails to load or verify never starts a server
@@ -209,7 +220,10 @@ async def start_server(cfg: ServerConfig) -> RunningServer:
     if cfg.retain_s is not None and cfg.archive_dir:
         retention = Retention(engine, cfg.retain_s, cfg.archive_dir, cfg.archive_format, cfg.prune_interval_s)
         await retention.start()
-    return RunningServer(server, port, svc, writer, health_svc, live, controls, feed, obs, notifier, retention)
+    if partitions is not None:
+        await partitions.start()
+    return RunningServer(server, port, svc, writer, health_svc, live, controls, feed, obs, notifier, retention,
+                         partitions)
 
 
 def _add_port(server: grpc.aio.Server, cfg: ServerConfig) -> int:

@@ -32,7 +32,10 @@ c = decisions.c
 OPEN = text("approval_state IN ('pending', 'approved', 'rejected')")
 Index("ix_decisions_open_approval", c.agent_id, c.tool_name, c.tool_server, c.args_hash,
       sqlite_where=OPEN, postgresql_where=OPEN)
-# At most one *pending* approval per call, even with several replicas deciding at once.
+# At most one *pending* approval per call, even with several replicas deciding at once. On
+# PostgreSQL, where `decisions` is partitioned and a unique index would hold per partition only,
+# this index is not made: the primary key of the same name on `decision_pending_calls`, kept by
+# triggers, is the guard (store/partitions.py).
 Index("ux_decisions_pending_call", c.agent_id, c.tool_name, c.tool_server, c.args_hash, unique=True,
       sqlite_where=text("approval_state = 'pending'"), postgresql_where=text("approval_state = 'pending'"))
 # Expiry scans and the approvals queue. Partial: a decision that opened no approval (most of them)

@@ -114,6 +114,10 @@ def _install_triggers(_target: Any, connection: Connection, **kw: Any) -> None:
         connection.execute(text(stmt))
     connection.execute(text(f"INSERT INTO decision_journal(decision_id, change) "
                             f"SELECT decision_id, '{DECIDED}' FROM decisions ORDER BY decision_id"))
+    if name == "postgresql":   # both tables partitioned by month (store/partitions.py)
+        from decider.store.partitions import convert
+
+        convert(connection)
 
 
 class JournalReader:

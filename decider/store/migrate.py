@@ -38,7 +38,7 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 # (a server start, `decider log`); tests/test_migrations.py checks it against the scripts.
 REVISIONS = ("0001_baseline", "0002_api_field_names", "0003_console_ops_core_tables", "0004_decision_caller",
              "0005_decision_labels", "0006_partial_approval_index", "0007_ledger_indexes",
-             "0008_approval_askers")
+             "0008_approval_askers", "0009_partitioned_ledger")
 BASELINE, HEAD = REVISIONS[0], REVISIONS[-1]
 # What `create_all` made in every release before migrations.
 BASELINE_TABLES = frozenset({"decisions", "auth_events", "budget_usage", "budget_reservations", "bundles",

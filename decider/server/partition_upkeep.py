@@ -1,0 +1,67 @@
+"""PostgreSQL: the monthly partitions of `decisions` and `decision_journal` made ahead, by every
+server (store/partitions.py): once before the server takes its first call, then every hour.
+
+Every replica runs it; the partition maker's advisory lock and its look-before-create make that
+safe and idempotent. A failure is logged and tried again an hour later; inserts never depend on it
+(a row whose month has no partition yet goes to the DEFAULT partition and is moved out when its
+month's partition is made).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from sqlalchemy import Engine
+
+from decider.store.partitions import ensure_partitions
+
+__all__ = ["PartitionUpkeep", "UPKEEP_INTERVAL_S"]
+
+log = logging.getLogger("decider.partitions")
+
+UPKEEP_INTERVAL_S = 3600.0
+
+
+class PartitionUpkeep:
+    def __init__(self, engine: Engine, months_ahead: int, interval_s: float = UPKEEP_INTERVAL_S) -> None:
+        self.engine = engine
+        self.months_ahead = months_ahead
+        self.interval_s = interval_s
+        self._task: asyncio.Task[None] | None = None
+
+    def run_once(self) -> list[str]:
+        made = ensure_partitions(self.engine, self.months_ahead)
+        if made:
+            log.info("partitions created", extra={"partitions": made})
+        return made
+
+    async def first_round(self) -> None:
+        """Before the server takes calls. A failure (a lock not granted in time) is logged, not
+        fatal: DEFAULT takes the rows meanwhile, and the hourly rounds try again."""
+        try:
+            await asyncio.to_thread(self.run_once)
+        except Exception:   # noqa: BLE001 - see above
+            log.exception("partitions: could not create the months ahead at start; trying again within the hour")
+
+    async def start(self) -> None:
+        """The hourly rounds (the server ran `run_once` itself before taking calls)."""
+        self._task = asyncio.create_task(self._run(), name="decider-partitions")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                await asyncio.to_thread(self.run_once)
+            except asyncio.CancelledError:
+                raise
+            except Exception:   # noqa: BLE001 - the next round tries again; inserts fall back to DEFAULT
+                log.exception("partitions: could not create the months ahead; trying again later")
