@@ -80,9 +80,11 @@ async def report_outcome(controls: Controls, req: pb.ReportOutcomeRequest,
         raise  # unreachable: abort raises
     labels = tuple(json.loads(row.get("labels") or "[]"))
     # The bundle's `on: outcome` rules on the result (SPEC §10 round two): only their labels are kept.
-    # Off the loop: a scan of a large result must not hold up other calls' decisions.
-    added = (await asyncio.to_thread(reported_labels, bundle, row, req.result))[0] \
-        if req.HasField("result") else ()
+    # Off the loop: a scan of a large result must not hold up other calls' decisions. A bundle
+    # without such rules labels nothing: no thread hop for it (~0.1 ms of CPU per report, issue 27).
+    added: tuple[str, ...] = ()
+    if req.HasField("result") and bundle is not None and bundle.outcome_env is not None:
+        added = (await asyncio.to_thread(reported_labels, bundle, row, req.result))[0]
     if req.labels or added:
         labels = await asyncio.to_thread(controls.decisions.add_labels, req.decision_id,
                                          list(dict.fromkeys([*req.labels, *added])))
