@@ -143,15 +143,21 @@ def gateway_env(target: str, gateway_a: Path | None) -> dict[str, str]:
     return env
 
 
+def gateway_cwd(target: str, gateway_a: Path | None) -> Path:
+    """`python -m decider` puts its working directory first on sys.path (before PYTHONPATH): the A
+    tree's gateway must start in that tree, or it would run this one."""
+    return gateway_a if target.startswith("gwA-") and gateway_a is not None else ROOT
+
+
 def gateway_command(cfg: Path) -> list[str]:
     return [sys.executable, "-m", "decider", "gateway", "mcp", "--config", str(cfg), "--log-level", "warning"]
 
 
 @asynccontextmanager
-async def http_server(cmd: list[str], env: dict[str, str], port: int, tmp: Path) -> Any:
+async def http_server(cmd: list[str], env: dict[str, str], port: int, tmp: Path, cwd: Path) -> Any:
     """An HTTP target as a subprocess of this bench; yields its pid once its port accepts."""
     log = (tmp / f"http-{port}.log").open("wb")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd)
     try:
         for _ in range(600):
             if proc.poll() is not None:
@@ -183,7 +189,7 @@ async def session_for(target: str, tmp: Path, target_addr: str, gateway_a: Path 
         else:
             cmd = gateway_command(write_gateway_config(tmp, target_addr, f"http://127.0.0.1:{port}/mcp"))
             headers = {"Authorization": f"Bearer {HTTP_TOKEN}"}
-        async with http_server(cmd, gateway_env(target, gateway_a), port, tmp) as pid, \
+        async with http_server(cmd, gateway_env(target, gateway_a), port, tmp, gateway_cwd(target, gateway_a)) as pid, \
                 httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30.0, read=None)) as http, \
                 streamable_http_client(f"http://127.0.0.1:{port}/mcp", http_client=http) as (r, w), \
                 ClientSession(r, w) as s:
@@ -198,7 +204,8 @@ async def session_for(target: str, tmp: Path, target_addr: str, gateway_a: Path 
         want = b"bare_proxy.py"
     else:
         cmd = gateway_command(write_gateway_config(tmp, target_addr, "stdio"))
-        params = StdioServerParameters(command=cmd[0], args=cmd[1:], env=gateway_env(target, gateway_a))
+        params = StdioServerParameters(command=cmd[0], args=cmd[1:], env=gateway_env(target, gateway_a),
+                                       cwd=gateway_cwd(target, gateway_a))
         want = b"decider\0gateway\0mcp\0"
     async with stdio_client(params, errlog=open(os.devnull, "w")) as (r, w), ClientSession(r, w) as s:  # noqa: SIM115
         await s.initialize()
