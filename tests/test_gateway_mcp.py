@@ -179,6 +179,11 @@ def test_stdio_result_passes_through_as_the_upstream_sent_it(setup: Setup) -> No
             rec = settled(setup, decision_id)
             assert (rec.outcome, rec.tool_name, rec.tool_server, rec.outcome_status) == (
                 pb.ALLOW, "echo", "mcp://remote", "ok")
+            # a refusal on that path: decided, not forwarded, the same tool result as on the typed path
+            request = types.CallToolRequest(params=types.CallToolRequestParams(name="remote__forbidden", arguments={}))
+            refused = await gw.send_request(request, TypeAdapter(dict[str, Any]))
+            assert refused["isError"] is True and "decider refused tool remote__forbidden" in refused["content"][0]["text"]
+            assert refused["_meta"][META_KEY]["outcome"] == "DENY"
 
     anyio.run(run)
 
