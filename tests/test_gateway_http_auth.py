@@ -164,3 +164,32 @@ def test_401_says_invalid_token_in_the_header_the_body_and_the_clients(gw: HttpG
                           "--header", "Authorization: Bearer wrong", "--method", "tools/list"],
                          capture_output=True, text=True, timeout=120, cwd=build)
     assert out.returncode != 0 and "invalid token: unknown bearer token" in out.stdout + out.stderr
+
+
+HOSTILE = [
+    ({"Host": "attacker.example:{port}"}, 421),        # DNS rebinding: the attacker's name, our port
+    ({"Host": "attacker.example"}, 421),
+    ({"Host": "127.0.0.1:{other}"}, 421),              # a loopback name with another port
+    ({"Origin": "http://attacker.example:{port}"}, 403),
+    ({"Origin": "http://localhost:3000"}, 403),        # a page of another local web server
+    ({"Origin": "null"}, 403),                          # a sandboxed frame
+]
+
+
+@pytest.mark.parametrize("path", ["/mcp", "/hooks/claude-code"])
+def test_hostile_host_and_origin_are_refused_before_anything_runs(gw: HttpGateway, path: str) -> None:
+    port = int(gw.url.split(":")[2].split("/")[0])
+    url = f"http://127.0.0.1:{port}{path}"
+    body: dict[str, Any] = INIT if path == "/mcp" else {
+        "hook_event_name": "PreToolUse", "tool_name": "mcp__time__get_current_time",
+        "tool_input": {"timezone": "UTC"}, "session_id": "rebinding", "tool_use_id": "toolu_rebinding"}
+    for extra, status in HOSTILE:
+        headers = {k: v.format(port=port, other=port + 1) for k, v in extra.items()}
+        resp = httpx2.post(url, json=body, headers={**bearer(HTTP_CLIENT_TOKEN), **headers}, timeout=30)
+        assert resp.status_code == status, (path, headers, resp.status_code, resp.text)
+        assert "DNS rebinding" in resp.json()["error"]["message"]
+    # the listener's own names, with and without an Origin of its own, are served
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}"):
+        for origin in ({}, {"Origin": f"http://{host}"}):
+            resp = httpx2.post(url, json=body, headers={**bearer(HTTP_CLIENT_TOKEN), "Host": host, **origin}, timeout=30)
+            assert resp.status_code == 200, (host, origin, resp.text)

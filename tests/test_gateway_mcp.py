@@ -13,13 +13,17 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
+import mcp_types as types
 import pytest
 import yaml
 from mcp.shared.exceptions import MCPError
+from pydantic import TypeAdapter
 
 from decider.client import DeciderClient
+from decider.gateway.proxy import META_KEY
 from decider.v1 import decider_pb2 as pb
 
 from .gateway_support import (
@@ -39,6 +43,8 @@ from .gateway_support import (
 from .helpers import ROOT, start_server
 
 pytestmark = pytest.mark.slow
+
+RAW_SERVER = Path(__file__).resolve().parent / "fixtures" / "raw_mcp_server.py"
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +157,33 @@ def test_stdio_upstream_error_result_is_reported_as_outcome_error(setup: Setup) 
             assert result.is_error and "Invalid timezone" in text_of(result)
             rec = settled(setup, decision_ids(result)[0])
             assert rec.outcome == pb.ALLOW and rec.outcome_status == "error"
+
+    anyio.run(run)
+
+
+def test_stdio_result_passes_through_as_the_upstream_sent_it(setup: Setup) -> None:
+    """tools/call's raw path (issue 27, lever 3): the upstream's result reaches the client as JSON it
+    sent, members no SDK model knows included (the typed path dropped them), with the decision in
+    `_meta` beside the upstream's own keys; the call is still decided and its outcome reported."""
+    raw_upstream = {"name": "remote", "command": [sys.executable, str(RAW_SERVER)]}
+
+    async def run() -> None:
+        async with stdio_gateway(setup.config(file="gateway-raw.yaml", extra_upstreams=[raw_upstream])) as gw:
+            request = types.CallToolRequest(params=types.CallToolRequestParams(name="remote__echo", arguments={}))
+            result = await gw.send_request(request, TypeAdapter(dict[str, Any]))
+            assert result["x-vendor-trace"] == {"id": "t-1", "hops": [1, 2]}
+            assert result["content"] == [{"type": "text", "text": "hello", "x-item-note": "kept"}]
+            assert result["_meta"]["example.com/upstream"] == 1
+            assert result["_meta"][META_KEY]["outcome"] == "ALLOW"
+            [decision_id] = result["_meta"][META_KEY]["decision_ids"]
+            rec = settled(setup, decision_id)
+            assert (rec.outcome, rec.tool_name, rec.tool_server, rec.outcome_status) == (
+                pb.ALLOW, "echo", "mcp://remote", "ok")
+            # a refusal on that path: decided, not forwarded, the same tool result as on the typed path
+            request = types.CallToolRequest(params=types.CallToolRequestParams(name="remote__forbidden", arguments={}))
+            refused = await gw.send_request(request, TypeAdapter(dict[str, Any]))
+            assert refused["isError"] is True and "decider refused tool remote__forbidden" in refused["content"][0]["text"]
+            assert refused["_meta"][META_KEY]["outcome"] == "DENY"
 
     anyio.run(run)
 

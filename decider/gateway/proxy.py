@@ -14,6 +14,10 @@ resources/read, resources/subscribe, prompts/get and completion/complete are dec
 `pass_through:`; a refusal is a JSON-RPC error (POLICY_REFUSED) naming the reason and the decision id.
 tools/list, resources/list, resources/templates/list, prompts/list pass through, merged over upstreams
 (naming.py).
+
+tools/call takes a raw path (RawToolCalls, issue 27): the params and the upstream's result stay JSON
+(dicts), decided from the parsed name and arguments only. The SDK keeps the handshake and every other
+method, and tools/call too when the raw path cannot vouch for the wire form (see RawToolCalls).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import anyio
@@ -30,8 +34,10 @@ from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
 from mcp.shared.exceptions import MCPError
 from mcp.shared.jsonrpc_dispatcher import progress_token_from_params
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+from pydantic import TypeAdapter
 
-from decider.api.results import bounded_result
+from decider.api.results import bounded_mcp_result, bounded_result
 from decider.client import build_request
 from decider.gateway import naming
 from decider.gateway.config import GatewayConfig
@@ -51,6 +57,9 @@ _STATE_WORD = {pb.APPROVAL_PENDING: "pending", pb.APPROVAL_REJECTED: "rejected",
 # code agentgateway gives a permission denial, so clients of either gateway see one code).
 POLICY_REFUSED = -32001
 PROGRESS_EVERY_S = 1.0  # between progress notifications while a call waits for an approver
+# An upstream's tools/call result as the JSON it sent: `send_request` still checks it against the
+# negotiated protocol version (validate_server_result), but builds no CallToolResult from it.
+_RAW_RESULT: TypeAdapter[dict[str, Any]] = TypeAdapter(dict[str, Any])
 
 
 class Gateway:
@@ -75,7 +84,7 @@ class Gateway:
         )
         # The SDK's default OpenTelemetry middleware is a no-op without an exporter but still runs per
         # message; the gateway's own record of each call is the decision record.
-        self.server.middleware = []
+        self.server.middleware = [RawToolCalls(self)]
 
     # ---- identity ----
     def identity(self, ctx: ServerRequestContext[Any]) -> dict[str, Any]:
@@ -125,16 +134,23 @@ class Gateway:
 
     async def call_tool(self, ctx: ServerRequestContext[Any],
                         params: types.CallToolRequestParams) -> types.CallToolResult:
-        up, tool = self._route(params.name)
+        result = await self._call_tool(ctx, params.name, params.arguments or {}, raw=False)
+        assert isinstance(result, types.CallToolResult)
+        return result
+
+    async def _call_tool(self, ctx: ServerRequestContext[Any], exposed: str, args: dict[str, Any],
+                         raw: bool) -> types.CallToolResult | dict[str, Any]:
+        """One tools/call: decide, then forward (ALLOW) or refuse. `raw`: the upstream's result comes
+        back as the JSON it sent (RawToolCalls), else as the SDK's CallToolResult."""
+        up, tool = self._route(exposed)
         if tool not in up.tools:
             try:
                 await up.list_tools()   # the upstream may have added it since
             except UpstreamUnavailable as e:
-                return _error(f"Tool {params.name} was not called: {e}.")
+                return _error(f"Tool {exposed} was not called: {e}.")
             if tool not in up.tools:
-                raise MCPError(types.INVALID_PARAMS, f"Unknown tool: {params.name} "
+                raise MCPError(types.INVALID_PARAMS, f"Unknown tool: {exposed} "
                                f"(upstream '{up.name}' has no tool '{tool}')")
-        args = params.arguments or {}
         cost = self.cfg.cost_of(up.name, tool)
         req = build_request(agent=self.identity(ctx), tool=tool, tool_server=up.spec.server,
                             call_id="" if ctx.request_id is None else str(ctx.request_id), args=args,
@@ -143,22 +159,22 @@ class Gateway:
             resp = await self.link.decide(req)
         except DecisionUnavailable as e:
             log.warning("call refused: no decision", extra={"tool": tool, "upstream": up.name, "error": str(e)})
-            return _error(f"Tool {params.name} was not called: {e}. The gateway fails closed.")
+            return _error(f"Tool {exposed} was not called: {e}. The gateway fails closed.")
         ids = [resp.decision_id]
         if resp.outcome == pb.REQUIRE_APPROVAL:
-            resp = await self._await_approval(ctx, req, resp, params.name)
+            resp = await self._await_approval(ctx, req, resp, exposed)
             if resp.decision_id not in ids:
                 ids.append(resp.decision_id)
             if resp.outcome != pb.ALLOW:
                 # _meta says what the record says: this call's decision is REQUIRE_APPROVAL
-                return _error(_refusal_text(params.name, resp), ids, "REQUIRE_APPROVAL")
+                return _error(_refusal_text(exposed, resp), ids, "REQUIRE_APPROVAL")
         if resp.outcome != pb.ALLOW:
-            return _error(_refusal_text(params.name, resp), ids)
-        return await self._forward(ctx, up, tool, args, resp.decision_id, ids, cost)
+            return _error(_refusal_text(exposed, resp), ids)
+        return await self._forward(ctx, up, tool, args, resp.decision_id, ids, cost, raw)
 
     async def _forward(self, ctx: ServerRequestContext[Any], up: UpstreamConnection, tool: str,
                        args: dict[str, Any], decision_id: str, ids: list[str],
-                       cost: float | None = None) -> types.CallToolResult:
+                       cost: float | None = None, raw: bool = False) -> types.CallToolResult | dict[str, Any]:
         async def progress(p: float, total: float | None, message: str | None) -> None:
             await ctx.session.report_progress(p, total, message)
 
@@ -169,7 +185,8 @@ class Gateway:
             # send_request rather than call_tool: a pass-through does not validate the upstream's
             # structured output against its outputSchema (the end client does; it cost ~1 ms here).
             request = types.CallToolRequest(params=types.CallToolRequestParams(name=tool, arguments=args))
-            result = await up.call(lambda s: s.send_request(request, types.CallToolResult, progress_callback=relay))
+            result_type: Any = _RAW_RESULT if raw else types.CallToolResult
+            result = await up.call(lambda s: s.send_request(request, result_type, progress_callback=relay))
         except UpstreamUnavailable as e:
             self.link.report_later(decision_id, "error", cost)
             return _error(f"{e}. Decision {decision_id} allowed the call; its outcome is recorded as error.", ids)
@@ -182,9 +199,15 @@ class Gateway:
             with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                 await self.link.report(decision_id, "cancelled", cost)
             raise
+        decided = {"decision_ids": ids, "outcome": "ALLOW"}
+        if isinstance(result, dict):
+            self.link.report_later(decision_id, "error" if result.get("isError") is True else "ok", cost,
+                                   bounded_mcp_result(result))
+            meta = result.get("_meta")
+            return {**result, "_meta": {**(meta if isinstance(meta, dict) else {}), META_KEY: decided}}
         self.link.report_later(decision_id, "error" if result.is_error else "ok", cost, result_for_report(result))
         meta = dict(result.meta or {})
-        meta[META_KEY] = {"decision_ids": ids, "outcome": "ALLOW"}
+        meta[META_KEY] = decided
         return result.model_copy(update={"meta": meta})
 
     async def _await_approval(self, ctx: ServerRequestContext[Any], req: pb.DecideRequest,
@@ -401,6 +424,45 @@ class Gateway:
         except (UpstreamUnavailable, MCPError) as e:
             log.warning("list skipped an upstream", extra={"upstream": up.name, "error": str(e)})
             return None
+
+
+class RawToolCalls:
+    """Server middleware: tools/call without the SDK's typed round trip (issue 27, lever 3).
+
+    The SDK would validate the params against the protocol surface and into CallToolRequestParams,
+    build a CallToolResult from the upstream's JSON, copy it to add our `_meta`, dump it back to JSON
+    and validate that again against the client's protocol version — the same bytes parsed four times.
+    Here the gateway reads the tool's name and arguments from the params as received, decides, and
+    forwards the upstream's result as the JSON it sent (checked once, by the upstream leg, against the
+    protocol version both legs speak). Every decision, refusal, report and bound is the one
+    `Gateway.call_tool` makes (both run `Gateway._call_tool`).
+
+    The SDK keeps tools/call (call_next) whenever this path could not vouch for the wire form: a
+    session not initialized yet (the SDK's own refusal), the 2026 per-request-envelope era (results
+    there carry fields the SDK stamps), a name or arguments of the wrong type (the SDK's
+    INVALID_PARAMS), or an upstream that negotiated another protocol version than the client."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    async def __call__(self, ctx: ServerRequestContext[Any], call_next: Any) -> Any:
+        if ctx.method != "tools/call" or not self._raw_ok(ctx):
+            return await call_next(ctx)
+        params: Mapping[str, Any] = ctx.params  # type: ignore[assignment]   # checked by _raw_ok
+        args = params.get("arguments")
+        return await self.gateway._call_tool(ctx, params["name"], dict(args) if args else {}, raw=True)
+
+    def _raw_ok(self, ctx: ServerRequestContext[Any]) -> bool:
+        params = ctx.params
+        version = ctx.session.protocol_version
+        if (ctx.session.client_params is None or version in MODERN_PROTOCOL_VERSIONS
+                or not isinstance(params, Mapping) or not isinstance(params.get("name"), str)
+                or not isinstance(params.get("arguments") or {}, Mapping)):
+            return False
+        parts = naming.split(params["name"], self.gateway._plain)
+        up = self.gateway.upstreams.get(parts[0]) if parts else None
+        # unknown names take the typed path, which names the error exactly as before
+        return up is not None and up.session is not None and up.session.protocol_version == version
 
 
 def _template_regex(template: str) -> re.Pattern[str]:

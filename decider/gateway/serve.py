@@ -27,9 +27,49 @@ from decider.gateway.proxy import Gateway
 from decider.gateway.stdio import serve_stdio
 from decider.gateway.upstreams import UpstreamConnection
 
-__all__ = ["BearerAuth", "run_gateway"]
+__all__ = ["BearerAuth", "HostCheck", "run_gateway"]
 
 log = logging.getLogger("decider.gateway")
+
+
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+
+
+class HostCheck:
+    """ASGI middleware in front of everything on a loopback listener (MCP and the hook endpoint):
+    DNS-rebinding protection. A web page on attacker.example whose name is re-pointed at 127.0.0.1
+    reaches the listener with `Host: attacker.example:<port>` and `Origin: http://attacker.example:…`;
+    a page served by another local web server carries its own origin (another port).
+    - Host must be a loopback name (127.0.0.1, localhost, [::1]) with the listener's bound port, else
+      421 (the SDK's answer on the MCP path; it accepts any port there, and does not guard the hook path).
+    - Origin, when sent (browsers send it; MCP clients and hooks do not), must be http://<one of those
+      names>:<that port>, else 403 ("null" included).
+    A listener on another address (e.g. 0.0.0.0 behind a proxy) is not checked here: there the
+    bearer token is the guard, and the names it is reached by are the operator's."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        server = scope.get("server")
+        port = server[1] if server else None
+        hosts = [v.decode("latin-1") for k, v in scope.get("headers", []) if k == b"host"]
+        origins = [v.decode("latin-1") for k, v in scope.get("headers", []) if k == b"origin"]
+        allowed = {f"{name}:{port}" for name in LOOPBACK_NAMES}
+        if len(hosts) != 1 or hosts[0].lower() not in allowed:
+            log.warning("request refused: Host is not this loopback listener", extra={"host": hosts[:2]})
+            await _refuse(send, 421, f"invalid Host header: this listener answers to {', '.join(sorted(allowed))} "
+                          "only (DNS rebinding protection)")
+            return
+        if len(origins) > 1 or (origins and origins[0].lower() not in {f"http://{h}" for h in allowed}):
+            log.warning("request refused: Origin is not this loopback listener", extra={"origin": origins[:2]})
+            await _refuse(send, 403, "invalid Origin header: only pages of this listener itself may call it "
+                          "(DNS rebinding protection)")
+            return
+        await self.app(scope, receive, send)
 
 
 class BearerAuth:
@@ -176,7 +216,10 @@ async def _serve_http(gw: Gateway, cfg: GatewayConfig, port_file: str | None,
         else:
             await mcp_app(scope, receive, send)
 
-    config = uvicorn.Config(BearerAuth(app, cfg), host=host, port=port, log_level="warning", lifespan="on")
+    guarded: ASGIApp = BearerAuth(app, cfg)
+    if host.strip("[]") in ("127.0.0.1", "localhost", "::1"):
+        guarded = HostCheck(guarded)
+    config = uvicorn.Config(guarded, host=host, port=port, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     # uvicorn would replace the process's signal handlers; ours ask it to drain and exit instead.
     server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
