@@ -165,10 +165,12 @@ class BatchingDecider:
                     message = frame_entries([b for b, _ in batch])
                     if outs:
                         message += frame_entries([b for b, _ in outs], 2)
-                    await call.write(message)
+                    # Counted before the write: the reply can be read, and the caller resumed, before
+                    # this task runs again after the write (seen under load).
                     self.batches_sent += 1
                     self.calls_sent += len(batch)
                     self.outcomes_sent += len(outs)
+                    await call.write(message)
         except Exception as exc:  # noqa: BLE001 - the stream broke: fail what waits, reopen on next call
             self._fail(exc)
 

@@ -319,7 +319,8 @@ def _match_tools(entries: list[str], source: Source, src: LoadedSource,
             continue   # a list whose file did not load has its own error
         if isinstance(items, dict):
             errors.append(SourceError(source.file, line, col,
-                                      f"match.{what}: list {name!r} is a map; name a list of names or patterns"))
+                                      f"match.{what}: list {name!r} is a map; name a list of "
+                                      f"{'tool names' if what == 'tools' else 'names'} or patterns"))
         elif not all(isinstance(x, str) for x in items):
             errors.append(SourceError(source.file, line, col,
                                       f"match.{what}: list {name!r} holds values that are not strings"))
