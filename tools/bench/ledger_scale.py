@@ -341,7 +341,7 @@ def cmd_queries(pg: KeptPostgres, args: argparse.Namespace) -> int:
                   for s in sessions[:5]]
     cases = {
         "newest page": (pb.ListDecisionsRequest(limit=50, newest_first=True), DecisionQuery(limit=50, newest_first=True)),
-        "by agent (coder-7, ~60 %)": (
+        "by agent (coder-7, ~68 %)": (
             pb.ListDecisionsRequest(filter=pb.DecisionFilter(agent_id="coder-7"), limit=50, newest_first=True),
             DecisionQuery(agent_id="coder-7", limit=50, newest_first=True)),
         "by agent (refund-bot, ~6 %)": (
