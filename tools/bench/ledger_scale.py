@@ -19,8 +19,8 @@ shared cores): run one at a time, niced.
 - decide: two `decider serve` at once, one on `ledger`, one on `empty` (same flags), cells alternating
   A B / B A, C=1 and C=16: decisions/s and p50/p99 of Decide.
 - queries: a `decider serve` on `ledger`; through its gRPC Queries API, p50 of ListDecisions newest
-  page, by agent, by session, and WatchDecisions from an id a day old (time to the first batch, and
-  the whole day's catch-up once); then EXPLAIN (ANALYZE, BUFFERS) of the SQL each one issues (the
+  page, by agent, by session, and WatchDecisions from an id a day before the load's end (time to the
+  first batch, and the whole catch-up once); then EXPLAIN (ANALYZE, BUFFERS) of the SQL each one issues (the
   store's query compiled with its parameters).
 - prune: a `decider serve` on `ledger` under one closed-loop client: Decide before, then during
   `decider db prune --older-than AGE` (a subprocess, to an archive folder): p50/p99 both phases,
@@ -322,8 +322,11 @@ def cmd_queries(pg: KeptPostgres, args: argparse.Namespace) -> int:
     from decider.v1 import decider_pb2_grpc
 
     url = ensure_db(pg, LEDGER)
-    now_ms = int(time.time() * 1000)
-    day_old = first_id_at(now_ms - 86_400_000)
+    # "A day old" from the end of the generated ledger (the load's time), so a re-run on a later day
+    # still catches up a day of its records rather than only what later runs added.
+    plan = pg.pgdir / f"{LEDGER}.json"
+    end_ms = json.loads(plan.read_text())["end_ms"] if plan.exists() else int(time.time() * 1000)
+    day_old = first_id_at(end_ms - 86_400_000)
     with psycopg.connect(pg.dsn(LEDGER)) as conn:
         records = conn.execute("SELECT count(*) FROM decisions").fetchone()[0]
         day_count = conn.execute("SELECT count(*) FROM decisions WHERE decision_id > %s", (day_old,)).fetchone()[0]
