@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, Index, select
+from sqlalchemy import Engine, Index, literal, select, tuple_
 
 from decider.store.budgets import budget_usage
 from decider.store.decisions import decisions
@@ -20,6 +20,9 @@ __all__ = ["DecisionQuery", "QueryStore"]
 c = decisions.c
 # One session's timeline is an index range, not a scan of every decision.
 Index("ix_decisions_session", c.session_id, c.decision_id)
+# Above every decision id (26 characters of [0-9A-Z]), in byte order and in the database collations
+# ids are compared in: the open upper end of a (key, decision_id) range.
+_ABOVE_IDS = "Z" * 27
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +62,15 @@ class QueryStore:
             s = s.where(c.decision_id > q.after_id)
         if q.before_id:
             s = s.where(c.decision_id < q.before_id)
+        keyed = (c.agent_id, q.agent_id) if q.agent_id else (c.session_id, q.session_id) if q.session_id else None
+        if keyed is not None:
+            # The same rows, bounded as a range of (agent_id | session_id, decision_id): PostgreSQL
+            # otherwise reads the primary key backwards and filters when the agent holds more than a
+            # few percent of the ledger — 825,326 rows and 405 ms for a quiet agent's newest page at
+            # 10 M records, 0.12 ms this way (docs/operations.md, "The ledger at size").
+            column, value = keyed
+            s = s.where(tuple_(column, c.decision_id) > tuple_(literal(value), literal(q.after_id or "")),
+                        tuple_(column, c.decision_id) < tuple_(literal(value), literal(q.before_id or _ABOVE_IDS)))
         s = s.order_by(c.decision_id.desc() if q.newest_first else c.decision_id).limit(q.limit)
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(s).mappings()]
