@@ -73,6 +73,18 @@ def ensure_db(pg: KeptPostgres, name: str) -> str:
     url = pg.url(name)
     subprocess.run([sys.executable, "-m", "decider", "db", "upgrade", "--db", url], cwd=ROOT, check=True,
                    stdout=subprocess.DEVNULL)
+    # A partitioned ledger (revision 0009): the months the generator writes into (up to 90 days back)
+    # get their own partitions, as a server running through those months would have made them;
+    # otherwise their rows land in DEFAULT, which prune never drops whole.
+    from sqlalchemy import create_engine
+
+    from decider.store.partitions import ensure_partitions
+
+    engine = create_engine(url)
+    try:
+        ensure_partitions(engine, months_back=4)
+    finally:
+        engine.dispose()
     return url
 
 
