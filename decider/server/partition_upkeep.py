@@ -14,6 +14,7 @@ import logging
 
 from sqlalchemy import Engine
 
+from decider.server.periodic import PeriodicJob
 from decider.store.partitions import ensure_partitions
 
 __all__ = ["PartitionUpkeep", "UPKEEP_INTERVAL_S"]
@@ -28,7 +29,9 @@ class PartitionUpkeep:
         self.engine = engine
         self.months_ahead = months_ahead
         self.interval_s = interval_s
-        self._task: asyncio.Task[None] | None = None
+        self._rounds = PeriodicJob("decider-partitions", self.run_once, interval_s, log,
+                                   "partitions: could not create the months ahead; trying again later",
+                                   first_now=False)
 
     def run_once(self) -> list[str]:
         made = ensure_partitions(self.engine, self.months_ahead)
@@ -45,23 +48,9 @@ class PartitionUpkeep:
             log.exception("partitions: could not create the months ahead at start; trying again within the hour")
 
     async def start(self) -> None:
-        """The hourly rounds (the server ran `run_once` itself before taking calls)."""
-        self._task = asyncio.create_task(self._run(), name="decider-partitions")
+        """The hourly rounds (the server ran `run_once` itself before taking calls). A failed round
+        is logged; inserts fall back to DEFAULT meanwhile."""
+        self._rounds.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval_s)
-            try:
-                await asyncio.to_thread(self.run_once)
-            except asyncio.CancelledError:
-                raise
-            except Exception:   # noqa: BLE001 - the next round tries again; inserts fall back to DEFAULT
-                log.exception("partitions: could not create the months ahead; trying again later")
+        await self._rounds.stop()

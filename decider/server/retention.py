@@ -10,13 +10,13 @@ delete batch is its own transaction, and records are deleted only once their arc
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import Engine
 
 from decider.archives.prune import CursorBehind, PruneBusy, Pruner, PruneResult
+from decider.server.periodic import PeriodicJob
 
 __all__ = ["Retention"]
 
@@ -28,7 +28,9 @@ class Retention:
         self.pruner = Pruner(engine, archive_dir, fmt)
         self.retain = timedelta(seconds=retain_s)
         self.interval_s = interval_s
-        self._task: asyncio.Task[None] | None = None
+        self._rounds = PeriodicJob("decider-retention", self.prune_once, interval_s, log,
+                                   "retention: prune failed; the day being archived was not deleted",
+                                   first_now=True)
 
     def prune_once(self) -> PruneResult | None:
         try:
@@ -43,22 +45,8 @@ class Retention:
         return result
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="decider-retention")
+        # An archive that failed: logged, nothing of its day deleted; the next round tries again.
+        self._rounds.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await asyncio.to_thread(self.prune_once)
-            except asyncio.CancelledError:
-                raise
-            except Exception:   # an archive that failed: logged, nothing of its day deleted; try again later
-                log.exception("retention: prune failed; the day being archived was not deleted")
-            await asyncio.sleep(self.interval_s)
+        await self._rounds.stop()
