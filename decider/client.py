@@ -13,7 +13,7 @@ from opentelemetry.propagate import inject
 from decider.v1 import decider_pb2 as pb
 from decider.v1 import decider_pb2_grpc as pb_grpc
 
-__all__ = ["DeciderClient", "build_request", "with_trace_context", "renamed_server"]
+__all__ = ["DeciderClient", "build_request", "outcome_request", "with_trace_context", "renamed_server"]
 
 T = TypeVar("T", str, "str | None")
 
@@ -71,19 +71,44 @@ def with_trace_context(metadata: tuple[tuple[str, str], ...] | None) -> tuple[tu
     return (*(metadata or ()), *((k, v) for k, v in carrier.items() if k in ("traceparent", "tracestate")))
 
 
+def outcome_request(decision_id: str, actual_cost: float | None = None, status: str = "ok",
+                    labels: Sequence[str] = (), result: Any = None) -> pb.ReportOutcomeRequest:
+    """A ReportOutcomeRequest; `actual_cost` None leaves the field unset (the estimate stands)."""
+    req = pb.ReportOutcomeRequest(decision_id=decision_id, status=status, labels=list(labels))
+    if actual_cost is not None:
+        req.actual_cost = actual_cost
+    if result is not None:
+        json_format.ParseDict(result, req.result)
+    return req
+
+
 class DeciderClient:
     def __init__(self, target: str, *, timeout: float = 10.0, token: str | None = None,
                  tls_ca: bytes | None = None, tls_cert: bytes | None = None, tls_key: bytes | None = None) -> None:
+        self.target = target
+        self._creds: grpc.ChannelCredentials | None = None
         if tls_ca is not None or tls_cert is not None:
-            creds = grpc.ssl_channel_credentials(root_certificates=tls_ca, private_key=tls_key,
-                                                 certificate_chain=tls_cert)
-            self._channel = grpc.secure_channel(target, creds)
+            self._creds = grpc.ssl_channel_credentials(root_certificates=tls_ca, private_key=tls_key,
+                                                       certificate_chain=tls_cert)
+            self._channel = grpc.secure_channel(target, self._creds)
         else:
             self._channel = grpc.insecure_channel(target)
         self._stub = pb_grpc.DeciderStub(self._channel)
         self._control = pb_grpc.ControlStub(self._channel)
         self._timeout = timeout
         self._metadata = (("authorization", f"Bearer {token}"),) if token else None
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """What every call sends (the bearer token, when there is one)."""
+        return self._metadata or ()
+
+    def aio_channel(self) -> grpc.aio.Channel:
+        """A grpc.aio channel to the same target with the same credentials (for streams run on an
+        event loop, e.g. the runtime guards'); call it on the loop that will use it."""
+        if self._creds is not None:
+            return grpc.aio.secure_channel(self.target, self._creds)
+        return grpc.aio.insecure_channel(self.target)
 
     def decide(self, request: pb.DecideRequest | None = None, **kwargs: Any) -> pb.DecideResponse:
         """Send a DecideRequest, or build one from keyword arguments (see `build_request`)."""
@@ -118,12 +143,10 @@ class DeciderClient:
                        labels: Sequence[str] = (), result: Any = None) -> pb.DecisionRecord:
         """`actual_cost` None (not known): the estimate stands; 0 refunds it (SPEC §11). `result`: the
         tool's result (any JSON value), for the bundle's `on: outcome` rules; never stored."""
-        req = pb.ReportOutcomeRequest(decision_id=decision_id, status=status, labels=list(labels))
-        if actual_cost is not None:
-            req.actual_cost = actual_cost
-        if result is not None:
-            json_format.ParseDict(result, req.result)
-        return self._stub.ReportOutcome(req, timeout=self._timeout, metadata=self._metadata)
+        return self.report_request(outcome_request(decision_id, actual_cost, status, labels, result))
+
+    def report_request(self, request: pb.ReportOutcomeRequest) -> pb.DecisionRecord:
+        return self._stub.ReportOutcome(request, timeout=self._timeout, metadata=self._metadata)
 
     # ---- kill switches (admin role) ----
     def set_kill_switch(self, scope: str, value: str = "", reason: str = "") -> pb.KillSwitch:

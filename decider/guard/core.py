@@ -18,8 +18,9 @@ import grpc
 
 from decider.api.names import APPROVAL_STATE_NAMES
 from decider.api.results import RESULT_TEXT_MAX
-from decider.client import DeciderClient, renamed_server
+from decider.client import DeciderClient, build_request, outcome_request, renamed_server
 from decider.errors import DeciderError
+from decider.guard.stream import NoDecision, StreamTransport
 from decider.v1 import decider_pb2 as pb
 
 __all__ = ["Guard", "Verdict", "ApprovalStatus", "GuardError", "ToolDenied", "ApprovalPending", "DeciderUnavailable",
@@ -150,13 +151,22 @@ class Guard:
     `agent` is the identity decider sees (`{"id": ..., "team": ..., "model": ...}`); `tool_server` is
     `tool.server` for every call (e.g. `"python://billing"`); `approval_wait` is how long `check`
     waits for an approver before it gives up (0: do not wait); `timeout` bounds every RPC.
+
+    `transport`: "stream" (the default) sends decisions and outcomes as messages of one
+    `DecideBatchStream` the guard keeps open (decider/guard/stream.py: a guarded call costs the
+    server about one unary RPC instead of two); "unary" sends each as its own RPC (the better choice
+    for a process that makes one call and exits, like a coding-agent hook). The answers are the same.
+    Call `close()` (or use `with`) when done.
     """
 
     def __init__(self, client: DeciderClient | str, *, agent: Mapping[str, Any], tool_server: str = "",
                  approval_wait: float = 0.0, timeout: float = 5.0, token: str | None = None,
                  context: Mapping[str, Any] | None = None, costs: Mapping[str, float] | None = None,
-                 server: str | None = None) -> None:
+                 server: str | None = None, transport: str = "stream") -> None:
+        if transport not in ("stream", "unary"):
+            raise ValueError(f"transport: {transport!r}; must be 'stream' or 'unary'")
         self.client = DeciderClient(client, timeout=timeout, token=token) if isinstance(client, str) else client
+        self.stream = StreamTransport(self.client, timeout) if transport == "stream" else None
         # Estimated cost per tool name, for calls that give none (the bundle's `spec.tools.<name>.cost`
         # applies when neither does).
         self.costs = dict(costs or {})
@@ -173,11 +183,11 @@ class Guard:
         arguments = jsonable(dict(args or {}))
         estimated_cost = estimated_cost or self.costs.get(tool, 0.0)
         try:
-            resp = self.client.decide(agent=self.agent, tool=tool, args=arguments,
-                                      tool_server=self.tool_server if tool_server is None else tool_server,
-                                      call_id=call_id,
-                                      estimated_cost=estimated_cost, context=self.context or None)
-        except grpc.RpcError as e:
+            request = build_request(agent=self.agent, tool=tool, args=arguments,
+                                    tool_server=self.tool_server if tool_server is None else tool_server,
+                                    call_id=call_id, estimated_cost=estimated_cost, context=self.context or None)
+            resp = self.client.decide(request) if self.stream is None else self.stream.decide(request)
+        except (grpc.RpcError, NoDecision) as e:
             raise DeciderUnavailable(f"decider gave no decision for {tool} ({_status(e)}); "
                                      "the call does not run") from None
         except (TypeError, ValueError) as e:   # arguments that cannot be sent as JSON
@@ -236,8 +246,12 @@ class Guard:
         only when the caller knows it: absent, the estimate reserved for the call stands. `result`:
         the tool's return value, for the bundle's `on: outcome` rules (bounded, see `result_for_report`)."""
         try:
-            self.client.report_outcome(decision_id, actual_cost, status[:64], result=result_for_report(result))
-        except grpc.RpcError as e:
+            request = outcome_request(decision_id, actual_cost, status[:64], result=result_for_report(result))
+            if self.stream is None:
+                self.client.report_request(request)
+            else:
+                self.stream.report(request)
+        except (grpc.RpcError, NoDecision) as e:
             log.warning("outcome not reported", extra={"decision_id": decision_id, "error": _status(e)})
 
     # ---- the same from async code (the client is synchronous: run it off the event loop) ---
@@ -255,6 +269,8 @@ class Guard:
         await asyncio.to_thread(self.report, decision_id, status, actual_cost, result)
 
     def close(self) -> None:
+        if self.stream is not None:
+            self.stream.close()
         self.client.close()
 
     def __enter__(self) -> Guard:
@@ -264,7 +280,9 @@ class Guard:
         self.close()
 
 
-def _status(e: grpc.RpcError) -> str:
+def _status(e: grpc.RpcError | NoDecision) -> str:
+    if isinstance(e, NoDecision):
+        return e.status
     code = e.code() if hasattr(e, "code") else None
     details = e.details() if hasattr(e, "details") else str(e)
     return f"{code.name if code else 'ERROR'}: {details}"

@@ -114,7 +114,8 @@ def _pre_tool_use(event: Mapping[str, Any], cfg: HookConfig) -> HookResult:
     agent = {**dict(cfg.agent), **({"session_id": session} if session else {})}
     context = {k: event[k] for k in ("cwd", "permission_mode") if isinstance(event.get(k), str)}
     try:
-        with Guard(cfg.client(), agent=agent, context=context, timeout=cfg.timeout_s) as guard:
+        # One call per process: one unary RPC is cheaper than opening a stream for it.
+        with Guard(cfg.client(), agent=agent, context=context, timeout=cfg.timeout_s, transport="unary") as guard:
             verdict = first = guard.decide(tool, args, call_id=call_id, tool_server=server)
             if verdict.outcome == "REQUIRE_APPROVAL" and cfg.on_approval == "wait":
                 verdict = guard.resume(verdict, args, call_id=call_id, wait=cfg.wait_s, tool_server=server)

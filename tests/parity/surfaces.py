@@ -264,10 +264,12 @@ def ext_mcp(sc: Scenario, srv: Served) -> list[Row]:
 # ---- runtime guards (decider/guard/) --------------------------------------------------------------
 
 class _Guards:
-    """One guard per agent and caller (a guard speaks for one agent), made on first use, closed at the end."""
+    """One guard per agent and caller (a guard speaks for one agent), made on first use, closed at the end.
+    `transport`: the Guard's ("stream", the default every SDK integration uses, or "unary")."""
 
-    def __init__(self, srv: Served) -> None:
+    def __init__(self, srv: Served, transport: str = "stream") -> None:
         self.srv = srv
+        self.transport = transport
         self.made: dict[str, Any] = {}
 
     def __call__(self, c: Call) -> Any:
@@ -275,7 +277,7 @@ class _Guards:
 
         key = json.dumps(c.agent, sort_keys=True) + c.caller
         if key not in self.made:
-            self.made[key] = Guard(self.srv.target, agent=c.agent, token=c.token)
+            self.made[key] = Guard(self.srv.target, agent=c.agent, token=c.token, transport=self.transport)
         return self.made[key]
 
     def __enter__(self) -> _Guards:
@@ -286,7 +288,8 @@ class _Guards:
             g.close()
 
 
-def guard_core(sc: Scenario, srv: Served) -> list[Row]:
+def guard_core(sc: Scenario, srv: Served, transport: str = "unary") -> list[Row]:
+    """`Guard.check` + `report`, over the unary RPCs (guard.core) or one DecideBatchStream (guard.stream)."""
 
     def call(c: Call) -> tuple[Row, str]:
         from decider.guard import DeciderUnavailable
@@ -299,8 +302,12 @@ def guard_core(sc: Scenario, srv: Served) -> list[Row]:
             g.report(v.decision_id, "ok")   # the tool ran; no actual cost known
         assert v.response is not None
         return Row(outcome=v.outcome, rule=v.response.deciding_rule), v.decision_id
-    with _Guards(srv) as get:
+    with _Guards(srv, transport) as get:
         return run_steps(sc, srv, call)
+
+
+def guard_stream(sc: Scenario, srv: Served) -> list[Row]:
+    return guard_core(sc, srv, transport="stream")
 
 
 def guard_decorator(sc: Scenario, srv: Served) -> list[Row]:

@@ -52,6 +52,7 @@ SURFACES: dict[str, Surface] = {
     "hook.claude_code": Surface(s.hook_claude_code, "server", "decider/hooks/claude_code.py"),
     "hook.claude_code.http": Surface(s.hook_claude_code_http, "server", "decider/gateway/hook_endpoint.py"),
     "guard.core": Surface(s.guard_core, "server", "decider/guard/core.py"),
+    "guard.stream": Surface(s.guard_stream, "server", "decider/guard/stream.py"),
     "guard.decorator": Surface(s.guard_decorator, "server", "decider/guard/decorator.py"),
     "guard.langgraph": Surface(s.guard_langgraph, "server", "decider/guard/langgraph.py"),
     "guard.openai_agents": Surface(s.guard_openai_agents, "server", "decider/guard/openai_agents.py"),

@@ -1,6 +1,7 @@
 """What an enforcement point pays per allowed tool call: a plain unary Decide, the runtime guard
-(`@guard`: Decide + ReportOutcome around a no-op function) and agentgateway's ExtMcp hook
-(CheckRequest + CheckResponse), against one `decider serve --ext-mcp` on 127.0.0.1.
+(`@guard`: a decision and its outcome around a no-op function, over the unary RPCs and over the
+guard's DecideBatchStream) and agentgateway's ExtMcp hook (CheckRequest + CheckResponse), against one
+`decider serve --ext-mcp` on 127.0.0.1.
 
     .venv/bin/python tools/bench/guard_bench.py [--calls 1500] [--concurrency 1 16]
 
@@ -82,8 +83,8 @@ def callers(target: str) -> dict[str, Callable[[], Callable[[int], None]]]:
         client = DeciderClient(target)
         return lambda i: client.decide(agent=AGENT, tool="get_weather", args={"city": f"c{i}"})
 
-    def decorated() -> Callable[[int], None]:
-        @guard(tool="get_weather", client=Guard(target, agent=AGENT))
+    def decorated(transport: str) -> Callable[[int], None]:
+        @guard(tool="get_weather", client=Guard(target, agent=AGENT, transport=transport))
         def get_weather(city: str) -> str:
             return city
         return lambda i: get_weather(f"c{i}")
@@ -109,7 +110,8 @@ def callers(target: str) -> dict[str, Callable[[], Callable[[int], None]]]:
     # CheckRequest alone is the ExtMcp counterpart of one unary Decide (issue 27: within 10 %); its
     # allowed calls wait for a CheckResponse that never comes, in a map bounded by MAX_OUTSTANDING.
     return {"Decide (unary)": decide, "ExtMcp CheckRequest": lambda: ext_mcp(respond=False),
-            "@guard (Decide + ReportOutcome)": decorated,
+            "@guard, unary (Decide + ReportOutcome)": lambda: decorated("unary"),
+            "@guard, stream (the default)": lambda: decorated("stream"),
             "ExtMcp (CheckRequest + CheckResponse)": ext_mcp}
 
 

@@ -1,0 +1,163 @@
+"""A runtime guard's decisions and outcomes as messages of one `DecideBatchStream` (issue 27).
+
+Why: a guarded call is a decision and then its outcome. As two unary RPCs the server pays grpc's
+per-call cost twice, and that cost is most of a unary decision's (docs/performance.md, round four).
+On a stream the guard keeps open, each is one message: the decision as a batch of one, the outcome as
+`DecideBatch.outcomes` (settled by the same `report_outcome` as the unary RPC, before the reply).
+Threads sharing one guard have their calls coalesced into one message (`BatchingDecider`).
+
+The guard is synchronous (agent code calls it from its threads, and async code through
+`asyncio.to_thread`), so the streams run on one background event loop per process, shared by every
+guard: a daemon thread started on first use (again in a forked child).
+
+Falls back to the unary RPCs, with the same answers:
+- for a call made inside an OpenTelemetry span: the server takes a stream's trace context once, when
+  the stream opens, so only a unary call makes the decision's span the caller's child;
+- for good, against a server without `DecideBatchStream` (UNIMPLEMENTED) or without outcomes on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import os
+import threading
+import weakref
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import grpc
+
+from decider.batching import BatchingDecider, DecisionError, OutcomesUnsupported
+from decider.client import DeciderClient, with_trace_context
+from decider.v1 import decider_pb2 as pb
+
+__all__ = ["StreamTransport", "NoDecision"]
+
+T = TypeVar("T")
+
+
+class NoDecision(Exception):
+    """The stream gave no answer: `status` is "CODE: message", as a unary call's error would read."""
+
+    def __init__(self, status: str) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+class _Loop:
+    """The process's one background event loop for guard streams."""
+
+    _lock = threading.Lock()
+    _loop: asyncio.AbstractEventLoop | None = None
+    _thread: threading.Thread | None = None
+    _pid = 0
+
+    @classmethod
+    def get(cls) -> asyncio.AbstractEventLoop:
+        with cls._lock:
+            # A forked child inherits the loop object but not its thread: it makes its own.
+            if cls._loop is None or cls._pid != os.getpid() or cls._thread is None or not cls._thread.is_alive():
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(target=loop.run_forever, name="decider-guard-stream", daemon=True)
+                thread.start()
+                cls._loop, cls._thread, cls._pid = loop, thread, os.getpid()
+            return cls._loop
+
+    @classmethod
+    def run(cls, coro: Coroutine[Any, Any, T], timeout: float) -> T:
+        future = asyncio.run_coroutine_threadsafe(coro, cls.get())
+        try:
+            return future.result(timeout)
+        except TimeoutError:
+            future.cancel()
+            raise
+
+
+_open: weakref.WeakSet[StreamTransport] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    # Guards never closed: end their streams (nothing is waiting: every report was answered).
+    for transport in list(_open):
+        transport.close()
+
+
+class StreamTransport:
+    """`decide` and `report` of one guard over its own `DecideBatchStream` (the client's target,
+    credentials and token). Raises NoDecision when the stream gave no answer."""
+
+    def __init__(self, client: DeciderClient, timeout: float) -> None:
+        self.client = client
+        self.timeout = timeout
+        self.streaming = True            # False once the server has no DecideBatchStream
+        self.outcomes_streaming = True   # False once the server takes no outcomes on it
+        self._decider: BatchingDecider | None = None
+        self._channel: grpc.aio.Channel | None = None
+        self._pid = 0
+        _open.add(self)
+
+    async def _get(self) -> BatchingDecider:
+        # Made on the loop's thread: a grpc.aio channel belongs to the loop it was made on.
+        if self._decider is None or self._pid != os.getpid():
+            self._channel = self.client.aio_channel()
+            # outcome_delay_s=0: the guard waits for its report, so nothing else would carry it.
+            self._decider = BatchingDecider(self._channel, metadata=self.client.metadata,
+                                            timeout=self.timeout, outcome_delay_s=0.0)
+            self._pid = os.getpid()
+        return self._decider
+
+    async def _decide(self, request: pb.DecideRequest) -> pb.DecideResponse:
+        return await (await self._get()).decide(request)
+
+    async def _report(self, request: pb.ReportOutcomeRequest) -> pb.ReportOutcomeReply:
+        return await (await self._get()).report(request)
+
+    def decide(self, request: pb.DecideRequest) -> pb.DecideResponse:
+        if not self.streaming or _in_span():
+            return self.client.decide(request)
+        try:
+            return _Loop.run(self._decide(request), self.timeout + 1.0)
+        except DecisionError as e:
+            if e.code == grpc.StatusCode.UNIMPLEMENTED and not e.refused:
+                self.streaming = False   # an older server: nothing was decided, ask the unary way
+                return self.client.decide(request)
+            raise NoDecision(f"{e.code.name}: {e.message}") from None
+        except TimeoutError:
+            raise NoDecision(f"DEADLINE_EXCEEDED: no answer in {self.timeout:g} s") from None
+
+    def report(self, request: pb.ReportOutcomeRequest) -> None:
+        if not (self.streaming and self.outcomes_streaming):
+            self.client.report_request(request)
+            return
+        try:
+            _Loop.run(self._report(request), self.timeout + 1.0)
+        except OutcomesUnsupported:
+            self.outcomes_streaming = False   # settled nothing: report the unary way
+            self.client.report_request(request)
+        except DecisionError as e:
+            raise NoDecision(f"{e.code.name}: {e.message}") from None
+        except TimeoutError:
+            raise NoDecision(f"DEADLINE_EXCEEDED: no answer in {self.timeout:g} s") from None
+
+    def close(self) -> None:
+        decider, channel, self._decider, self._channel = self._decider, self._channel, None, None
+        _open.discard(self)
+        if decider is None or channel is None or self._pid != os.getpid():
+            return
+
+        async def end() -> None:
+            try:
+                await decider.close()
+            finally:
+                await channel.close()
+        try:
+            _Loop.run(end(), self.timeout + 1.0)
+        except Exception:  # noqa: BLE001 - closing a broken stream: nothing is left to save
+            pass
+
+
+def _in_span() -> bool:
+    """True inside an OpenTelemetry span (a trace context to pass on with this very call)."""
+    return bool(with_trace_context(None))
