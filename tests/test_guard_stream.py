@@ -236,3 +236,28 @@ def test_a_broken_stream_fails_closed_and_the_next_call_opens_a_new_one(srv: Ser
 def test_an_unknown_transport_is_refused() -> None:
     with pytest.raises(ValueError, match="transport"):
         Guard("127.0.0.1:1", agent={"id": "x"}, transport="carrier-pigeon")
+
+
+def test_threads_sharing_one_guard_each_get_their_own_decision(srv: ServerProcess, proxy: RecordingProxy) -> None:
+    """16 threads × 8 guarded calls on one Guard: every call decided and settled once, on one stream
+    (calls that meet in the client go in one message; how many meet is up to the scheduler)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def call(g: Guard, i: int) -> tuple[str, str]:
+        v = g.check("work.do", {"n": i})
+        g.report(v.decision_id, f"ok-{i}")
+        return v.outcome, v.decision_id
+
+    with Guard(proxy.target, agent={"id": "crowd-bot", "team": "ops"}, token=TOKEN) as g:
+        with ThreadPoolExecutor(16) as pool:
+            results = list(pool.map(lambda i: call(g, i), range(128)))
+        assert g.stream is not None and g.stream._decider is not None
+        sent = (g.stream._decider.calls_sent, g.stream._decider.outcomes_sent)
+    assert {outcome for outcome, _ in results} == {"ALLOW"}
+    assert len({decision_id for _, decision_id in results}) == 128
+    assert sent == (128, 128)
+    assert proxy.calls["DecideBatchStream"] == 1 and proxy.calls["decisions"] == proxy.calls["outcomes"] == 128
+    assert "Decide" not in proxy.calls and "ReportOutcome" not in proxy.calls
+    # Each call's outcome landed on its own record (no reply handed to another thread's call).
+    for i, (_, decision_id) in enumerate(results):
+        assert _record(srv, decision_id).outcome_status == f"ok-{i}"
