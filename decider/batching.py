@@ -43,11 +43,14 @@ class DecisionError(Exception):
     stream's status when the stream broke). `refused`: decider answered this call with an error
     (e.g. INVALID_ARGUMENT naming the field), rather than being unreachable."""
 
-    def __init__(self, code: grpc.StatusCode, message: str, refused: bool = False) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str, refused: bool = False, unsent: bool = False) -> None:
         super().__init__(f"{code.name}: {message}")
         self.code = code
         self.message = message
         self.refused = refused
+        # True: the call never left this client (its message was not written), so nothing was
+        # decided and asking again, on any path, cannot decide it twice.
+        self.unsent = unsent
 
 
 class OutcomesUnsupported(DecisionError):
@@ -58,6 +61,27 @@ class OutcomesUnsupported(DecisionError):
 
 
 _CODES = {c.value[0]: c for c in grpc.StatusCode}
+
+
+def _as_decision_error(exc: BaseException) -> DecisionError:
+    if isinstance(exc, DecisionError):
+        return exc
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return DecisionError(exc.code(), str(exc.details()))
+    return DecisionError(grpc.StatusCode.UNAVAILABLE, str(exc))
+
+
+async def _final_status(call: Any, exc: Exception) -> Exception:
+    """Why a write failed: the RPC's own status when it has one. A write can lose the race with the
+    status it ended on (e.g. UNIMPLEMENTED from a server without the method), and then fails with
+    grpc's generic INTERNAL "Internal error from Core", which would hide that status."""
+    try:
+        code = await asyncio.wait_for(call.code(), 1.0)
+        if code is not None and code != grpc.StatusCode.OK:
+            return DecisionError(code, await call.details() or code.name)
+    except Exception:  # noqa: BLE001 - no status to be had: the write's own error stands
+        pass
+    return exc
 
 
 class BatchingDecider:
@@ -145,6 +169,7 @@ class BatchingDecider:
         self._reader = asyncio.get_running_loop().create_task(self._read(self._call))
 
     async def _send(self, call: Any) -> None:
+        writing = False
         try:
             # Closed: what is still queued (the outcomes close() flushes) goes before the sender ends.
             while not self._closed or self._buffer or self._outcomes:
@@ -162,6 +187,7 @@ class BatchingDecider:
                             self._outcome_timer.cancel()
                             self._outcome_timer = None
                     self._sent.append(([f for _, f in batch], [f for _, f in outs]))
+                    writing = True
                     message = frame_entries([b for b, _ in batch])
                     if outs:
                         message += frame_entries([b for b, _ in outs], 2)
@@ -171,8 +197,17 @@ class BatchingDecider:
                     self.calls_sent += len(batch)
                     self.outcomes_sent += len(outs)
                     await call.write(message)
+                    writing = False
         except Exception as exc:  # noqa: BLE001 - the stream broke: fail what waits, reopen on next call
-            self._fail(exc)
+            if writing and self._sent:
+                # The message being written (the newest) did not go out: its calls fail as unsent
+                # at once (before anything else can fail them as possibly decided).
+                futures, outcome_futures = self._sent.pop()
+                unsent = _as_decision_error(exc)
+                for future in (*futures, *outcome_futures):
+                    if not future.done():
+                        future.set_exception(DecisionError(unsent.code, unsent.message, unsent=True))
+            self._fail(await _final_status(call, exc))
 
     async def _read(self, call: Any) -> None:
         try:
@@ -221,11 +256,10 @@ class BatchingDecider:
                 future.set_result(replies[i])
 
     def _fail(self, exc: BaseException) -> None:
-        if not isinstance(exc, DecisionError):
-            code = exc.code() if isinstance(exc, grpc.aio.AioRpcError) else grpc.StatusCode.UNAVAILABLE
-            exc = DecisionError(code, str(exc.details() if isinstance(exc, grpc.aio.AioRpcError) else exc))
+        """Fail every call and outcome waiting: those written with `exc`, those still queued as unsent."""
+        exc = _as_decision_error(exc)
         waiting: list[asyncio.Future[Any]] = [f for fs, os in self._sent for f in (*fs, *os)]
-        waiting += [f for _, f in self._buffer] + [f for _, f in self._outcomes]
+        unsent: list[asyncio.Future[Any]] = [f for _, f in self._buffer] + [f for _, f in self._outcomes]
         self._sent.clear()
         self._buffer.clear()
         self._outcomes.clear()
@@ -237,6 +271,9 @@ class BatchingDecider:
         for future in waiting:
             if not future.done():
                 future.set_exception(exc)
+        for future in unsent:
+            if not future.done():
+                future.set_exception(DecisionError(exc.code, exc.message, exc.refused, unsent=True))
         call, self._call = self._call, None
         if call is not None:
             call.cancel()

@@ -38,7 +38,8 @@ TOKEN = "gw-token"
 class RecordingProxy:
     """A grpc server on 127.0.0.1 that passes Decide, ReportOutcome and (unless `batch` is None)
     DecideBatchStream on to `upstream`, bytes unchanged, counting what it was asked. `batch="old"`:
-    a server from before `DecideBatch.outcomes`, which drops the outcomes of every message."""
+    a server from before `DecideBatch.outcomes`, which drops the outcomes of every message;
+    `batch="stall"`: a stream that takes messages and never answers."""
 
     def __init__(self, upstream: str, *, batch: str | None = "current", port: int = 0) -> None:
         self.calls: collections.Counter[str] = collections.Counter()
@@ -49,7 +50,9 @@ class RecordingProxy:
             "Decide": grpc.unary_unary_rpc_method_handler(self._unary("Decide")),
             "ReportOutcome": grpc.unary_unary_rpc_method_handler(self._unary("ReportOutcome")),
         }
-        if batch is not None:
+        if batch == "stall":
+            handlers["DecideBatchStream"] = grpc.stream_stream_rpc_method_handler(self._stall)
+        elif batch is not None:
             handlers["DecideBatchStream"] = grpc.stream_stream_rpc_method_handler(self._batch(batch == "old"))
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
         self._server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, handlers)])
@@ -97,6 +100,13 @@ class RecordingProxy:
                     yield raw
             return call(forward(), metadata=self._meta(context), timeout=60)
         return handle
+
+    def _stall(self, messages: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+        # Takes every message and never answers (a server hung mid-stream).
+        self._count("DecideBatchStream")
+        for _ in messages:
+            self._count("unanswered")
+        yield from ()
 
     def stop(self) -> None:
         self._server.stop(grace=None).wait(10)
@@ -221,16 +231,26 @@ def test_a_broken_stream_fails_closed_and_the_next_call_opens_a_new_one(srv: Ser
             g.check("work.do", {"n": 2})
         proxy = RecordingProxy(srv.target, port=port)
         try:
-            deadline, outcome = time.monotonic() + 20, ""
-            while not outcome and time.monotonic() < deadline:   # the channel's reconnect backoff
+            # Within the channels' reconnect backoff a call may fail closed, or go unary when its
+            # message never left (nothing decided yet); then the guard is back on a stream.
+            deadline, outcomes = time.monotonic() + 20, []
+            while not proxy.calls["decisions"] and time.monotonic() < deadline:
                 try:
-                    outcome = g.check("work.do", {"n": 3}).outcome
+                    outcomes.append(g.check("work.do", {"n": 3}).outcome)
                 except DeciderUnavailable:
                     time.sleep(0.2)
-            assert outcome == "ALLOW"
-            assert proxy.calls["DecideBatchStream"] >= 1 and proxy.calls["Decide"] == 0
+            assert outcomes and set(outcomes) == {"ALLOW"}
+            assert proxy.calls["DecideBatchStream"] >= 1 and proxy.calls["decisions"] == 1
         finally:
             proxy.stop()
+
+
+@pytest.mark.parametrize("proxy", ["stall"], indirect=True)
+def test_a_stream_that_never_answers_fails_the_call_closed_at_the_guards_timeout(proxy: RecordingProxy) -> None:
+    with Guard(proxy.target, agent={"id": "stalled-bot", "team": "ops"}, token=TOKEN, timeout=1) as g:
+        with pytest.raises(DeciderUnavailable, match="DEADLINE_EXCEEDED"):
+            g.check("work.do", {"n": 1})
+    assert proxy.calls["unanswered"] == 1
 
 
 def test_an_unknown_transport_is_refused() -> None:

@@ -13,7 +13,8 @@ guard: a daemon thread started on first use (again in a forked child).
 Falls back to the unary RPCs, with the same answers:
 - for a call made inside an OpenTelemetry span: the server takes a stream's trace context once, when
   the stream opens, so only a unary call makes the decision's span the caller's child;
-- for good, against a server without `DecideBatchStream` (UNIMPLEMENTED) or without outcomes on it.
+- for good, against a server without `DecideBatchStream` (UNIMPLEMENTED) or without outcomes on it;
+- for one call whose message never left the client (a broken stream): nothing was decided yet.
 """
 
 from __future__ import annotations
@@ -120,12 +121,13 @@ class StreamTransport:
         try:
             return _Loop.run(self._decide(request), self.timeout + 1.0)
         except DecisionError as e:
-            if e.code == grpc.StatusCode.UNIMPLEMENTED and not e.refused:
-                self.streaming = False   # an older server: nothing was decided, ask the unary way
+            if self._unary_instead(e):
                 return self.client.decide(request)
             raise NoDecision(f"{e.code.name}: {e.message}") from None
         except TimeoutError:
             raise NoDecision(f"DEADLINE_EXCEEDED: no answer in {self.timeout:g} s") from None
+        except Exception as e:  # noqa: BLE001 - anything else is still no decision: fail closed
+            raise NoDecision(f"UNKNOWN: {type(e).__name__}: {e}") from None
 
     def report(self, request: pb.ReportOutcomeRequest) -> None:
         if not (self.streaming and self.outcomes_streaming):
@@ -137,9 +139,24 @@ class StreamTransport:
             self.outcomes_streaming = False   # settled nothing: report the unary way
             self.client.report_request(request)
         except DecisionError as e:
-            raise NoDecision(f"{e.code.name}: {e.message}") from None
+            if not self._unary_instead(e):
+                raise NoDecision(f"{e.code.name}: {e.message}") from None
+            self.client.report_request(request)
         except TimeoutError:
             raise NoDecision(f"DEADLINE_EXCEEDED: no answer in {self.timeout:g} s") from None
+        except Exception as e:  # noqa: BLE001
+            raise NoDecision(f"UNKNOWN: {type(e).__name__}: {e}") from None
+
+    def _unary_instead(self, e: DecisionError) -> bool:
+        """Ask the unary way instead, when that cannot act on the call twice: the server has no
+        DecideBatchStream (UNIMPLEMENTED: for good), or the call's message never left this client
+        (e.g. its write lost the race with the stream's end, which grpc then reports as INTERNAL)."""
+        if e.refused:
+            return False
+        if e.code == grpc.StatusCode.UNIMPLEMENTED:
+            self.streaming = False
+            return True
+        return e.unsent
 
     def close(self) -> None:
         decider, channel, self._decider, self._channel = self._decider, self._channel, None, None
