@@ -88,16 +88,19 @@ class RecordingProxy:
             self._count("DecideBatchStream")
 
             def forward() -> Iterator[bytes]:
-                for raw in messages:
-                    batch = pb.DecideBatch.FromString(raw)
-                    self._count("decisions")
-                    with self._lock:
-                        self.calls["decisions"] += len(batch.requests) - 1
-                        self.calls["outcomes"] += len(batch.outcomes)
-                    if drop_outcomes:
-                        del batch.outcomes[:]
-                        raw = batch.SerializeToString()
-                    yield raw
+                try:
+                    for raw in messages:
+                        batch = pb.DecideBatch.FromString(raw)
+                        self._count("decisions")
+                        with self._lock:
+                            self.calls["decisions"] += len(batch.requests) - 1
+                            self.calls["outcomes"] += len(batch.outcomes)
+                        if drop_outcomes:
+                            del batch.outcomes[:]
+                            raw = batch.SerializeToString()
+                        yield raw
+                finally:
+                    self._count("ended")   # the client closed or cancelled its side
             return call(forward(), metadata=self._meta(context), timeout=60)
         return handle
 
@@ -132,6 +135,11 @@ def proxy(srv: ServerProcess, request: pytest.FixtureRequest) -> Iterator[Record
         p.stop()
 
 
+def _asked(proxy: RecordingProxy) -> dict[str, int]:
+    """What the proxy was asked (a stream's end is counted when the proxy's thread gets to it)."""
+    return {k: v for k, v in proxy.calls.items() if k != "ended"}
+
+
 def _guarded_call(g: Guard, agent_id: str) -> tuple[str, str]:
     """A call with an estimated cost of 20 whose tool reports an actual cost of 5: (outcome, decision id)."""
     v = g.check("work.do", {"n": 1}, estimated_cost=20)
@@ -152,7 +160,7 @@ def test_a_guarded_call_is_two_messages_on_one_stream(srv: ServerProcess, proxy:
         second = _guarded_call(g, "stream-bot")
     assert first[0] == second[0] == "ALLOW"
     # One stream for both calls; each decision and each outcome a message on it; no unary RPC.
-    assert proxy.calls == {"DecideBatchStream": 1, "decisions": 2, "outcomes": 2}
+    assert _asked(proxy) == {"DecideBatchStream": 1, "decisions": 2, "outcomes": 2}
     rec = _record(srv, second[1])
     assert (rec.outcome_status, rec.actual_cost) == ("ok", 5.0)
     # Both estimates (20 each) were settled at the actual cost: 10 spent, nothing left reserved.
@@ -216,7 +224,7 @@ def test_a_server_without_outcomes_on_the_stream_gets_them_unary(srv: ServerProc
     assert first[0] == second[0] == "ALLOW"
     # Decisions stay on the stream; the first outcome was answered with none (dropped), so it and every
     # later one go unary, each settled once.
-    assert proxy.calls == {"DecideBatchStream": 1, "decisions": 2, "outcomes": 1, "ReportOutcome": 2}
+    assert _asked(proxy) == {"DecideBatchStream": 1, "decisions": 2, "outcomes": 1, "ReportOutcome": 2}
     assert usage(srv.db_url)[("agent", "older-bot")] == (10.0, 0.0)
     assert _record(srv, first[1]).outcome_status == _record(srv, second[1]).outcome_status == "ok"
 
@@ -253,6 +261,19 @@ def test_a_stream_that_never_answers_fails_the_call_closed_at_the_guards_timeout
     assert proxy.calls["unanswered"] == 1
 
 
+def test_a_guard_dropped_without_close_ends_its_stream(srv: ServerProcess, proxy: RecordingProxy) -> None:
+    import gc
+
+    g = Guard(proxy.target, agent={"id": "dropped-bot", "team": "ops"}, token=TOKEN)
+    assert g.check("work.do", {"n": 1}).outcome == "ALLOW"
+    del g
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while not proxy.calls["ended"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proxy.calls["ended"] == 1
+
+
 def test_an_unknown_transport_is_refused() -> None:
     with pytest.raises(ValueError, match="transport"):
         Guard("127.0.0.1:1", agent={"id": "x"}, transport="carrier-pigeon")
@@ -271,8 +292,9 @@ def test_threads_sharing_one_guard_each_get_their_own_decision(srv: ServerProces
     with Guard(proxy.target, agent={"id": "crowd-bot", "team": "ops"}, token=TOKEN) as g:
         with ThreadPoolExecutor(16) as pool:
             results = list(pool.map(lambda i: call(g, i), range(128)))
-        assert g.stream is not None and g.stream._decider is not None
-        sent = (g.stream._decider.calls_sent, g.stream._decider.outcomes_sent)
+        decider = g.stream._stream.decider if g.stream is not None else None
+        assert decider is not None
+        sent = (decider.calls_sent, decider.outcomes_sent)
     assert {outcome for outcome, _ in results} == {"ALLOW"}
     assert len({decision_id for _, decision_id in results}) == 128
     assert sent == (128, 128)

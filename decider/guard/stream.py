@@ -94,20 +94,21 @@ class StreamTransport:
         self.timeout = timeout
         self.streaming = True            # False once the server has no DecideBatchStream
         self.outcomes_streaming = True   # False once the server takes no outcomes on it
-        self._decider: BatchingDecider | None = None
-        self._channel: grpc.aio.Channel | None = None
-        self._pid = 0
+        self._stream = _Stream()
         _open.add(self)
+        # A guard dropped without close() must not leave its stream open on the server.
+        weakref.finalize(self, self._stream.abandon)
 
     async def _get(self) -> BatchingDecider:
         # Made on the loop's thread: a grpc.aio channel belongs to the loop it was made on.
-        if self._decider is None or self._pid != os.getpid():
-            self._channel = self.client.aio_channel()
+        st = self._stream
+        if st.decider is None or st.pid != os.getpid():
+            st.channel = self.client.aio_channel()
             # outcome_delay_s=0: the guard waits for its report, so nothing else would carry it.
-            self._decider = BatchingDecider(self._channel, metadata=self.client.metadata,
-                                            timeout=self.timeout, outcome_delay_s=0.0)
-            self._pid = os.getpid()
-        return self._decider
+            st.decider = BatchingDecider(st.channel, metadata=self.client.metadata,
+                                         timeout=self.timeout, outcome_delay_s=0.0)
+            st.pid = os.getpid()
+        return st.decider
 
     async def _decide(self, request: pb.DecideRequest) -> pb.DecideResponse:
         return await (await self._get()).decide(request)
@@ -159,20 +160,51 @@ class StreamTransport:
         return e.unsent
 
     def close(self) -> None:
-        decider, channel, self._decider, self._channel = self._decider, self._channel, None, None
+        """End the stream: wait for what is in flight, then close it and its channel."""
         _open.discard(self)
-        if decider is None or channel is None or self._pid != os.getpid():
-            return
+        end = self._stream.take()
+        if end is not None:
+            try:
+                _Loop.run(end, self.timeout + 1.0)
+            except Exception:  # noqa: BLE001 - closing a broken stream: nothing is left to save
+                pass
+
+
+class _Stream:
+    """One guard's stream and channel (apart from the guard, so a finalizer can end them)."""
+
+    def __init__(self) -> None:
+        self.decider: BatchingDecider | None = None
+        self.channel: grpc.aio.Channel | None = None
+        self.pid = 0
+
+    def take(self) -> Coroutine[Any, Any, None] | None:
+        """The coroutine that ends the stream (None: nothing open in this process); forgets it."""
+        decider, channel, self.decider, self.channel = self.decider, self.channel, None, None
+        if decider is None or channel is None or self.pid != os.getpid():
+            return None
 
         async def end() -> None:
             try:
                 await decider.close()
             finally:
                 await channel.close()
-        try:
-            _Loop.run(end(), self.timeout + 1.0)
-        except Exception:  # noqa: BLE001 - closing a broken stream: nothing is left to save
-            pass
+        return end()
+
+    def abandon(self) -> None:
+        # From the garbage collector, on whatever thread (the loop's own included): never block.
+        end = self.take()
+        if end is not None:
+            loop = _Loop.get()
+
+            def start() -> None:
+                task = loop.create_task(end)
+                _ending.add(task)   # the loop keeps tasks weakly: hold it until it is done
+                task.add_done_callback(_ending.discard)
+            loop.call_soon_threadsafe(start)
+
+
+_ending: set[asyncio.Task[None]] = set()
 
 
 def _in_span() -> bool:
