@@ -24,7 +24,7 @@ import atexit
 import os
 import threading
 import weakref
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import grpc
@@ -119,33 +119,28 @@ class StreamTransport:
     def decide(self, request: pb.DecideRequest) -> pb.DecideResponse:
         if not self.streaming or _in_span():
             return self.client.decide(request)
-        try:
-            return _Loop.run(self._decide(request), self.timeout + 1.0)
-        except DecisionError as e:
-            if self._unary_instead(e):
-                return self.client.decide(request)
-            raise NoDecision(f"{e.code.name}: {e.message}") from None
-        except TimeoutError:
-            raise NoDecision(f"DEADLINE_EXCEEDED: no answer in {self.timeout:g} s") from None
-        except Exception as e:  # noqa: BLE001 - anything else is still no decision: fail closed
-            raise NoDecision(f"UNKNOWN: {type(e).__name__}: {e}") from None
+        return self._ask(self._decide(request), lambda: self.client.decide(request))
 
     def report(self, request: pb.ReportOutcomeRequest) -> None:
         if not (self.streaming and self.outcomes_streaming):
             self.client.report_request(request)
             return
+        self._ask(self._report(request), lambda: self.client.report_request(request))
+
+    def _ask(self, on_stream: Coroutine[Any, Any, Any], unary: Callable[[], Any]) -> Any:
+        """The stream's answer; `unary()`'s where the unary RPC must answer instead; else NoDecision."""
         try:
-            _Loop.run(self._report(request), self.timeout + 1.0)
+            return _Loop.run(on_stream, self.timeout + 1.0)
         except OutcomesUnsupported:
-            self.outcomes_streaming = False   # settled nothing: report the unary way
-            self.client.report_request(request)
+            self.outcomes_streaming = False   # the outcome settled nothing: report the unary way
+            return unary()
         except DecisionError as e:
-            if not self._unary_instead(e):
-                raise NoDecision(f"{e.code.name}: {e.message}") from None
-            self.client.report_request(request)
+            if self._unary_instead(e):
+                return unary()
+            raise NoDecision(f"{e.code.name}: {e.message}") from None
         except TimeoutError:
             raise NoDecision(f"DEADLINE_EXCEEDED: no answer in {self.timeout:g} s") from None
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 - anything else is still no answer: fail closed
             raise NoDecision(f"UNKNOWN: {type(e).__name__}: {e}") from None
 
     def _unary_instead(self, e: DecisionError) -> bool:
