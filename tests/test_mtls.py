@@ -80,5 +80,18 @@ def test_mtls_requires_a_client_certificate_signed_by_the_ca(tmp_path: Path, pki
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE
         with DeciderClient(srv.target, timeout=5) as plain, pytest.raises(grpc.RpcError):
             plain.decide(agent=CODER, tool="shell.exec", args={"command": "ls"})
+        # A guard's stream is opened with its client's credentials: the CA-signed one decides, a
+        # rogue certificate gets no decision (fail closed).
+        from decider.guard import DeciderUnavailable, Guard
+        with Guard(DeciderClient(srv.target, tls_ca=pki["ca"], tls_cert=pki["client_cert"],
+                                 tls_key=pki["client_key"]), agent=CODER) as g:
+            assert g.check("shell.exec", {"command": "ls"}).outcome == "ALLOW"
+            assert g.stream is not None and g.stream.streaming
+            decider = g.stream._stream.decider
+            assert decider is not None and decider.calls_sent == 1
+        with Guard(DeciderClient(srv.target, tls_ca=pki["ca"], tls_cert=pki["rogue_cert"],
+                                 tls_key=pki["rogue_key"], timeout=5), agent=CODER, timeout=5) as g:
+            with pytest.raises(DeciderUnavailable, match="UNAVAILABLE"):
+                g.check("shell.exec", {"command": "ls"})
     finally:
         srv.stop()
