@@ -276,7 +276,7 @@ class ExtMcpService:
         # The upstream's result, bounded, for the bundle's `on: outcome` rules (never stored).
         json_format.ParseDict(bounded_mcp_result(result), report.result)
         try:
-            await report_outcome(self.controls, report, _InternalCall())  # type: ignore[arg-type]
+            await report_outcome(self.controls, report, _InternalCall(), answer=False)  # type: ignore[arg-type]
         except _Refusal as e:
             log.warning("outcome not reported", extra={"decision_id": decision_id, "error": str(e)})
         return passed

@@ -31,9 +31,11 @@ _LABEL = re.compile(LABEL_PATTERN)
 
 
 async def report_outcome(controls: Controls, req: pb.ReportOutcomeRequest,
-                         context: grpc.aio.ServicerContext) -> pb.DecisionRecord:
+                         context: grpc.aio.ServicerContext, *, answer: bool = True) -> pb.DecisionRecord | None:
     """ReportOutcome: settle the decision's reservations with the actual cost (absent: the estimate
-    stands), record its status and labels, and tell its session and its watchers."""
+    stands), record its status and labels, and tell its session and its watchers. `answer=False`:
+    a caller that does not send the record back (an outcome on the batch stream, ExtMcp's
+    CheckResponse) gets None, without building it (~20 µs)."""
     if not req.decision_id:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "decision_id: is required")
     # Absent: the estimate stands (SPEC §11); proto3 `optional` tells absent from 0.
@@ -92,7 +94,7 @@ async def report_outcome(controls: Controls, req: pb.ReportOutcomeRequest,
     controls.sessions.reported(row["session_id"], req.decision_id, req.status or "ok", labels,
                                row.get("agent_id") or "")
     controls.hub.notify(req.decision_id)
-    return record_to_proto(row)
+    return record_to_proto(row) if answer else None
 
 
 def _budgets_of(bundle: Bundle | None, row: dict[str, Any]) -> list[Any]:

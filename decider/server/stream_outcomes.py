@@ -57,7 +57,7 @@ async def _report_one(controls: Controls, raw: bytes, ctx: _OutcomeContext) -> b
     except InvalidRequest as e:
         return _error("", grpc.StatusCode.INVALID_ARGUMENT, str(e))
     try:
-        await report_outcome(controls, req, cast(grpc.aio.ServicerContext, ctx))
+        await report_outcome(controls, req, cast(grpc.aio.ServicerContext, ctx), answer=False)
     except _Refused as e:
         return _error(req.decision_id, e.code, e.message)
     except Exception as e:  # noqa: BLE001 - one outcome's failure is its own, never the stream's
