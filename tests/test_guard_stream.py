@@ -303,3 +303,47 @@ def test_threads_sharing_one_guard_each_get_their_own_decision(srv: ServerProces
     # Each call's outcome landed on its own record (no reply handed to another thread's call).
     for i, (_, decision_id) in enumerate(results):
         assert _record(srv, decision_id).outcome_status == f"ok-{i}"
+
+
+class _NoThreads(futures.ThreadPoolExecutor):
+    """A default executor that refuses work: an async guard call on the stream must not need one."""
+
+    def submit(self, *args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("an async guard call went to a worker thread")
+
+
+def test_async_calls_are_awaited_on_the_stream_without_worker_threads(srv: ServerProcess,
+                                                                      proxy: RecordingProxy) -> None:
+    import asyncio
+
+    async def run(g: Guard) -> list[tuple[str, str]]:
+        asyncio.get_running_loop().set_default_executor(_NoThreads(max_workers=1))
+
+        async def call(i: int) -> tuple[str, str]:
+            v = await g.acheck("work.do", {"n": i})
+            await g.areport(v.decision_id, f"ok-{i}")
+            return v.outcome, v.decision_id
+        # More at once than asyncio's default pool has threads (min(32, CPUs + 4)).
+        return await asyncio.gather(*(call(i) for i in range(40)))
+
+    with Guard(proxy.target, agent={"id": "async-bot", "team": "ops"}, token=TOKEN) as g:
+        results = asyncio.run(run(g))
+    assert {outcome for outcome, _ in results} == {"ALLOW"}
+    assert _asked(proxy) == {"DecideBatchStream": 1, "decisions": 40, "outcomes": 40}
+    for i, (_, decision_id) in enumerate(results):
+        assert _record(srv, decision_id).outcome_status == f"ok-{i}"
+
+
+@pytest.mark.parametrize("proxy", [None], indirect=True)
+def test_async_calls_fall_back_to_unary_too(srv: ServerProcess, proxy: RecordingProxy) -> None:
+    import asyncio
+
+    async def run(g: Guard) -> str:
+        v = await g.acheck("work.do", {"n": 1}, estimated_cost=20)
+        await g.areport(v.decision_id, "ok", actual_cost=5)
+        return v.outcome
+
+    with Guard(proxy.target, agent={"id": "async-old-bot", "team": "ops"}, token=TOKEN) as g:
+        assert asyncio.run(run(g)) == "ALLOW"
+    assert proxy.calls == {"Decide": 1, "ReportOutcome": 1}
+    assert usage(srv.db_url)[("agent", "async-old-bot")] == (5.0, 0.0)

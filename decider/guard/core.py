@@ -179,20 +179,22 @@ class Guard:
     def decide(self, tool: str, args: Mapping[str, Any] | None = None, *, call_id: str = "",
                estimated_cost: float = 0.0, tool_server: str | None = None, server: str | None = None) -> Verdict:
         """Ask once. Raises DeciderUnavailable when no decision could be had (fail closed)."""
-        tool_server = renamed_server(tool_server, server, "Guard.decide")
-        arguments = jsonable(dict(args or {}))
-        estimated_cost = estimated_cost or self.costs.get(tool, 0.0)
+        request = self._request(tool, args, call_id, estimated_cost, renamed_server(tool_server, server, "Guard.decide"))
         try:
-            request = build_request(agent=self.agent, tool=tool, args=arguments,
-                                    tool_server=self.tool_server if tool_server is None else tool_server,
-                                    call_id=call_id, estimated_cost=estimated_cost, context=self.context or None)
             resp = self.client.decide(request) if self.stream is None else self.stream.decide(request)
         except (grpc.RpcError, NoDecision) as e:
-            raise DeciderUnavailable(f"decider gave no decision for {tool} ({_status(e)}); "
-                                     "the call does not run") from None
+            raise _no_decision(tool, e) from None
+        return verdict_of(tool, resp)
+
+    def _request(self, tool: str, args: Mapping[str, Any] | None, call_id: str, estimated_cost: float,
+                 tool_server: str | None) -> pb.DecideRequest:
+        try:
+            return build_request(agent=self.agent, tool=tool, args=jsonable(dict(args or {})),
+                                 tool_server=self.tool_server if tool_server is None else tool_server,
+                                 call_id=call_id, estimated_cost=estimated_cost or self.costs.get(tool, 0.0),
+                                 context=self.context or None)
         except (TypeError, ValueError) as e:   # arguments that cannot be sent as JSON
             raise DeciderUnavailable(f"decider gave no decision for {tool}: {e}") from None
-        return verdict_of(tool, resp)
 
     def approval_state(self, decision_id: str, wait: float = 0.0) -> ApprovalStatus:
         """Where the approval stands: at once, or once it is no longer pending, waiting up to `wait` s."""
@@ -254,19 +256,48 @@ class Guard:
         except (grpc.RpcError, NoDecision) as e:
             log.warning("outcome not reported", extra={"decision_id": decision_id, "error": _status(e)})
 
-    # ---- the same from async code (the client is synchronous: run it off the event loop) ---
-    async def acheck(self, tool: str, args: Mapping[str, Any] | None = None, **kw: Any) -> Verdict:
-        return await asyncio.to_thread(self.check, tool, args, **kw)
+    # ---- the same from async code ------------------------------------------------------------
+    # On the stream: awaited from the caller's loop. Unary (and the approval waits): the client is
+    # synchronous, so in a worker thread.
+    async def acheck(self, tool: str, args: Mapping[str, Any] | None = None, *, call_id: str = "",
+                     estimated_cost: float = 0.0, wait: float | None = None, tool_server: str | None = None,
+                     server: str | None = None) -> Verdict:
+        tool_server = renamed_server(tool_server, server, "Guard.acheck")
+        verdict = await self.adecide(tool, args, call_id=call_id, estimated_cost=estimated_cost,
+                                     tool_server=tool_server)
+        wait = self.approval_wait if wait is None else wait
+        if verdict.outcome != "REQUIRE_APPROVAL" or wait <= 0:
+            return verdict
+        return await self.aresume(verdict, args, call_id=call_id, estimated_cost=estimated_cost, wait=wait,
+                                  tool_server=tool_server)
 
-    async def adecide(self, tool: str, args: Mapping[str, Any] | None = None, **kw: Any) -> Verdict:
-        return await asyncio.to_thread(self.decide, tool, args, **kw)
+    async def adecide(self, tool: str, args: Mapping[str, Any] | None = None, *, call_id: str = "",
+                      estimated_cost: float = 0.0, tool_server: str | None = None,
+                      server: str | None = None) -> Verdict:
+        tool_server = renamed_server(tool_server, server, "Guard.adecide")
+        if self.stream is None:
+            return await asyncio.to_thread(self.decide, tool, args, call_id=call_id, estimated_cost=estimated_cost,
+                                           tool_server=tool_server)
+        request = self._request(tool, args, call_id, estimated_cost, tool_server)
+        try:
+            resp = await self.stream.adecide(request)
+        except (grpc.RpcError, NoDecision) as e:
+            raise _no_decision(tool, e) from None
+        return verdict_of(tool, resp)
 
     async def aresume(self, pending: Verdict, args: Mapping[str, Any] | None = None, **kw: Any) -> Verdict:
         return await asyncio.to_thread(self.resume, pending, args, **kw)
 
     async def areport(self, decision_id: str, status: str, actual_cost: float | None = None,
                       result: Any = None) -> None:
-        await asyncio.to_thread(self.report, decision_id, status, actual_cost, result)
+        if self.stream is None:
+            await asyncio.to_thread(self.report, decision_id, status, actual_cost, result)
+            return
+        try:
+            await self.stream.areport(outcome_request(decision_id, actual_cost, status[:64],
+                                                      result=result_for_report(result)))
+        except (grpc.RpcError, NoDecision) as e:
+            log.warning("outcome not reported", extra={"decision_id": decision_id, "error": _status(e)})
 
     def close(self) -> None:
         if self.stream is not None:
@@ -278,6 +309,10 @@ class Guard:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _no_decision(tool: str, e: grpc.RpcError | NoDecision) -> DeciderUnavailable:
+    return DeciderUnavailable(f"decider gave no decision for {tool} ({_status(e)}); the call does not run")
 
 
 def _status(e: grpc.RpcError | NoDecision) -> str:

@@ -6,9 +6,11 @@ On a stream the guard keeps open, each is one message: the decision as a batch o
 `DecideBatch.outcomes` (settled by the same `report_outcome` as the unary RPC, before the reply).
 Threads sharing one guard have their calls coalesced into one message (`BatchingDecider`).
 
-The guard is synchronous (agent code calls it from its threads, and async code through
-`asyncio.to_thread`), so the streams run on one background event loop per process, shared by every
-guard: a daemon thread started on first use (again in a forked child).
+The streams run on one background event loop per process, shared by every guard: a daemon thread
+started on first use (again in a forked child). Sync callers (agent code in its threads) wait for
+it; async callers (`Guard.adecide`, `areport`, `acheck`) await it from their own loop, with no
+worker thread per call (asyncio's default pool has min(32, CPUs + 4) threads, which parallel tool
+calls would queue behind).
 
 Falls back to the unary RPCs, with the same answers:
 - for a call made inside an OpenTelemetry span: the server takes a stream's trace context once, when
@@ -131,17 +133,43 @@ class StreamTransport:
         """The stream's answer; `unary()`'s where the unary RPC must answer instead; else NoDecision."""
         try:
             return _Loop.run(on_stream, self.timeout + 1.0)
-        except OutcomesUnsupported:
+        except Exception as e:  # noqa: BLE001 - sorted out by _after_failure
+            self._after_failure(e)
+        return unary()
+
+    # ---- the same from async code: awaited across loops, no worker thread per call ----------
+    async def adecide(self, request: pb.DecideRequest) -> pb.DecideResponse:
+        if not self.streaming or _in_span():
+            return await asyncio.to_thread(self.client.decide, request)
+        return await self._aask(self._decide(request), lambda: self.client.decide(request))
+
+    async def areport(self, request: pb.ReportOutcomeRequest) -> None:
+        if not (self.streaming and self.outcomes_streaming):
+            await asyncio.to_thread(self.client.report_request, request)
+            return
+        await self._aask(self._report(request), lambda: self.client.report_request(request))
+
+    async def _aask(self, on_stream: Coroutine[Any, Any, Any], unary: Callable[[], Any]) -> Any:
+        try:
+            future = asyncio.run_coroutine_threadsafe(on_stream, _Loop.get())
+            # Cancelled here (the caller's task, the timeout) → cancelled on the stream's loop too.
+            return await asyncio.wait_for(asyncio.wrap_future(future), self.timeout + 1.0)
+        except Exception as e:  # noqa: BLE001 - sorted out by _after_failure
+            self._after_failure(e)
+        return await asyncio.to_thread(unary)
+
+    def _after_failure(self, e: Exception) -> None:
+        """Returns when the unary RPC must answer instead; raises NoDecision otherwise."""
+        if isinstance(e, OutcomesUnsupported):
             self.outcomes_streaming = False   # the outcome settled nothing: report the unary way
-            return unary()
-        except DecisionError as e:
+            return
+        if isinstance(e, DecisionError):
             if self._unary_instead(e):
-                return unary()
+                return
             raise NoDecision(f"{e.code.name}: {e.message}") from None
-        except TimeoutError:
+        if isinstance(e, TimeoutError):
             raise NoDecision(f"DEADLINE_EXCEEDED: no answer in {self.timeout:g} s") from None
-        except Exception as e:  # noqa: BLE001 - anything else is still no answer: fail closed
-            raise NoDecision(f"UNKNOWN: {type(e).__name__}: {e}") from None
+        raise NoDecision(f"UNKNOWN: {type(e).__name__}: {e}") from None   # still no answer: fail closed
 
     def _unary_instead(self, e: DecisionError) -> bool:
         """Ask the unary way instead, when that cannot act on the call twice: the server has no
