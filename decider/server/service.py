@@ -223,15 +223,27 @@ class DeciderService:
             # 1. Every call: decode, validate, admit; the rules, when its state needs no store read.
             calls: list[Any] = [None] * n
             early = self.bundles.shadow is None   # a shadow reads state of its own: each in its turn
+            # 1a. decode, validate, admit (each call's bytes are read once, back to back);
             for i, raw in enumerate(raws):
                 started = time.perf_counter()
                 try:
                     req, now = self._intake(raw)
                     refused = admit(bundle, req)
                     state = self._state_at_hand(req, bundle, now) if early else None
-                    evaluated = evaluate_call(bundle, req, state, refused) if state is not None else None
                 except Exception as e:  # noqa: BLE001 - one bad call must not fail the rest of its batch
                     results[i] = DecisionFailed.of(e)
+                    continue
+                calls[i] = (req, now, state, None, started, refused)
+            # 1b. then the rules of every call whose state is at hand, back to back.
+            for i, call in enumerate(calls):
+                if call is None or call[2] is None:
+                    continue
+                req, now, state, _none, started, refused = call
+                try:
+                    evaluated = evaluate_call(bundle, req, state, refused)
+                except Exception as e:  # noqa: BLE001 - one bad call must not fail the rest of its batch
+                    results[i] = DecisionFailed.of(e)
+                    calls[i] = None
                     continue
                 calls[i] = (req, now, state, evaluated, started, refused)
             # 2. The calls the controls settle without the store (no approval to read, no budget to
