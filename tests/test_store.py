@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
 from datetime import datetime, timedelta, timezone
@@ -17,6 +18,7 @@ from decider.record.ids import id_time_ms, new_id
 from decider.record.record import build_record
 from decider.store import DecisionStore, GroupCommitWriter, connect
 from decider.store.decisions import LogFilter, decisions
+from decider.store.writer import WriteGroup
 
 from .helpers import POLICIES
 
@@ -55,6 +57,34 @@ def test_a_bad_row_fails_alone_and_its_neighbours_commit(db_url: str) -> None:
     writer.write_sync(other)
     writer.close()
     assert DecisionStore(engine).ids() == {good["decision_id"], other["decision_id"]}
+
+
+def test_a_write_group_settles_once_with_each_records_own_outcome(db_url: str) -> None:
+    """A batch's records staged as one WriteGroup (DeciderService.decide_many): one wait for all,
+    and each record's own result: a bad one fails alone, its neighbours are committed."""
+    engine = connect(db_url)
+    writer = GroupCommitWriter(engine, decisions)
+    first, other = row(), row()
+
+    async def stage_and_wait() -> list[BaseException | None]:
+        group = WriteGroup()
+        # Same primary key as `first`, staged in the same hand-over: the batch fails, each is retried alone.
+        slots = [writer.stage(r, group) for r in (first, dict(first), other)]
+        assert slots == [0, 1, 2] and len(group) == 3
+        await asyncio.wait_for(group.wait(), 30)
+        return group.errors
+
+    try:
+        errors = asyncio.run(stage_and_wait())
+    finally:
+        writer.close()
+    assert errors[0] is None and errors[2] is None
+    assert isinstance(errors[1], (sqlite3.IntegrityError, IntegrityError))
+    assert DecisionStore(engine).ids() == {first["decision_id"], other["decision_id"]}
+
+
+def test_an_empty_write_group_is_settled_at_once() -> None:
+    asyncio.run(asyncio.wait_for(WriteGroup().wait(), 5))
 
 
 def test_close_flushes_and_refuses_new_rows(db_url: str) -> None:

@@ -26,6 +26,7 @@ from decider.server.controls import Applied, Controls
 from decider.server.reach import refuse_unreached
 from decider.server.sessions import session_call_of
 from decider.store import DecisionStore, GroupCommitWriter
+from decider.store.writer import WriteGroup
 from decider.v1 import decider_pb2 as pb
 
 __all__ = ["BundleHolder", "DeciderService", "DecisionFailed", "SERVICE_NAME"]
@@ -182,24 +183,26 @@ class DeciderService:
         n = len(raws)
         self._enter(n)
         results: list[Any] = [None] * n
-        staged: list[tuple[int, _Prepared, asyncio.Future[None]]] = []
+        # The records staged and not yet awaited: (call index, prepared, its index in `group`).
+        staged: list[tuple[int, _Prepared, int]] = []
+        group = WriteGroup()
         # The batch's own session history: per session id, (index, call) of each staged record in
         # batch order (staged out of order: the early pass first, then the rest).
         earlier: dict[str, list[tuple[int, SessionCall]]] = {}
 
         async def write_staged() -> None:
-            nonlocal staged
-            await self._settle_staged(staged, results, carrier)
-            staged = []   # after the wait: cancelled during it, the finally below still gives them back
+            nonlocal staged, group
+            await self._settle_staged(staged, group, results, carrier)
+            staged, group = [], WriteGroup()   # after the wait: cancelled during it, the finally below still gives them back
 
         def stage(i: int, prepared: _Prepared) -> None:
             try:
-                fut = self.writer.stage(prepared.row)
+                slot = self.writer.stage(prepared.row, group)
             except Exception as exc:  # noqa: BLE001 - e.g. the writer is shut down
                 prepared.applied.done(False)
                 results[i] = self._unrecorded(prepared, exc)
                 return
-            staged.append((i, prepared, fut))
+            staged.append((i, prepared, slot))
             if prepared.bundle.reads_session and not prepared.record.dry_run:
                 sid = prepared.bundle.history_key(prepared.record.agent)
                 if sid:
@@ -220,15 +223,27 @@ class DeciderService:
             # 1. Every call: decode, validate, admit; the rules, when its state needs no store read.
             calls: list[Any] = [None] * n
             early = self.bundles.shadow is None   # a shadow reads state of its own: each in its turn
+            # 1a. decode, validate, admit (each call's bytes are read once, back to back);
             for i, raw in enumerate(raws):
                 started = time.perf_counter()
                 try:
                     req, now = self._intake(raw)
                     refused = admit(bundle, req)
                     state = self._state_at_hand(req, bundle, now) if early else None
-                    evaluated = evaluate_call(bundle, req, state, refused) if state is not None else None
                 except Exception as e:  # noqa: BLE001 - one bad call must not fail the rest of its batch
                     results[i] = DecisionFailed.of(e)
+                    continue
+                calls[i] = (req, now, state, None, started, refused)
+            # 1b. then the rules of every call whose state is at hand, back to back.
+            for i, call in enumerate(calls):
+                if call is None or call[2] is None:
+                    continue
+                req, now, state, _none, started, refused = call
+                try:
+                    evaluated = evaluate_call(bundle, req, state, refused)
+                except Exception as e:  # noqa: BLE001 - one bad call must not fail the rest of its batch
+                    results[i] = DecisionFailed.of(e)
+                    calls[i] = None
                     continue
                 calls[i] = (req, now, state, evaluated, started, refused)
             # 2. The calls the controls settle without the store (no approval to read, no budget to
@@ -271,19 +286,20 @@ class DeciderService:
             await write_staged()
         finally:
             self.in_flight -= n
-            for _i, prepared, _fut in staged:   # cancelled mid-batch: give back what was held
+            for _i, prepared, _slot in staged:   # cancelled mid-batch: give back what was held
                 prepared.applied.done(False)
         return results
 
-    async def _settle_staged(self, staged: list[tuple[int, _Prepared, asyncio.Future[None]]],
+    async def _settle_staged(self, staged: list[tuple[int, _Prepared, int]], group: WriteGroup,
                              results: list[Any], carrier: dict[str, str] | None) -> None:
         if not staged:
             return
         commit_started = time.perf_counter()
-        await asyncio.wait([fut for _, _, fut in staged])
+        await group.wait()   # one wake-up for the batch's records, not a future each
         # In the batch's order: the session buffers get the calls as they were decided.
-        for i, prepared, fut in sorted(staged, key=_first):
-            exc = fut.exception()
+        errors = group.errors
+        for i, prepared, slot in sorted(staged, key=_first):
+            exc = errors[slot]
             if exc is not None:
                 prepared.applied.done(False)
                 results[i] = self._unrecorded(prepared, exc)

@@ -18,7 +18,7 @@ from sqlalchemy import Engine, Table, insert
 
 from decider.store.sqlite_raw import LOOP_BUSY_TIMEOUT_MS, RawInsert, connect_raw, is_busy, sqlite_file
 
-__all__ = ["GroupCommitWriter", "WriterClosed", "row_completer", "CHECKPOINT_EVERY"]
+__all__ = ["GroupCommitWriter", "WriteGroup", "WriterClosed", "row_completer", "CHECKPOINT_EVERY"]
 
 log = logging.getLogger("decider.store.writer")
 
@@ -111,18 +111,23 @@ class GroupCommitWriter:
                 return
         await self.stage(row)
 
-    def stage(self, row: dict[str, Any]) -> asyncio.Future[None]:
-        """Queue `row` for the next batch handed to the writer thread (from the event loop) and
-        return the future its commit settles: many rows staged at once cost one future each and
-        no task (DeciderService.decide_many)."""
+    def stage(self, row: dict[str, Any], group: WriteGroup | None = None) -> Any:
+        """Queue `row` for the next batch handed to the writer thread (from the event loop).
+        Without `group`: returns the future its commit settles. With `group`: returns the row's
+        index in `group.errors`; the group is settled once for all its rows (`WriteGroup.wait`),
+        which costs no future and no callback per row (DeciderService.decide_many)."""
         if self._closed:
             raise WriterClosed("the decision writer is shut down")
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
         staged = self._staged.get(loop)
         if staged is None:
             staged = self._staged[loop] = []
             loop.call_soon(self._hand_over, loop)
+        if group is not None:
+            slot = group._add(loop)
+            staged.append((row, slot))
+            return slot.index
+        fut: asyncio.Future[None] = loop.create_future()
         staged.append((row, fut))
         return fut
 
@@ -178,7 +183,7 @@ class GroupCommitWriter:
         try:
             self._enqueue(items)
         except WriterClosed as exc:
-            _settle_many([w for _, w in items], exc)
+            _resolve_each([(w, exc) for _, w in items])
 
     def write_sync(self, row: dict[str, Any]) -> None:
         ev = threading.Event()
@@ -327,19 +332,10 @@ def row_completer(table: Table) -> Callable[[dict[str, Any]], dict[str, Any]]:
 
 
 def _notify(waiters: list[Any], err: BaseException | None) -> None:
-    """From the writer thread: callbacks run here; futures are settled with ONE thread-safe call per
-    loop (each call writes to the loop's self-pipe, so one per row would cost a syscall per row)."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
-    for w in waiters:
-        if isinstance(w, asyncio.Future):
-            by_loop.setdefault(w.get_loop(), []).append(w)
-        else:
-            w(err)
-    for loop, futs in by_loop.items():
-        try:
-            loop.call_soon_threadsafe(_settle_many, futs, err)
-        except RuntimeError:  # the loop is closed: nobody is waiting any more
-            pass
+    """From the writer thread: callbacks run here; futures and group slots are settled with ONE
+    thread-safe call per loop (each call writes to the loop's self-pipe, so one per row would cost
+    a syscall per row)."""
+    _notify_each([(w, err) for w in waiters])
 
 
 class _OpItem:
@@ -352,11 +348,12 @@ class _OpItem:
 
 
 def _notify_each(items: list[tuple[Any, Any]]) -> None:
-    """From the writer thread, after a commit with ops: each waiter gets its own result (an
-    exception instance raised by an op is delivered as that op's failure)."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any]]] = {}
+    """From the writer thread, after a commit: each waiter gets its own result (None, or an
+    exception instance: an op's failure, or the commit's). Callbacks run here; futures and group
+    slots are settled on their loop, with one thread-safe call per loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, Any]]] = {}
     for w, result in items:
-        if isinstance(w, asyncio.Future):
+        if isinstance(w, (asyncio.Future, _Slot)):
             by_loop.setdefault(w.get_loop(), []).append((w, result))
         else:
             w(result if isinstance(result, BaseException) else None)
@@ -367,21 +364,61 @@ def _notify_each(items: list[tuple[Any, Any]]) -> None:
             pass
 
 
-def _resolve_each(pairs: list[tuple[asyncio.Future[Any], Any]]) -> None:
-    for fut, result in pairs:
-        if fut.done():
+def _resolve_each(pairs: list[tuple[Any, Any]]) -> None:
+    """On the waiters' loop: settle each future or group slot with its result."""
+    for w, result in pairs:
+        if type(w) is _Slot:
+            w.group._settle(w.index, result if isinstance(result, BaseException) else None)
+        elif w.done():
             continue
-        if isinstance(result, BaseException):
-            fut.set_exception(result)
+        elif isinstance(result, BaseException):
+            w.set_exception(result)
         else:
-            fut.set_result(result)
+            w.set_result(result)
 
 
-def _settle_many(futs: list[asyncio.Future[None]], err: BaseException | None) -> None:
-    for fut in futs:
-        if fut.done():
-            continue
-        if err is None:
-            fut.set_result(None)
-        else:
-            fut.set_exception(err)
+class WriteGroup:
+    """Records staged together from one event loop and awaited together (`stage(row, group)`):
+    one wake-up for the whole group when its last record's commit is known, and each record's
+    outcome in `errors` (None: committed). Used on the loop thread only."""
+
+    __slots__ = ("errors", "_left", "_waiter")
+
+    def __init__(self) -> None:
+        self.errors: list[BaseException | None] = []
+        self._left = 0
+        self._waiter: asyncio.Future[None] | None = None
+
+    def __len__(self) -> int:
+        return len(self.errors)
+
+    def _add(self, loop: asyncio.AbstractEventLoop) -> _Slot:
+        self.errors.append(None)
+        self._left += 1
+        return _Slot(self, len(self.errors) - 1, loop)
+
+    def _settle(self, index: int, err: BaseException | None) -> None:
+        self.errors[index] = err
+        self._left -= 1
+        if self._left == 0 and self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def wait(self) -> None:
+        """Until every record staged in this group is committed or has failed."""
+        if self._left:
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+
+
+class _Slot:
+    """One staged record of a WriteGroup, as the writer thread's waiter for it."""
+
+    __slots__ = ("group", "index", "_loop")
+
+    def __init__(self, group: WriteGroup, index: int, loop: asyncio.AbstractEventLoop) -> None:
+        self.group = group
+        self.index = index
+        self._loop = loop
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop

@@ -3,7 +3,9 @@ floor) on 127.0.0.1, unary `Decide` at C callers for a few seconds, each server 
 system CPU per decision from /proc/<pid>/task (named by `py-spy dump` when py-spy is installed),
 and the group-commit writer's records per commit from the server's "stopped" log line.
 
-    .venv/bin/python tools/bench/thread_cpu.py --concurrency 1 32 [--seconds 6] [--floor]
+    .venv/bin/python tools/bench/thread_cpu.py --concurrency 1 32 [--seconds 6] [--floor] [--batch]
+
+`--batch` drives DecideBatchStream through `BatchingDecider` (as `ab.py --batch`) instead of unary `Decide`.
 
 Same workload, client and server settings as ab.py (a fresh SQLite file, binding key from the
 environment). Bounded by --seconds per level; the server is stopped on every exit path.
@@ -28,7 +30,7 @@ REPO_ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 
 from ab import start, stop  # noqa: E402
-from load import DeciderTarget, _drive, proc_tree_cpu_seconds  # noqa: E402
+from load import DeciderBatchTarget, DeciderTarget, _drive, proc_tree_cpu_seconds  # noqa: E402
 from workload import build_workload  # noqa: E402
 
 Ticks = dict[str, tuple[str, int, int]]   # thread id -> (comm, user ticks, system ticks)
@@ -68,8 +70,8 @@ def start_floor(tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
     return proc, int(port_file.read_text())
 
 
-async def measure(pid: int, port: int, concurrency: int, seconds: float) -> None:
-    target = DeciderTarget(f"127.0.0.1:{port}", name="P")
+async def measure(pid: int, port: int, concurrency: int, seconds: float, batch: bool = False) -> None:
+    target = (DeciderBatchTarget if batch else DeciderTarget)(f"127.0.0.1:{port}", name="P")
     await target.open()
     items = build_workload()
     target.prepare(items)
@@ -98,13 +100,14 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
     ap.add_argument("--seconds", type=float, default=6.0)
     ap.add_argument("--floor", action="store_true", help="measure tools/bench/floor_server.py instead")
+    ap.add_argument("--batch", action="store_true", help="drive DecideBatchStream instead of unary Decide")
     args = ap.parse_args()
     for c in args.concurrency:
         with tempfile.TemporaryDirectory() as tmp_dir:
             tmp = Path(tmp_dir)
             proc, port = start_floor(tmp) if args.floor else start(REPO_ROOT, tmp, "P", {}, [])
             try:
-                asyncio.run(measure(proc.pid, port, c, args.seconds))
+                asyncio.run(measure(proc.pid, port, c, args.seconds, args.batch))
             finally:
                 stop(proc)
             for line in (tmp / "P.log").read_text().splitlines():
