@@ -339,3 +339,28 @@ def test_the_response_goes_to_the_outcome_rules_as_the_result(stub: xpb_grpc.Ext
         metadata=GW)
     rec = record(waiting, decision_id)
     assert (rec.outcome_status, list(rec.labels)) == ("ok", ["pii-seen"])
+
+
+# ---- the map of allowed calls waiting for their CheckResponse (ExtMcpService, in process) ----------
+
+def test_waiting_calls_are_bounded_oldest_first_and_expire_with_one_sweep_per_interval(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from decider.server import ext_mcp
+
+    ext = ext_mcp.ExtMcpService(None, None)  # type: ignore[arg-type]  # the map needs neither
+    backend = ("billing", "tools/call")
+    monkeypatch.setattr(ext_mcp, "MAX_OUTSTANDING", 10)
+    # 1,000 agents inside one sweep interval: the keys are swept once, not once per call.
+    for i in range(1000):
+        ext._remember(backend, f"agent-{i}", f"d-{i}")
+    assert ext.sweeps == 1
+    # Over the bound, the oldest calls went first: the 10 newest agents' calls are what is left.
+    assert ext._count == 10 and list(ext._outstanding) == [(backend, f"agent-{i}") for i in range(990, 1000)]
+    assert ext._take(backend, "agent-5", None) is None and ext._take(backend, "agent-995", None) == "d-995"
+    # Past the TTL, at the next sweep: gone.
+    monkeypatch.setattr(ext_mcp, "OUTSTANDING_TTL_S", 0.0)
+    monkeypatch.setattr(ext_mcp, "SWEEP_EVERY_S", 0.0)
+    ext._next_sweep = 0.0
+    ext._remember(backend, "late-agent", "d-late")
+    assert ext.sweeps == 2
+    assert ext._count == 0 and not ext._outstanding

@@ -54,6 +54,7 @@ AGENT_FIELDS = frozenset(f.name for f in pb.Agent.DESCRIPTOR.fields)
 # never sends CheckResponse cannot grow this without limit.
 MAX_OUTSTANDING = 10_000
 OUTSTANDING_TTL_S = 3600.0
+SWEEP_EVERY_S = 1.0   # how often allowed calls past OUTSTANDING_TTL_S are looked for
 # The methods decided (SPEC §8 Round two), and those passed without a decision: they carry no
 # effect or payload of their own. Anything else is refused.
 GOVERNED_METHODS = ("tools/call", "resources/read", "resources/subscribe", "prompts/get", "completion/complete")
@@ -184,6 +185,8 @@ class ExtMcpService:
         # (backend, method), agent → allowed decisions waiting for their CheckResponse
         self._outstanding: OrderedDict[tuple[tuple[str, str], str], deque[tuple[str, float]]] = OrderedDict()
         self._count = 0
+        self._next_sweep = 0.0
+        self.sweeps = 0   # TTL sweeps done (tests)
 
     # ---- CheckRequest ------------------------------------------------------------------------
     async def check_request(self, req: xpb.McpRequest, context: grpc.aio.ServicerContext) -> xpb.McpRequestResult:
@@ -309,12 +312,26 @@ class ExtMcpService:
         return taken
 
     def _trim(self) -> None:
-        horizon = time.monotonic() - OUTSTANDING_TTL_S
-        for key in list(self._outstanding):
+        # Entries past their TTL: a sweep of every (backend, agent) at most every SWEEP_EVERY_S, not
+        # one per call (with many agents a sweep per CheckRequest cost O(agents) on every call).
+        now = time.monotonic()
+        if now >= self._next_sweep:
+            self._next_sweep = now + SWEEP_EVERY_S
+            self.sweeps += 1
+            horizon = now - OUTSTANDING_TTL_S
+            for key in list(self._outstanding):
+                queue = self._outstanding[key]
+                while queue and queue[0][1] < horizon:
+                    queue.popleft()
+                    self._count -= 1
+                if not queue:
+                    del self._outstanding[key]
+        # Over the bound: the oldest entries of the longest-known (backend, agent) go first.
+        while self._count > MAX_OUTSTANDING:
+            key = next(iter(self._outstanding))
             queue = self._outstanding[key]
-            while queue and (queue[0][1] < horizon or self._count > MAX_OUTSTANDING):
-                queue.popleft()
-                self._count -= 1
+            queue.popleft()
+            self._count -= 1
             if not queue:
                 del self._outstanding[key]
 
