@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import os
 import shlex
-import signal
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,7 @@ from load import (  # noqa: E402
     summarize,
     write_results,
 )
+from procs import stop_group  # noqa: E402
 from workload import build_workload  # noqa: E402
 
 BUNDLE = HERE / "policies" / "decider"
@@ -63,13 +63,7 @@ def start(repo: Path, tmp: Path, name: str, extra_env: dict[str, str],
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    stop_group(proc, timeout_s=15)
 
 
 def main() -> int:

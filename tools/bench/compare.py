@@ -42,6 +42,7 @@ if __package__ in (None, ""):
 
 import grpc  # noqa: E402
 import load  # noqa: E402
+from procs import stop_group  # noqa: E402
 from workload import build_workload, coverage_gaps, summarize  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -162,16 +163,7 @@ def running(server: Server) -> Iterator[Server]:
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=STOP_TIMEOUT_S)
+    stop_group(process, timeout_s=STOP_TIMEOUT_S)
 
 
 async def wait_healthy(server: Server, timeout_s: float = READY_TIMEOUT_S) -> None:

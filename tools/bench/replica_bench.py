@@ -38,6 +38,7 @@ ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
 
 import grpc  # noqa: E402
+from procs import stop_group  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
 
 from decider.client import DeciderClient  # noqa: E402
@@ -77,13 +78,7 @@ def serve(db: str, tmp: Path, name: str) -> tuple[subprocess.Popen[bytes], int]:
 
 
 def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, sig)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    stop_group(proc, timeout_s=20, sig=sig)
 
 
 def load(ports: list[int], seconds: float, worker: int, answered: dict[str, str], errors: list[str]) -> None:

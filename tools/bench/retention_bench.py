@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import platform
-import signal
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
 
+from procs import stop_group  # noqa: E402
 from sqlalchemy import delete, select  # noqa: E402
 
 from decider.archives.prune import DEFAULT_BATCH, DEFAULT_THROTTLE, Pruner  # noqa: E402
@@ -69,13 +69,7 @@ def serve(db: str, tmp: Path, name: str) -> tuple[subprocess.Popen[bytes], int]:
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    stop_group(proc, timeout_s=20)
 
 
 def templates(db: str, tmp: Path) -> list[dict[str, Any]]:
