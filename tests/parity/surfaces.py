@@ -541,13 +541,7 @@ def replay_openai(sc: Scenario, tmp: Path) -> list[Row]:
         messages.append({"role": "tool", "tool_call_id": call_id, "content": "done"})
     trace = tmp / f"{sc.name}.openai.json"
     trace.write_text(json.dumps({"messages": messages}))
-    agent = {k: v for k, v in sc.agent.items() if k != "session_id"}
-    mapping = tmp / f"{sc.name}.mapping.yaml"
-    mapping.write_text(yaml.safe_dump({"agent": agent}))
-    extra = ["--trace-format", "openai", "--mapping", str(mapping)]
-    if any(isinstance(s, Action) and s.kind == "approve" for s in sc.steps):
-        extra += ["--assume", "approved"]
-    return _replay(sc, tmp, trace, *extra)
+    return _replay_mapped(sc, tmp, trace, "openai")
 
 
 def replay_claude_code(sc: Scenario, tmp: Path) -> list[Row]:
@@ -575,10 +569,16 @@ def replay_claude_code(sc: Scenario, tmp: Path) -> list[Row]:
             {"tool_use_id": use_id, "type": "tool_result", "content": "done", "is_error": False}]})
     trace = tmp / f"{sc.name}.claude.jsonl"
     trace.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return _replay_mapped(sc, tmp, trace, "claude-code")
+
+
+def _replay_mapped(sc: Scenario, tmp: Path, trace: Path, trace_format: str) -> list[Row]:
+    """Replay a trace that names no agent: the scenario's agent (its session from the trace) from
+    `--mapping`; an approval between calls: `--assume approved`."""
     agent = {k: v for k, v in sc.agent.items() if k != "session_id"}
     mapping = tmp / f"{sc.name}.mapping.yaml"
     mapping.write_text(yaml.safe_dump({"agent": agent}))
-    extra = ["--trace-format", "claude-code", "--mapping", str(mapping)]
+    extra = ["--trace-format", trace_format, "--mapping", str(mapping)]
     if any(isinstance(s, Action) and s.kind == "approve" for s in sc.steps):
         extra += ["--assume", "approved"]
     return _replay(sc, tmp, trace, *extra)
