@@ -98,8 +98,9 @@ class StreamTransport:
         self.outcomes_streaming = True   # False once the server takes no outcomes on it
         self._stream = _Stream()
         _open.add(self)
-        # A guard dropped without close() must not leave its stream open on the server.
-        weakref.finalize(self, self._stream.abandon)
+        # A guard dropped without close() must not leave its stream open on the server. At exit the
+        # guards still alive are closed (and waited for) by _close_all, not by this finalizer.
+        weakref.finalize(self, self._stream.abandon).atexit = False
 
     async def _get(self) -> BatchingDecider:
         # Made on the loop's thread: a grpc.aio channel belongs to the loop it was made on.
@@ -217,14 +218,18 @@ class _Stream:
     def abandon(self) -> None:
         # From the garbage collector, on whatever thread (the loop's own included): never block.
         end = self.take()
-        if end is not None:
-            loop = _Loop.get()
+        # The loop the stream was made on (take() checked it is this process's). Not _Loop.get():
+        # the collector may run while this thread holds _Loop's lock.
+        loop = _Loop._loop
+        if end is not None and loop is not None:
 
             def start() -> None:
                 task = loop.create_task(end)
                 _ending.add(task)   # the loop keeps tasks weakly: hold it until it is done
                 task.add_done_callback(_ending.discard)
             loop.call_soon_threadsafe(start)
+        elif end is not None:
+            end.close()   # no loop left to run it on
 
 
 _ending: set[asyncio.Task[None]] = set()
