@@ -77,6 +77,9 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+BASE = "Decide (unary)"
+
+
 def callers(target: str) -> dict[str, Callable[[], Callable[[int], None]]]:
     """Per mode, a factory of one thread's call function (each thread has its own channel)."""
     def decide() -> Callable[[int], None]:
@@ -109,7 +112,7 @@ def callers(target: str) -> dict[str, Callable[[], Callable[[int], None]]]:
 
     # CheckRequest alone is the ExtMcp counterpart of one unary Decide (issue 27: within 10 %); its
     # allowed calls wait for a CheckResponse that never comes, in a map bounded by MAX_OUTSTANDING.
-    return {"Decide (unary)": decide, "ExtMcp CheckRequest": lambda: ext_mcp(respond=False),
+    return {BASE: decide, "ExtMcp CheckRequest": lambda: ext_mcp(respond=False),
             "@guard, unary (Decide + ReportOutcome)": lambda: decorated("unary"),
             "@guard, stream (the default)": lambda: decorated("stream"),
             "ExtMcp (CheckRequest + CheckResponse)": ext_mcp}
@@ -154,14 +157,18 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--rounds", type=int, default=1,
                     help="repeat every mode this many times (alternating order); the table shows each round's row")
+    ap.add_argument("--modes", nargs="+", metavar="PREFIX",
+                    help="only the modes whose name starts with one of these (the unary Decide is always kept: "
+                    "the ratios are to it)")
     args = ap.parse_args()
+    wanted = [m for m in callers("") if m == BASE or not args.modes or m.startswith(tuple(args.modes))]
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         proc, target = start(Path(tmp))
         try:
             for c in args.concurrency:
                 for n in range(args.rounds):
-                    modes = list(callers(target).items())
+                    modes = [(m, make) for m, make in callers(target).items() if m in wanted]
                     for mode, make in modes if n % 2 == 0 else reversed(modes):
                         rows.append({"mode": mode, "round": n, **measure(proc.pid, make, args.calls, c)})
         finally:
@@ -177,9 +184,8 @@ def main() -> None:
     by = {k: statistics.median(v) for k, v in pooled.items()}
     print("\nserver CPU per call / a unary Decide's (same run, median over rounds):")
     for c in args.concurrency:
-        base = by[("Decide (unary)", c)]
-        print(f"  C={c:<3} " + "   ".join(f"{mode}: {by[(mode, c)] / base:.2f}x" for mode in callers(target)
-                                         if mode != "Decide (unary)"))
+        base = by[(BASE, c)]
+        print(f"  C={c:<3} " + "   ".join(f"{mode}: {by[(mode, c)] / base:.2f}x" for mode in wanted if mode != BASE))
     out = ROOT / "tools" / "bench" / "results" / "guard.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": rows}, indent=2))

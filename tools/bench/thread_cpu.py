@@ -3,7 +3,7 @@ floor) on 127.0.0.1, unary `Decide` at C callers for a few seconds, each server 
 system CPU per decision from /proc/<pid>/task (named by `py-spy dump` when py-spy is installed),
 and the group-commit writer's records per commit from the server's "stopped" log line.
 
-    .venv/bin/python tools/bench/thread_cpu.py --concurrency 1 32 [--seconds 6] [--floor] [--batch]
+    .venv/bin/python tools/bench/thread_cpu.py --concurrency 1 32 [--seconds 6] [--floor] [--batch] [--spy F]
 
 `--batch` drives DecideBatchStream through `BatchingDecider` (as `ab.py --batch`) instead of unary `Decide`.
 
@@ -70,15 +70,30 @@ def start_floor(tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
     return proc, int(port_file.read_text())
 
 
-async def measure(pid: int, port: int, concurrency: int, seconds: float, batch: bool = False) -> None:
+def start_spy(pid: int, out: Path | None, seconds: float) -> subprocess.Popen[bytes] | None:
+    """`py-spy record` of the server for the measured window (collapsed stacks, native frames off),
+    when --spy asks for it and py-spy is installed."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if out is None or not Path(spy).exists():
+        return None
+    return subprocess.Popen([spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "500", "--threads",
+                             "--duration", str(int(seconds)), "--output", str(out), "--nonblocking"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+async def measure(pid: int, port: int, concurrency: int, seconds: float, batch: bool = False,
+                  spy_out: Path | None = None) -> None:
     target = (DeciderBatchTarget if batch else DeciderTarget)(f"127.0.0.1:{port}", name="P")
     await target.open()
     items = build_workload()
     target.prepare(items)
     try:
         await _drive(target, items, concurrency, 10**9, 1.5, None)   # warm-up
+        spy = start_spy(pid, spy_out, seconds)
         before, cpu0, t0 = threads(pid), proc_tree_cpu_seconds(pid), time.perf_counter()
         n = await _drive(target, items, concurrency, 10**9, seconds, None)
+        if spy is not None:
+            spy.wait(timeout=seconds + 30)
         after, cpu, wall = threads(pid), proc_tree_cpu_seconds(pid) - cpu0, time.perf_counter() - t0
         names = thread_names(pid)
     finally:
@@ -101,13 +116,16 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=6.0)
     ap.add_argument("--floor", action="store_true", help="measure tools/bench/floor_server.py instead")
     ap.add_argument("--batch", action="store_true", help="drive DecideBatchStream instead of unary Decide")
+    ap.add_argument("--spy", type=Path, help="also write py-spy's collapsed stacks of the measured window to "
+                    "SPY-C<concurrency>.txt (py-spy's own sampling adds to the server's CPU)")
     args = ap.parse_args()
     for c in args.concurrency:
         with tempfile.TemporaryDirectory() as tmp_dir:
             tmp = Path(tmp_dir)
             proc, port = start_floor(tmp) if args.floor else start(REPO_ROOT, tmp, "P", {}, [])
             try:
-                asyncio.run(measure(proc.pid, port, c, args.seconds, args.batch))
+                spy_out = args.spy.with_name(f"{args.spy.stem}-C{c}.txt") if args.spy else None
+                asyncio.run(measure(proc.pid, port, c, args.seconds, args.batch, spy_out))
             finally:
                 stop(proc)
             for line in (tmp / "P.log").read_text().splitlines():
