@@ -96,6 +96,28 @@ def test_each_entry_of_a_list_or_map_is_bounded_and_named() -> None:
     assert error_of(req).field == "request.labels key"
 
 
+@pytest.mark.parametrize(("where", "value", "field"), [
+    ("args", {"amount": float("nan")}, "tool.args.amount"),
+    ("args", {"limits": {"hi": [1.0, 2.0, float("inf")]}}, "tool.args.limits.hi[2]"),
+    ("context", {"score": float("-inf")}, "context.score"),
+])
+def test_a_nan_or_infinite_number_is_refused_naming_it(where: str, value: dict[str, object], field: str) -> None:
+    # JSON has no NaN or Infinity, and the record is JSON: the call is the caller's error, named.
+    req = ok()
+    (req.tool.args if where == "args" else req.context).update(value)
+    err = error_of(req)
+    assert err.field == field and "must be finite" in err.message
+
+
+def test_finite_numbers_and_strings_with_the_same_bytes_pass() -> None:
+    # The check reads the serialized values for a non-finite number's bytes first; these must pass.
+    req = ok()
+    req.tool.args.update({"big": 1.7976931348623157e308, "small": -5e-324, "nested": [{"x": 0.0}],
+                          "text": "\x11" + "\u00ff" * 10 + "\x7f", "long": "y" * 16_383})
+    req.context.update({"n": -1.0e300})
+    validate_request(req)
+
+
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     s = start_server(tmp_path_factory.mktemp("limits"))
@@ -117,6 +139,9 @@ def test_the_server_refuses_oversized_identity_with_invalid_argument_and_no_reco
     cases = [(with_field("agent.team", "t" * (5 << 20)), "agent.team: is 5242880 characters"),
              (with_field("agent.team", "fin\x00ance"), "agent.team: contains a control"),
              (caps, "agent.capabilities: has 300001 entries")]
+    nan = ok()
+    nan.tool.args.update({"amount": float("nan")})
+    cases.append((nan, "tool.args.amount: is nan"))
     with grpc.insecure_channel(srv.target, options=[("grpc.max_send_message_length", 16 << 20)]) as ch:
         call = ch.unary_unary("/decider.v1.Decider/Decide")
         for req, message in cases:
