@@ -97,6 +97,27 @@ def test_the_record_is_the_one_decide_writes(stub: xpb_grpc.ExtMcpStub, waiting:
     assert a == b
 
 
+@pytest.mark.parametrize("flat", [False, True])
+def test_an_agent_with_labels_and_capabilities_is_the_one_decide_sees(
+        stub: xpb_grpc.ExtMcpStub, waiting: ServerProcess, flat: bool) -> None:
+    # The identity is read from metadata_context without json_format when its values have their
+    # plain JSON shapes: the record must still be the one Decide writes for that agent.
+    agent = {**AGENT, "labels": {"env": "prod", "cost-centre": "7"}, "capabilities": ["refund", "read"],
+             "session_id": "s-labels"}
+    meta = {f"agent.{k}": v for k, v in agent.items()} if flat else {"agent": agent}
+    res = stub.CheckRequest(xpb.McpRequest(service_name="files", method="tools/call", metadata_context=struct(meta),
+                                           mcp_request=struct({"name": "read_file", "arguments": {"path": "/srv/b"}})),
+                            metadata=GW)
+    assert res.WhichOneof("result") == "pass", res
+    with DeciderClient(waiting.target, token="gw-token") as c:
+        direct = c.decide(agent=agent, tool="read_file", server="mcp://files", args={"path": "/srv/b"})
+    a = record(waiting, res.metadata["decision_id"])
+    b = record(waiting, direct.decision_id)
+    assert json_format.MessageToDict(a.agent) == json_format.MessageToDict(b.agent)
+    assert dict(a.agent.labels) == {"env": "prod", "cost-centre": "7"}
+    assert list(a.agent.capabilities) == ["refund", "read"]
+
+
 def test_response_with_is_error_reports_error_on_the_named_decision(
         stub: xpb_grpc.ExtMcpStub, waiting: ServerProcess) -> None:
     first = stub.CheckRequest(tools_call("get_weather", {"city": "Oslo"}, service="weather"), metadata=GW)
@@ -240,6 +261,15 @@ def test_unknown_methods_are_refused(stub: xpb_grpc.ExtMcpStub, waiting: ServerP
     ({"name": "refund", "arguments": {}}, {"agent.capabilities": "one"}, "metadata_context.agent"),
     ({"name": "refund", "arguments": {}}, {}, "agent.id"),
     ({"name": "refund", "arguments": {}}, {"agent": AGENT, "estimated_cost": "9"}, "metadata_context.estimated_cost"),
+    # Hostile values: a NaN or infinite number (JSON has none), identity fields of the wrong type.
+    ({"name": "refund", "arguments": {"amount": float("nan")}}, {"agent": AGENT}, "tool.args.amount: is nan"),
+    ({"name": "refund", "arguments": {}}, {"agent": AGENT, "depth": {"x": [1, float("-inf")]}}, "context.depth.x[1]"),
+    ({"name": "refund", "arguments": {}}, {"agent": AGENT, "estimated_cost": float("inf")}, "request.estimated_cost"),
+    ({"name": "refund", "arguments": "all"}, {"agent": AGENT}, "mcp_request.arguments: must be an object, got str"),
+    ({"name": "refund", "arguments": {}}, {"agent": {"id": "a", "labels": {"k": 1}}}, "metadata_context.agent"),
+    ({"name": "refund", "arguments": {}}, {"agent": {"id": 7}}, "metadata_context.agent"),
+    ({"name": "refund", "arguments": {}}, {"agent": {"id": "a", "capabilities": [float("nan")]}},
+     "metadata_context.agent"),
 ])
 def test_bad_input_is_invalid_naming_the_field_and_leaves_no_record(
         stub: xpb_grpc.ExtMcpStub, waiting: ServerProcess, params: dict[str, Any], meta: dict[str, Any],

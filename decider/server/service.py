@@ -133,17 +133,20 @@ class DeciderService:
             await context.abort(e.code, e.message)
             raise  # unreachable: abort raises
 
-    async def decide_bytes(self, raw: bytes, carrier: dict[str, str] | None = None,
+    async def decide_bytes(self, raw: bytes | pb.DecideRequest, carrier: dict[str, str] | None = None,
                            method: str = "Decide") -> pb.DecideResponse:
         """One decision from wire bytes, recorded durably before it returns. Shared by the unary
-        `Decide` and `DecideStream`; failures raise DecisionFailed with the status to report."""
+        `Decide` and `DecideStream`; failures raise DecisionFailed with the status to report.
+        ExtMcp, which builds its request itself, passes the message (it is the decision's own: the
+        procedure fills in its defaults)."""
         self._enter(1)
         try:
             return await self._decide_bytes(raw, carrier, method)
         finally:
             self.in_flight -= 1
 
-    async def _decide_bytes(self, raw: bytes, carrier: dict[str, str] | None, method: str) -> pb.DecideResponse:
+    async def _decide_bytes(self, raw: bytes | pb.DecideRequest, carrier: dict[str, str] | None,
+                            method: str) -> pb.DecideResponse:
         prepared = await self._prepare(raw, method)
         if isinstance(prepared, pb.DecideResponse):
             return prepared
@@ -306,7 +309,7 @@ class DeciderService:
             else:
                 results[i] = self._finish(prepared, carrier, commit_started)
 
-    async def _prepare(self, raw: bytes, method: str,
+    async def _prepare(self, raw: bytes | pb.DecideRequest, method: str,
                        before_wait: Callable[[], Awaitable[None]] | None = None) -> _Prepared | pb.DecideResponse:
         """Everything before the record is written: decode, validate, admit, decide, apply the
         controls, build the record. A response when the call is answered with an earlier decision.
@@ -322,12 +325,15 @@ class DeciderService:
         return await self._settle(req, now, bundle, state, evaluated, started, method, before_wait, new_id())
 
     @staticmethod
-    def _intake(raw: bytes) -> tuple[pb.DecideRequest, datetime]:
+    def _intake(raw: bytes | pb.DecideRequest) -> tuple[pb.DecideRequest, datetime]:
         """Decode and validate a call, and stamp its time (DecisionFailed naming the field)."""
-        try:
-            req = decode_request(raw)
-        except InvalidRequest as e:
-            raise DecisionFailed(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
+        if isinstance(raw, bytes):
+            try:
+                req = decode_request(raw)
+            except InvalidRequest as e:
+                raise DecisionFailed(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
+        else:
+            req = raw
         try:
             intake(req)
         except InvalidRequest as e:
