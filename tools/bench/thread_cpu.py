@@ -3,7 +3,7 @@ floor) on 127.0.0.1, unary `Decide` at C callers for a few seconds, each server 
 system CPU per decision from /proc/<pid>/task (named by `py-spy dump` when py-spy is installed),
 and the group-commit writer's records per commit from the server's "stopped" log line.
 
-    .venv/bin/python tools/bench/thread_cpu.py --concurrency 1 32 [--seconds 6] [--floor] [--batch] [--spy F]
+    .venv/bin/python tools/bench/thread_cpu.py --concurrency 1 32 [--seconds 6] [--floor] [--batch] [--spy F [--spy-gil]]
 
 `--batch` drives DecideBatchStream through `BatchingDecider` (as `ab.py --batch`) instead of unary `Decide`.
 
@@ -70,26 +70,27 @@ def start_floor(tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
     return proc, int(port_file.read_text())
 
 
-def start_spy(pid: int, out: Path | None, seconds: float) -> subprocess.Popen[bytes] | None:
+def start_spy(pid: int, out: Path | None, seconds: float, gil: bool = False) -> subprocess.Popen[bytes] | None:
     """`py-spy record` of the server for the measured window (collapsed stacks, native frames off),
-    when --spy asks for it and py-spy is installed."""
+    when --spy asks for it and py-spy is installed. `gil`: only the samples of the thread holding
+    the GIL (work, not waiting)."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if out is None or not Path(spy).exists():
         return None
     return subprocess.Popen([spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "500", "--threads",
-                             "--duration", str(int(seconds)), "--output", str(out), "--nonblocking"],
+                             "--duration", str(int(seconds)), "--output", str(out), "--nonblocking", *(["--gil"] if gil else [])],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 async def measure(pid: int, port: int, concurrency: int, seconds: float, batch: bool = False,
-                  spy_out: Path | None = None) -> None:
+                  spy_out: Path | None = None, spy_gil: bool = False) -> None:
     target = (DeciderBatchTarget if batch else DeciderTarget)(f"127.0.0.1:{port}", name="P")
     await target.open()
     items = build_workload()
     target.prepare(items)
     try:
         await _drive(target, items, concurrency, 10**9, 1.5, None)   # warm-up
-        spy = start_spy(pid, spy_out, seconds)
+        spy = start_spy(pid, spy_out, seconds, spy_gil)
         before, cpu0, t0 = threads(pid), proc_tree_cpu_seconds(pid), time.perf_counter()
         n = await _drive(target, items, concurrency, 10**9, seconds, None)
         if spy is not None:
@@ -118,6 +119,7 @@ def main() -> int:
     ap.add_argument("--batch", action="store_true", help="drive DecideBatchStream instead of unary Decide")
     ap.add_argument("--spy", type=Path, help="also write py-spy's collapsed stacks of the measured window to "
                     "SPY-C<concurrency>.txt (py-spy's own sampling adds to the server's CPU)")
+    ap.add_argument("--spy-gil", action="store_true", help="with --spy: only samples holding the GIL")
     args = ap.parse_args()
     for c in args.concurrency:
         with tempfile.TemporaryDirectory() as tmp_dir:
@@ -125,7 +127,7 @@ def main() -> int:
             proc, port = start_floor(tmp) if args.floor else start(REPO_ROOT, tmp, "P", {}, [])
             try:
                 spy_out = args.spy.with_name(f"{args.spy.stem}-C{c}.txt") if args.spy else None
-                asyncio.run(measure(proc.pid, port, c, args.seconds, args.batch, spy_out))
+                asyncio.run(measure(proc.pid, port, c, args.seconds, args.batch, spy_out, args.spy_gil))
             finally:
                 stop(proc)
             for line in (tmp / "P.log").read_text().splitlines():
