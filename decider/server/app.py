@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import Callable
@@ -252,6 +253,11 @@ def _redact(url: str) -> str:
 
 async def _serve(cfg: ServerConfig, on_ready: Callable[[], None] | None = None) -> None:
     running = await start_server(cfg)
+    # What start-up loaded (grpc, SQLAlchemy, protobuf's descriptors, the bundle's CEL programs:
+    # ~100k objects) lives as long as the server: kept out of the collector's full passes, each of
+    # which walked all of it while every call in flight waited (docs/performance.md, round four).
+    gc.collect()
+    gc.freeze()
     if on_ready is not None:
         on_ready()
     stop = asyncio.Event()
