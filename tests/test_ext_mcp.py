@@ -138,6 +138,20 @@ def test_response_with_is_error_reports_error_on_the_named_decision(
     assert record(waiting, ids[0]).outcome_status == "ok"
 
 
+def test_a_result_with_a_nan_still_passes_and_reports_the_outcome(
+        stub: xpb_grpc.ExtMcpStub, waiting: ServerProcess) -> None:
+    # The call already ran: a number JSON cannot hold in the upstream's result (a hostile or broken
+    # upstream) must not fail CheckResponse (it was UNKNOWN) nor leave the outcome unreported.
+    allowed = stub.CheckRequest(tools_call("get_weather", {"city": "Lima"}, service="weather"), metadata=GW)
+    decision_id = allowed.metadata["decision_id"]
+    res = stub.CheckResponse(xpb.McpResponse(
+        service_name="weather", method="tools/call", metadata_context=struct({"agent": AGENT, "decision_id": decision_id}),
+        mcp_response=struct({"content": [{"type": "text", "text": "odd"}], "isError": True,
+                             "structuredContent": {"temp": float("nan"), "t": [float("inf")]}})), metadata=GW)
+    assert res.WhichOneof("result") == "pass"
+    assert record(waiting, decision_id).outcome_status == "error"
+
+
 def test_denied_tools_call_is_an_error_naming_reason_and_decision(
         stub: xpb_grpc.ExtMcpStub, waiting: ServerProcess) -> None:
     res = stub.CheckRequest(tools_call("delete_repo", {"repo": "core"}, service="git"), metadata=GW)

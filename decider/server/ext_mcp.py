@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import OrderedDict, deque
 from typing import Any, NoReturn
@@ -227,6 +228,26 @@ def decide_request_for(req: xpb.McpRequest) -> pb.DecideRequest:
     return out
 
 
+def _result_of(response: struct_pb2.Struct) -> dict[str, Any]:
+    """The upstream's result as JSON values. The call already ran: a NaN or infinite number in it
+    (which JSON cannot hold) becomes null rather than failing the report."""
+    try:
+        return struct_to_dict(response)
+    except ValueError:
+        return {k: _finite_or_none(v) for k, v in response.fields.items()}
+
+
+def _finite_or_none(v: struct_pb2.Value) -> Any:
+    kind = _kind(v)
+    if kind == "number_value":
+        return v.number_value if math.isfinite(v.number_value) else None
+    if kind == "struct_value":
+        return {k: _finite_or_none(x) for k, x in v.struct_value.fields.items()}
+    if kind == "list_value":
+        return [_finite_or_none(x) for x in v.list_value.values]
+    return value_to_python(v)
+
+
 def _reasons(resp: pb.DecideResponse) -> str:
     return "; ".join(f"{r.text or r.rule_id} [{r.rule_id}]" if r.text else r.rule_id for r in resp.reasons)
 
@@ -341,7 +362,7 @@ class ExtMcpService:
             log.warning("CheckResponse without a matching allowed call; outcome not reported",
                         extra={"service_name": req.service_name, "agent": agent_id})
             return passed
-        result = struct_to_dict(req.mcp_response)
+        result = _result_of(req.mcp_response)
         status = "error" if result.get("isError") is True else "ok"
         # No actual_cost: agentgateway tells us none, so the estimate stands.
         report = pb.ReportOutcomeRequest(decision_id=decision_id, status=status)
