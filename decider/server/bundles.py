@@ -263,14 +263,19 @@ class LiveBundles(BundleHolder):
             # nor shown in Status.last_reload_error; issue 24 item 5)
             self._refused(self.settings.source, e)
             return
+        try:
+            if loaded.bundle.revision != self._source_revision:
+                await asyncio.to_thread(self._store, loaded)
+                act = await asyncio.to_thread(self.store.point, ACTIVE, loaded.bundle.revision, "load", self.instance)
+                self._set_active(loaded, act.activated_at)
+                self._source_revision = loaded.bundle.revision
+        except BaseException:
+            self._fingerprint = None   # the reload did not finish (the store was busy…): the next poll tries again
+            raise
+        # Only now: a Status with no reload error means the reloaded revision is the one serving (the
+        # error was cleared before the activation's two awaits, and a reader saw the old revision).
         self.last_reload_at = _now()
         self.last_reload_error = ""
-        if loaded.bundle.revision == self._source_revision:
-            return
-        self._source_revision = loaded.bundle.revision
-        await asyncio.to_thread(self._store, loaded)
-        act = await asyncio.to_thread(self.store.point, ACTIVE, loaded.bundle.revision, "load", self.instance)
-        self._set_active(loaded, act.activated_at)
 
     async def _follow_pointers(self) -> None:
         pointers = await asyncio.to_thread(self.store.pointers)
