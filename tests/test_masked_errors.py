@@ -157,3 +157,13 @@ def test_a_schema_violation_on_a_masked_value_does_not_quote_it(tmp_path: Path) 
     d = evaluate(bundle, req)
     assert (d.outcome, d.deciding_rule) == (pb.DENY, "invalid_arguments")
     assert "$.password" in d.reasons[0].text and not _leaks(d.reasons[0].text), d.reasons[0].text
+
+
+def test_masked_values_of_a_request_with_a_nan_keep_the_number_and_take_null_as_nothing() -> None:
+    # `engine.decide` called directly skips validate_request, so the arguments may hold a NaN: its
+    # text is masked like any value, and a masked null contributes no text (it was "0" before).
+    from decider.client import build_request
+    from decider.engine.scrub import masked_values
+
+    req = build_request(agent={"id": "a"}, tool="t", args={"pin": "4711", "n": float("nan"), "z": None})
+    assert masked_values(req, ["tool.args.pin", "tool.args.n", "tool.args.z"]) == ["4711", "nan"]

@@ -23,7 +23,7 @@ from typing import Any
 
 from decider.bundle.compile import Reason
 from decider.v1 import decider_pb2 as pb
-from decider.values.canonical import struct_to_dict
+from decider.values.canonical import struct_to_dict_lenient
 from decider.values.masking import MASK, split_mask_paths
 
 __all__ = ["WITHHELD", "masked_values", "quotes_request", "scrub_text", "scrub_texts"]
@@ -54,21 +54,9 @@ def masked_values(request: pb.DecideRequest, mask: Sequence[str]) -> list[str]:
 
 
 def _plain(struct: Any) -> dict[str, Any]:
-    try:
-        return struct_to_dict(struct)
-    except ValueError:   # NaN/Infinity: MessageToDict's refusal; take the values one by one
-        return {k: v for k, v in ((k, _safe(v)) for k, v in struct.fields.items())}
-
-
-def _safe(v: Any) -> Any:
-    kind = v.WhichOneof("kind")
-    if kind == "number_value":
-        return v.number_value
-    if kind == "struct_value":
-        return _plain(v.struct_value)
-    if kind == "list_value":
-        return [_safe(x) for x in v.list_value.values]
-    return getattr(v, kind) if kind else None
+    # A NaN/Infinity (a request not through validate_request: `engine.decide` called directly) is
+    # kept as the number, so its text forms are masked too.
+    return struct_to_dict_lenient(struct, lambda x: x)
 
 
 def _collect(node: Any, path: list[str], out: list[Any]) -> None:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections import OrderedDict, deque
 from typing import Any, NoReturn
@@ -44,7 +43,7 @@ from decider.server.controls import Controls
 from decider.server.outcomes import report_outcome
 from decider.server.service import DeciderService, DecisionFailed
 from decider.v1 import decider_pb2 as pb
-from decider.values.canonical import struct_to_dict, value_to_python
+from decider.values.canonical import struct_to_dict_lenient, value_to_python
 
 __all__ = ["SERVICE_NAME", "ExtMcpService", "ext_mcp_handler", "identity_from_metadata"]
 
@@ -231,21 +230,7 @@ def decide_request_for(req: xpb.McpRequest) -> pb.DecideRequest:
 def _result_of(response: struct_pb2.Struct) -> dict[str, Any]:
     """The upstream's result as JSON values. The call already ran: a NaN or infinite number in it
     (which JSON cannot hold) becomes null rather than failing the report."""
-    try:
-        return struct_to_dict(response)
-    except ValueError:
-        return {k: _finite_or_none(v) for k, v in response.fields.items()}
-
-
-def _finite_or_none(v: struct_pb2.Value) -> Any:
-    kind = _kind(v)
-    if kind == "number_value":
-        return v.number_value if math.isfinite(v.number_value) else None
-    if kind == "struct_value":
-        return {k: _finite_or_none(x) for k, x in v.struct_value.fields.items()}
-    if kind == "list_value":
-        return [_finite_or_none(x) for x in v.list_value.values]
-    return value_to_python(v)
+    return struct_to_dict_lenient(response, lambda _x: None)
 
 
 def _reasons(resp: pb.DecideResponse) -> str:

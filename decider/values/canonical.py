@@ -14,6 +14,7 @@ import functools
 import hashlib
 import json
 import json.encoder as _json_encoder
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -21,13 +22,34 @@ from google.protobuf import struct_pb2
 
 from decider.v1 import decider_pb2 as pb
 
-__all__ = ["struct_to_dict", "value_to_python", "dumps", "canonical", "binding_hash"]
+__all__ = ["struct_to_dict", "struct_to_dict_lenient", "value_to_python", "dumps", "canonical", "binding_hash"]
 
 
 def struct_to_dict(s: struct_pb2.Struct) -> dict[str, Any]:
     """The Struct as plain Python, exactly what `json_format.MessageToDict` gives (numbers stay
     floats, NaN/Infinity raise ValueError) at a fraction of its cost: it runs on every decision."""
     return {k: _value(v) for k, v in s.fields.items()}
+
+
+def struct_to_dict_lenient(s: struct_pb2.Struct, non_finite: Callable[[float], Any]) -> dict[str, Any]:
+    """`struct_to_dict` for a Struct that may hold a NaN or an infinite number (JSON has neither, so
+    `struct_to_dict` refuses it): each such number becomes `non_finite(x)`."""
+    try:
+        return struct_to_dict(s)
+    except ValueError:
+        return {k: _lenient(v, non_finite) for k, v in s.fields.items()}
+
+
+def _lenient(v: struct_pb2.Value, non_finite: Callable[[float], Any]) -> Any:
+    kind = v.WhichOneof("kind")
+    if kind == "number_value":
+        x = v.number_value
+        return x if math.isfinite(x) else non_finite(x)
+    if kind == "struct_value":
+        return {k: _lenient(x, non_finite) for k, x in v.struct_value.fields.items()}
+    if kind == "list_value":
+        return [_lenient(x, non_finite) for x in v.list_value.values]
+    return _value(v)
 
 
 def value_to_python(v: struct_pb2.Value) -> Any:
